@@ -1,0 +1,509 @@
+"""Runs one study: the study folder, Ray, the searcher, the scheduler and the results.
+
+A study lives in ``<runs dir>/<study>/``::
+
+    study.json        what the study is (family, strategy, space, data, settings); checked on resume
+    .lock             held by the driver running it (a second driver is refused)
+    trials.parquet    one row per trial            (search.results documents the schema)
+    epochs.parquet    one row per trial per epoch
+    summary.json      best trial, baselines, counts by status, wall time
+    greedy_state.json greedy only: the coordinate-descent state
+    optuna.db         tpe/random only: the Optuna storage (SQLite) unless --storage says otherwise
+    val_data.npz      the validation images and maps (for dashboards' galleries)
+    trials/<key>/     per trial: latest.pt, best.pt, predictions.npz
+    ray/segment-N/    Ray Tune's own files for the N-th driver run
+
+Re-running the same study continues it: finished trials are kept and not re-run, the
+greedy strategy continues in its block, TPE continues with its history, and trials that
+were interrupted resume from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from search.greedy import GreedySearcher
+from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
+from search.space import Space
+from trainables import family_parts
+from trainables.config import RunSettings, parse_config, trial_key
+from trainables.data import VMSDataset
+
+STUDY_FORMAT = 1
+STRATEGIES = ("greedy", "tpe", "random")
+SCHEDULERS = ("asha", "none")
+
+
+class StudyError(Exception):
+    """A problem with the study folder or the options; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A budget: how long trials train, how big models are, how much data they see."""
+
+    epochs: int
+    width_divisor: int
+    samples: int
+    grace_period: int
+    reduction_factor: int
+    n_train: int | None  # None: the whole split
+    n_val: int | None
+    train_eval_size: int
+    max_blocks: int | None = None  # greedy: only the first N parameters of the order
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "thesis": Preset(100, 1, 100, 10, 3, None, None, 320,
+                     description="the report's budget: 100 epochs, full widths, all data"),
+    "cpu": Preset(6, 8, 16, 2, 2, None, None, 160,
+                  description="a whole search on two CPU cores in about ten minutes: widths / 8, 6 epochs"),
+    "smoke": Preset(2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
+                    description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
+}
+
+
+@dataclass
+class SearchOptions:
+    strategy: str
+    model: str
+    study: str | None = None
+    space_file: str | None = None
+    data: str | None = None
+    preset: str | None = None
+    epochs: int | None = None
+    samples: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage: str | None = None
+    runs_dir: str = "runs"
+    seed: int = 0
+    resume: bool = False
+    scheduler: str = "asha"
+    grace_period: int | None = None
+    reduction_factor: int | None = None
+    max_sweeps: int = 1
+    max_blocks: int | None = None
+    max_failures: int = 1
+    size: int = 64
+    verbose: bool = False
+
+
+@dataclass
+class Summary:
+    study: str
+    study_dir: str
+    strategy: str
+    family: str
+    preset: str
+    best_trial_id: str | None
+    best_val_l1: float | None
+    best_config: dict[str, Any] | None
+    baselines: dict[str, float]
+    counts: dict[str, int]
+    trials: int
+    wall_seconds: float
+    total_wall_seconds: float
+    finished: bool
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """Exclusive use of a study folder; released by the OS even if the driver is killed."""
+    handle = open(study_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StudyError(f"study folder {study_dir} is in use by another driver (pid {holder}); "
+                             "wait for it to finish, or use another --study.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _identity(space: Space, settings: RunSettings, options: SearchOptions, preset: Preset) -> dict[str, Any]:
+    return {
+        "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint,
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_root", "threads")},
+        "data_subset": [preset.n_train, preset.n_val],
+    }
+
+
+def check_or_create_study(study_dir: Path, identity: dict[str, Any], data: VMSDataset, extra: dict[str, Any]) -> dict[str, Any]:
+    """Load study.json and refuse a mismatch, or create the study (study.json, val_data.npz)."""
+    path = study_dir / "study.json"
+    identity = {**identity, "data_fingerprint": data.fingerprint}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise StudyError(f"{path} is not valid JSON ({err}); restore it or use another --study.") from None
+        differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items() if existing.get(k) != v]
+        if differences:
+            raise StudyError(
+                f"study {study_dir.name} in {study_dir} was created with other settings, and mixing them would corrupt it ("
+                + "; ".join(differences) + "). Use the same options, or a new --study name.")
+        return existing
+    record = {"format": STUDY_FORMAT, "study": study_dir.name, **identity, **extra,
+              "baselines": data.baselines(), "data_source": data.source, "created_at": _now_iso(), "segments": []}
+    tmp = study_dir / ".val_data.tmp.npz"
+    np.savez_compressed(tmp, images=data.val_images, maps=data.val_maps, stems=np.array(data.val_stems))
+    os.replace(tmp, study_dir / "val_data.npz")
+    write_json_atomic(path, record)
+    return record
+
+
+def _hp_line(hp: dict[str, Any], only: str | None = None) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    items = [(only, hp[only])] if only and only in hp else list(hp.items())
+    return " ".join(f"{k}={fmt(v)}" for k, v in items)
+
+
+class Printer:
+    """One concise line per finished trial."""
+
+    def __init__(self, start_count: int) -> None:
+        self.count = start_count
+        self.best = math.inf
+
+    def seed_best(self, store: ResultsStore) -> None:
+        for row in store.trials.values():
+            if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
+                self.best = min(self.best, row["best_val_l1"])
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        value = row.get("best_val_l1")
+        if row["status"] in ("completed", "stopped") and value is not None:
+            self.best = min(self.best, value)
+        config = json.loads(row["config_json"]) if row.get("config_json") else {}
+        hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
+        varied = row.get("greedy_param")
+        where = f"block {row['greedy_block']} " if varied else ""
+        shown = f"{value:.4f}" if value is not None else "   -  "
+        print(f"[{self.count:3d}] {row['trial_id']} {where}{_hp_line(hp, varied)} | val_l1 {shown} "
+              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {self.best:.4f}",
+              flush=True)
+
+
+def _resolve_family(options: SearchOptions) -> str:
+    from trainables import ALIASES
+
+    if options.model not in ALIASES:
+        raise StudyError(f"unknown --model {options.model!r}; choose one of {', '.join(sorted(ALIASES))}.")
+    return ALIASES[options.model]
+
+
+def validate_options(options: SearchOptions) -> None:
+    """Cheap checks before anything starts; raises StudyError."""
+    _resolve_family(options)
+    if options.strategy not in STRATEGIES:
+        raise StudyError(f"unknown --strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if options.preset is not None and options.preset not in PRESETS:
+        raise StudyError(f"unknown --preset {options.preset!r}; choose one of {', '.join(PRESETS)}.")
+    if options.scheduler not in SCHEDULERS:
+        raise StudyError(f"unknown --scheduler {options.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+    for name in ("epochs", "samples", "max_concurrent", "grace_period", "max_blocks"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise StudyError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
+    if options.reduction_factor is not None and options.reduction_factor < 2:
+        raise StudyError(f"--reduction-factor must be at least 2, got {options.reduction_factor}.")
+    if options.max_sweeps < 1:
+        raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
+    if options.max_failures < 0:
+        raise StudyError(f"--max-failures must be 0 or more, got {options.max_failures}.")
+    if options.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial must be positive, got {options.cpus_per_trial}.")
+    if options.gpus_per_trial is not None and options.gpus_per_trial < 0:
+        raise StudyError(f"--gpus-per-trial must be 0 or more, got {options.gpus_per_trial}.")
+    if options.gpus_per_trial and options.gpus_per_trial > 1 and not float(options.gpus_per_trial).is_integer():
+        raise StudyError("--gpus-per-trial above 1 must be a whole number (Ray packs fractions only below one GPU).")
+    if options.size < 16 or options.size % 32:
+        raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
+    if options.resume and not (Path(options.runs_dir) / study_name(options)).is_dir():
+        raise StudyError(f"--resume: no study {study_name(options)!r} in {options.runs_dir}; start it without --resume.")
+
+
+def study_name(options: SearchOptions) -> str:
+    return options.study or f"{options.strategy}-{_resolve_family(options)}"
+
+
+def init_ray(options: SearchOptions) -> None:
+    import ray
+
+    kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
+                                  logging_level=logging.INFO if options.verbose else logging.ERROR)
+    if options.address:
+        import models
+        import search
+        import trainables
+
+        try:
+            # Ship the project's code to the cluster's workers (their Python needs the dependencies).
+            ray.init(address=options.address, runtime_env={"py_modules": [models, search, trainables]}, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise StudyError(f"cannot connect to the Ray cluster at --address {options.address} ({err}); "
+                             "check the address printed by `ray start --head` and that the cluster is up.") from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+
+
+def _optuna_searcher(options: SearchOptions, space: Space, study_dir: Path, name: str, samples: int):
+    """OptunaSearch on a persistent storage; returns (searcher, trials still to run)."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = options.storage or f"sqlite:///{study_dir / 'optuna.db'}"
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "bad storage"
+        raise StudyError(f"cannot open the Optuna storage {url} ({err}); pass a valid --storage URL.") from None
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
+    done = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING:
+            # Interrupted by a dead driver: run the same params again (they resume from their
+            # checkpoint) and close the old record so TPE does not wait on it.
+            study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")):
+            done += 1
+    if options.strategy == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=max(3, min(10, samples // 3)),
+                                             multivariate=True, group=True, constant_liar=True)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=options.seed + done)
+    searcher = OptunaSearch(space=space.suggest,
+                            metric="best_val_l1", mode="min", sampler=sampler, study_name=name, storage=storage)
+    return searcher, max(0, samples - done), done
+
+
+def run_study(options: SearchOptions) -> Summary:
+    """Run (or continue) the study the options describe; returns its summary."""
+    from search.space import StudyFileError, load_space
+    from trainables.data import resolve_data
+
+    validate_options(options)
+    family = _resolve_family(options)
+    space = load_space(options.space_file or family)
+    if space.family != family:
+        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family}.")
+    name = study_name(options)
+    runs_dir = Path(options.runs_dir).expanduser().resolve()
+    study_dir = runs_dir / name
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        (study_dir / ".write-test").write_text("ok")
+        (study_dir / ".write-test").unlink()
+    except OSError as err:
+        raise StudyError(f"cannot write to the study folder {study_dir} ({err.strerror}); "
+                         "choose a writable --runs-dir with free space.") from None
+
+    import ray
+
+    with study_lock(study_dir):
+        started = time.perf_counter()
+        init_ray(options)
+        try:
+            return _run_locked(options, family, space, name, study_dir, started, resolve_data)
+        finally:
+            ray.shutdown()
+
+
+def _run_locked(options, family, space, name, study_dir, started, resolve_data) -> Summary:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    gpus_available = float(ray.cluster_resources().get("GPU", 0))
+    preset_name = options.preset or ("thesis" if gpus_available else "cpu")
+    preset = PRESETS[preset_name]
+    why = "" if options.preset else (" (GPUs found)" if gpus_available else " (no GPU found; --preset thesis for the report's full budget)")
+    print(f"preset: {preset_name}{why}: {preset.description}", flush=True)
+    gpus_per_trial = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if gpus_available else 0.0)
+    if gpus_per_trial > max(gpus_available, 0) and gpus_per_trial > 0:
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial} asks for more GPUs than the cluster has ({gpus_available:g}); "
+                         "use a fraction such as 0.5 to share a GPU, or 0 for CPU only.")
+    cpus_available = float(ray.cluster_resources().get("CPU", 0))
+    if options.cpus_per_trial > cpus_available:
+        raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
+
+    data = resolve_data(options.data, size=options.size, seed=options.seed).subset(preset.n_train, preset.n_val)
+    epochs = options.epochs or preset.epochs
+    samples = options.samples or preset.samples
+    settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
+                           checkpoint_root=str(study_dir / "trials"), threads=max(1, int(options.cpus_per_trial)),
+                           train_eval_size=preset.train_eval_size)
+    record = check_or_create_study(study_dir, _identity(space, settings, options, preset), data,
+                                   {"space_file": space.source, "preset": preset_name})
+    baselines = record["baselines"]
+
+    trainable_fn, _, config_cls = family_parts(family)
+    settings_dict = asdict(settings)
+    fixed = dict(space.fixed)
+
+    def full_config(config: dict[str, Any]) -> dict[str, Any]:
+        return {**fixed, **space.canonical(config), **settings_dict}
+
+    def key_of(config: dict[str, Any]) -> str:
+        return trial_key(*parse_config(full_config(config), config_cls))
+
+    def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
+        trainable_fn(full_config(config), data)
+
+    store = ResultsStore(study_dir, study=name, strategy=options.strategy, family=family,
+                         hp_kinds={p.name: p.kind for p in space.params})
+    # Rows left "running" by a killed driver: their trials will be proposed again and resume.
+    previous_finished = len(store.finished_ids())
+    segment = len(record.get("segments", []))
+
+    block_of = None
+    if options.strategy == "greedy":
+        state_path = study_dir / "greedy_state.json"
+        searcher = GreedySearcher(space, max_sweeps=options.max_sweeps,
+                                  max_blocks=options.max_blocks or preset.max_blocks, state_path=state_path)
+        if state_path.exists():
+            searcher.restore(str(state_path))
+        num_samples = -1
+        block_of = searcher.trial_blocks.get
+        to_run = None if not searcher.state.finished else 0
+    else:
+        searcher, to_run, done = _optuna_searcher(options, space, study_dir, name, samples)
+        num_samples = to_run
+        if done:
+            print(f"continuing study {name}: {done} of {samples} trials already done, {to_run} to run", flush=True)
+
+    printer = Printer(previous_finished)
+    printer.seed_best(store)
+    identity = TrialIdentity(full_config, key_of, space.canonical)
+    callback = ResultsCallback(store, identity, segment=segment, epochs_planned=epochs, block_of=block_of,
+                               on_finish=printer)
+
+    interrupted = False
+    if to_run != 0:
+        if options.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
+                                      grace_period=min(options.grace_period or preset.grace_period, epochs),
+                                      reduction_factor=options.reduction_factor or preset.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        resources = {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial}
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(trial_function, data=data), resources),
+            tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples, max_concurrent_trials=options.max_concurrent,
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"segment-{segment}", storage_path=str(study_dir / "ray"), callbacks=[callback],
+                verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        segment_start = _now_iso()
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            store.flush()
+        record.setdefault("segments", []).append({"started_at": segment_start, "ended_at": _now_iso(),
+                                                  "wall_seconds": time.perf_counter() - started, "preset": preset_name,
+                                                  "interrupted": interrupted})
+        write_json_atomic(study_dir / "study.json", record)
+
+    finished = not interrupted
+    if options.strategy == "greedy":
+        finished = finished and searcher.state.finished
+    summary = summarize(store, name, study_dir, options.strategy, family, preset_name, baselines, record,
+                        time.perf_counter() - started, finished)
+    write_json_atomic(study_dir / "summary.json", asdict(summary))
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def summarize(store: ResultsStore, name: str, study_dir: Path, strategy: str, family: str, preset: str,
+              baselines: dict[str, float], record: dict[str, Any], wall: float, finished: bool) -> Summary:
+    counts = {status: 0 for status in STATUSES}
+    best_row = None
+    for row in store.trials.values():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
+            if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
+                best_row = row
+    total_wall = sum(s.get("wall_seconds", 0.0) for s in record.get("segments", []))
+    return Summary(
+        study=name, study_dir=str(study_dir), strategy=strategy, family=family, preset=preset,
+        best_trial_id=best_row["trial_id"] if best_row else None,
+        best_val_l1=best_row["best_val_l1"] if best_row else None,
+        best_config=json.loads(best_row["config_json"]) if best_row else None,
+        baselines=baselines, counts=counts, trials=len(store.trials), wall_seconds=wall,
+        total_wall_seconds=total_wall, finished=finished,
+    )
+
+
+def format_summary(summary: Summary) -> str:
+    base = summary.baselines
+    lines = [f"study {summary.study} ({summary.strategy}, {summary.family}, preset {summary.preset}): "
+             f"{summary.trials} trials, " + ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
+             + f"; {summary.wall_seconds:.0f} s this run" + ("" if summary.finished else " (not finished)")]
+    if summary.best_val_l1 is not None:
+        better = min(base["black_l1"], base["mean_map_l1"])
+        lines.append(f"best val L1 {summary.best_val_l1:.4f} (trial {summary.best_trial_id}) against baselines: "
+                     f"all-black {base['black_l1']:.4f}, mean map {base['mean_map_l1']:.4f} "
+                     f"({(1 - summary.best_val_l1 / base['mean_map_l1']) * 100:+.0f}% vs mean map, "
+                     f"{(1 - summary.best_val_l1 / better) * 100:+.0f}% vs the better baseline)")
+        hp = {k: v for k, v in (summary.best_config or {}).items()}
+        lines.append("best config: " + _hp_line({k: hp[k] for k in hp if k not in RunSettings.__dataclass_fields__}))
+    else:
+        lines.append("no trial has finished yet")
+    lines.append(f"results: {summary.study_dir}/trials.parquet, epochs.parquet, summary.json; "
+                 f"dashboard: python -m dashboards.build {summary.study_dir} -o report.html")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""The report's greedy coordinate descent as a Ray Tune Searcher.
+
+Start from the study's defaults. For each parameter in the study's order (a *block*),
+propose every candidate value with all other parameters held; when the whole block has
+finished, the value with the lowest objective becomes the new default and the next
+block starts. Configurations already evaluated are never proposed again (the held
+default of every block was evaluated in an earlier one). Parameters that do not exist
+under the current defaults (Adam's beta1 when the optimizer is SGD) are skipped. With
+``max_sweeps > 1`` the order is walked again until a sweep changes nothing.
+
+Ray calls ``suggest`` whenever a slot is free; within a block all proposals are made at
+once (in parallel as far as resources allow), and ``suggest`` answers ``None`` (wait)
+until the block resolves. Trials stopped early by a scheduler such as ASHA, diverged
+trials and errored trials all report a value (their best so far, or the worst possible
+L1), so every block resolves.
+
+The state is explicit, versioned JSON, saved atomically (temp file + ``os.replace``)
+after every completed trial, so a killed driver resumes in the block it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from search.space import Space
+from trainables.loop import DIVERGED_L1
+
+STATE_VERSION = 1
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+@dataclass
+class Block:
+    """One coordinate: the parameter varied, the configs tried, and what was adopted."""
+
+    sweep: int
+    index: int
+    param: str
+    keys: list[str]
+    adopted: Any = None
+    values: dict[str, float] = field(default_factory=dict)  # str(value) -> objective
+
+
+@dataclass
+class GreedyState:
+    version: int
+    current: dict[str, Any]  # the adopted defaults so far
+    sweep: int = 0
+    position: int = 0  # index into the space's order within the sweep
+    changed_in_sweep: bool = False
+    finished: bool = False
+    evaluated: dict[str, float] = field(default_factory=dict)  # config key -> objective
+    blocks: list[Block] = field(default_factory=list)  # resolved blocks, then the open one last
+    open_block: bool = False
+
+
+class GreedySearcher(Searcher):
+    def __init__(
+        self,
+        space: Space,
+        *,
+        metric: str = "best_val_l1",
+        mode: str = "min",
+        max_sweeps: int = 1,
+        max_blocks: int | None = None,
+        state_path: str | Path | None = None,
+    ) -> None:
+        if mode != "min":
+            raise ValueError("the greedy searcher minimises (val L1); mode must be 'min'")
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.max_sweeps = max_sweeps
+        self.max_blocks = max_blocks if max_blocks is not None else len(space.params)
+        self.state_path = Path(state_path) if state_path else None
+        self.state = GreedyState(version=STATE_VERSION, current=space.defaults())
+        self._queue: list[str] = []  # keys of the open block not yet proposed
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, str] = {}  # trial id -> key
+        self.trial_blocks: dict[str, Block] = {}  # trial id -> the block that proposed it
+
+    # -- the Searcher interface -------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        # Metric and mode are fixed at construction; accept Tune's call without changes.
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
+        while True:
+            if self.state.finished:
+                return Searcher.FINISHED
+            if not self.state.open_block:
+                self._open_next_block()
+                continue
+            if self._queue:
+                key = self._queue.pop(0)
+                self._running[trial_id] = key
+                self.trial_blocks[trial_id] = self.state.blocks[-1]
+                return dict(self._configs[key])
+            if self._running:
+                return None  # wait for the block's trials to finish
+            self._resolve_block()
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        key = self._running.pop(trial_id, None)
+        if key is None:
+            return
+        value = result.get(self.metric) if result else None
+        if value is None or not math.isfinite(value):
+            value = DIVERGED_L1  # an errored or diverged trial is a bad result, not a missing one
+        self.state.evaluated[key] = min(value, self.state.evaluated.get(key, math.inf))
+        self._persist()
+
+    def save(self, checkpoint_path: str) -> None:
+        payload = asdict(self.state)
+        tmp = f"{checkpoint_path}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as handle:
+            payload = json.load(handle)
+        if payload.get("version") != STATE_VERSION:
+            raise ValueError(f"{checkpoint_path}: greedy state version {payload.get('version')} is not {STATE_VERSION}")
+        payload["blocks"] = [Block(**b) for b in payload["blocks"]]
+        self.state = GreedyState(**payload)
+        self._running.clear()
+        self._queue, self._configs = [], {}
+        if self.state.open_block:  # re-propose what the block had not finished
+            block = self.state.blocks[-1]
+            for key in block.keys:
+                self._configs[key] = json.loads(key)
+                if key not in self.state.evaluated:
+                    self._queue.append(key)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _persist(self) -> None:
+        if self.state_path:
+            self.save(str(self.state_path))
+
+    def _open_next_block(self) -> None:
+        order = self.space.params[: self.max_blocks]
+        while self.state.position < len(order):
+            param = order[self.state.position]
+            if not self.space.active(param.name, self.state.current):
+                self.state.position += 1
+                continue
+            candidates = self.space.choice(param.name, self.state.current).values
+            configs = [self.space.with_value(self.state.current, param.name, v) for v in candidates]
+            keys = [config_key(c) for c in configs]
+            self.state.blocks.append(Block(self.state.sweep, len(self.state.blocks), param.name, keys))
+            self.state.open_block = True
+            self._configs = dict(zip(keys, configs))
+            # The held default (and anything else seen before) is not run again.
+            self._queue = [k for k in dict.fromkeys(keys) if k not in self.state.evaluated]
+            self._persist()
+            return
+        # End of a sweep.
+        self.state.sweep += 1
+        self.state.position = 0
+        if self.state.sweep >= self.max_sweeps or not self.state.changed_in_sweep:
+            self.state.finished = True
+        self.state.changed_in_sweep = False
+        self._persist()
+
+    def _resolve_block(self) -> None:
+        block = self.state.blocks[-1]
+        held = config_key(self.state.current)
+        # Ties keep the held default (no change without evidence), then the first value.
+        scored = [(self.state.evaluated.get(k, DIVERGED_L1), k != held, i, k) for i, k in enumerate(block.keys)]
+        _, _, _, best_key = min(scored)
+        for value, _, _, key in scored:
+            block.values[str(self._configs[key][block.param])] = value
+        block.adopted = self._configs[best_key][block.param]
+        if self._configs[best_key] != self.state.current:
+            self.state.changed_in_sweep = True
+        self.state.current = dict(self._configs[best_key])
+        self.state.open_block = False
+        self.state.position += 1
+        self._persist()
+
+    @property
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        """The best configuration evaluated so far and its objective."""
+        if not self.state.evaluated:
+            return None
+        key = min(self.state.evaluated, key=self.state.evaluated.get)
+        return json.loads(key), self.state.evaluated[key]

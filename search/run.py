@@ -1,0 +1,79 @@
+"""Command line: run or continue a hyperparameter search.
+
+    python -m search.run --strategy greedy --model gan
+    python -m search.run --strategy tpe --model autoencoder --samples 30 --study ae-tpe
+    python -m search.run --strategy greedy --model diffusion --address 10.0.0.5:6379 --preset thesis
+
+Re-running the same command (same --study, default ``<strategy>-<model>``) continues
+the study. Errors in the input print one line on stderr and exit with status 2;
+an interrupted search (Ctrl-C, SIGTERM) exits with 130 and resumes when re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from search.driver import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions, StudyError, format_summary, run_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--strategy", required=True, help=f"one of {', '.join(STRATEGIES)}")
+    parser.add_argument("--model", required=True, help="autoencoder|unet, gan|pix2pix, diffusion|palette")
+    parser.add_argument("--study", default=None, help="study name: its folder under --runs-dir (default <strategy>-<model>)")
+    parser.add_argument("--space", dest="space_file", default=None,
+                        help="study file (TOML) with the search space (default studies/<model>.toml)")
+    parser.add_argument("--data", default=None, help="dataset folder (default: the embedded synthetic VMS set)")
+    parser.add_argument("--preset", default=None,
+                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+                        + " (default: thesis with GPUs, cpu without)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (overrides the preset)")
+    parser.add_argument("--samples", type=int, default=None, help="tpe/random: total trials of the study (overrides the preset)")
+    parser.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU (default 1 with GPUs, else 0)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the study folder)")
+    parser.add_argument("--runs-dir", default="runs", help="folder holding the study folders")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue an existing study (refuse to start a new one)")
+    parser.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)}")
+    parser.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
+    parser.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1/factor of trials at each rung")
+    parser.add_argument("--max-sweeps", type=int, default=1, help="greedy: walk the parameter order up to this many times")
+    parser.add_argument("--blocks", dest="max_blocks", type=int, default=None, help="greedy: only the first N parameters")
+    parser.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose process fails")
+    parser.add_argument("--size", type=int, default=64, help="working resolution")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet replaces Ray's CSV/JSON/TensorBoard
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; --verbose brings them back
+    from search.space import StudyFileError
+    from trainables.data import DataError
+
+    options = SearchOptions(**vars(args))
+    try:
+        summary = run_study(options)
+    except (StudyError, StudyFileError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are saved; re-run the same command to resume.", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"error: {err.filename or ''}: {err.strerror or err} (check the runs folder is writable and has free space)",
+              file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The synthetic generator, the real-data loader (with every bad input) and the baselines."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import assert_clean_error, run_cli
+from trainables.data import DataError, load_dataset, to_unit_range
+from trainables.synthetic import SceneObject, SyntheticSpec, generate, render_scene
+
+
+def _digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_generator_is_deterministic(tmp_path):
+    spec = SyntheticSpec(n_train=6, n_val=2, seed=11)
+    a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
+    c = generate(tmp_path / "c", SyntheticSpec(n_train=6, n_val=2, seed=12))
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_label_rule_depends_on_content_not_position():
+    background = np.full((64, 64, 3), 110.0, dtype=np.float32)
+    red = SceneObject("circle", "red", "solid", radius=14, cy=32, cx=32)
+    green = SceneObject("circle", "green", "solid", radius=14, cy=32, cx=32)
+    blue_triangle = SceneObject("triangle", "blue", "solid", radius=14, cy=32, cx=32)
+    _, map_red = render_scene([red], background)
+    _, map_green = render_scene([green], background)
+    _, map_false = render_scene([blue_triangle], background)
+    assert map_red[..., 0].max() > 100 and map_red[..., 1].max() == 0  # remembered
+    assert map_green.max() == 0  # same place, other colour: nothing
+    assert map_false[..., 1].max() > 100 and map_false[..., 0].max() == 0  # falsely remembered
+    # Blocky: the map is constant on each 8x8 cell.
+    cells = map_red[..., 0].reshape(8, 8, 8, 8)
+    assert (cells == cells[:, :1, :, :1]).all()
+
+
+def test_loader_reads_the_synthetic_folder(tiny_data_dir):
+    data = load_dataset(tiny_data_dir)
+    assert data.train_images.shape == (48, 3, 64, 64) and data.val_maps.shape == (16, 3, 64, 64)
+    assert data.train_images.dtype == np.uint8
+    maps = to_unit_range(data.val_maps)
+    assert maps.min() >= -1 and maps.max() <= 1
+    base = data.baselines()
+    assert 0 < base["black_l1"] < 1 and 0 < base["mean_map_l1"] < 1
+    assert any("splits/train.txt" in note for note in data.notes)
+
+
+def test_default_dataset_is_mostly_black_and_blocky(tmp_path):
+    folder = generate(tmp_path / "d", SyntheticSpec(n_train=150, n_val=50, seed=0))
+    data = load_dataset(folder)
+    val = to_unit_range(data.val_maps) + 1
+    black_share = (val.reshape(len(val), -1).max(axis=1) < 0.05).mean()
+    assert 0.15 < black_share < 0.6
+    assert data.baselines()["black_l1"] < data.baselines()["mean_map_l1"]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_seeded_split_without_lists_and_formats(tiny_data_dir, tmp_path):
+    root = _copy(tiny_data_dir, tmp_path / "d")
+    shutil.rmtree(root / "splits")
+    # Other formats a real copy comes in: JPEG with an upper-case extension, grayscale,
+    # 16-bit and alpha PNGs, and a larger size that must be resized.
+    stem = "syn_00000"
+    Image.open(root / "images" / f"{stem}.png").convert("RGB").resize((200, 200)).save(root / "images" / f"{stem}.JPG")
+    (root / "images" / f"{stem}.png").unlink()
+    Image.open(root / "maps" / "syn_00001.png").convert("L").save(root / "maps" / "syn_00001.png")
+    lit = next(p.stem for p in sorted((root / "maps").glob("*.png"))
+               if p.stem > "syn_00001" and np.asarray(Image.open(p)).max() > 0)
+    arr16 = (np.asarray(Image.open(root / "maps" / f"{lit}.png").convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(arr16).save(root / "maps" / f"{lit}.png")
+    Image.open(root / "images" / "syn_00003.png").convert("RGBA").save(root / "images" / "syn_00003.png")
+    (root / "images" / ".DS_Store").write_bytes(b"\0junk")
+    (root / "maps" / "Thumbs.db").write_bytes(b"junk")
+    a = load_dataset(root, seed=5)
+    b = load_dataset(root, seed=5)
+    assert len(a.train_stems) + len(a.val_stems) == 64 and len(a.val_stems) == 13
+    assert a.val_stems == b.val_stems and a.fingerprint == b.fingerprint
+    assert any("skipped 2 files (hidden or system file)" in n for n in a.notes)
+    assert any("seeded 80/20" in n for n in a.notes)
+    # 16-bit map decoded to the same 8-bit content as the original
+    all_stems = a.train_stems + a.val_stems
+    maps = np.concatenate([a.train_maps, a.val_maps])
+    grey = maps[all_stems.index(lit)]
+    assert grey.max() > 0 and (grey[0] == grey[1]).all()
+
+
+def test_train_val_subfolder_layout(tiny_data_dir, tmp_path):
+    root = tmp_path / "v"
+    for split, lst in (("train", "train.txt"), ("val", "val.txt")):
+        for kind in ("images", "maps"):
+            (root / split / kind).mkdir(parents=True)
+        for stem in (tiny_data_dir / "splits" / lst).read_text().split():
+            shutil.copy(tiny_data_dir / "images" / f"{stem}.png", root / split / "images")
+            shutil.copy(tiny_data_dir / "maps" / f"{stem}.png", root / split / "maps")
+    data = load_dataset(root)
+    assert len(data.train_stems) == 48 and len(data.val_stems) == 16
+
+
+@pytest.mark.parametrize("fault, needle", [
+    ("missing", "does not exist"),
+    ("empty", "has no images/ and maps/ folders"),
+    ("image_without_map", "have no map"),
+    ("map_without_image", "have no image"),
+    ("corrupt", "cannot be decoded"),
+    ("truncated", "cannot be decoded"),
+    ("other_shape", "shapes differ"),
+    ("text_as_image", "cannot be decoded"),
+    ("bad_split", "have no image/map pair"),
+])
+def test_bad_input_is_refused_with_a_clear_message(tiny_data_dir, tmp_path, fault, needle):
+    root = tmp_path / "bad"
+    if fault == "missing":
+        root = tmp_path / "nowhere"
+    elif fault == "empty":
+        root.mkdir()
+    else:
+        _copy(tiny_data_dir, root)
+        image, vms = root / "images" / "syn_00004.png", root / "maps" / "syn_00004.png"
+        if fault == "image_without_map":
+            vms.unlink()
+        elif fault == "map_without_image":
+            image.unlink()
+        elif fault == "corrupt":
+            image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+        elif fault == "truncated":
+            image.write_bytes(image.read_bytes()[:200])
+        elif fault == "other_shape":
+            Image.open(vms).resize((64, 32)).save(vms)
+        elif fault == "text_as_image":
+            image.write_text("not an image")
+        elif fault == "bad_split":
+            (root / "splits" / "val.txt").write_text("syn_99999\n")
+    with pytest.raises(DataError, match=needle):
+        load_dataset(root)
+    result = run_cli("trainables.data", "describe", "--data", str(root), timeout=60)
+    assert_clean_error(result, needle)
+
+
+def test_describe_prints_counts_and_both_baselines(tiny_data_dir):
+    result = run_cli("trainables.data", "describe", "--data", str(tiny_data_dir), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "48 train + 16 val" in result.stdout
+    assert "all-black map" in result.stdout and "mean training map" in result.stdout

@@ -1,0 +1,60 @@
+"""UNet autoencoder trainable (report Algorithm 1): loss = L1(model(I), L)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import scaled_width
+from models.unet import UNetConfig, build_unet
+from trainables.config import RunSettings, build_optimizer, optimizer_config
+from trainables.data import VMSDataset
+from trainables.loop import Family, run_trial, step
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    norm: str = "batch"
+    width: int = 64
+    dropout: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 16
+
+
+class AutoencoderFamily(Family):
+    def __init__(self, hp: AutoencoderConfig, settings: RunSettings, device: torch.device) -> None:
+        super().__init__(hp, settings, device)
+        width = scaled_width(hp.width, settings.width_divisor)
+        self.net = build_unet(UNetConfig(width=width, norm=hp.norm, dropout=hp.dropout)).to(device)
+        self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
+        self.scaler = self.precision.scaler()
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": self.opt}
+
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.precision.autocast():
+            loss = F.l1_loss(self.net(image).float(), vms)
+        step(loss, self.opt, self.scaler)
+        return {"train_loss": loss.detach()}
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+def train_autoencoder(config: dict[str, Any], data: VMSDataset) -> None:
+    """Ray Tune function trainable for the UNet autoencoder."""
+    run_trial(config, data, AutoencoderFamily, AutoencoderConfig)

@@ -1,0 +1,129 @@
+"""Typed configs at the edge of Ray Tune's flat config dict.
+
+A trial's config is one flat dict: the family's hyperparameters (searched or fixed) plus
+the run settings every family shares. :func:`parse_config` splits it into two frozen
+dataclasses and rejects unknown keys and wrong types, so a typo in a study file fails
+loudly instead of silently training the default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the driver fixes for every trial of a study (not searched)."""
+
+    epochs: int = 100
+    seed: int = 0
+    width_divisor: int = 1  # the report's widths are divided by this (CPU presets shrink models)
+    augment: bool = True  # DiffAugment translation + cutout, p = 0.9 each
+    checkpoint_root: str = ""  # folder holding one sub-folder per trial key; "" = no checkpoints
+    threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
+    train_eval_size: int = 320  # training images (fixed subset) on which train_l1 is measured
+    eval_every: int = 1  # epochs between validation passes (diffusion sampling is the costly one)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "width_divisor", "train_eval_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+
+def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum), Adam/AdamW (betas), Adadelta: the report's optimizers plus AdamW."""
+    if cfg.lr <= 0:
+        raise ValueError(f"learning rate must be positive, got {cfg.lr}")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.name == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_config(hp: Any, prefix: str = "") -> OptimizerConfig:
+    """Collect ``{prefix}optimizer``, ``{prefix}lr``, ... of a family config into an OptimizerConfig."""
+    return OptimizerConfig(
+        name=getattr(hp, f"{prefix}optimizer"),
+        lr=getattr(hp, f"{prefix}lr"),
+        momentum=getattr(hp, f"{prefix}momentum"),
+        beta1=getattr(hp, f"{prefix}beta1"),
+        beta2=getattr(hp, f"{prefix}beta2"),
+        weight_decay=getattr(hp, f"{prefix}weight_decay"),
+    )
+
+
+T = TypeVar("T")
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(cls: type, name: str, kind: str, value: Any) -> Any:
+    expected = _TYPES[kind]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise TypeError(f"{cls.__name__}.{name} must be {kind}, got the boolean {value!r}")
+    if not isinstance(value, expected):
+        raise TypeError(f"{cls.__name__}.{name} must be {kind}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type[T], values: dict[str, Any]) -> T:
+    kinds = {f.name: f.type for f in fields(cls)}
+    return cls(**{k: _coerce(cls, k, kinds[k], v) for k, v in values.items()})
+
+
+def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettings, T]:
+    """Split a flat trial config into (RunSettings, family config); reject unknown keys and bad types."""
+    run_keys = {f.name for f in fields(RunSettings)}
+    family_keys = {f.name for f in fields(family_cls)}
+    unknown = sorted(set(config) - run_keys - family_keys)
+    if unknown:
+        raise ValueError(
+            f"unknown config keys for {family_cls.__name__}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(family_keys | run_keys))}"
+        )
+    settings = _build(RunSettings, {k: v for k, v in config.items() if k in run_keys})
+    hp = _build(family_cls, {k: v for k, v in config.items() if k in family_keys})
+    return settings, hp
+
+
+# Settings that do not change what a trial computes: a trial resumed with more epochs,
+# another checkpoint folder or another thread count is the same trial.
+_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads")
+
+
+def trial_key(settings: RunSettings, hp: Any) -> str:
+    """A stable 12-hex-digit identity of what a trial trains, used for its checkpoint folder."""
+    payload = {k: v for k, v in asdict(settings).items() if k not in _KEY_EXCLUDED}
+    payload.update(asdict(hp))
+    payload["family"] = type(hp).__name__
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolved_config(settings: RunSettings, hp: Any) -> dict[str, Any]:
+    """The whole config with every default filled in: saved with every checkpoint."""
+    return {**asdict(settings), **asdict(hp)}

@@ -1,0 +1,350 @@
+"""Image/VMS-map datasets: one loader for real VISCHEMA copies and the synthetic default.
+
+Accepted layouts (folder names are case-sensitive, file extensions are not)::
+
+    DIR/images/<stem>.<ext>   DIR/maps/<stem>.<ext>   [DIR/splits/train.txt, DIR/splits/val.txt]
+    DIR/train/images/...      DIR/train/maps/...      DIR/val/images/...   DIR/val/maps/...
+
+``maps/`` may also be called ``vms/`` or ``labels/``. Images and maps are paired by file
+stem; any size and any common format (PNG incl. grayscale, alpha, 16-bit; JPEG; BMP;
+TIFF; WebP) is converted to RGB and resized to the working resolution. Maps are scaled to
+[-1, 1]. Splits come from the list files (one stem per line) when present, otherwise a
+seeded 80/20 split. Hidden and system files (``.DS_Store``, ``Thumbs.db``) are skipped
+and counted. Everything else that is wrong is reported in one :class:`DataError` naming
+the files, and nothing is dropped silently.
+
+Command line::
+
+    python -m trainables.data describe [--data DIR] [--size 64]
+    python -m trainables.data generate OUT_DIR [--train 1280 --val 320 --seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trainables.synthetic import SyntheticSpec, ensure_synthetic, generate
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+IMAGE_DIR_NAMES = ("images", "imgs")
+MAP_DIR_NAMES = ("maps", "vms", "labels")
+MAX_LISTED = 8
+
+
+class DataError(Exception):
+    """A dataset problem the user must fix; the message says what, where and how."""
+
+
+@dataclass
+class VMSDataset:
+    """A decoded dataset held as compact uint8 arrays (N, 3, S, S), ready for any device."""
+
+    train_images: np.ndarray
+    train_maps: np.ndarray
+    val_images: np.ndarray
+    val_maps: np.ndarray
+    train_stems: list[str]
+    val_stems: list[str]
+    source: str
+    size: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the decoded content: two studies on different data never mix."""
+        digest = hashlib.sha1()
+        for array in (self.train_images, self.train_maps, self.val_images, self.val_maps):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
+
+    def baselines(self) -> dict[str, float]:
+        """Validation L1 of the all-black map and of the mean training map (maps in [-1, 1])."""
+        val = to_unit_range(self.val_maps)
+        mean_map = to_unit_range(self.train_maps).mean(axis=0, keepdims=True)
+        return {
+            "black_l1": float(np.abs(val + 1.0).mean()),
+            "mean_map_l1": float(np.abs(val - mean_map).mean()),
+        }
+
+    def subset(self, n_train: int | None, n_val: int | None) -> "VMSDataset":
+        """The first ``n_train``/``n_val`` pairs of each split (None keeps all)."""
+        return VMSDataset(
+            self.train_images[:n_train], self.train_maps[:n_train],
+            self.val_images[:n_val], self.val_maps[:n_val],
+            self.train_stems[:n_train], self.val_stems[:n_val],
+            self.source, self.size, list(self.notes),
+        )
+
+
+def to_unit_range(array: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return array.astype(np.float32) / 127.5 - 1.0
+
+
+def _find_dir(parent: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (parent / name).is_dir():
+            return parent / name
+    return None
+
+
+def _scan(folder: Path, skipped: dict[str, list[str]]) -> dict[str, Path]:
+    """Map stem -> file for the image files in ``folder``; note what is skipped and why."""
+    by_stem: dict[str, Path] = {}
+    duplicates: list[str] = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if name.startswith(".") or name.lower() in SYSTEM_FILES:
+            skipped["hidden or system file"].append(str(path))
+            continue
+        if path.is_dir():
+            skipped["sub-folder"].append(str(path))
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped["not an image file (extension)"].append(str(path))
+            continue
+        if path.stem in by_stem:
+            duplicates.append(f"{by_stem[path.stem].name} and {name}")
+        by_stem[path.stem] = path
+    if duplicates:
+        raise DataError(
+            f"{folder}: {len(duplicates)} stems have more than one file ({_listing(duplicates)}); "
+            "keep one file per stem."
+        )
+    return by_stem
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
+
+
+def _pairs(image_dir: Path, map_dir: Path, skipped: dict[str, list[str]]) -> list[tuple[str, Path, Path]]:
+    images = _scan(image_dir, skipped)
+    maps = _scan(map_dir, skipped)
+    problems = []
+    lonely_images = sorted(set(images) - set(maps))
+    lonely_maps = sorted(set(maps) - set(images))
+    if lonely_images:
+        problems.append(
+            f"{len(lonely_images)} images in {image_dir} have no map in {map_dir}: "
+            f"{_listing([images[s].name for s in lonely_images])}"
+        )
+    if lonely_maps:
+        problems.append(
+            f"{len(lonely_maps)} maps in {map_dir} have no image in {image_dir}: "
+            f"{_listing([maps[s].name for s in lonely_maps])}"
+        )
+    if problems:
+        raise DataError("; ".join(problems) + ". Add the missing files or move the unpaired ones out.")
+    return [(stem, images[stem], maps[stem]) for stem in sorted(images)]
+
+
+def _read_list(path: Path) -> list[str]:
+    stems = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            stems.append(Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line)
+    return stems
+
+
+def decode_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode any supported image file to a (3, size, size) uint8 array; also return its original (w, h)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            original = img.size
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                array = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I") and array.max() > 255 else 255.0
+                img = Image.fromarray((array / top * 255.0).clip(0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(background, img)
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                shrinking = img.size[0] > size or img.size[1] > size
+                method = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+                img = img.resize((size, size), method)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy(), original
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot be decoded ({err}); the file is corrupt, truncated or not an image. "
+                        "Replace it or move it out of the dataset.") from None
+
+
+def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    def one(pair: tuple[str, Path, Path]) -> tuple[np.ndarray, np.ndarray, str | None]:
+        _, image_path, map_path = pair
+        try:
+            image, image_wh = decode_rgb(image_path, size)
+            vms, map_wh = decode_rgb(map_path, size)
+        except DataError as err:
+            return None, None, str(err)
+        image_aspect, map_aspect = image_wh[0] / image_wh[1], map_wh[0] / map_wh[1]
+        if abs(image_aspect - map_aspect) > 0.05 * image_aspect:
+            return None, None, (
+                f"{map_path}: map is {map_wh[0]}x{map_wh[1]} but its image {image_path.name} is "
+                f"{image_wh[0]}x{image_wh[1]}; their shapes differ, so the map cannot be aligned. "
+                "Export the map at the image's size."
+            )
+        return image, vms, None
+
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(one, pairs))
+    errors = [err for _, _, err in decoded if err]
+    if errors:
+        raise DataError(f"{len(errors)} files could not be used: " + " | ".join(errors[:MAX_LISTED])
+                        + (f" | ... ({len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""))
+    images = np.stack([image for image, _, _ in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8)
+    maps = np.stack([vms for _, vms, _ in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8)
+    return images, maps
+
+
+def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
+    """Read a dataset folder (see module docstring) into a :class:`VMSDataset`.
+
+    Raises :class:`DataError` with a message naming each faulty file.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass --data with the folder holding images/ and maps/.")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder; pass --data with the folder holding images/ and maps/.")
+    skipped: dict[str, list[str]] = {"hidden or system file": [], "sub-folder": [], "not an image file (extension)": []}
+    notes: list[str] = []
+
+    image_dir, map_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, MAP_DIR_NAMES)
+    train_root, val_root = root / "train", root / "val"
+    if image_dir and map_dir:
+        pairs = _pairs(image_dir, map_dir, skipped)
+        if not pairs:
+            raise DataError(f"{root}: no image/map pairs found in {image_dir} and {map_dir}.")
+        by_stem = {stem: (stem, i, m) for stem, i, m in pairs}
+        train_list, val_list = root / "splits" / "train.txt", root / "splits" / "val.txt"
+        if train_list.exists() or val_list.exists():
+            if not (train_list.exists() and val_list.exists()):
+                raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
+            train_stems, val_stems = _read_list(train_list), _read_list(val_list)
+            unknown = [s for s in train_stems + val_stems if s not in by_stem]
+            if unknown:
+                raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
+                                f"{_listing(unknown)}. Fix the list files or add the files.")
+            both = sorted(set(train_stems) & set(val_stems))
+            if both:
+                raise DataError(f"{root / 'splits'}: {len(both)} stems are in both train.txt and val.txt: {_listing(both)}.")
+            unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems))
+            if unlisted:
+                notes.append(f"{len(unlisted)} pairs are in neither split list and were left out: {_listing(unlisted)}")
+            train_pairs = [by_stem[s] for s in train_stems]
+            val_pairs = [by_stem[s] for s in val_stems]
+            notes.append("split: from splits/train.txt and splits/val.txt")
+        else:
+            order = np.random.default_rng(seed).permutation(len(pairs))
+            n_val = max(1, int(round(len(pairs) * val_fraction)))
+            val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+            train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+            notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}); "
+                         "add splits/train.txt and splits/val.txt to fix it")
+    elif train_root.is_dir() and val_root.is_dir():
+        found = []
+        for split_root in (train_root, val_root):
+            i_dir, m_dir = _find_dir(split_root, IMAGE_DIR_NAMES), _find_dir(split_root, MAP_DIR_NAMES)
+            if not (i_dir and m_dir):
+                raise DataError(f"{split_root} needs images/ and maps/ sub-folders.")
+            found.append(_pairs(i_dir, m_dir, skipped))
+        train_pairs, val_pairs = found
+        notes.append("split: from train/ and val/ folders")
+    else:
+        raise DataError(
+            f"{root} has no images/ and maps/ folders (nor train/ and val/ folders holding them). "
+            "Expected DIR/images/<stem>.<ext> beside DIR/maps/<stem>.<ext>."
+        )
+    if not train_pairs or not val_pairs:
+        raise DataError(f"{root}: the split leaves {len(train_pairs)} training and {len(val_pairs)} validation pairs; "
+                        "both must be non-empty.")
+    for reason, paths in skipped.items():
+        if paths:
+            notes.append(f"skipped {len(paths)} files ({reason}): {_listing([Path(p).name for p in paths])}")
+
+    train_images, train_maps = _decode_pairs(train_pairs, size)
+    val_images, val_maps = _decode_pairs(val_pairs, size)
+    return VMSDataset(
+        train_images, train_maps, val_images, val_maps,
+        [s for s, _, _ in train_pairs], [s for s, _, _ in val_pairs],
+        source=str(root), size=size, notes=notes,
+    )
+
+
+def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0) -> VMSDataset:
+    """The dataset at ``data_dir``, or the embedded synthetic default when it is None."""
+    if data_dir is None:
+        folder = ensure_synthetic(SyntheticSpec(size=size) if size != 64 else SyntheticSpec())
+        return load_dataset(folder, size=size, seed=seed)
+    return load_dataset(data_dir, size=size, seed=seed)
+
+
+def describe(dataset: VMSDataset) -> str:
+    """A short human-readable summary: counts, split, sparsity and both baselines."""
+    base = dataset.baselines()
+    val = to_unit_range(dataset.val_maps)
+    black_share = float(((val + 1.0).reshape(len(val), -1).max(axis=1) < 0.05).mean()) if len(val) else 0.0
+    lines = [
+        f"dataset:        {dataset.source}",
+        f"pairs:          {len(dataset.train_stems)} train + {len(dataset.val_stems)} val at {dataset.size}x{dataset.size}",
+        f"all-black maps: {black_share:.0%} of validation maps",
+        f"baseline val L1, all-black map:     {base['black_l1']:.4f}",
+        f"baseline val L1, mean training map: {base['mean_map_l1']:.4f}",
+        f"fingerprint:    {dataset.fingerprint}",
+    ]
+    lines += [f"note: {note}" for note in dataset.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainables.data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_describe = sub.add_parser("describe", help="counts, split and the two baseline L1s of a dataset")
+    p_describe.add_argument("--data", default=None, help="dataset folder (default: the embedded synthetic set)")
+    p_describe.add_argument("--size", type=int, default=64, help="working resolution (default 64)")
+    p_describe.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split when no lists exist")
+    p_gen = sub.add_parser("generate", help="write a synthetic dataset to a folder")
+    p_gen.add_argument("out", help="folder to create (must not exist)")
+    p_gen.add_argument("--train", type=int, default=1280)
+    p_gen.add_argument("--val", type=int, default=320)
+    p_gen.add_argument("--size", type=int, default=64)
+    p_gen.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "describe":
+            print(describe(resolve_data(args.data, size=args.size, seed=args.seed)))
+        else:
+            out = Path(args.out)
+            if out.exists():
+                raise DataError(f"{out} already exists; choose a new folder.")
+            try:
+                spec = SyntheticSpec(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed)
+            except ValueError as err:
+                raise DataError(str(err)) from None
+            generate(out, spec)
+            print(f"wrote {args.train} train + {args.val} val pairs to {out}")
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""pix2pix GAN trainable (report Algorithm 2).
+
+Per batch, as in the report: the generator step first,
+``loss_G = adv(D(G(I), I), real) + l1_weight * L1(G(I), L)``, then the discriminator step
+on the same fake (detached) and the real map. ``lsgan`` reproduces the report's
+least-squares losses (l1_weight 1 in the report, 100 in pix2pix); ``wgan-gp`` is the
+Wasserstein variant the report planned but never finished. Generator and discriminator
+each have their own norm, width, optimizer, learning rate and betas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import scaled_width
+from models.patchgan import GANLoss, PatchGANConfig, build_patchgan
+from models.unet import UNetConfig, build_unet
+from trainables.config import RunSettings, build_optimizer, optimizer_config
+from trainables.data import VMSDataset
+from trainables.loop import Family, run_trial, step
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    g_norm: str = "batch"
+    g_width: int = 64
+    g_dropout: float = 0.0
+    g_optimizer: str = "adam"
+    g_lr: float = 1e-3
+    g_momentum: float = 0.0
+    g_beta1: float = 0.9
+    g_beta2: float = 0.999
+    g_weight_decay: float = 0.0
+    d_norm: str = "batch"
+    d_width: int = 64
+    d_optimizer: str = "adam"
+    d_lr: float = 1e-3
+    d_momentum: float = 0.0
+    d_beta1: float = 0.9
+    d_beta2: float = 0.999
+    d_weight_decay: float = 0.0
+    batch_size: int = 16
+    l1_weight: float = 1.0
+    gan_loss: str = "lsgan"
+
+
+class GANFamily(Family):
+    def __init__(self, hp: GANConfig, settings: RunSettings, device: torch.device) -> None:
+        super().__init__(hp, settings, device)
+        g_width = scaled_width(hp.g_width, settings.width_divisor)
+        d_width = scaled_width(hp.d_width, settings.width_divisor)
+        self.generator = build_unet(UNetConfig(width=g_width, norm=hp.g_norm, dropout=hp.g_dropout)).to(device)
+        self.discriminator = build_patchgan(PatchGANConfig(width=d_width, norm=hp.d_norm)).to(device)
+        self.g_opt = build_optimizer(self.generator.parameters(), optimizer_config(hp, "g_"))
+        self.d_opt = build_optimizer(self.discriminator.parameters(), optimizer_config(hp, "d_"))
+        self.loss = GANLoss(hp.gan_loss)
+        self.g_scaler, self.d_scaler = self.precision.scaler(), self.precision.scaler()
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.g_opt, "discriminator": self.d_opt}
+
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Generator: fool D and stay close to the true map.
+        self.discriminator.requires_grad_(False)
+        with self.precision.autocast():
+            fake = self.generator(image)
+            g_adv = self.loss.generator(self.discriminator(fake, image).float())
+            g_l1 = F.l1_loss(fake.float(), vms)
+            g_loss = g_adv + self.hp.l1_weight * g_l1
+        step(g_loss, self.g_opt, self.g_scaler)
+        # Discriminator: tell the true map from the (detached) generated one.
+        self.discriminator.requires_grad_(True)
+        with self.precision.autocast():
+            d_loss = self.loss.discriminator(self.discriminator, vms, fake.detach(), image).float()
+        step(d_loss, self.d_opt, self.d_scaler)
+        return {"train_loss": g_l1.detach(), "g_loss": g_loss.detach(), "g_adv_loss": g_adv.detach(),
+                "d_loss": d_loss.detach()}
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.generator(image)
+
+
+def train_gan(config: dict[str, Any], data: VMSDataset) -> None:
+    """Ray Tune function trainable for the pix2pix GAN."""
+    run_trial(config, data, GANFamily, GANConfig)

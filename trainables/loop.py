@@ -1,0 +1,319 @@
+"""The one training loop every family shares: data on device, epochs, metrics, checkpoints.
+
+A family (see :class:`Family`) only says how to take one optimisation step and how to
+predict maps; this module runs the epochs, measures train/val L1 and Spearman's rho,
+detects divergence, checkpoints (every epoch, atomically) and reports to Ray Tune.
+
+Checkpoints live in ``<checkpoint_root>/<trial key>/`` where the key hashes what the
+trial trains (not its epoch budget). A trial started again with the same config, after
+a driver crash, a Ray retry or in a resumed study, finds its checkpoint, replays the
+epochs it already reported and continues at the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import time
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from trainables.augment import diff_augment
+from trainables.config import RunSettings, parse_config, resolved_config, trial_key
+from trainables.data import VMSDataset
+
+CHECKPOINT_FORMAT = 1
+DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial
+EVAL_BATCH = 64
+
+
+class Precision:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.needs_scaling = self.enabled and self.dtype == torch.float16
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.needs_scaling)
+
+
+def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and update through the (possibly disabled) loss scaler."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+class Family(ABC):
+    """One model family inside the shared loop.
+
+    The loop calls, in order: ``__init__`` (build nets and optimizers on ``device``),
+    ``load_state_dict`` when resuming, then each epoch ``train_step`` per batch (in train
+    mode) and ``predict`` per validation batch (in eval mode), and ``state_dict`` to
+    checkpoint. ``final_predict`` is used once after the last epoch.
+    """
+
+    def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
+        self.hp, self.settings, self.device = hp, settings, device
+        self.precision = Precision(device)
+
+    @property
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    @abstractmethod
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached scalar losses (``train_loss`` at least)."""
+
+    @abstractmethod
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps in [-1, 1] for a batch of images."""
+
+    has_final_mode = False  # True when final_predict differs from predict (diffusion's final sampler)
+
+    def final_predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps from the family's final evaluation mode (only called when ``has_final_mode``)."""
+        return self.predict(image)
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {f"net.{k}": m.state_dict() for k, m in self.modules.items()}
+        state.update({f"opt.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state[f"net.{name}"])
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state[f"opt.{name}"])
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules.values():
+            module.train(mode)
+
+
+@dataclass
+class DeviceData:
+    """The dataset as uint8 tensors on the trial's device, converted to float per batch."""
+
+    train_images: torch.Tensor
+    train_maps: torch.Tensor
+    val_images: torch.Tensor
+    val_maps: torch.Tensor
+
+    @classmethod
+    def from_dataset(cls, data: VMSDataset, device: torch.device) -> "DeviceData":
+        with warnings.catch_warnings():
+            # Arrays from Ray's object store are read-only; we never write to them, and not
+            # copying them is what keeps the dataset once per node instead of once per trial.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = [torch.from_numpy(a) for a in (data.train_images, data.train_maps, data.val_images, data.val_maps)]
+        return cls(*(t.to(device, non_blocking=True) for t in tensors))
+
+
+def as_float(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float().div_(127.5).sub_(1.0)
+
+
+def image_scores(maps: torch.Tensor) -> np.ndarray:
+    """Image-level memorability implied by a map: mean of the 'remembered' channel in [0, 1]."""
+    return ((maps[:, 0].float() + 1.0) / 2.0).mean(dim=(1, 2)).cpu().numpy()
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation with average ranks for ties (NaN when either side is constant)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+class TrialStore:
+    """A trial's checkpoint folder: latest.pt (every epoch), best.pt and predictions.npz."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder while training: a duplicate config waits, then resumes from it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _save(self, obj: Any, name: str) -> None:
+        tmp = self.folder / f".{name}.tmp"
+        torch.save(obj, tmp)
+        os.replace(tmp, self.folder / name)
+
+    def save_latest(self, state: dict[str, Any]) -> None:
+        self._save(state, "latest.pt")
+
+    def load_latest(self) -> dict[str, Any] | None:
+        path = self.folder / "latest.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state if state.get("format") == CHECKPOINT_FORMAT else None
+
+    def save_best(self, state: dict[str, Any], predictions: np.ndarray, per_image_l1: np.ndarray, stems: list[str]) -> None:
+        self._save(state, "best.pt")
+        tmp = self.folder / ".predictions.tmp.npz"
+        np.savez_compressed(tmp, predictions=predictions, per_image_l1=per_image_l1, stems=np.array(stems))
+        os.replace(tmp, self.folder / "predictions.npz")
+
+
+def _evaluate(family: Family, images: torch.Tensor, maps: torch.Tensor, final: bool = False) -> tuple[float, np.ndarray, np.ndarray, torch.Tensor]:
+    """Mean L1, per-image L1, Spearman inputs and the uint8 predictions over a whole split."""
+    family.train(False)
+    preds = []
+    with torch.no_grad(), family.precision.autocast():
+        for start in range(0, len(images), EVAL_BATCH):
+            batch = as_float(images[start : start + EVAL_BATCH])
+            out = family.final_predict(batch) if final else family.predict(batch)
+            preds.append(out.float().clamp(-1, 1))
+    family.train(True)
+    pred = torch.cat(preds)
+    truth = as_float(maps)
+    per_image = (pred - truth).abs().mean(dim=(1, 2, 3))
+    rho = spearman(image_scores(pred), image_scores(truth))
+    pred_u8 = ((pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return float(per_image.mean()), per_image.cpu().numpy(), np.array([rho]), pred_u8
+
+
+def default_report(metrics: dict[str, Any]) -> None:
+    from ray import tune
+
+    tune.report(metrics)
+
+
+def run_trial(
+    config: dict[str, Any],
+    data: VMSDataset,
+    family_cls: type[Family],
+    config_cls: type,
+    *,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one configuration, reporting every epoch; returns the last reported row."""
+    report = report or default_report
+    settings, hp = parse_config(config, config_cls)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.threads and device.type == "cpu":
+        torch.set_num_threads(settings.threads)
+    key = trial_key(settings, hp)
+    torch.manual_seed(int(key, 16) % 2**31 ^ settings.seed)
+    batch_gen = torch.Generator().manual_seed(int(key, 16) % 2**31 + settings.seed)
+    node = _node_id()
+
+    tensors = DeviceData.from_dataset(data, device)
+    family = family_cls(hp, settings, device)
+    store = TrialStore(Path(settings.checkpoint_root) / key) if settings.checkpoint_root else None
+    train_eval = torch.linspace(0, len(tensors.train_images) - 1, min(settings.train_eval_size, len(tensors.train_images))).long()
+    train_eval = train_eval.to(device)
+
+    with store.locked() if store else contextlib.nullcontext():
+        history: list[dict[str, Any]] = []
+        best, start_epoch, status = math.inf, 0, "running"
+        previous = store.load_latest() if store else None
+        if previous is not None:
+            family.load_state_dict(previous["family"])
+            batch_gen.set_state(previous["batch_rng"])
+            torch.set_rng_state(previous["torch_rng"])
+            history, best, start_epoch, status = previous["history"], previous["best_val_l1"], previous["epoch"], previous["status"]
+            for row in history:  # replay, so Ray, ASHA and the searcher see the whole curve
+                if row["epoch"] <= settings.epochs:
+                    report(dict(row, replayed=True))
+            if status == "diverged" or start_epoch >= settings.epochs:
+                return history[-1]
+
+        n_train = len(tensors.train_images)
+        batch_size = max(1, min(getattr(hp, "batch_size", 16), n_train))
+        wall_start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
+        row: dict[str, Any] = history[-1] if history else {}
+        for epoch in range(start_epoch + 1, settings.epochs + 1):
+            epoch_start = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            batches = 0
+            family.train(True)
+            order = torch.randperm(n_train, generator=batch_gen).to(device)
+            for first in range(0, n_train, batch_size):
+                index = order[first : first + batch_size]
+                if len(index) < 2 and n_train >= 2:
+                    continue  # a lone sample breaks BatchNorm statistics
+                image, vms = as_float(tensors.train_images[index]), as_float(tensors.train_maps[index])
+                if settings.augment:
+                    image, vms = diff_augment(image, vms)
+                for name, value in family.train_step(image, vms).items():
+                    sums[name] = sums.get(name, 0.0) + value.float()
+                batches += 1
+            losses = {name: float(total) / max(batches, 1) for name, total in sums.items()}
+            diverged = not all(math.isfinite(v) for v in losses.values()) or not _finite_weights(family)
+
+            row = {"epoch": epoch, "status": "diverged" if diverged else "running", **losses,
+                   "device": device.type, "node_id": node}
+            if diverged:
+                row.update(train_l1=float("nan"), val_l1=float("nan"), best_val_l1=DIVERGED_L1, val_spearman=float("nan"))
+            elif epoch % settings.eval_every == 0 or epoch == settings.epochs or not history:
+                val_l1, per_image, rho, pred_u8 = _evaluate(family, tensors.val_images, tensors.val_maps)
+                train_l1 = _evaluate(family, tensors.train_images[train_eval], tensors.train_maps[train_eval])[0]
+                if val_l1 < best and store:
+                    store.save_best({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val_l1,
+                                     "config": resolved_config(settings, hp), "family": family.state_dict()},
+                                    pred_u8.cpu().numpy(), per_image, data.val_stems)
+                best = min(best, val_l1)
+                row.update(train_l1=train_l1, val_l1=val_l1, best_val_l1=best, val_spearman=float(rho[0]))
+            else:  # between evaluations the last measured values stand
+                row.update({k: history[-1][k] for k in ("train_l1", "val_l1", "best_val_l1", "val_spearman")})
+            if not diverged and epoch == settings.epochs and family.has_final_mode:
+                row["final_val_l1"] = _evaluate(family, tensors.val_images, tensors.val_maps, final=True)[0]
+            now = time.perf_counter()
+            row.update(epoch_seconds=now - epoch_start, wall_seconds=now - wall_start)
+            if diverged or epoch == settings.epochs:
+                row["status"] = "diverged" if diverged else "completed"
+            history.append(row)
+            if store:
+                store.save_latest({
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "status": row["status"], "history": history,
+                    "best_val_l1": best, "config": resolved_config(settings, hp), "family": family.state_dict(),
+                    "batch_rng": batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                })
+            report(dict(row))
+            if diverged:
+                break
+        return row
+
+
+def _finite_weights(family: Family) -> bool:
+    return all(torch.isfinite(p).all() for m in family.modules.values() for p in m.parameters())
+
+
+def _node_id() -> str:
+    """The Ray node this trial runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
