@@ -1,0 +1,388 @@
+"""One self-contained HTML report comparing studies (plotly.js embedded: opens offline).
+
+    python -m dashboards.build runs/greedy-gan runs/tpe-gan [more study folders] -o report.html
+
+Sections: L1 comparison across families and strategies (with both dataset baselines),
+search progress (best-so-far against trials, wall time and epochs spent), learning
+curves of the top trials (ASHA stops marked), the greedy path, hyperparameter effects
+(parallel coordinates and PED-ANOVA importance through Optuna), and galleries of the best,
+worst and most informative validation predictions (image | true map | predicted map).
+A study that is still running renders with what exists so far. The output depends only
+on the study folders, so re-running the builder gives the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+from PIL import Image
+
+TOP_CURVES = 5
+GALLERY_SIZE = 4
+FINISHED = ("completed", "stopped")
+
+
+class DashboardError(Exception):
+    """Bad input to the builder; the message says what and how to fix it."""
+
+
+@dataclass
+class Study:
+    folder: Path
+    meta: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("study", self.folder.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.meta['strategy']}, {self.meta['family']})"
+
+    @property
+    def hp_columns(self) -> list[str]:
+        return [c for c in self.trials.columns if c.startswith("hp_")]
+
+
+def load_study(folder: str | Path) -> Study:
+    folder = Path(folder)
+    meta_path = folder / "study.json"
+    if not meta_path.is_file():
+        raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
+                             "such as runs/greedy-gan.")
+    meta = json.loads(meta_path.read_text())
+    trials = pd.read_parquet(folder / "trials.parquet") if (folder / "trials.parquet").exists() else pd.DataFrame()
+    epochs = pd.read_parquet(folder / "epochs.parquet") if (folder / "epochs.parquet").exists() else pd.DataFrame()
+    if trials.empty:
+        trials = pd.DataFrame(columns=["trial_id", "status", "best_val_l1", "epochs_run", "started_at", "ended_at"])
+    return Study(folder, meta, trials, epochs)
+
+
+def _finished(study: Study) -> pd.DataFrame:
+    t = study.trials
+    return t[t["status"].isin(FINISHED) & t["best_val_l1"].notna()]
+
+
+def _empty(message: str) -> str:
+    return f'<p class="empty">{html.escape(message)}</p>'
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+
+
+def _baseline_lines(fig: go.Figure, studies: list[Study], **where: Any) -> None:
+    seen = set()
+    for study in studies:
+        base = study.meta.get("baselines") or {}
+        for key, label, dash in (("black_l1", "all-black map", "dot"), ("mean_map_l1", "mean training map", "dash")):
+            if key in base and (key, round(base[key], 6)) not in seen:
+                seen.add((key, round(base[key], 6)))
+                fig.add_hline(y=base[key], line_dash=dash, line_color="#888",
+                              annotation_text=f"{label} {base[key]:.4f}", annotation_position="top left", **where)
+
+
+def section_l1(studies: list[Study]) -> str:
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35],
+                        subplot_titles=("best val L1 of every finished trial", "best trial per study"))
+    any_data = False
+    for study in studies:
+        done = _finished(study)
+        if done.empty:
+            continue
+        any_data = True
+        fig.add_trace(go.Box(y=done["best_val_l1"], name=study.label, boxpoints="all", jitter=0.4, pointpos=0,
+                             text=done["trial_id"], hovertemplate="%{text}: %{y:.4f}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Bar(x=[study.label], y=[done["best_val_l1"].min()], name=study.label, showlegend=False,
+                             text=[f"{done['best_val_l1'].min():.4f}"], textposition="outside"), row=1, col=2)
+    if not any_data:
+        return _empty("No trial has finished yet.")
+    _baseline_lines(fig, studies, row=1, col="all")
+    fig.update_yaxes(title_text="val L1 (lower is better)")
+    fig.update_layout(height=480, showlegend=False)
+    return _figure_html(fig, "fig-l1")
+
+
+def section_progress(studies: list[Study]) -> str:
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("against trials", "against wall time (s)", "against epochs spent"),
+                        shared_yaxes=True)
+    any_data = False
+    for index, study in enumerate(studies):
+        t = study.trials[study.trials["ended_at"].notna()].sort_values("ended_at")
+        if t.empty:
+            continue
+        any_data = True
+        value = t["best_val_l1"].where(t["status"].isin(FINISHED))
+        best = value.cummin().ffill()
+        start = pd.to_datetime(study.trials["started_at"]).min()
+        wall = (pd.to_datetime(t["ended_at"]) - start).dt.total_seconds()
+        spent = t["epochs_run"].fillna(0).cumsum()
+        colour = f"hsl({(index * 67) % 360}, 65%, 45%)"
+        for col, x in enumerate((np.arange(1, len(t) + 1), wall, spent), start=1):
+            fig.add_trace(go.Scatter(x=x, y=best, mode="lines+markers", line_shape="hv", name=study.label,
+                                     legendgroup=study.label, showlegend=col == 1, line=dict(color=colour)),
+                          row=1, col=col)
+    if not any_data:
+        return _empty("No trial has finished yet.")
+    _baseline_lines(fig, studies, row=1, col="all")
+    fig.update_yaxes(title_text="best val L1 so far", row=1, col=1)
+    fig.update_layout(height=430)
+    return _figure_html(fig, "fig-progress")
+
+
+def section_curves(studies: list[Study]) -> str:
+    parts = []
+    for index, study in enumerate(studies):
+        if study.epochs.empty:
+            continue
+        top = _finished(study).nsmallest(TOP_CURVES, "best_val_l1")
+        running = study.trials[study.trials["status"] == "running"]["trial_id"].tolist()
+        ids = top["trial_id"].tolist() + running[: max(0, TOP_CURVES - len(top))]
+        if not ids:
+            continue
+        fig = go.Figure()
+        for rank, trial_id in enumerate(ids):
+            e = study.epochs[study.epochs["trial_id"] == trial_id].sort_values("epoch")
+            status = study.trials.set_index("trial_id").loc[trial_id, "status"]
+            colour = f"hsl({(rank * 71) % 360}, 65%, 45%)"
+            fig.add_trace(go.Scatter(x=e["epoch"], y=e["val_l1"], mode="lines+markers", name=f"{trial_id} val",
+                                     line=dict(color=colour)))
+            fig.add_trace(go.Scatter(x=e["epoch"], y=e["train_l1"], mode="lines", name=f"{trial_id} train",
+                                     line=dict(color=colour, dash="dot")))
+            if status == "stopped" and not e.empty:
+                fig.add_trace(go.Scatter(x=[e["epoch"].iloc[-1]], y=[e["val_l1"].iloc[-1]], mode="markers",
+                                         marker=dict(symbol="x", size=14, color=colour),
+                                         name=f"{trial_id} stopped by ASHA"))
+        _baseline_lines(fig, [study])
+        fig.update_layout(title=f"{study.label}: train (dotted) and val L1 of the top trials; x = stopped early",
+                          xaxis_title="epoch", yaxis_title="L1", height=420)
+        parts.append(_figure_html(fig, f"fig-curves-{index}"))
+    return "\n".join(parts) or _empty("No epoch has been reported yet.")
+
+
+def section_greedy(studies: list[Study]) -> str:
+    parts = []
+    for index, study in enumerate(studies):
+        state_path = study.folder / "greedy_state.json"
+        if study.meta.get("strategy") != "greedy" or not state_path.exists():
+            continue
+        state = json.loads(state_path.read_text())
+        fig = go.Figure()
+        for block in state["blocks"]:
+            label = f"{block['index']}: {block['param']}"
+            values = block.get("values") or {}
+            if not values:  # the open block: show what has finished
+                values = {}
+                for key in block["keys"]:
+                    if key in state["evaluated"]:
+                        values[str(json.loads(key)[block["param"]])] = state["evaluated"][key]
+            adopted = None if block.get("adopted") is None else str(block["adopted"])
+            xs = [label] * len(values)
+            fig.add_trace(go.Scatter(
+                x=xs, y=list(values.values()), mode="markers+text", text=list(values.keys()), textposition="middle right",
+                marker=dict(size=[16 if v == adopted else 9 for v in values],
+                            color=["#d62728" if v == adopted else "#1f77b4" for v in values]),
+                name=label, showlegend=False,
+                hovertemplate=f"{block['param']}=%{{text}}: %{{y:.4f}}<extra></extra>"))
+        _baseline_lines(fig, [study])
+        fig.update_layout(title=f"{study.label}: greedy path (each block varies one parameter; red = adopted)",
+                          yaxis_title="best val L1", height=460, xaxis=dict(type="category"))
+        parts.append(_figure_html(fig, f"fig-greedy-{index}"))
+    return "\n".join(parts) or _empty("No greedy study among the inputs.")
+
+
+def _importances(done: pd.DataFrame, hp_columns: list[str]) -> dict[str, float]:
+    """PED-ANOVA importances via Optuna (no scikit-learn needed), on parameters every finished trial has."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    columns = [c for c in hp_columns if done[c].notna().all() and done[c].nunique() > 1]
+    if len(done) < 4 or not columns:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = {c[3:]: CategoricalDistribution(sorted(done[c].unique().tolist(), key=str)) for c in columns}
+    study = optuna.create_study(direction="minimize")
+    for _, row in done.iterrows():
+        params = {c[3:]: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in columns}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["best_val_l1"])))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def section_effects(studies: list[Study]) -> str:
+    parts = []
+    for index, study in enumerate(studies):
+        done = _finished(study)
+        columns = [c for c in study.hp_columns if done[c].notna().any()] if not done.empty else []
+        if len(done) < 2 or not columns:
+            continue
+        dims = []
+        for c in columns:
+            series = done[c]
+            if series.dtype == object or series.dtype == bool or str(series.dtype) in ("string", "str"):
+                labels = sorted(series.fillna("(none)").astype(str).unique())
+                codes = series.fillna("(none)").astype(str).map({v: i for i, v in enumerate(labels)})
+                dims.append(dict(label=c[3:], values=codes, tickvals=list(range(len(labels))), ticktext=labels))
+            else:
+                dims.append(dict(label=c[3:], values=series.astype(float).fillna(series.astype(float).min())))
+        dims.append(dict(label="best val L1", values=done["best_val_l1"]))
+        fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=done["best_val_l1"], colorscale="Viridis_r",
+                                                                 showscale=True, colorbar=dict(title="val L1"))))
+        fig.update_layout(title=f"{study.label}: parallel coordinates (colour: best val L1)", height=480,
+                          margin=dict(t=110))
+        parts.append(_figure_html(fig, f"fig-parcoords-{index}"))
+        importance = _importances(done, study.hp_columns)
+        if importance:
+            names = list(importance)[::-1]
+            bar = go.Figure(go.Bar(x=[importance[n] for n in names], y=names, orientation="h"))
+            bar.update_layout(title=f"{study.label}: parameter importance (PED-ANOVA, Optuna)", xaxis_title="importance",
+                              height=120 + 28 * len(names))
+            parts.append(_figure_html(bar, f"fig-importance-{index}"))
+        else:
+            parts.append(_empty(f"{study.label}: importance needs at least 4 finished trials varying a parameter."))
+    return "\n".join(parts) or _empty("Not enough finished trials for hyperparameter effects.")
+
+
+def _png(array_chw: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array_chw.transpose(1, 2, 0))).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def gallery_selection(per_image_l1: np.ndarray, truth: np.ndarray, k: int = GALLERY_SIZE) -> dict[str, list[int]]:
+    """Indices of the best, worst and most informative predictions.
+
+    "Most informative" (the report's favourites): among predictions better than the median,
+    those whose true maps have the largest lit area; the all-black ones that win on L1
+    by painting black are what the report warned about, so they are not chosen here.
+    """
+    order = np.argsort(per_image_l1, kind="stable")
+    lit = (truth.astype(np.float32) > 25).mean(axis=(1, 2, 3))
+    good = per_image_l1 <= np.median(per_image_l1)
+    informative = [int(i) for i in np.argsort(-(lit * good), kind="stable") if good[i] and lit[i] > 0][:k]
+    return {"best": [int(i) for i in order[:k]], "worst": [int(i) for i in order[::-1][:k]], "most informative": informative}
+
+
+def section_galleries(studies: list[Study]) -> str:
+    parts = []
+    for study in studies:
+        done = _finished(study)
+        val_path = study.folder / "val_data.npz"
+        if done.empty or not val_path.exists():
+            continue
+        best = done.nsmallest(1, "best_val_l1").iloc[0]
+        pred_path = study.folder / "trials" / best["trial_id"] / "predictions.npz"
+        if not pred_path.exists():
+            continue
+        val, pred = np.load(val_path), np.load(pred_path)
+        images, truth, stems = val["images"], val["maps"], val["stems"]
+        predictions, per_image = pred["predictions"], pred["per_image_l1"]
+        chosen = gallery_selection(per_image, truth)
+        rows = [f'<h3>{html.escape(study.label)}: best trial {html.escape(best["trial_id"])} '
+                f'(val L1 {best["best_val_l1"]:.4f})</h3>']
+        for kind, indices in chosen.items():
+            cells = "".join(
+                f'<figure><div class="triple"><img src="{_png(images[i])}" alt="image"><img src="{_png(truth[i])}" alt="true map">'
+                f'<img src="{_png(predictions[i])}" alt="predicted map"></div>'
+                f'<figcaption>{html.escape(str(stems[i]))}: L1 {per_image[i]:.4f}</figcaption></figure>'
+                for i in indices)
+            rows.append(f'<h4>{kind}</h4><div class="gallery" data-kind="{kind}">{cells or _empty("none")}</div>')
+        parts.append("\n".join(rows))
+    return "\n".join(parts) or _empty("No finished trial with stored predictions yet.")
+
+
+def section_summary(studies: list[Study]) -> str:
+    rows = []
+    for study in studies:
+        t = study.trials
+        counts = t["status"].value_counts().to_dict() if not t.empty else {}
+        done = _finished(study)
+        best = f"{done['best_val_l1'].min():.4f}" if not done.empty else "-"
+        base = study.meta.get("baselines", {})
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            study.name, study.meta.get("strategy"), study.meta.get("family"), study.meta.get("preset", ""),
+            len(t), ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), best,
+            f"{base.get('black_l1', float('nan')):.4f}", f"{base.get('mean_map_l1', float('nan')):.4f}")) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in ("study", "strategy", "family", "preset", "trials", "by status",
+                                               "best val L1", "all-black L1", "mean-map L1"))
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
+.empty{color:#777;font-style:italic}
+.gallery{display:flex;flex-wrap:wrap;gap:14px}
+figure{margin:0} figcaption{font-size:.85em;color:#444}
+.triple img{width:128px;height:128px;image-rendering:pixelated;margin-right:2px;border:1px solid #ccc}
+"""
+
+SECTIONS = [
+    ("l1-comparison", "L1 comparison across model families and strategies", section_l1),
+    ("search-progress", "Search progress: best val L1 so far", section_progress),
+    ("learning-curves", "Learning curves of the top trials", section_curves),
+    ("greedy-path", "Greedy path", section_greedy),
+    ("hyperparameter-effects", "Hyperparameter effects", section_effects),
+    ("galleries", "Galleries: image | true map | predicted map", section_galleries),
+]
+
+
+def build(folders: list[str | Path], output: str | Path) -> Path:
+    if not folders:
+        raise DashboardError("give at least one study folder, such as runs/greedy-gan.")
+    studies = [load_study(f) for f in folders]
+    body = [f'<section id="summary"><h2>Studies</h2>{section_summary(studies)}</section>']
+    for anchor, title, render in SECTIONS:
+        body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{render(studies)}</section>')
+    page = (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Memorability-map search report</title>"
+        f"<style>{STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
+        "<h1>Memorability-map hyperparameter search</h1>"
+        "<p>Val L1 is the mean absolute error between predicted and true VMS maps in [-1, 1] over the validation set "
+        "(lower is better). Judge it against the better of the two baselines: a model can win on L1 by painting black.</p>"
+        + "\n".join(body) + "</body></html>"
+    )
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("studies", nargs="+", help="study folders (runs/<study>)")
+    parser.add_argument("-o", "--output", default="report.html")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args.studies, args.output)
+    except DashboardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Study files: the shipped ones parse, and every malformed one is refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.space import STUDIES_DIR, StudyFileError, load_space, parse_space
+from tests.conftest import assert_clean_error, run_cli
+
+
+@pytest.mark.parametrize("family", ["autoencoder", "gan", "diffusion"])
+def test_shipped_study_files_hold_the_reports_space(family):
+    space = load_space(family)
+    defaults = space.defaults()
+    width = "g_width" if family == "gan" else "width"
+    assert space.choice(width, defaults).values == (32, 50, 64, 100)
+    assert defaults[width] == 64
+    opt = "g_optimizer" if family == "gan" else "optimizer"
+    lr = "g_lr" if family == "gan" else "lr"
+    assert defaults[opt] == "adam" and defaults[lr] == 0.001
+    sgd = space.with_value(defaults, opt, "sgd")
+    assert space.choice(lr, sgd).values == (0.005, 0.01, 0.02) and sgd[lr] == 0.01
+    beta = "g_beta1" if family == "gan" else "beta1"
+    assert beta in defaults and beta not in sgd  # Adam's betas exist only with Adam
+    assert space.choice(beta, defaults).values == (0.9, 0.0, 0.5)
+
+
+def test_canonical_maps_optuna_names_back():
+    space = load_space("autoencoder")
+    config = space.canonical({"norm": "instance", "width": 32, "optimizer": "sgd", "lr@sgd": 0.03, "batch_size": 8})
+    assert config == {"norm": "instance", "width": 32, "optimizer": "sgd", "lr": 0.03, "batch_size": 8}
+
+
+BASE = {
+    "family": "autoencoder",
+    "order": ["norm", "optimizer", "lr"],
+    "params": {
+        "norm": {"values": ["batch", "instance"], "default": "batch"},
+        "optimizer": {"values": ["adam", "sgd"], "default": "adam"},
+        "lr": {"depends_on": "optimizer", "cases": {"adam": {"values": [0.001], "default": 0.001},
+                                                     "sgd": {"values": [0.01], "default": 0.01}}},
+    },
+}
+
+
+def _mutate(path, value):
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    target = raw
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path, value, needle", [
+    (["params", "colour"], {"values": [1], "default": 1}, "not in order"),
+    (["order"], ["norm", "optimizer", "lr", "colour"], "no [params] table"),
+    (["params", "norm", "default"], "group", "not among its values"),
+    (["params", "norm", "values"], [], "non-empty list"),
+    (["params", "norm", "valuez"], ["x"], "unknown keys"),
+    (["params", "norm", "values"], ["batch", 3], "is not a str"),
+    (["params", "lr", "cases"], {"adam": {"values": [0.001], "default": 0.001}}, "missing cases"),
+    (["order"], ["norm", "lr", "optimizer"], "earlier in 'order'"),
+    (["family"], "vae", "'family' must be one of"),
+    (["params", "norm", "default"], KeyError, "'default' is missing"),
+])
+def test_malformed_study_files_are_refused(path, value, needle):
+    parse_space(BASE)  # the base is valid
+    with pytest.raises(StudyFileError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        parse_space(_mutate(path, value))
+
+
+def test_unknown_parameter_name_is_refused():
+    raw = _mutate(["params", "colour"], {"values": [1], "default": 1})
+    raw["order"] = raw["order"] + ["colour"]
+    with pytest.raises(StudyFileError, match="unknown parameter 'colour'"):
+        parse_space(raw)
+
+
+def test_cli_refuses_a_bad_study_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((STUDIES_DIR / "autoencoder.toml").read_text().replace("default = 64", "default = 65"))
+    result = run_cli("search.run", "--strategy", "greedy", "--model", "autoencoder", "--space", str(bad),
+                     "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert_clean_error(result, "not among its values")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("family = [")
+    result = run_cli("search.run", "--strategy", "greedy", "--model", "autoencoder", "--space", str(broken),
+                     "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert_clean_error(result, "not valid TOML")
