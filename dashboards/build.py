@@ -83,7 +83,8 @@ def _empty(message: str) -> str:
 
 
 def _figure_html(fig: go.Figure, div_id: str) -> str:
-    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 50
+    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=top, b=50))
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 

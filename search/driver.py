@@ -264,12 +264,31 @@ def study_name(options: SearchOptions) -> str:
     return options.study or f"{options.strategy}-{_resolve_family(options)}"
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable cluster: Ray itself waits minutes before giving up."""
+    import socket
+
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address {address!r} is not host:port (for example 10.0.0.5:6379, as `ray start --head` prints).")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise StudyError(f"cannot reach the Ray cluster at --address {address} ({err.strerror or err}); "
+                         "check the address printed by `ray start --head` and that the cluster is up.") from None
+
+
 def init_ray(options: SearchOptions) -> None:
     import ray
 
     kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
                                   logging_level=logging.INFO if options.verbose else logging.ERROR)
     if options.address:
+        check_reachable(options.address)
         import models
         import search
         import trainables
@@ -440,7 +459,9 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-        segment_start = _now_iso()
+        # Record the segment before it runs, so a killed driver's segment still counts.
+        record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": preset_name})
+        write_json_atomic(study_dir / "study.json", record)
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             tuner.fit()
@@ -449,9 +470,8 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             store.flush()
-        record.setdefault("segments", []).append({"started_at": segment_start, "ended_at": _now_iso(),
-                                                  "wall_seconds": time.perf_counter() - started, "preset": preset_name,
-                                                  "interrupted": interrupted})
+        record["segments"][-1].update(ended_at=_now_iso(), wall_seconds=time.perf_counter() - started,
+                                       interrupted=interrupted)
         write_json_atomic(study_dir / "study.json", record)
 
     finished = not interrupted
@@ -478,7 +498,7 @@ def summarize(store: ResultsStore, name: str, study_dir: Path, strategy: str, fa
         if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
             if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
                 best_row = row
-    total_wall = sum(s.get("wall_seconds", 0.0) for s in record.get("segments", []))
+    total_wall = sum(s.get("wall_seconds") or 0.0 for s in record.get("segments", []))
     return Summary(
         study=name, study_dir=str(study_dir), strategy=strategy, family=family, preset=preset,
         best_trial_id=best_row["trial_id"] if best_row else None,

@@ -1,0 +1,179 @@
+"""The search command end to end, as a user runs it: strategies, ASHA, resumption, results, bad input."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.results import SCHEMA_VERSION
+from tests.conftest import ROOT, assert_clean_error, run_cli
+
+SMOKE = ("--preset", "smoke")
+
+
+def search(runs: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return run_cli("search.run", "--runs-dir", str(runs), *SMOKE, *args, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def greedy_study(runs_dir) -> Path:
+    """An uninterrupted greedy GAN smoke study without ASHA (the reference for resumption)."""
+    result = search(runs_dir, "--strategy", "greedy", "--model", "gan", "--scheduler", "none", "--study", "greedy-ref")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs_dir / "greedy-ref"
+
+
+@pytest.fixture(scope="session")
+def tpe_study(runs_dir) -> Path:
+    result = search(runs_dir, "--strategy", "tpe", "--model", "autoencoder", "--samples", "6", "--epochs", "3",
+                    "--study", "tpe-ae")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs_dir / "tpe-ae"
+
+
+def test_greedy_run_prints_lines_and_writes_results(greedy_study):
+    summary = json.loads((greedy_study / "summary.json").read_text())
+    assert summary["finished"] and summary["strategy"] == "greedy" and summary["family"] == "gan"
+    assert set(summary["baselines"]) == {"black_l1", "mean_map_l1"}
+    assert summary["best_val_l1"] is not None and summary["counts"]["completed"] == summary["trials"]
+    trials = pd.read_parquet(greedy_study / "trials.parquet")
+    assert (trials["schema_version"] == SCHEMA_VERSION).all()
+    # smoke: the first three parameters of the order -> blocks 0, 1, 2 with 2, 1 and 3 new configs
+    assert trials.groupby("greedy_block")["greedy_param"].first().tolist() == ["g_norm", "d_norm", "g_width"]
+    assert trials["trial_id"].is_unique and len(trials) == 6
+    assert trials["hp_g_width"].dtype == "int64" and trials["hp_g_lr"].dtype == "float64"
+    assert str(trials["started_at"].dtype) == "datetime64[us, UTC]"
+    epochs = pd.read_parquet(greedy_study / "epochs.parquet")
+    assert len(epochs) == 12 and set(epochs["trial_id"]) == set(trials["trial_id"])
+    assert epochs["epoch"].dtype == "int64" and epochs["val_l1"].dtype == "float64"
+    for trial_id in trials["trial_id"]:
+        assert (greedy_study / "trials" / trial_id / "predictions.npz").exists()
+
+
+def test_tpe_asha_and_resume_with_more_samples(tpe_study, runs_dir):
+    trials = pd.read_parquet(tpe_study / "trials.parquet")
+    assert len(trials) == 6
+    summary = json.loads((tpe_study / "summary.json").read_text())
+    assert summary["counts"]["stopped"] >= 1, "ASHA should stop some of 6 trials at a 1-epoch grace period"
+    import optuna
+
+    storage = f"sqlite:///{tpe_study / 'optuna.db'}"
+    assert len(optuna.load_study(study_name="tpe-ae", storage=storage).trials) == 6
+    # --samples is the study's total: asking for 8 runs 2 more, informed by the first 6.
+    result = search(runs_dir, "--strategy", "tpe", "--model", "autoencoder", "--samples", "8", "--epochs", "3",
+                    "--study", "tpe-ae")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "6 of 8 trials already done, 2 to run" in result.stdout
+    after = pd.read_parquet(tpe_study / "trials.parquet")
+    assert len(after) == 8 and set(trials["trial_id"]) <= set(after["trial_id"])
+    assert len(optuna.load_study(study_name="tpe-ae", storage=storage).trials) == 8
+    assert set(after["segment"]) == {0, 1}
+
+
+def test_random_strategy_on_diffusion(runs_dir):
+    result = search(runs_dir, "--strategy", "random", "--model", "palette", "--samples", "2", "--study", "rnd-diff")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_parquet(runs_dir / "rnd-diff" / "trials.parquet")
+    assert len(trials) == 2 and trials["family"].eq("diffusion").all()
+    assert "best val L1" in result.stdout and "mean map" in result.stdout
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def _finished(study: Path) -> int:
+    try:
+        trials = pd.read_parquet(study / "trials.parquet")
+    except (FileNotFoundError, OSError):
+        return 0
+    return int((trials["status"] != "running").sum())
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_trials(runs_dir, greedy_study):
+    args = [sys.executable, "-m", "search.run", "--runs-dir", str(runs_dir), *SMOKE, "--strategy", "greedy",
+            "--model", "gan", "--scheduler", "none", "--study", "greedy-killed"]
+    study = runs_dir / "greedy-killed"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: _finished(study) >= 2, timeout=180)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-run
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray's helpers left behind by the dead driver
+        except ProcessLookupError:
+            pass
+    before = pd.read_parquet(study / "trials.parquet")
+    assert (before["status"] != "running").sum() >= 2
+    result = run_cli(*args[2:], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = pd.read_parquet(study / "trials.parquet")
+    reference = pd.read_parquet(greedy_study / "trials.parquet")
+    assert resumed["trial_id"].is_unique
+    assert set(resumed["trial_id"]) == set(reference["trial_id"])
+    assert (resumed["status"] == "completed").all()
+    state, ref_state = (json.loads((s / "greedy_state.json").read_text()) for s in (study, greedy_study))
+    assert [(b["param"], b["adopted"]) for b in state["blocks"]] == [(b["param"], b["adopted"]) for b in ref_state["blocks"]]
+    # A trial finished before the kill kept its row (not re-run): same end time as before.
+    done_before = before[before["status"] != "running"].set_index("trial_id")["ended_at"]
+    assert (resumed.set_index("trial_id").loc[done_before.index, "ended_at"] == done_before).all()
+    epochs = pd.read_parquet(study / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+def test_a_second_driver_on_the_same_study_is_refused(runs_dir, greedy_study):
+    with open(greedy_study / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = search(runs_dir, "--strategy", "greedy", "--model", "gan", "--scheduler", "none", "--study", "greedy-ref")
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    assert_clean_error(result, "in use by another driver")
+
+
+def test_a_study_with_another_model_is_refused(runs_dir, greedy_study):
+    before = (greedy_study / "trials.parquet").read_bytes()
+    result = search(runs_dir, "--strategy", "greedy", "--model", "autoencoder", "--study", "greedy-ref")
+    assert_clean_error(result, "created with other settings", "family")
+    assert (greedy_study / "trials.parquet").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--strategy", "grid", "--model", "gan"], "unknown --strategy"),
+    (["--strategy", "greedy", "--model", "vae"], "unknown --model"),
+    (["--strategy", "greedy", "--model", "gan", "--preset", "huge"], "unknown --preset"),
+    (["--strategy", "tpe", "--model", "gan", "--epochs", "0"], "--epochs must be a positive"),
+    (["--strategy", "tpe", "--model", "gan", "--samples", "-3"], "--samples must be a positive"),
+    (["--strategy", "greedy", "--model", "gan", "--resume", "--study", "never-made"], "no study 'never-made'"),
+    (["--strategy", "greedy", "--model", "gan", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
+    (["--strategy", "greedy", "--model", "gan", "--gpus-per-trial", "0.5"], "more GPUs than the cluster has"),
+    (["--strategy", "greedy", "--model", "gan", "--data", "/nonexistent/vms"], "does not exist"),
+])
+def test_bad_input_gets_one_clear_message(runs_dir, args, needle):
+    result = run_cli("search.run", "--runs-dir", str(runs_dir / "bad"), *args, timeout=120)
+    assert_clean_error(result, needle)
+
+
+def test_unwritable_runs_dir_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = search(blocker / "runs", "--strategy", "greedy", "--model", "gan")
+    assert_clean_error(result, "cannot write to the study folder")
