@@ -1,0 +1,71 @@
+"""Failures inside a search: a killed Ray worker, a diverging configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from tests.conftest import ROOT, run_cli
+
+
+def _worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_worker_errors_its_trial_and_the_search_goes_on(tmp_path):
+    args = [sys.executable, "-m", "search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "random",
+            "--model", "autoencoder", "--samples", "2", "--epochs", "60", "--max-concurrent", "1",
+            "--max-failures", "0", "--scheduler", "none", "--study", "w"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _worker_pids(), "no trial worker appeared"
+        time.sleep(3)  # let it train a few epochs
+        for pid in _worker_pids()[:1]:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    trials = pd.read_parquet(tmp_path / "w" / "trials.parquet")
+    assert sorted(trials["status"]) == ["completed", "errored"], trials[["status", "error"]]
+    error = trials.loc[trials["status"] == "errored", "error"].iloc[0]
+    assert error and len(error) > 20
+    assert "errored" in out
+
+
+def test_a_diverging_config_ends_diverged_and_the_block_resolves(tmp_path):
+    space = tmp_path / "explode.toml"
+    space.write_text("""
+family = "autoencoder"
+order = ["lr", "norm"]
+[fixed]
+optimizer = "sgd"
+momentum = 0.9
+[params.lr]
+values = [1e12, 1e13]
+default = 1e12
+[params.norm]
+values = ["none"]
+default = "none"
+""")
+    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "greedy",
+                     "--model", "autoencoder", "--space", str(space), "--epochs", "3", "--study", "nan", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "nan" / "trials.parquet")
+    assert (trials["status"] == "diverged").all() and len(trials) == 2
+    assert (trials["epochs_run"] < 3).all()  # ended at once, not retried
+    state = json.loads((tmp_path / "nan" / "greedy_state.json").read_text())
+    assert state["finished"] and state["blocks"][0]["adopted"] == 1e12  # a bad result, still a result
+    assert "2 diverged" in result.stdout
