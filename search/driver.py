@@ -282,8 +282,12 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                          "check the address printed by `ray start --head` and that the cluster is up.") from None
 
 
-def init_ray(options: SearchOptions) -> None:
+def init_ray(options: SearchOptions) -> bool:
+    """Connect to (or start) Ray; returns whether this call started it (and so must shut it down)."""
     import ray
+
+    if ray.is_initialized():  # a notebook or a benchmark that set Ray up itself
+        return False
 
     kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
                                   logging_level=logging.INFO if options.verbose else logging.ERROR)
@@ -301,6 +305,7 @@ def init_ray(options: SearchOptions) -> None:
                              "check the address printed by `ray start --head` and that the cluster is up.") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+    return True
 
 
 def _optuna_searcher(options: SearchOptions, space: Space, study_dir: Path, name: str, samples: int):
@@ -362,11 +367,12 @@ def run_study(options: SearchOptions) -> Summary:
 
     with study_lock(study_dir):
         started = time.perf_counter()
-        init_ray(options)
+        owns_ray = init_ray(options)
         try:
             return _run_locked(options, family, space, name, study_dir, started, resolve_data)
         finally:
-            ray.shutdown()
+            if owns_ray:
+                ray.shutdown()
 
 
 def _run_locked(options, family, space, name, study_dir, started, resolve_data) -> Summary:

@@ -37,7 +37,8 @@ hp_<name>           int64/float64/      one typed column per hyperparameter of t
 ``epochs.parquet``, one row per reported epoch per trial: schema_version, study,
 trial_id, epoch (int64), status, train_l1, val_l1, best_val_l1, val_spearman,
 train_loss, g_loss, g_adv_loss, d_loss, noise_loss, final_val_l1 (float64, null where a
-family does not report them), epoch_seconds, wall_seconds (float64), reported_at
+family does not report them), epoch_seconds, wall_seconds, peak_rss_mb (peak resident
+memory of the trial's process), gpu_peak_mb (CUDA only) (float64), reported_at
 (timestamp[us, UTC]).
 
 Both files are rewritten whole (they are small) into a temporary file and moved into
@@ -71,7 +72,7 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("config_json", pa.string()),
 ]
 EPOCH_METRICS = ["train_l1", "val_l1", "best_val_l1", "val_spearman", "train_loss", "g_loss", "g_adv_loss",
-                 "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds"]
+                 "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb"]
 EPOCH_COLUMNS: list[tuple[str, pa.DataType]] = (
     [("schema_version", pa.int32()), ("study", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
      ("status", pa.string())]

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import math
 import os
+import resource
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -292,7 +293,7 @@ def run_trial(
             if not diverged and epoch == settings.epochs and family.has_final_mode:
                 row["final_val_l1"] = _evaluate(family, tensors.val_images, tensors.val_maps, final=True)[0]
             now = time.perf_counter()
-            row.update(epoch_seconds=now - epoch_start, wall_seconds=now - wall_start)
+            row.update(epoch_seconds=now - epoch_start, wall_seconds=now - wall_start, **_memory(device))
             if diverged or epoch == settings.epochs:
                 row["status"] = "diverged" if diverged else "completed"
             history.append(row)
@@ -306,6 +307,14 @@ def run_trial(
             if diverged:
                 break
         return row
+
+
+def _memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this trial's process (MB), and peak device memory on CUDA."""
+    usage = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        usage["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return usage
 
 
 def _finite_weights(family: Family) -> bool:
