@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -315,6 +316,8 @@ def _optuna_searcher(options: SearchOptions, space: Space, study_dir: Path, name
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # TPE's multivariate/group modes (needed for conditional spaces) are flagged experimental.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = options.storage or f"sqlite:///{study_dir / 'optuna.db'}"
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
@@ -453,11 +456,18 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
         else:
             scheduler = FIFOScheduler()
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial}
+        # Ray Tune keeps one trial pending at a time with a searcher, so short trials never
+        # overlap (each waits for the previous one's worker to start). Allow as many pending
+        # trials as can run at once.
+        fits = cpus_available / options.cpus_per_trial
+        if gpus_per_trial:
+            fits = min(fits, gpus_available / gpus_per_trial)
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(trial_function, data=data), resources),
             tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=searcher, scheduler=scheduler,
                                         num_samples=num_samples, max_concurrent_trials=options.max_concurrent,
-                                        reuse_actors=False),
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"segment-{segment}", storage_path=str(study_dir / "ray"), callbacks=[callback],
                 verbose=2 if options.verbose else 0, log_to_file=not options.verbose,

@@ -1,0 +1,565 @@
+"""The benchmark suite: overhead, data path, search efficiency, diffusion sampling, memory, scaling.
+
+    python -m benchmarks.run --quick        # about 15 minutes on 2 cores
+    python -m benchmarks.run                # larger budgets and more repeats
+    python -m benchmarks.run --only overhead,sampling
+
+Every figure is a median over repeats, and ratios are measured within one run (these
+machines are shared and noisy). Raw results go to benchmarks/results/ (JSON, and Parquet
+for the search-efficiency curves); the printed Markdown table is what benchmarks/README.md
+shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from trainables import FAMILIES, family_parts
+from trainables.augment import diff_augment
+from trainables.data import VMSDataset, resolve_data
+from trainables.loop import as_float, run_trial
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _study_defaults(family: str) -> dict[str, Any]:
+    from search.space import load_space
+
+    space = load_space(family)
+    return {**space.fixed, **space.defaults()}
+
+
+# -- 1. framework overhead -----------------------------------------------------------------
+
+
+def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor: int) -> callable:
+    """A plain PyTorch loop for the same model on the same tensors: train, then one val pass."""
+    from models.diffusion import DenoiserConfig, NoiseSchedule, build_denoiser, sample
+    from models.layers import scaled_width
+    from models.patchgan import PatchGANConfig, build_patchgan
+    from models.unet import UNetConfig, build_unet
+
+    images, maps = torch.from_numpy(data.train_images), torch.from_numpy(data.train_maps)
+    val_images, val_maps = torch.from_numpy(data.val_images), torch.from_numpy(data.val_maps)
+    batch = hp["batch_size"]
+    if family == "gan":
+        gen = build_unet(UNetConfig(width=scaled_width(hp["g_width"], width_divisor), norm=hp["g_norm"]))
+        disc = build_patchgan(PatchGANConfig(width=scaled_width(hp["d_width"], width_divisor), norm=hp["d_norm"]))
+        g_opt = torch.optim.Adam(gen.parameters(), lr=hp["g_lr"], betas=(hp["g_beta1"], 0.999))
+        d_opt = torch.optim.Adam(disc.parameters(), lr=hp["d_lr"], betas=(hp["d_beta1"], 0.999))
+        model = gen
+    elif family == "diffusion":
+        model = build_denoiser(DenoiserConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]), hp["steps"])
+        schedule = NoiseSchedule(hp["schedule"], hp["steps"], hp["beta_start"], hp["beta_end"], prediction=hp["prediction"])
+        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+    else:
+        model = build_unet(UNetConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]))
+        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+    def epoch() -> None:
+        model.train()
+        order = torch.randperm(len(images))
+        for first in range(0, len(images), batch):
+            idx = order[first : first + batch]
+            if len(idx) < 2:
+                continue
+            x, y = diff_augment(as_float(images[idx]), as_float(maps[idx]))
+            if family == "gan":
+                disc.requires_grad_(False)
+                fake = gen(x)
+                g_loss = F.mse_loss(disc(fake, x), torch.ones(len(x), 1, 4, 4)) + hp["l1_weight"] * F.l1_loss(fake, y)
+                g_opt.zero_grad()
+                g_loss.backward()
+                g_opt.step()
+                disc.requires_grad_(True)
+                fake_s, real_s = disc(fake.detach(), x), disc(y, x)
+                d_loss = 0.5 * (F.mse_loss(fake_s, torch.zeros_like(fake_s)) + F.mse_loss(real_s, torch.ones_like(real_s)))
+                d_opt.zero_grad()
+                d_loss.backward()
+                d_opt.step()
+            elif family == "diffusion":
+                t = torch.randint(0, hp["steps"], (len(x),))
+                noise = torch.randn_like(y)
+                loss = F.mse_loss(model(x, schedule.add_noise(y, noise, t), t), schedule.target(y, noise, t))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                loss = F.l1_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            for first in range(0, len(val_images), 64):
+                x = as_float(val_images[first : first + 64])
+                pred = sample(model, schedule, x, sampling_steps=hp["sampling_steps"]) if family == "diffusion" else model(x)
+                F.l1_loss(pred, as_float(val_maps[first : first + 64]))
+
+    return epoch
+
+
+def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
+    """Epoch time inside our trainable under Ray Tune against a bare loop, same model, same tensors."""
+    import ray
+    from ray import tune
+
+    epochs = 4 if quick else 8
+    divisor = 8
+    threads = 1
+    out: dict[str, Any] = {"epochs": epochs, "width_divisor": divisor, "threads": threads, "families": {}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for family in FAMILIES:
+            hp = _study_defaults(family)
+            if family == "diffusion":
+                hp.update(prediction="x0", steps=500)
+            trainable, _, _ = family_parts(family)
+            rows: list[dict] = []
+
+            class Collect(tune.Callback):
+                def on_trial_result(self, iteration, trials, trial, result, **info):
+                    rows.append(dict(result))
+
+            config = {**hp, "epochs": epochs, "width_divisor": divisor, "threads": threads, "train_eval_size": 160}
+            with tempfile.TemporaryDirectory() as tmp:
+                config["checkpoint_root"] = tmp
+                tune.Tuner(tune.with_resources(tune.with_parameters(trainable, data=data), {"cpu": 1}),
+                           param_space=config,
+                           run_config=tune.RunConfig(storage_path=tmp, verbose=0, callbacks=[Collect()])).fit()
+            ours = _median([r["epoch_seconds"] for r in rows[1:]])  # the first epoch warms up
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            epoch = _bare_epoch(family, hp, data, divisor)
+            epoch()  # warm-up
+            bare_times = []
+            for _ in range(epochs - 1):
+                start = time.perf_counter()
+                epoch()
+                bare_times.append(time.perf_counter() - start)
+            bare = _median(bare_times)
+            out["families"][family] = {"ours_s": ours, "bare_s": bare, "ratio": ours / bare}
+            print(f"  overhead {family}: ours {ours:.2f} s/epoch, bare {bare:.2f} s/epoch, ratio {ours / bare:.3f}",
+                  flush=True)
+    finally:
+        ray.shutdown()
+    torch.set_num_threads(os.cpu_count() or 1)
+    # Scheduling overhead of a whole search: wall time against training time / concurrency.
+    summary, trials = _search("random", "autoencoder", seed=0, samples=8, scheduler="none", preset="bench-small")
+    train_sum = float(trials["wall_seconds"].sum())
+    out["search"] = {"trials": len(trials), "wall_s": summary.wall_seconds, "train_s_sum": train_sum,
+                     "concurrency": 2, "ratio": summary.wall_seconds / (train_sum / 2)}
+    print(f"  whole search: wall {summary.wall_seconds:.1f} s vs training {train_sum:.1f} s / 2 -> "
+          f"{out['search']['ratio']:.2f}", flush=True)
+    return out
+
+
+# -- 2. data path ----------------------------------------------------------------------------
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """What hand-rolled scripts do: open, decode and resize the image files every epoch."""
+
+    def __init__(self, folder: Path, stems: list[str], size: int) -> None:
+        self.folder, self.stems, self.size = folder, stems, size
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __getitem__(self, index: int):
+        from trainables.data import decode_rgb
+
+        stem = self.stems[index]
+        image, _ = decode_rgb(self.folder / "images" / f"{stem}.png", self.size)
+        vms, _ = decode_rgb(self.folder / "maps" / f"{stem}.png", self.size)
+        return torch.from_numpy(image), torch.from_numpy(vms)
+
+
+def bench_datapath(data: VMSDataset, quick: bool) -> dict[str, Any]:
+    from models.unet import UNetConfig, build_unet
+    from trainables.synthetic import SyntheticSpec, ensure_synthetic
+
+    folder = ensure_synthetic(SyntheticSpec())
+    repeats = 3 if quick else 5
+    torch.set_num_threads(1)
+    model = build_unet(UNetConfig(width=8, norm="batch"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, maps = torch.from_numpy(data.train_images), torch.from_numpy(data.train_maps)
+
+    def step(x, y):
+        x, y = diff_augment(as_float(x), as_float(y))
+        loss = F.l1_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def resident_epoch():
+        order = torch.randperm(len(images))
+        for first in range(0, len(images), 16):
+            idx = order[first : first + 16]
+            step(images[idx], maps[idx])
+
+    loader = torch.utils.data.DataLoader(FileDataset(folder, data.train_stems, data.size), batch_size=16, shuffle=True,
+                                         num_workers=0)
+
+    def file_epoch():
+        for x, y in loader:
+            step(x, y)
+
+    timings = {}
+    for name, epoch in (("resident", resident_epoch), ("files", file_epoch)):
+        epoch()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            epoch()
+            times.append(time.perf_counter() - start)
+        timings[name] = _median(times)
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = {"resident_s": timings["resident"], "files_s": timings["files"],
+              "ratio_files_over_resident": timings["files"] / timings["resident"], "model": "UNet c=8, 1 thread",
+              "images": len(images)}
+    print(f"  data path: resident {timings['resident']:.2f} s, files {timings['files']:.2f} s per epoch "
+          f"-> {result['ratio_files_over_resident']:.2f}x", flush=True)
+    return result
+
+
+# -- 3. search efficiency ----------------------------------------------------------------------
+
+
+def _register_presets() -> None:
+    from search.driver import PRESETS, Preset
+
+    PRESETS.setdefault("bench-small", Preset(4, 16, 8, 1, 2, 384, 96, 96,
+                                             description="benchmarks: widths / 16, 384+96 pairs, 4 epochs"))
+
+
+def _search(strategy: str, model: str, *, seed: int, samples: int | None = None, scheduler: str = "asha",
+            preset: str = "bench-small", epochs: int | None = None, max_concurrent: int | None = None):
+    from search.driver import SearchOptions, run_study
+
+    _register_presets()
+    with tempfile.TemporaryDirectory() as runs:
+        options = SearchOptions(strategy=strategy, model=model, preset=preset, samples=samples, seed=seed,
+                                scheduler=scheduler, runs_dir=runs, study="bench", epochs=epochs,
+                                max_concurrent=max_concurrent)
+        summary = run_study(options)
+        trials = pd.read_parquet(Path(runs) / "bench" / "trials.parquet")
+    return summary, trials
+
+
+def _curve(trials: pd.DataFrame) -> pd.DataFrame:
+    t = trials.sort_values("ended_at").reset_index(drop=True)
+    ok = t["status"].isin(["completed", "stopped"])
+    return pd.DataFrame({"budget": t["epochs_run"].fillna(0).cumsum(),
+                         "best": t["best_val_l1"].where(ok).cummin().ffill()})
+
+
+def bench_efficiency(quick: bool) -> dict[str, Any]:
+    seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4]
+    model = "autoencoder"
+    runs = []
+    for seed in seeds:
+        reference_summary, reference = _search("greedy", model, seed=seed, scheduler="none")
+        greedy_budget = int(reference["epochs_run"].sum())
+        target = reference_summary.best_val_l1
+        samples = len(reference)  # the same number of trials: at most the same budget
+        for name, strategy, scheduler in (("greedy", "greedy", "none"), ("greedy+asha", "greedy", "asha"),
+                                          ("tpe+asha", "tpe", "asha"), ("random+asha", "random", "asha")):
+            trials = reference if name == "greedy" else _search(strategy, model, seed=seed, samples=samples,
+                                                                scheduler=scheduler)[1]
+            curve = _curve(trials)
+            reached = curve[curve["best"] <= target]
+            runs.append({"seed": seed, "strategy": name, "trials": len(trials), "budget": int(curve["budget"].iloc[-1]),
+                         "best_val_l1": float(curve["best"].iloc[-1]), "greedy_budget": greedy_budget,
+                         "greedy_best": target,
+                         "budget_to_greedy_best": int(reached["budget"].iloc[0]) if len(reached) else None,
+                         "curve": curve.to_dict(orient="list")})
+            print(f"  efficiency seed {seed} {name:12s}: best {runs[-1]['best_val_l1']:.4f} with {runs[-1]['budget']} "
+                  f"epochs; reaches greedy's {target:.4f} at {runs[-1]['budget_to_greedy_best']}", flush=True)
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in runs])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"seed": r["seed"], "strategy": r["strategy"], "budget": b, "best": v}
+                  for r in runs for b, v in zip(r["curve"]["budget"], r["curve"]["best"])]
+                 ).to_parquet(RESULTS / "efficiency_curves.parquet")
+    table = {}
+    for name, group in frame.groupby("strategy", sort=False):
+        to_reach = group["budget_to_greedy_best"]
+        table[name] = {"median_best_val_l1": float(group["best_val_l1"].median()),
+                       "median_budget": float(group["budget"].median()),
+                       "reached_greedy_best": f"{int(to_reach.notna().sum())}/{len(group)}",
+                       "median_budget_to_greedy_best": float(to_reach.dropna().median()) if to_reach.notna().any() else None,
+                       "median_fraction_of_greedy_budget": float((to_reach / group["greedy_budget"]).dropna().median())
+                       if to_reach.notna().any() else None}
+    return {"model": model, "preset": "bench-small", "seeds": seeds, "runs": frame.to_dict(orient="records"),
+            "table": table}
+
+
+# -- 4. diffusion evaluation --------------------------------------------------------------------
+
+
+def bench_sampling(data: VMSDataset, quick: bool) -> dict[str, Any]:
+    from models.diffusion import sample
+
+    steps = 500 if quick else 2000
+    n_val = 96 if quick else len(data.val_images)
+    _, family_cls, config_cls = family_parts("diffusion")
+    config = {"epochs": 4 if quick else 10, "width_divisor": 8, "prediction": "x0", "steps": steps,
+              "threads": os.cpu_count() or 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        config["checkpoint_root"] = tmp
+        run_trial(config, data, family_cls, config_cls, report=lambda row: None)
+        best = torch.load(next(Path(tmp).iterdir()) / "best.pt", weights_only=True)
+    from trainables.config import parse_config
+
+    settings, hp = parse_config(best["config"], config_cls)
+    family = family_cls(hp, settings, torch.device("cpu"))
+    family.load_state_dict(best["family"])
+    family.train(False)
+    images = as_float(torch.from_numpy(data.val_images[:n_val]))
+    truth = as_float(torch.from_numpy(data.val_maps[:n_val]))
+    rows = []
+    for sampler, k in [("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ancestral", steps)]:
+        generator = torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        preds = torch.cat([sample(family.net, family.schedule, images[i : i + 32], sampler=sampler, sampling_steps=k,
+                                  generator=generator) for i in range(0, n_val, 32)])
+        seconds = time.perf_counter() - start
+        l1 = float((preds - truth).abs().mean())
+        rows.append({"sampler": sampler, "steps": k, "seconds": seconds, "val_l1": l1,
+                     "seconds_per_image": seconds / n_val})
+        print(f"  sampling {sampler} {k} steps: {seconds:.1f} s for {n_val} images, val L1 {l1:.4f}", flush=True)
+    return {"trained_steps": steps, "images": n_val, "width": "c=8 (64/8)", "rows": rows}
+
+
+# -- 5. memory ------------------------------------------------------------------------------------
+
+
+def _mem_available_kb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _estimate_gpu_mb(family: str, width: int, batch: int = 16) -> float:
+    """Parameters, gradients and Adam state (16 bytes per parameter) plus saved activations (fp32)."""
+    from models.diffusion import DenoiserConfig, build_denoiser
+    from models.patchgan import PatchGANConfig, build_patchgan
+    from models.unet import UNetConfig, build_unet
+
+    nets = {"autoencoder": [build_unet(UNetConfig(width=width))],
+            "gan": [build_unet(UNetConfig(width=width)), build_patchgan(PatchGANConfig(width=width))],
+            "diffusion": [build_denoiser(DenoiserConfig(width=width), 2000)]}[family]
+    params = sum(p.numel() for net in nets for p in net.parameters())
+    activations = 0
+
+    def hook(module, inputs, output):
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel()
+
+    handles = [m.register_forward_hook(hook) for net in nets for m in net.modules() if not list(m.children())]
+    with torch.no_grad():
+        x = torch.zeros(1, 3, 64, 64)
+        if family == "diffusion":
+            nets[0](x, x, torch.zeros(1, dtype=torch.long))
+        else:
+            out = nets[0](x)
+            if family == "gan":
+                nets[1](out, x)
+                nets[1](out, x)  # D sees fake and real
+    for h in handles:
+        h.remove()
+    return (params * 16 + activations * batch * 4) / 2**20
+
+
+def bench_memory(quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"families": {}}
+    for family in FAMILIES:
+        with tempfile.TemporaryDirectory() as runs:
+            baseline = _mem_available_kb()
+            lowest = [baseline]
+            stop = threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    lowest.append(_mem_available_kb())
+                    time.sleep(0.25)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            proc = subprocess.run([sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", family,
+                                   "--preset", "cpu", "--epochs", "2", "--blocks", "1", "--runs-dir", runs,
+                                   "--study", "mem"], cwd=ROOT, capture_output=True, text=True)
+            stop.set()
+            watcher.join()
+            import resource
+
+            driver_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            epochs = pd.read_parquet(Path(runs) / "mem" / "epochs.parquet")
+            trial_mb = float(epochs.groupby("trial_id")["peak_rss_mb"].max().max())
+        whole_mb = (baseline - min(lowest)) / 1024.0
+        out["families"][family] = {"driver_peak_rss_mb": driver_mb, "trial_peak_rss_mb": trial_mb,
+                                   "whole_search_mb": whole_mb,
+                                   "gpu_estimate_mb_c64": _estimate_gpu_mb(family, 64),
+                                   "gpu_estimate_mb_c100": _estimate_gpu_mb(family, 100)}
+        print(f"  memory {family}: driver {driver_mb:.0f} MB, trial {trial_mb:.0f} MB, whole search {whole_mb:.0f} MB; "
+              f"GPU estimate c=64 {out['families'][family]['gpu_estimate_mb_c64']:.0f} MB", flush=True)
+    data = resolve_data(None)
+    out["dataset_mb"] = sum(a.nbytes for a in (data.train_images, data.train_maps, data.val_images, data.val_maps)) / 2**20
+    out["note"] = ("driver peak is the largest child process's peak RSS so far (RUSAGE_CHILDREN); whole search is the "
+                   "drop in MemAvailable while the search ran (all Ray processes included)")
+    return out
+
+
+# -- 6. scaling ------------------------------------------------------------------------------------
+
+
+def bench_scaling(quick: bool) -> dict[str, Any]:
+    samples = 6 if quick else 12
+    out = {}
+    for concurrent in (1, 2):
+        summary, trials = _search("random", "autoencoder", seed=0, samples=samples, scheduler="none",
+                                  max_concurrent=concurrent)
+        out[f"concurrent_{concurrent}"] = {"trials": len(trials), "wall_s": summary.wall_seconds,
+                                           "trials_per_hour": len(trials) / summary.wall_seconds * 3600}
+        print(f"  scaling {concurrent} concurrent: {out[f'concurrent_{concurrent}']['trials_per_hour']:.0f} trials/hour",
+              flush=True)
+    out["speedup"] = out["concurrent_2"]["trials_per_hour"] / out["concurrent_1"]["trials_per_hour"]
+    return out
+
+
+# -- table ---------------------------------------------------------------------------------------------
+
+
+def render_table(results: dict[str, Any]) -> str:
+    lines = [f"Measured {results['date']} on {results['machine']} (`python -m benchmarks.run"
+             f"{' --quick' if results['quick'] else ''}`).", ""]
+    if "overhead" in results:
+        o = results["overhead"]
+        lines += ["### 1. Framework overhead (epoch time, median; target ours/bare <= 1.10)", "",
+                  "| family | ours under Ray Tune (s) | bare PyTorch loop (s) | ratio |", "| --- | --- | --- | --- |"]
+        lines += [f"| {f} | {v['ours_s']:.2f} | {v['bare_s']:.2f} | {v['ratio']:.3f} |" for f, v in o["families"].items()]
+        s = o["search"]
+        lines += ["", f"Whole search ({s['trials']} trials, 2 concurrent): wall {s['wall_s']:.1f} s against "
+                  f"{s['train_s_sum']:.1f} s of training / 2 = ratio {s['ratio']:.2f}.", ""]
+    if "datapath" in results:
+        d = results["datapath"]
+        lines += ["### 2. Data path (one epoch, median)", "",
+                  "| resident uint8 tensors (s) | DataLoader reading PNG files (s) | files / resident |",
+                  "| --- | --- | --- |",
+                  f"| {d['resident_s']:.2f} | {d['files_s']:.2f} | {d['ratio_files_over_resident']:.2f} |", ""]
+    if "efficiency" in results:
+        e = results["efficiency"]
+        lines += [f"### 3. Search efficiency ({e['model']}, preset {e['preset']}, seeds {e['seeds']})", "",
+                  "| strategy | median best val L1 | median budget (epochs) | reached greedy's best | "
+                  "median budget to reach it | fraction of greedy's budget |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, v in e["table"].items():
+            to = "-" if v["median_budget_to_greedy_best"] is None else f"{v['median_budget_to_greedy_best']:.0f}"
+            frac = "-" if v["median_fraction_of_greedy_budget"] is None else f"{v['median_fraction_of_greedy_budget']:.2f}"
+            lines.append(f"| {name} | {v['median_best_val_l1']:.4f} | {v['median_budget']:.0f} | "
+                         f"{v['reached_greedy_best']} | {to} | {frac} |")
+        lines.append("")
+    if "sampling" in results:
+        s = results["sampling"]
+        lines += [f"### 4. Diffusion evaluation ({s['images']} validation images, trained with {s['trained_steps']} steps,"
+                  f" {s['width']}, CPU)", "", "| sampler | steps | seconds | s/image | val L1 |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['sampler']} | {r['steps']} | {r['seconds']:.1f} | {r['seconds_per_image']:.3f} | {r['val_l1']:.4f} |"
+                  for r in s["rows"]]
+        lines.append("")
+    if "memory" in results:
+        m = results["memory"]
+        lines += ["### 5. Memory (`cpu` preset, 2 trials at once)", "",
+                  "| family | driver peak RSS (MB) | trial peak RSS (MB) | whole search (MB) | "
+                  "GPU per trial, estimate c=64 (MB) | c=100 (MB) |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {f} | {v['driver_peak_rss_mb']:.0f} | {v['trial_peak_rss_mb']:.0f} | {v['whole_search_mb']:.0f} | "
+                  f"{v['gpu_estimate_mb_c64']:.0f} | {v['gpu_estimate_mb_c100']:.0f} |" for f, v in m["families"].items()]
+        lines += ["", f"Decoded dataset: {m['dataset_mb']:.0f} MB, put in Ray's object store once per search and read "
+                  "zero-copy by every trial on the node.", ""]
+    if "scaling" in results:
+        s = results["scaling"]
+        lines += ["### 6. Scaling (CPU)", "", "| concurrent trials | trials/hour |", "| --- | --- |",
+                  f"| 1 | {s['concurrent_1']['trials_per_hour']:.0f} |", f"| 2 | {s['concurrent_2']['trials_per_hour']:.0f} |",
+                  "", f"Speed-up {s['speedup']:.2f}x from 1 to 2 concurrent trials.", ""]
+    return "\n".join(lines)
+
+
+SECTIONS = ("overhead", "datapath", "efficiency", "sampling", "memory", "scaling")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets: about 15 minutes on 2 cores")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        print(f"error: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    data = resolve_data(None)
+    results: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "quick": args.quick,
+        "machine": f"{os.cpu_count()} CPU cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+                   f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+    }
+    started = time.perf_counter()
+    for section in chosen:
+        print(f"{section} ...", flush=True)
+        t0 = time.perf_counter()
+        if section == "overhead":
+            results[section] = bench_overhead(data, args.quick)
+        elif section == "datapath":
+            results[section] = bench_datapath(data, args.quick)
+        elif section == "efficiency":
+            results[section] = bench_efficiency(args.quick)
+        elif section == "sampling":
+            results[section] = bench_sampling(data, args.quick)
+        elif section == "memory":
+            results[section] = bench_memory(args.quick)
+        elif section == "scaling":
+            results[section] = bench_scaling(args.quick)
+        results.setdefault("section_seconds", {})[section] = time.perf_counter() - t0
+    results["total_seconds"] = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "full"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    table = render_table(results)
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(table)
+    print(f"total {results['total_seconds'] / 60:.1f} min; raw results in {RESULTS}/{name}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
