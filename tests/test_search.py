@@ -177,3 +177,28 @@ def test_unwritable_runs_dir_is_refused(tmp_path):
     blocker.write_text("not a folder")
     result = search(blocker / "runs", "--strategy", "greedy", "--model", "gan")
     assert_clean_error(result, "cannot write to the study folder")
+
+
+def test_sigterm_stops_cleanly_and_the_study_resumes(runs_dir):
+    args = [sys.executable, "-m", "search.run", "--runs-dir", str(runs_dir), *SMOKE, "--strategy", "greedy",
+            "--model", "autoencoder", "--scheduler", "none", "--study", "greedy-term"]
+    study = runs_dir / "greedy-term"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: _finished(study) >= 1, timeout=180)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    segments = json.loads((study / "study.json").read_text())["segments"]
+    assert segments[-1]["interrupted"] is True
+    result = run_cli(*args[2:], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_parquet(study / "trials.parquet")
+    assert trials["trial_id"].is_unique and (trials["status"] == "completed").all()
