@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import time
 import warnings
@@ -122,6 +123,7 @@ class Summary:
     wall_seconds: float
     total_wall_seconds: float
     finished: bool
+    driver_peak_rss_mb: float
 
 
 def _now_iso() -> str:
@@ -522,6 +524,7 @@ def summarize(store: ResultsStore, name: str, study_dir: Path, strategy: str, fa
         best_config=json.loads(best_row["config_json"]) if best_row else None,
         baselines=baselines, counts=counts, trials=len(store.trials), wall_seconds=wall,
         total_wall_seconds=total_wall, finished=finished,
+        driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     )
 
 
