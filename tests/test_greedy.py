@@ -84,7 +84,7 @@ def test_follows_coordinate_descent_exactly():
 def test_diverged_and_errored_trials_still_resolve_the_block():
     space = load_space("autoencoder")
     searcher = GreedySearcher(space, max_blocks=1)
-    a, b = searcher.suggest("a"), searcher.suggest("b")
+    a, _ = searcher.suggest("a"), searcher.suggest("b")
     assert searcher.suggest("c") is None  # wait for the block
     searcher.on_trial_complete("a", {"best_val_l1": float("nan")})
     searcher.on_trial_complete("b", None, error=True)
