@@ -73,7 +73,7 @@ PRESETS: dict[str, Preset] = {
     "thesis": Preset(100, 1, 100, 10, 3, None, None, 320,
                      description="the report's budget: 100 epochs, full widths, all data"),
     "cpu": Preset(6, 8, 16, 2, 2, None, None, 160,
-                  description="a whole search on two CPU cores in about ten minutes: widths / 8, 6 epochs"),
+                  description="a whole search on two CPU cores in 2-8 minutes: widths / 8, 6 epochs"),
     "smoke": Preset(2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
                     description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
 }
