@@ -88,15 +88,29 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def _baseline_lines(fig: go.Figure, studies: list[Study], **where: Any) -> None:
+BASELINES = (("black_l1", "all-black map", "dot"), ("mean_map_l1", "mean training map", "dash"))
+
+
+def _baseline_lines(fig: go.Figure, studies: list[Study], *, label: bool = True, **where: Any) -> None:
+    """Both dataset baselines as horizontal lines (labelled in the plot unless ``label`` is False:
+    plotly misplaces line annotations on log axes, so those plots explain the lines in text)."""
     seen = set()
     for study in studies:
         base = study.meta.get("baselines") or {}
-        for key, label, dash in (("black_l1", "all-black map", "dot"), ("mean_map_l1", "mean training map", "dash")):
+        for key, name, dash in BASELINES:
             if key in base and (key, round(base[key], 6)) not in seen:
                 seen.add((key, round(base[key], 6)))
-                fig.add_hline(y=base[key], line_dash=dash, line_color="#888",
-                              annotation_text=f"{label} {base[key]:.4f}", annotation_position="top left", **where)
+                text = {"annotation_text": f"{name} {base[key]:.4f}", "annotation_position": "top left"} if label else {}
+                fig.add_hline(y=base[key], line_dash=dash, line_color="#888", **text, **where)
+
+
+def _baseline_legend(studies: list[Study]) -> str:
+    parts = []
+    for study in studies[:1]:
+        base = study.meta.get("baselines") or {}
+        parts += [f"{'dotted' if dash == 'dot' else 'dashed'}: {name} {base[key]:.4f}"
+                  for key, name, dash in BASELINES if key in base]
+    return f'<p class="legend">Reference lines, {"; ".join(parts)}.</p>' if parts else ""
 
 
 def section_l1(studies: list[Study]) -> str:
@@ -114,10 +128,13 @@ def section_l1(studies: list[Study]) -> str:
                              text=[f"{done['best_val_l1'].min():.4f}"], textposition="outside"), row=1, col=2)
     if not any_data:
         return _empty("No trial has finished yet.")
-    _baseline_lines(fig, studies, row=1, col="all")
-    fig.update_yaxes(title_text="val L1 (lower is better)")
+    _baseline_lines(fig, studies, label=False, row=1, col=1)
+    _baseline_lines(fig, studies, row=1, col=2)
+    # Log scale on the trials: one diverging or collapsed trial (L1 near 1) would flatten the rest.
+    fig.update_yaxes(title_text="val L1 (lower is better, log scale)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="val L1", row=1, col=2)
     fig.update_layout(height=480, showlegend=False)
-    return _figure_html(fig, "fig-l1")
+    return _baseline_legend(studies) + _figure_html(fig, "fig-l1")
 
 
 def section_progress(studies: list[Study]) -> str:
@@ -141,10 +158,11 @@ def section_progress(studies: list[Study]) -> str:
                           row=1, col=col)
     if not any_data:
         return _empty("No trial has finished yet.")
-    _baseline_lines(fig, studies, row=1, col="all")
-    fig.update_yaxes(title_text="best val L1 so far", row=1, col=1)
+    _baseline_lines(fig, studies, label=False, row=1, col="all")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="best val L1 so far (log scale)", row=1, col=1)
     fig.update_layout(height=430)
-    return _figure_html(fig, "fig-progress")
+    return _baseline_legend(studies) + _figure_html(fig, "fig-progress")
 
 
 def section_curves(studies: list[Study]) -> str:
@@ -329,7 +347,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}
 table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
-.empty{color:#777;font-style:italic}
+.empty{color:#777;font-style:italic} .legend{color:#555;font-size:.9em}
 .gallery{display:flex;flex-wrap:wrap;gap:14px}
 figure{margin:0} figcaption{font-size:.85em;color:#444}
 .triple img{width:128px;height:128px;image-rendering:pixelated;margin-right:2px;border:1px solid #ccc}
