@@ -34,6 +34,7 @@ from trainables import FAMILIES, family_parts
 from trainables.augment import diff_augment
 from trainables.data import VMSDataset, resolve_data
 from trainables.loop import as_float, run_trial
+from trainables.predict import load_family
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_EVAL = 160  # training images on which train L1 is measured each epoch (as the cpu preset)
@@ -362,13 +363,7 @@ def bench_sampling(data: VMSDataset, quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         config["checkpoint_root"] = tmp
         run_trial(config, data, family_cls, config_cls, report=lambda row: None)
-        best = torch.load(next(Path(tmp).iterdir()) / "best.pt", weights_only=True)
-    from trainables.config import parse_config
-
-    settings, hp = parse_config(best["config"], config_cls)
-    family = family_cls(hp, settings, torch.device("cpu"))
-    family.load_state_dict(best["family"])
-    family.train(False)
+        family = load_family(next(Path(tmp).iterdir()) / "best.pt", "diffusion", torch.device("cpu"))
     images = as_float(torch.from_numpy(data.val_images[:n_val]))
     truth = as_float(torch.from_numpy(data.val_maps[:n_val]))
     rows = []

@@ -14,18 +14,24 @@ import torch
 
 from trainables import family_parts
 from trainables.config import parse_config
-from trainables.loop import EVAL_BATCH, as_float
+from trainables.loop import EVAL_BATCH, Family, as_float
+
+
+def load_family(checkpoint: str | Path, model: str, device: torch.device) -> Family:
+    """The family a checkpoint (best.pt or latest.pt) was saved from, restored in eval mode on ``device``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    _, family_cls, config_cls = family_parts(model)
+    settings, hp = parse_config(state["config"], config_cls)
+    family = family_cls(hp, settings, device)
+    family.load_state_dict(state["family"])
+    family.train(False)
+    return family
 
 
 def predict_from_checkpoint(checkpoint: str | Path, model: str, images: np.ndarray, *, device: str | None = None) -> np.ndarray:
     """uint8 maps (N, 3, S, S) predicted for uint8 images (N, 3, S, S) by the checkpointed model."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    _, family_cls, config_cls = family_parts(model)
-    settings, hp = parse_config(state["config"], config_cls)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    family = family_cls(hp, settings, target)
-    family.load_state_dict(state["family"])
-    family.train(False)
+    family = load_family(checkpoint, model, target)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), EVAL_BATCH):
