@@ -38,7 +38,8 @@ hp_<name>           int64/float64/      one typed column per hyperparameter of t
 trial_id, epoch (int64), status, train_l1, val_l1, best_val_l1, val_spearman,
 train_loss, g_loss, g_adv_loss, d_loss, noise_loss, final_val_l1 (float64, null where a
 family does not report them), epoch_seconds, wall_seconds, peak_rss_mb (peak resident
-memory of the trial's process), gpu_peak_mb (CUDA only) (float64), reported_at
+memory of the process running the trial, reused across trials), gpu_peak_mb (the trial's
+peak CUDA memory) (float64), reported_at
 (timestamp[us, UTC]).
 
 Both files are rewritten whole (they are small) into a temporary file and moved into

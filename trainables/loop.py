@@ -231,6 +231,8 @@ def run_trial(
     batch_gen = torch.Generator().manual_seed(int(key, 16) % 2**31 + settings.seed)
     node = _node_id()
 
+    if device.type == "cuda":  # actors are reused across trials: measure this trial's peak only
+        torch.cuda.reset_peak_memory_stats(device)
     tensors = DeviceData.from_dataset(data, device)
     family = family_cls(hp, settings, device)
     store = TrialStore(Path(settings.checkpoint_root) / key) if settings.checkpoint_root else None
@@ -310,7 +312,8 @@ def run_trial(
 
 
 def _memory(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this trial's process (MB), and peak device memory on CUDA."""
+    """Peak resident memory of this trial's process (MB; with reused actors, the process's peak so far)
+    and this trial's peak device memory on CUDA."""
     usage = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.type == "cuda":
         usage["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
