@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables import FAMILIES, family_parts
-from trainables.augment import diff_augment
+from trainables.augment import diff_augment, hide_invalid, masked_l1, masked_mse
 from trainables.data import VMSDataset, resolve_data
 from trainables.loop import as_float, run_trial
 from trainables.predict import load_family
@@ -87,29 +87,31 @@ def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor
             idx = order[first : first + batch]
             if len(idx) < 2:
                 continue
-            x, y = diff_augment(as_float(images[idx]), as_float(maps[idx]))
+            x, y, valid = diff_augment(as_float(images[idx]), as_float(maps[idx]))
             if family == "gan":
                 disc.requires_grad_(False)
                 fake = gen(x)
-                g_loss = F.mse_loss(disc(fake, x), torch.ones(len(x), 1, 4, 4)) + hp["l1_weight"] * F.l1_loss(fake, y)
+                g_loss = (F.mse_loss(disc(hide_invalid(fake, valid), x), torch.ones(len(x), 1, 4, 4))
+                          + hp["l1_weight"] * masked_l1(fake, y, valid))
                 g_opt.zero_grad()
                 g_loss.backward()
                 g_opt.step()
                 disc.requires_grad_(True)
-                fake_s, real_s = disc(fake.detach(), x), disc(y, x)
+                fake_s, real_s = disc(hide_invalid(fake.detach(), valid), x), disc(hide_invalid(y, valid), x)
                 d_loss = 0.5 * (F.mse_loss(fake_s, torch.zeros_like(fake_s)) + F.mse_loss(real_s, torch.ones_like(real_s)))
                 d_opt.zero_grad()
                 d_loss.backward()
                 d_opt.step()
             elif family == "diffusion":
+                y = hide_invalid(y, valid)
                 t = torch.randint(0, hp["steps"], (len(x),))
                 noise = torch.randn_like(y)
-                loss = F.mse_loss(model(x, schedule.add_noise(y, noise, t), t), schedule.target(y, noise, t))
+                loss = masked_mse(model(x, schedule.add_noise(y, noise, t), t), schedule.target(y, noise, t), valid)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             else:
-                loss = F.l1_loss(model(x), y)
+                loss = masked_l1(model(x), y, valid)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -227,8 +229,8 @@ def bench_datapath(data: VMSDataset, quick: bool) -> dict[str, Any]:
     images, maps = torch.from_numpy(data.train_images), torch.from_numpy(data.train_maps)
 
     def step(x, y):
-        x, y = diff_augment(as_float(x), as_float(y))
-        loss = F.l1_loss(model(x), y)
+        x, y, valid = diff_augment(as_float(x), as_float(y))
+        loss = masked_l1(model(x), y, valid)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -192,7 +192,34 @@ def section_curves(studies: list[Study]) -> str:
         fig.update_layout(title=f"{study.label}: train (dotted) and val L1 of the top trials; x = stopped early",
                           xaxis_title="epoch", yaxis_title="L1", height=420)
         parts.append(_figure_html(fig, f"fig-curves-{index}"))
+        channels = _channel_figure(study, ids[0])
+        if channels is not None:
+            parts.append(_figure_html(channels, f"fig-channels-{index}"))
     return "\n".join(parts) or _empty("No epoch has been reported yet.")
+
+
+CHANNEL_COLOURS = {"remembered": "#c62828", "falsely_remembered": "#2e7d32"}
+
+
+def _channel_figure(study: Study, trial_id: str) -> go.Figure | None:
+    """Val L1 per map channel of one trial, each beside the all-black map on that channel: a model
+    that ignores the falsely-remembered (green) channel shows it here and not in the overall L1."""
+    e = study.epochs[study.epochs["trial_id"] == trial_id].sort_values("epoch")
+    base = study.meta.get("baselines", {})
+    fig = go.Figure()
+    for channel, colour in CHANNEL_COLOURS.items():
+        column = f"val_l1_{channel}"
+        if column not in e or e[column].isna().all():
+            return None
+        label = channel.replace("_", " ")
+        fig.add_trace(go.Scatter(x=e["epoch"], y=e[column], mode="lines+markers", name=f"{label} (val)",
+                                 line=dict(color=colour)))
+        if f"black_l1_{channel}" in base:
+            fig.add_hline(y=base[f"black_l1_{channel}"], line=dict(color=colour, dash="dot"),
+                          annotation_text=f"all-black, {label}")
+    fig.update_layout(title=f"{study.label}: val L1 per channel of the best trial {trial_id}; dotted = all-black map",
+                      xaxis_title="epoch", yaxis_title="L1", height=360)
+    return fig
 
 
 def section_greedy(studies: list[Study]) -> str:
@@ -326,6 +353,18 @@ def section_galleries(studies: list[Study]) -> str:
     return "\n".join(parts) or _empty("No finished trial with stored predictions yet.")
 
 
+def _channel_cell(done: pd.DataFrame, base: dict[str, Any], channel: str) -> str:
+    """The best trial's L1 on one channel, beside the all-black map's on the same channel."""
+    column = f"best_val_l1_{channel}"
+    black = base.get(f"black_l1_{channel}")
+    if done.empty or column not in done or black is None:
+        return "-"
+    value = done.nsmallest(1, "best_val_l1").iloc[0][column]
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.4f} (black {black:.4f})"
+
+
 def section_summary(studies: list[Study]) -> str:
     rows = []
     for study in studies:
@@ -337,9 +376,11 @@ def section_summary(studies: list[Study]) -> str:
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             study.name, study.meta.get("strategy"), study.meta.get("family"), study.meta.get("preset", ""),
             len(t), ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), best,
-            f"{base.get('black_l1', float('nan')):.4f}", f"{base.get('mean_map_l1', float('nan')):.4f}")) + "</tr>")
+            f"{base.get('black_l1', float('nan')):.4f}", f"{base.get('mean_map_l1', float('nan')):.4f}",
+            _channel_cell(done, base, "remembered"), _channel_cell(done, base, "falsely_remembered"))) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in ("study", "strategy", "family", "preset", "trials", "by status",
-                                               "best val L1", "all-black L1", "mean-map L1"))
+                                               "best val L1", "all-black L1", "mean-map L1",
+                                               "best: remembered (red) L1", "best: falsely remembered (green) L1"))
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -3,10 +3,21 @@
 The network sees concat(image, noisy map at step t) and t, and predicts one of three
 targets: the noise ``eps`` (the report's choice), the clean map ``x0``, or the velocity
 ``v`` (Salimans & Ho 2022). The noise schedule is a plain object shared by training and
-every sampler; the network never sees betas. Samplers are explicit choices:
+every sampler; the network never sees betas. Samplers are explicit choices, each a small
+object over the schedule with ``set_timesteps`` and ``step`` (as diffusers' schedulers):
 
 * ``ancestral``: DDPM ancestral sampling over every trained step (Ho et al. 2020, Alg. 2);
 * ``ddim``: deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) over k steps.
+
+Sampling starts from pure noise, so training must reach pure noise too. The report's
+schedules did not: linear betas 1e-6 .. 0.01 over 500 steps leave 28% of the clean map's
+amplitude at the last step (8% over 1,000), and DDIM with 1 leading step evaluated t = 0.
+Following Lin et al. 2024 ("Common diffusion noise schedules and sample steps are
+flawed", arXiv 2305.08891) every schedule is rescaled to zero terminal SNR (Algorithm 1)
+and DDIM spaces its k steps from the last one ("trailing"). The eps target cannot recover
+the map at exactly zero signal (it divides by it), so for eps the rescaled schedule ends at
+``EPS_TERMINAL_SIGNAL`` instead: still far below what a sampler starting from noise can tell
+apart, and a reason to prefer x0 or v.
 
 The report sampled 2,000 ancestral steps (~4 h for 320 images on its GPU) and so could
 not search this family; DDIM with few steps, and x0/v targets that suit few steps, make
@@ -27,10 +38,12 @@ SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTIONS = ("eps", "x0", "v")
 SAMPLERS = ("ddim", "ancestral")
 LEVELS = 5
+MAX_TERMINAL_SIGNAL = 0.01  # sqrt(alpha-bar) at the last step: above this, sampling from noise starts off-distribution
+EPS_TERMINAL_SIGNAL = 0.005  # where a zero-terminal-SNR schedule ends for the eps target (see the module docstring)
 
 
 def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """Betas (float64, length ``steps``) of the named schedule.
+    """Betas (float64, length ``steps``) of the named schedule, before any rescaling.
 
     ``cosine`` is Nichol & Dhariwal (2021) and ignores beta_start/beta_end; ``sigmoid``
     (Jabri et al. 2022) runs from beta_start to beta_end along a sigmoid.
@@ -55,18 +68,52 @@ def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> 
     raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-class NoiseSchedule:
-    """alpha-bar and friends for one beta schedule; moves tensors to the caller's device."""
+def rescale_terminal_signal(betas: torch.Tensor, signal: float = 0.0) -> torch.Tensor:
+    """Lin et al. 2024, Algorithm 1: shift and scale sqrt(alpha-bar) so that it keeps its first
+    value and ends at ``signal`` (0: zero terminal SNR); returns the new betas (float64)."""
+    root = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first - signal) / (first - last) + signal
+    abar = root.square()
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
 
-    def __init__(self, name: str, steps: int, beta_start: float = 1e-4, beta_end: float = 0.02, *, prediction: str = "eps") -> None:
+
+class NoiseSchedule:
+    """alpha-bar and friends for one beta schedule; moves tensors to the caller's device.
+
+    With ``zero_terminal_snr`` (the default) the betas are rescaled so the last step is pure
+    noise (for the eps target: ``EPS_TERMINAL_SIGNAL``); without it, a schedule whose last
+    step keeps more than ``MAX_TERMINAL_SIGNAL`` of the map is refused, since sampling
+    starts from pure noise and would start where the model never trained.
+    """
+
+    def __init__(self, name: str, steps: int, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+                 prediction: str = "eps", zero_terminal_snr: bool = True) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction target {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
         self.name, self.steps, self.prediction = name, steps, prediction
         betas = beta_schedule(name, steps, beta_start, beta_end)
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).float()
+        if zero_terminal_snr:
+            betas = rescale_terminal_signal(betas, EPS_TERMINAL_SIGNAL if prediction == "eps" else 0.0)
+        self.betas = betas
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.terminal_signal = float(alphas_cumprod[-1].sqrt())
+        if self.terminal_signal > MAX_TERMINAL_SIGNAL:
+            raise ValueError(
+                f"the {name} schedule (beta {beta_start:g} .. {beta_end:g}, {steps} steps) keeps "
+                f"{self.terminal_signal:.1%} of the map at its last step, but sampling starts from pure noise; "
+                f"use zero_terminal_snr = true, or a larger beta_end or more steps (at most {MAX_TERMINAL_SIGNAL:.0%})")
+        self.alphas_cumprod = alphas_cumprod.float()
 
     def _abar(self, t: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
+
+    def abar_at(self, step: int, device: torch.device | str) -> torch.Tensor:
+        """alpha-bar at one step as a scalar tensor; step -1 means 'before any noise' (1.0)."""
+        if step < 0:
+            return torch.tensor(1.0, device=device)
+        return self.alphas_cumprod[step].to(device)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)  (DDPM eq. 4)."""
@@ -161,6 +208,77 @@ def build_denoiser(cfg: DenoiserConfig, steps: int) -> Denoiser:
     return Denoiser(cfg, steps)
 
 
+@dataclass
+class SamplerStep:
+    """What one sampler step returns: the sample at the previous timestep and the x0 estimate."""
+
+    prev_sample: torch.Tensor
+    pred_x0: torch.Tensor
+
+
+class DDIMSampler:
+    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) over k trailing timesteps."""
+
+    name = "ddim"
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        self.schedule = schedule
+        self.timesteps: list[int] = []
+
+    def set_timesteps(self, k: int) -> None:
+        """k steps spaced evenly and ending at the last trained step ("trailing", Lin et al. 2024,
+        Table 2): 1,000 trained steps and k = 10 give 999, 899, ..., 99; k = 1 gives 999 alone."""
+        k = max(1, min(k, self.schedule.steps))
+        n = self.schedule.steps
+        self.timesteps = sorted({round(n - i * n / k) - 1 for i in range(k)}, reverse=True)
+
+    def _previous(self, t: int) -> int:
+        i = self.timesteps.index(t)
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+
+    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> SamplerStep:
+        steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, eps = self.schedule.split(output, x_t, steps)
+        abar_prev = self.schedule.abar_at(self._previous(t), x_t.device)
+        # x_{t-1} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps   (eq. 12, sigma = 0)
+        return SamplerStep(abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0)
+
+
+class AncestralSampler(DDIMSampler):
+    """DDPM ancestral sampling over every trained step (Ho et al. 2020, Alg. 2, with the
+    posterior of eq. 6-7 around the predicted x0)."""
+
+    name = "ancestral"
+
+    def set_timesteps(self, k: int | None = None) -> None:  # noqa: ARG002 - ancestral walks every step
+        self.timesteps = list(range(self.schedule.steps - 1, -1, -1))
+
+    def _previous(self, t: int) -> int:
+        return t - 1
+
+    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> SamplerStep:
+        steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, _ = self.schedule.split(output, x_t, steps)
+        if t == 0:
+            return SamplerStep(x0, x0)
+        abar_t, abar_prev = self.schedule.abar_at(t, x_t.device), self.schedule.abar_at(t - 1, x_t.device)
+        alpha_t = abar_t / abar_prev
+        beta_t = 1 - alpha_t
+        # posterior q(x_{t-1} | x_t, x0): mean (eq. 7) and variance beta-tilde
+        mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+        variance = beta_t * (1 - abar_prev) / (1 - abar_t)
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        return SamplerStep(mean + variance.sqrt() * noise, x0)
+
+
+def build_sampler(name: str, schedule: NoiseSchedule) -> DDIMSampler:
+    if name == "ddim":
+        return DDIMSampler(schedule)
+    if name == "ancestral":
+        return AncestralSampler(schedule)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
 @torch.no_grad()
 def sample(
     model: Denoiser,
@@ -171,36 +289,15 @@ def sample(
     sampling_steps: int = 10,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Sample maps in [-1, 1] conditioned on ``image`` (N, 3, H, W).
+    """Sample maps in [-1, 1] conditioned on ``image`` (N, 3, H, W), starting from pure noise.
 
     ``ancestral`` ignores ``sampling_steps`` and walks every trained step; ``ddim`` walks
-    ``sampling_steps`` evenly spaced steps deterministically.
+    ``sampling_steps`` trailing steps deterministically.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    n = image.shape[0]
+    walker = build_sampler(sampler, schedule)
+    walker.set_timesteps(sampling_steps)
     x = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
-    abar_all = schedule.alphas_cumprod.to(image.device)
-    if sampler == "ancestral":
-        timesteps = list(range(schedule.steps - 1, -1, -1))
-    else:
-        k = max(1, min(sampling_steps, schedule.steps))
-        timesteps = sorted({int(round(s)) for s in torch.linspace(0, schedule.steps - 1, k).tolist()}, reverse=True)
-    for i, step in enumerate(timesteps):
-        t = torch.full((n,), step, device=image.device, dtype=torch.long)
-        x0, eps = schedule.split(model(image, x, t), x, t)
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        abar_prev = abar_all[prev] if prev >= 0 else torch.tensor(1.0, device=image.device)
-        if sampler == "ddim" or prev < 0:
-            # DDIM eq. 12, sigma = 0: x_{t-1} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps
-            x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
-        else:
-            # DDPM posterior q(x_{t-1} | x_t, x0) (eq. 6, 7) plus its variance beta-tilde
-            abar_t = abar_all[step]
-            alpha_t = abar_t / abar_prev
-            beta_t = 1 - alpha_t
-            mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x
-            variance = beta_t * (1 - abar_prev) / (1 - abar_t)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + variance.sqrt() * noise
+    for t in walker.timesteps:
+        steps = torch.full((image.shape[0],), t, device=image.device, dtype=torch.long)
+        x = walker.step(model(image, x, steps), t, x, generator).prev_sample
     return x.clamp(-1, 1)

@@ -55,7 +55,13 @@ class StudyError(Exception):
 
 @dataclass(frozen=True)
 class Preset:
-    """A budget: how long trials train, how big models are, how much data they see."""
+    """A budget: how long trials train, how big models are, how much data they see.
+
+    ``epochs`` is a floor. With ``min_images`` a trial also sees at least that many training
+    images (epochs x training pairs), so a small dataset is trained as much as a large one:
+    300 pairs under the ``cpu`` preset train for 26 epochs, not 6 (6 epochs of 300 pairs taught
+    an autoencoder nothing but to paint black). ASHA's grace period grows in proportion.
+    """
 
     epochs: int
     width_divisor: int
@@ -67,13 +73,25 @@ class Preset:
     train_eval_size: int
     max_blocks: int | None = None  # greedy: only the first N parameters of the order
     description: str = ""
+    min_images: int | None = None  # training images every trial sees at least (None: epochs alone)
+
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs per trial on a training split of ``n_train`` pairs."""
+        if not self.min_images:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_images / max(n_train, 1)))
+
+    def grace_for(self, epochs: int) -> int:
+        """ASHA's grace period, scaled with the epochs a dataset's size asks for."""
+        return max(1, min(epochs, round(self.grace_period * epochs / self.epochs)))
 
 
 PRESETS: dict[str, Preset] = {
     "thesis": Preset(100, 1, 100, 10, 3, None, None, 320,
                      description="the report's budget: 100 epochs, full widths, all data"),
-    "cpu": Preset(6, 8, 16, 2, 2, None, None, 160,
-                  description="a whole search on two CPU cores in 2-8 minutes: widths / 8, 6 epochs"),
+    "cpu": Preset(6, 8, 16, 2, 2, None, None, 160, min_images=6 * 1280,
+                  description="a whole search on two CPU cores in 2-8 minutes: widths / 8, 6 epochs "
+                              "(at least 7,680 training images per trial)"),
     "smoke": Preset(2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
                     description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
 }
@@ -399,7 +417,11 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
 
     data = resolve_data(options.data, size=options.size, seed=options.seed).subset(preset.n_train, preset.n_val)
-    epochs = options.epochs or preset.epochs
+    n_train = len(data.train_stems)
+    epochs = options.epochs or preset.epochs_for(n_train)
+    if not options.epochs and epochs != preset.epochs:
+        print(f"budget: {epochs} epochs per trial, so each trial sees at least {preset.min_images:,} training images "
+              f"({n_train} training pairs)", flush=True)
     samples = options.samples or preset.samples
     settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
                            checkpoint_root=str(study_dir / "trials"), threads=max(1, int(options.cpus_per_trial)),
@@ -453,7 +475,7 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
     if to_run != 0:
         if options.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
-                                      grace_period=min(options.grace_period or preset.grace_period, epochs),
+                                      grace_period=min(options.grace_period or preset.grace_for(epochs), epochs),
                                       reduction_factor=options.reduction_factor or preset.reduction_factor)
         else:
             scheduler = FIFOScheduler()

@@ -1,6 +1,6 @@
 """Study results as Parquet, written incrementally and atomically while a search runs.
 
-Schema version 1 (also in the README). ``trials.parquet``, one row per trial:
+Schema version 2 (also in the README; version 2 added the per-channel L1 columns). ``trials.parquet``, one row per trial:
 
 ==================  ==================  ===============================================
 column              type                meaning
@@ -14,6 +14,8 @@ ray_trial_id        string              Ray Tune's id in the segment that ran it
 segment             int32               which driver run (0, 1, ...) ran it last
 status              string              running | completed | stopped | diverged | errored
 best_val_l1         float64             lowest validation L1 over its epochs
+best_val_l1_remembered float64          at that best epoch: L1 of the red "remembered" channel
+best_val_l1_falsely_remembered float64  ... and of the green "falsely remembered" channel
 final_val_l1        float64             validation L1 at its last epoch
 final_train_l1      float64             train L1 (fixed training subset) at its last epoch
 final_val_spearman  float64             Spearman's rho of implied scores, last epoch
@@ -35,7 +37,9 @@ hp_<name>           int64/float64/      one typed column per hyperparameter of t
 ==================  ==================  ===============================================
 
 ``epochs.parquet``, one row per reported epoch per trial: schema_version, study,
-trial_id, epoch (int64), status, train_l1, val_l1, best_val_l1, val_spearman,
+trial_id, epoch (int64), status, train_l1, val_l1, val_l1_remembered,
+val_l1_falsely_remembered (the two meaningful channels), best_val_l1,
+best_val_l1_remembered, best_val_l1_falsely_remembered (channels at the best epoch), val_spearman,
 train_loss, g_loss, g_adv_loss, d_loss, noise_loss, final_val_l1 (float64, null where a
 family does not report them), epoch_seconds, wall_seconds, peak_rss_mb (peak resident
 memory of the process running the trial, reused across trials), gpu_peak_mb (the trial's
@@ -60,11 +64,12 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("schema_version", pa.int32()), ("study", pa.string()), ("strategy", pa.string()), ("family", pa.string()),
     ("trial_id", pa.string()), ("ray_trial_id", pa.string()), ("segment", pa.int32()), ("status", pa.string()),
-    ("best_val_l1", pa.float64()), ("final_val_l1", pa.float64()), ("final_train_l1", pa.float64()),
+    ("best_val_l1", pa.float64()), ("best_val_l1_remembered", pa.float64()),
+    ("best_val_l1_falsely_remembered", pa.float64()), ("final_val_l1", pa.float64()), ("final_train_l1", pa.float64()),
     ("final_val_spearman", pa.float64()), ("final_sampler_val_l1", pa.float64()),
     ("epochs_run", pa.int64()), ("epochs_planned", pa.int64()), ("wall_seconds", pa.float64()),
     ("device", pa.string()), ("node_id", pa.string()),
@@ -72,7 +77,8 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("error", pa.string()), ("greedy_sweep", pa.int64()), ("greedy_block", pa.int64()), ("greedy_param", pa.string()),
     ("config_json", pa.string()),
 ]
-EPOCH_METRICS = ["train_l1", "val_l1", "best_val_l1", "val_spearman", "train_loss", "g_loss", "g_adv_loss",
+EPOCH_METRICS = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
+                 "best_val_l1_remembered", "best_val_l1_falsely_remembered", "val_spearman", "train_loss", "g_loss", "g_adv_loss",
                  "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb"]
 EPOCH_COLUMNS: list[tuple[str, pa.DataType]] = (
     [("schema_version", pa.int32()), ("study", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
@@ -216,7 +222,10 @@ class ResultsCallback(Callback):
 
     def _metrics(self, result: dict[str, Any]) -> dict[str, Any]:
         return dict(
-            best_val_l1=_finite_or_none(result.get("best_val_l1")), final_val_l1=_finite_or_none(result.get("val_l1")),
+            best_val_l1=_finite_or_none(result.get("best_val_l1")),
+            best_val_l1_remembered=_finite_or_none(result.get("best_val_l1_remembered")),
+            best_val_l1_falsely_remembered=_finite_or_none(result.get("best_val_l1_falsely_remembered")),
+            final_val_l1=_finite_or_none(result.get("val_l1")),
             final_train_l1=_finite_or_none(result.get("train_l1")),
             final_val_spearman=_finite_or_none(result.get("val_spearman")),
             final_sampler_val_l1=_finite_or_none(result.get("final_val_l1")),

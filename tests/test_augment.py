@@ -1,35 +1,89 @@
+"""DiffAugment keeps image and map aligned, and what the image loses never becomes a black label."""
+
 from __future__ import annotations
 
+import pytest
 import torch
 
-from trainables.augment import diff_augment
+from trainables import FAMILIES, family_parts
+from trainables.augment import AugmentConfig, diff_augment, masked_l1
+from trainables.config import RunSettings
+
+BOTH = AugmentConfig(p_translation=1.0, p_cutout=1.0)
 
 
 def test_image_and_map_move_together():
     torch.manual_seed(0)
-    image = torch.rand(8, 3, 64, 64) * 2 - 1
-    vms = image.clone()
-    out_image, out_map = diff_augment(image, vms, p_translation=1.0, p_cutout=1.0)
-    # Where the image was not filled (0) the map equals it; where it was, the map is black.
-    filled = out_map == -1.0
-    assert torch.equal(out_image[~filled], out_map[~filled])
-    assert (out_image[filled] == 0).all()
+    image = torch.rand(8, 3, 64, 64) * 2 + 1  # strictly positive, so fills show
+    out_image, out_map, valid = diff_augment(image, image.clone(), BOTH)
+    assert torch.equal(out_image * valid, out_map * valid)
     assert not torch.equal(out_image, image)
 
 
-def test_probability_zero_is_identity_and_gradients_flow():
+def test_hidden_pixels_are_marked_invalid_not_black():
+    torch.manual_seed(1)
+    image = torch.rand(16, 3, 32, 32) + 1.0  # strictly positive: a 0 is a filled or cut-out pixel
+    vms = torch.rand(16, 3, 32, 32)
+    out_image, out_map, valid = diff_augment(image, vms, BOTH)
+    lost = (out_image == 0).all(dim=1, keepdim=True)
+    assert lost.any() and valid.shape == (16, 1, 32, 32)
+    assert torch.equal(lost, valid == 0)  # exactly the pixels the image lost are invalid
+    assert not (out_map == -1.0).any()  # nothing is written into the map as black
+
+
+def test_probability_zero_or_off_is_identity_and_gradients_flow():
     image = torch.randn(4, 3, 32, 32, requires_grad=True)
     vms = torch.randn(4, 3, 32, 32)
-    same, _ = diff_augment(image, vms, p_translation=0.0, p_cutout=0.0)
-    assert torch.equal(same, image)
-    out, _ = diff_augment(image, vms)
+    for cfg in (AugmentConfig(p_translation=0.0, p_cutout=0.0), AugmentConfig(augment=False)):
+        same, same_map, valid = diff_augment(image, vms, cfg)
+        assert torch.equal(same, image) and torch.equal(same_map, vms) and bool((valid == 1).all())
+    out, _, _ = diff_augment(image, vms)
     out.sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
 
 
 def test_each_operation_applies_with_its_probability():
     generator = torch.Generator().manual_seed(1)
-    image = torch.rand(2000, 1, 8, 8) + 1.0  # strictly positive, so fills show
-    out, _ = diff_augment(image, torch.zeros_like(image), p_translation=0.0, p_cutout=0.9, generator=generator)
+    image = torch.rand(2000, 1, 8, 8) + 1.0
+    out, _, _ = diff_augment(image, torch.zeros_like(image), AugmentConfig(p_translation=0.0, p_cutout=0.9),
+                             generator=generator)
     changed = (out == 0).flatten(1).any(dim=1).float().mean().item()
     assert 0.86 < changed < 0.94
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="p_cutout"):
+        AugmentConfig(p_cutout=1.5)
+    with pytest.raises(ValueError, match="cutout_ratio"):
+        AugmentConfig(cutout_ratio=0.0)
+
+
+def test_masked_l1_ignores_invalid_pixels():
+    pred, target = torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8)
+    valid = torch.ones(2, 1, 8, 8)
+    valid[:, :, :4] = 0
+    changed = target.clone()
+    changed[:, :, :4] = -1.0  # what the old augmentation wrote there
+    assert masked_l1(pred, target, valid) == masked_l1(pred, changed, valid) == 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_map_pixels_never_enter_a_loss(family):
+    """Whatever the map holds where the image was hidden, every family's step is the same."""
+    _, family_cls, config_cls = family_parts(family)
+    extra = {"diffusion": {"steps": 20, "prediction": "x0"}}.get(family, {})
+    settings = RunSettings(epochs=1, width_divisor=16)
+    image = torch.rand(4, 3, 64, 64) * 2 - 1
+    vms = torch.rand(4, 3, 64, 64) * 2 - 1
+    generator = torch.Generator().manual_seed(2)
+    image, vms, valid = diff_augment(image, vms, BOTH, generator=generator)
+    assert (valid == 0).any()
+    blackened = torch.where(valid.bool(), vms, torch.full_like(vms, -1.0))
+    losses = []
+    for labels in (vms, blackened):
+        torch.manual_seed(0)
+        model = family_cls(config_cls(**extra), settings, torch.device("cpu"))
+        torch.manual_seed(1)
+        out = model.train_step(image, labels, valid)
+        losses.append({k: float(v) for k, v in out.items()})
+    assert losses[0] == losses[1]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.diffusion import DenoiserConfig, NoiseSchedule, beta_schedule, build_denoiser, sample
+import itertools
+
+from models.diffusion import (MAX_TERMINAL_SIGNAL, DDIMSampler, DenoiserConfig, NoiseSchedule, beta_schedule,
+                              build_denoiser, sample)
 from models.layers import NORMS, scaled_width
 from models.patchgan import GAN_LOSSES, GANLoss, PatchGANConfig, build_patchgan
 from models.unet import UNetConfig, build_unet
@@ -60,15 +63,64 @@ def test_targets_invert_exactly(prediction):
 
 
 @pytest.mark.parametrize("sampler, k", [("ddim", 5), ("ddim", 1), ("ancestral", 0)])
-def test_samplers_give_maps_in_range(sampler, k):
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_samplers_give_maps_in_range(sampler, k, prediction):
     torch.manual_seed(0)
     net = build_denoiser(DenoiserConfig(width=4, norm="batch"), steps=30).eval()
-    schedule = NoiseSchedule("cosine", 30, prediction="x0")
-    calls = []
-    net.register_forward_hook(lambda *a: calls.append(1))
+    schedule = NoiseSchedule("cosine", 30, prediction=prediction)
+    visited = []
+    net.register_forward_hook(lambda module, args, out: visited.append(int(args[2][0])))
     out = sample(net, schedule, torch.randn(2, 3, 64, 64), sampler=sampler, sampling_steps=k)
-    assert out.shape == (2, 3, 64, 64) and out.min() >= -1 and out.max() <= 1
-    assert len(calls) == (30 if sampler == "ancestral" else k)
+    assert out.shape == (2, 3, 64, 64) and out.min() >= -1 and out.max() <= 1 and torch.isfinite(out).all()
+    assert len(visited) == (30 if sampler == "ancestral" else k)
+    assert visited[0] == 29  # every sampler starts at the last trained step, where training reached pure noise
+
+
+@pytest.mark.parametrize("steps, k, expected", [
+    (1000, 10, [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]),
+    (1000, 1, [999]),
+    (500, 4, [499, 374, 249, 124]),
+    (30, 50, list(range(29, -1, -1))),  # more steps than trained: every step once
+])
+def test_ddim_visits_trailing_timesteps(steps, k, expected):
+    sampler = DDIMSampler(NoiseSchedule("linear", steps, 1e-4, 0.02, prediction="x0"))
+    sampler.set_timesteps(k)
+    assert sampler.timesteps == expected
+
+
+def _study_values(space, name):
+    """Every value a study file lets a parameter take: its candidates and its range's ends."""
+    found = set()
+    for choice in space.by_name[name].choices.values():
+        found.update(choice.values)
+        if choice.has_range:
+            found.update((choice.low, choice.high))
+    return sorted(found, key=str)
+
+
+def test_terminal_signal_is_pure_noise_for_every_study_configuration():
+    """Sampling starts from pure noise, so training must reach it: below 1% of the map at the last step."""
+    from search.space import load_space
+
+    space = load_space("diffusion")
+    fixed_ztsnr = space.fixed.get("zero_terminal_snr", True)
+    combos = list(itertools.product(*(_study_values(space, n) for n in ("schedule", "beta_start", "beta_end",
+                                                                          "steps", "prediction"))))
+    assert len(combos) > 100
+    for schedule, beta_start, beta_end, steps, prediction in combos:
+        ns = NoiseSchedule(schedule, int(steps), beta_start, beta_end, prediction=prediction,
+                           zero_terminal_snr=fixed_ztsnr)
+        assert ns.terminal_signal < MAX_TERMINAL_SIGNAL, (schedule, beta_start, beta_end, steps, prediction)
+        assert (ns.alphas_cumprod[1:] <= ns.alphas_cumprod[:-1]).all()
+        assert abs(float(ns.alphas_cumprod[0]) - float(torch.cumprod(1 - beta_schedule(schedule, int(steps), beta_start, beta_end), 0)[0])) < 1e-6
+
+
+def test_schedule_without_rescaling_refuses_a_terminal_signal_above_one_percent():
+    # The report's Palette default (linear 1e-6 .. 0.01) over 500 steps keeps 28% of the map.
+    with pytest.raises(ValueError, match="28.*% of the map"):
+        NoiseSchedule("linear", 500, 1e-6, 0.01, prediction="x0", zero_terminal_snr=False)
+    rescaled = NoiseSchedule("linear", 500, 1e-6, 0.01, prediction="x0")
+    assert rescaled.terminal_signal == 0.0
 
 
 @pytest.mark.parametrize("kind", GAN_LOSSES)
@@ -81,3 +133,32 @@ def test_gan_losses_are_finite_and_differentiable(kind):
     d = loss.discriminator(disc, real, fake.detach(), image)
     assert torch.isfinite(g) and torch.isfinite(d)
     g.backward()
+
+
+class _ScoreByInput(torch.nn.Module):
+    """A critic whose score says which map it was shown: +1 for the real one, -1 for the fake."""
+
+    def __init__(self, real):
+        super().__init__()
+        self.real = real
+
+    def forward(self, vms, image):
+        same = (vms - self.real).abs().flatten(1).amax(dim=1) < 1e-6
+        return torch.where(same, 1.0, -1.0).view(-1, 1, 1, 1).expand(-1, 1, 4, 4) + 0 * vms.mean()
+
+
+@pytest.mark.parametrize("kind", GAN_LOSSES)
+def test_gan_losses_reward_the_right_side(kind):
+    """A critic that tells real from fake must get a lower loss than one that has them swapped, and a
+    generator the critic takes for real a lower loss than one it sees through; fails if targets are swapped."""
+    image = torch.randn(2, 3, 64, 64)
+    real, fake = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    loss = GANLoss(kind, gp_weight=0.0)
+    right, swapped = _ScoreByInput(real), _ScoreByInput(fake)
+    assert loss.discriminator(right, real, fake, image) < loss.discriminator(swapped, real, fake, image)
+    fooled, seen_through = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
+    assert loss.generator(fooled) < loss.generator(seen_through)
+    if kind == "lsgan":  # the report's least-squares targets exactly: real 1, fake 0
+        perfect = lambda vms, img: torch.where((vms - real).abs().flatten(1).amax(1) < 1e-6, 1.0, 0.0).view(-1, 1, 1, 1)
+        assert float(loss.discriminator(perfect, real, fake, image)) == 0.0
+        assert float(loss.generator(torch.ones(2, 1, 4, 4))) == 0.0

@@ -48,7 +48,8 @@ def tpe_study(runs_dir) -> Path:
 def test_greedy_run_prints_lines_and_writes_results(greedy_study):
     summary = json.loads((greedy_study / "summary.json").read_text())
     assert summary["finished"] and summary["strategy"] == "greedy" and summary["family"] == "gan"
-    assert set(summary["baselines"]) == {"black_l1", "mean_map_l1"}
+    assert set(summary["baselines"]) == {f"{b}{c}" for b in ("black_l1", "mean_map_l1")
+                                         for c in ("", "_remembered", "_falsely_remembered")}
     assert summary["best_val_l1"] is not None and summary["counts"]["completed"] == summary["trials"]
     trials = pd.read_parquet(greedy_study / "trials.parquet")
     assert (trials["schema_version"] == SCHEMA_VERSION).all()
@@ -60,6 +61,11 @@ def test_greedy_run_prints_lines_and_writes_results(greedy_study):
     epochs = pd.read_parquet(greedy_study / "epochs.parquet")
     assert len(epochs) == 12 and set(epochs["trial_id"]) == set(trials["trial_id"])
     assert epochs["epoch"].dtype == "int64" and epochs["val_l1"].dtype == "float64"
+    # Per-channel L1 beside the overall L1: the overall is the mean of the three channels (blue is
+    # black in every map), so the two meaningful channels bound it.
+    for column in ("val_l1_remembered", "val_l1_falsely_remembered"):
+        assert epochs[column].notna().all() and trials[f"best_{column}"].notna().all()
+    assert (epochs["val_l1"] * 3 >= epochs["val_l1_remembered"] + epochs["val_l1_falsely_remembered"] - 1e-6).all()
     for trial_id in trials["trial_id"]:
         assert (greedy_study / "trials" / trial_id / "predictions.npz").exists()
 
@@ -202,3 +208,15 @@ def test_sigterm_stops_cleanly_and_the_study_resumes(runs_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     trials = pd.read_parquet(study / "trials.parquet")
     assert trials["trial_id"].is_unique and (trials["status"] == "completed").all()
+
+
+def test_budget_follows_the_dataset_size():
+    """A small dataset is trained as much as a large one under the cpu preset; thesis keeps 100 epochs."""
+    from search.driver import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert cpu.epochs_for(1280) == cpu.epochs
+    assert cpu.epochs_for(300) > cpu.epochs and cpu.epochs_for(300) * 300 >= cpu.min_images
+    assert cpu.epochs_for(300) * 300 >= cpu.epochs * 1280  # no fewer images than on the full synthetic set
+    assert cpu.grace_for(cpu.epochs_for(300)) > cpu.grace_period
+    assert PRESETS["thesis"].epochs_for(300) == PRESETS["thesis"].epochs == 100

@@ -6,18 +6,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.layers import scaled_width
 from models.unet import UNetConfig, build_unet
+from trainables.augment import AugmentConfig, masked_l1
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(AugmentConfig):
     norm: str = "batch"
     width: int = 64
     dropout: float = 0.0
@@ -45,9 +45,9 @@ class AutoencoderFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"unet": self.opt}
 
-    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
-            loss = F.l1_loss(self.net(image).float(), vms)
+            loss = masked_l1(self.net(image).float(), vms, valid)
         step(loss, self.opt, self.scaler)
         return {"train_loss": loss.detach()}
 

@@ -25,7 +25,6 @@ class RunSettings:
     epochs: int = 100
     seed: int = 0
     width_divisor: int = 1  # the report's widths are divided by this (CPU presets shrink models)
-    augment: bool = True  # DiffAugment translation + cutout, p = 0.9 each
     checkpoint_root: str = ""  # folder holding one sub-folder per trial key; "" = no checkpoints
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
     train_eval_size: int = 320  # training images (fixed subset) on which train_l1 is measured

@@ -39,6 +39,8 @@ SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 IMAGE_DIR_NAMES = ("images", "imgs")
 MAP_DIR_NAMES = ("maps", "vms", "labels")
 MAX_LISTED = 8
+# The two meaningful channels of a VMS map (red: remembered, green: falsely remembered; blue stays black).
+MAP_CHANNELS = {"remembered": 0, "falsely_remembered": 1}
 
 
 class DataError(Exception):
@@ -68,13 +70,17 @@ class VMSDataset:
         return digest.hexdigest()[:16]
 
     def baselines(self) -> dict[str, float]:
-        """Validation L1 of the all-black map and of the mean training map (maps in [-1, 1])."""
+        """Validation L1 of the all-black map and of the mean training map (maps in [-1, 1]),
+        overall (``black_l1``, ``mean_map_l1``) and per meaningful channel
+        (``black_l1_remembered``, ``mean_map_l1_falsely_remembered``, ...)."""
         val = to_unit_range(self.val_maps)
         mean_map = to_unit_range(self.train_maps).mean(axis=0, keepdims=True)
-        return {
-            "black_l1": float(np.abs(val + 1.0).mean()),
-            "mean_map_l1": float(np.abs(val - mean_map).mean()),
-        }
+        errors = {"black_l1": np.abs(val + 1.0), "mean_map_l1": np.abs(val - mean_map)}
+        result = {name: float(error.mean()) for name, error in errors.items()}
+        for name, error in errors.items():
+            for channel, index in MAP_CHANNELS.items():
+                result[f"{name}_{channel}"] = float(error[:, index].mean())
+        return result
 
     def subset(self, n_train: int | None, n_val: int | None) -> "VMSDataset":
         """The first ``n_train``/``n_val`` pairs of each split (None keeps all)."""
@@ -307,6 +313,9 @@ def describe(dataset: VMSDataset) -> str:
         f"all-black maps: {black_share:.0%} of validation maps",
         f"baseline val L1, all-black map:     {base['black_l1']:.4f}",
         f"baseline val L1, mean training map: {base['mean_map_l1']:.4f}",
+        "per channel (remembered / falsely remembered): all-black "
+        f"{base['black_l1_remembered']:.4f} / {base['black_l1_falsely_remembered']:.4f}, mean map "
+        f"{base['mean_map_l1_remembered']:.4f} / {base['mean_map_l1_falsely_remembered']:.4f}",
         f"fingerprint:    {dataset.fingerprint}",
     ]
     lines += [f"note: {note}" for note in dataset.notes]

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.diffusion import PREDICTIONS, SAMPLERS, DenoiserConfig, NoiseSchedule, build_denoiser, sample
 from models.layers import scaled_width
+from trainables.augment import AugmentConfig, hide_invalid, masked_mse
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(AugmentConfig):
     norm: str = "batch"
     width: int = 64
     optimizer: str = "adam"
@@ -37,6 +37,7 @@ class DiffusionConfig:
     beta_start: float = 1e-6
     beta_end: float = 0.01
     steps: int = 2000
+    zero_terminal_snr: bool = True  # rescale the betas so the last step is pure noise (Lin et al. 2024)
     prediction: str = "x0"  # x0 suits few-step DDIM; the report used eps
     sampler: str = "ddim"  # used for validation during the search
     sampling_steps: int = 10
@@ -44,6 +45,7 @@ class DiffusionConfig:
     final_sampling_steps: int = 50
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("sampler", "final_sampler"):
@@ -57,7 +59,8 @@ class DiffusionFamily(Family):
     def __init__(self, hp: DiffusionConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
         width = scaled_width(hp.width, settings.width_divisor)
-        self.schedule = NoiseSchedule(hp.schedule, hp.steps, hp.beta_start, hp.beta_end, prediction=hp.prediction)
+        self.schedule = NoiseSchedule(hp.schedule, hp.steps, hp.beta_start, hp.beta_end, prediction=hp.prediction,
+                                      zero_terminal_snr=hp.zero_terminal_snr)
         self.net = build_denoiser(DenoiserConfig(width=width, norm=hp.norm), hp.steps).to(device)
         self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
         self.scaler = self.precision.scaler()
@@ -72,14 +75,25 @@ class DiffusionFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"denoiser": self.opt}
 
-    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Pixels augmentation hid carry no known map: they enter neither the network's noisy
+        # input (set to 0 before noising) nor the loss.
+        vms = hide_invalid(vms, valid)
         t = torch.randint(0, self.schedule.steps, (image.shape[0],), device=self.device)
         noise = torch.randn_like(vms)
         noisy = self.schedule.add_noise(vms, noise, t)
         with self.precision.autocast():
-            loss = F.mse_loss(self.net(image, noisy, t).float(), self.schedule.target(vms, noise, t))
+            loss = masked_mse(self.net(image, noisy, t).float(), self.schedule.target(vms, noise, t), valid)
         step(loss, self.opt, self.scaler)
         return {"train_loss": loss.detach(), "noise_loss": loss.detach()}
+
+    def calibration_forward(self, image: torch.Tensor, vms: torch.Tensor) -> None:
+        # As in training: noisy maps at random steps, from a fixed generator so no global random
+        # numbers are drawn (training continues exactly as it would have).
+        generator = torch.Generator(device=image.device).manual_seed(self.sample_seed + len(image))
+        t = torch.randint(0, self.schedule.steps, (image.shape[0],), device=image.device, generator=generator)
+        noise = torch.randn(vms.shape, generator=generator, device=vms.device, dtype=vms.dtype)
+        self.net(image, self.schedule.add_noise(vms, noise, t), t)
 
     def _sample(self, image: torch.Tensor, sampler: str, steps: int) -> torch.Tensor:
         generator = torch.Generator(device=image.device).manual_seed(self.sample_seed)

@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.layers import scaled_width
 from models.patchgan import GANLoss, PatchGANConfig, build_patchgan
 from models.unet import UNetConfig, build_unet
+from trainables.augment import AugmentConfig, hide_invalid, masked_l1
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(AugmentConfig):
     g_norm: str = "batch"
     g_width: int = 64
     g_dropout: float = 0.0
@@ -68,19 +68,26 @@ class GANFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.g_opt, "discriminator": self.d_opt}
 
-    def train_step(self, image: torch.Tensor, vms: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def prediction_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Where augmentation hid the image the true map is unknown: the L1 term ignores those
+        # pixels and the discriminator sees them as 0 in real and fake maps alike.
+        real = hide_invalid(vms, valid)
         # Generator: fool D and stay close to the true map.
         self.discriminator.requires_grad_(False)
         with self.precision.autocast():
             fake = self.generator(image)
-            g_adv = self.loss.generator(self.discriminator(fake, image).float())
-            g_l1 = F.l1_loss(fake.float(), vms)
+            g_adv = self.loss.generator(self.discriminator(hide_invalid(fake, valid), image).float())
+            g_l1 = masked_l1(fake.float(), vms, valid)
             g_loss = g_adv + self.hp.l1_weight * g_l1
         step(g_loss, self.g_opt, self.g_scaler)
         # Discriminator: tell the true map from the (detached) generated one.
         self.discriminator.requires_grad_(True)
         with self.precision.autocast():
-            d_loss = self.loss.discriminator(self.discriminator, vms, fake.detach(), image).float()
+            d_loss = self.loss.discriminator(self.discriminator, real, hide_invalid(fake.detach(), valid), image).float()
         step(d_loss, self.d_opt, self.d_scaler)
         return {"train_loss": g_l1.detach(), "g_loss": g_loss.detach(), "g_adv_loss": g_adv.detach(),
                 "d_loss": d_loss.detach()}
