@@ -1,10 +1,11 @@
-"""Do the three families really learn? Train each once with a CPU-sized config.
+"""Do the three families really learn the maps? Train each once at the `cpu` preset's size.
 
     python -m benchmarks.learning
 
-Prints each family's best val L1 on the default synthetic dataset next to both baselines
-(all-black map, mean training map). No Ray here: the shared training loop is called
-directly, so the numbers are the models', not the scheduler's.
+Prints each family's best val L1 on the default synthetic dataset, overall and per channel
+(red: remembered, green: falsely remembered), next to both baselines (all-black map, mean
+training map) on the same split and channel. No Ray here: the shared training loop is
+called directly, so the numbers are the models', not the scheduler's.
 """
 
 from __future__ import annotations
@@ -16,47 +17,61 @@ from pathlib import Path
 
 import torch
 
-from trainables import family_parts
-from trainables.data import resolve_data
+from search.driver import PRESETS
+from search.space import load_space
+from trainables import FAMILIES, family_parts
+from trainables.data import MAP_CHANNELS, resolve_data
 from trainables.loop import run_trial
 
-# CPU-sized configs: the report's defaults where they learn in a few epochs, with the
-# changes a search finds quickly (the GAN's L1 weight of pix2pix; x0 targets for diffusion).
-CONFIGS = {
-    "autoencoder": {"epochs": 10, "width_divisor": 4},
-    "gan": {"epochs": 8, "width_divisor": 8, "l1_weight": 100.0},
-    "diffusion": {"epochs": 6, "width_divisor": 4, "prediction": "x0", "steps": 1000, "sampling_steps": 10,
-                  "final_sampling_steps": 50},
-}
+# Each family at its study file's defaults (where greedy starts), with the `cpu` preset's
+# widths and epochs: what a user's first trial trains. The GAN also runs at pix2pix's L1 weight.
+VARIANTS = {"autoencoder": [{}], "gan": [{}, {"l1_weight": 100.0}], "diffusion": [{}, {"prediction": "x0"}]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "learning.json"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
     data = resolve_data(None)
     base = data.baselines()
+    epochs = preset.epochs_for(len(data.train_stems))
     rows = []
-    print(f"{'family':12} {'epochs':>6} {'best val L1':>11} {'vs mean map':>11} {'vs black':>9} {'rho':>6} {'seconds':>8}")
-    for family, config in CONFIGS.items():
+    channels = list(MAP_CHANNELS)
+    print(f"{'family':12} {'changed':18} {'best val L1':>11} {'x black':>8} {'x mean':>7} "
+          + " ".join(f"{c[:10]:>10} {'x black':>7}" for c in channels) + f" {'rho':>5} {'seconds':>7}")
+    for family in FAMILIES:
+        space = load_space(family)
         _, family_cls, config_cls = family_parts(family)
-        reported: list[dict] = []
-        start = time.perf_counter()
-        run_trial({**config, "threads": args.threads}, data, family_cls, config_cls, report=reported.append)
-        seconds = time.perf_counter() - start
-        best = min(r["best_val_l1"] for r in reported)
-        rho = reported[-1]["val_spearman"]
-        row = {"family": family, "config": config, "best_val_l1": best, "val_spearman": rho, "seconds": seconds,
-               "vs_mean_map": 1 - best / base["mean_map_l1"], "vs_black": 1 - best / base["black_l1"]}
-        rows.append(row)
-        print(f"{family:12} {config['epochs']:6d} {best:11.4f} {row['vs_mean_map']:+11.0%} {row['vs_black']:+9.0%} "
-              f"{rho:6.2f} {seconds:8.0f}")
-    print(f"baselines: all-black map {base['black_l1']:.4f}, mean training map {base['mean_map_l1']:.4f}")
+        for change in VARIANTS[family]:
+            config = {**space.fixed, **space.defaults(), **change, "epochs": epochs,
+                      "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size,
+                      "threads": args.threads}
+            reported: list[dict] = []
+            start = time.perf_counter()
+            run_trial(config, data, family_cls, config_cls, report=reported.append)
+            seconds = time.perf_counter() - start
+            best = min(reported, key=lambda r: r["val_l1"])
+            row = {"family": family, "changed": change, "epochs": epochs, "width_divisor": preset.width_divisor,
+                   "best_val_l1": best["val_l1"], "best_epoch": best["epoch"], "val_spearman": best["val_spearman"],
+                   "seconds": seconds, "x_black": best["val_l1"] / base["black_l1"],
+                   "x_mean_map": best["val_l1"] / base["mean_map_l1"]}
+            for c in channels:
+                row[f"val_l1_{c}"] = best[f"val_l1_{c}"]
+                row[f"x_black_{c}"] = best[f"val_l1_{c}"] / base[f"black_l1_{c}"]
+            rows.append(row)
+            changed = ", ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+            print(f"{family:12} {changed:18} {row['best_val_l1']:11.4f} {row['x_black']:8.2f} {row['x_mean_map']:7.2f} "
+                  + " ".join(f"{row[f'val_l1_{c}']:10.4f} {row[f'x_black_{c}']:7.2f}" for c in channels)
+                  + f" {row['val_spearman']:5.2f} {seconds:7.0f}", flush=True)
+    print(f"baselines: all-black map {base['black_l1']:.4f} (remembered {base['black_l1_remembered']:.4f}, "
+          f"falsely remembered {base['black_l1_falsely_remembered']:.4f}); mean training map {base['mean_map_l1']:.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"baselines": base, "families": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"preset": args.preset, "baselines": base, "families": rows}, indent=2) + "\n")
     return 0
 
 

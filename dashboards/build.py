@@ -268,7 +268,9 @@ def _importances(done: pd.DataFrame, hp_columns: list[str]) -> dict[str, float]:
         params = {c[3:]: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in columns}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["best_val_l1"])))
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    # Optuna orders tied importances arbitrarily; a report built twice must be the same file.
+    return dict(sorted(importances.items(), key=lambda item: (-item[1], item[0])))
 
 
 def section_effects(studies: list[Study]) -> str:

@@ -42,7 +42,7 @@ from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentit
 from search.space import Space
 from trainables import family_parts
 from trainables.config import RunSettings, parse_config, trial_key
-from trainables.data import VMSDataset
+from trainables.data import MAP_CHANNELS, VMSDataset
 
 STUDY_FORMAT = 1
 STRATEGIES = ("greedy", "tpe", "random")
@@ -89,8 +89,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "thesis": Preset(100, 1, 100, 10, 3, None, None, 320,
                      description="the report's budget: 100 epochs, full widths, all data"),
-    "cpu": Preset(6, 8, 16, 2, 2, None, None, 160, min_images=6 * 1280,
-                  description="a whole search on two CPU cores in 2-8 minutes: widths / 8, 6 epochs "
+    "cpu": Preset(6, 4, 16, 2, 2, None, None, 160, min_images=6 * 1280,
+                  description="a whole search on two CPU cores: widths / 4, 6 epochs "
                               "(at least 7,680 training images per trial)"),
     "smoke": Preset(2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
                     description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
@@ -134,6 +134,7 @@ class Summary:
     preset: str
     best_trial_id: str | None
     best_val_l1: float | None
+    best_channel_l1: dict[str, float | None] | None  # the best trial's L1 per map channel (remembered, falsely_remembered)
     best_config: dict[str, Any] | None
     baselines: dict[str, float]
     counts: dict[str, int]
@@ -401,7 +402,9 @@ def run_study(options: SearchOptions) -> Summary:
 def _run_locked(options, family, space, name, study_dir, started, resolve_data) -> Summary:
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.scheduler import ResumableASHA
 
     gpus_available = float(ray.cluster_resources().get("GPU", 0))
     preset_name = options.preset or ("thesis" if gpus_available else "cpu")
@@ -474,9 +477,11 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
     interrupted = False
     if to_run != 0:
         if options.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
+            scheduler = ResumableASHA(time_attr="epoch", max_t=epochs,
                                       grace_period=min(options.grace_period or preset.grace_for(epochs), epochs),
                                       reduction_factor=options.reduction_factor or preset.reduction_factor)
+            # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
+            scheduler.seed_rungs(store.finished_epochs())
         else:
             scheduler = FIFOScheduler()
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial}
@@ -543,6 +548,7 @@ def summarize(store: ResultsStore, name: str, study_dir: Path, strategy: str, fa
         study=name, study_dir=str(study_dir), strategy=strategy, family=family, preset=preset,
         best_trial_id=best_row["trial_id"] if best_row else None,
         best_val_l1=best_row["best_val_l1"] if best_row else None,
+        best_channel_l1={c: best_row.get(f"best_val_l1_{c}") for c in MAP_CHANNELS} if best_row else None,
         best_config=json.loads(best_row["config_json"]) if best_row else None,
         baselines=baselines, counts=counts, trials=len(store.trials), wall_seconds=wall,
         total_wall_seconds=total_wall, finished=finished,
@@ -561,6 +567,11 @@ def format_summary(summary: Summary) -> str:
                      f"all-black {base['black_l1']:.4f}, mean map {base['mean_map_l1']:.4f} "
                      f"({(1 - summary.best_val_l1 / base['mean_map_l1']) * 100:+.0f}% vs mean map, "
                      f"{(1 - summary.best_val_l1 / better) * 100:+.0f}% vs the better baseline)")
+        channels = summary.best_channel_l1 or {}
+        if all(channels.get(c) is not None and f"black_l1_{c}" in base for c in MAP_CHANNELS):
+            lines.append("per channel, remembered / falsely remembered: "
+                         + " / ".join(f"{channels[c]:.4f}" for c in MAP_CHANNELS) + " against all-black "
+                         + " / ".join(f"{base[f'black_l1_{c}']:.4f}" for c in MAP_CHANNELS))
         hp = {k: v for k, v in (summary.best_config or {}).items()}
         lines.append("best config: " + _hp_line({k: hp[k] for k in hp if k not in RunSettings.__dataclass_fields__}))
     else:

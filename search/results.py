@@ -155,6 +155,13 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return {tid for tid, row in self.trials.items() if row["status"] not in ("running", None)}
 
+    def finished_epochs(self) -> list[tuple[str, int, float | None]]:
+        """(trial id, epoch, best val L1) of every finished trial's epochs, in the order they were reported."""
+        finished = self.finished_ids()
+        rows = [r for (tid, _), r in self.epochs.items() if tid in finished]
+        rows.sort(key=lambda r: (r["reported_at"], r["trial_id"], r["epoch"]))
+        return [(r["trial_id"], int(r["epoch"]), r["best_val_l1"]) for r in rows]
+
 
 class TrialIdentity:
     """Maps a Ray trial's config to the study's view of it: trial key, full config, hyperparameters."""

@@ -53,13 +53,13 @@ def test_greedy_run_prints_lines_and_writes_results(greedy_study):
     assert summary["best_val_l1"] is not None and summary["counts"]["completed"] == summary["trials"]
     trials = pd.read_parquet(greedy_study / "trials.parquet")
     assert (trials["schema_version"] == SCHEMA_VERSION).all()
-    # smoke: the first three parameters of the order -> blocks 0, 1, 2 with 2, 1 and 3 new configs
-    assert trials.groupby("greedy_block")["greedy_param"].first().tolist() == ["g_norm", "d_norm", "g_width"]
-    assert trials["trial_id"].is_unique and len(trials) == 6
+    # smoke: the first three parameters of the order -> blocks 0, 1, 2 with 3, 1 and 1 new configs
+    assert trials.groupby("greedy_block")["greedy_param"].first().tolist() == ["l1_weight", "g_norm", "d_norm"]
+    assert trials["trial_id"].is_unique and len(trials) == 5
     assert trials["hp_g_width"].dtype == "int64" and trials["hp_g_lr"].dtype == "float64"
     assert str(trials["started_at"].dtype) == "datetime64[us, UTC]"
     epochs = pd.read_parquet(greedy_study / "epochs.parquet")
-    assert len(epochs) == 12 and set(epochs["trial_id"]) == set(trials["trial_id"])
+    assert len(epochs) == 10 and set(epochs["trial_id"]) == set(trials["trial_id"])
     assert epochs["epoch"].dtype == "int64" and epochs["val_l1"].dtype == "float64"
     # Per-channel L1 beside the overall L1: the overall is the mean of the three channels (blue is
     # black in every map), so the two meaningful channels bound it.

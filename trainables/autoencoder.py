@@ -45,6 +45,9 @@ class AutoencoderFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"unet": self.opt}
 
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {"unet": self.scaler}
+
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
             loss = masked_l1(self.net(image).float(), vms, valid)

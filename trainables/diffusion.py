@@ -75,6 +75,9 @@ class DiffusionFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"denoiser": self.opt}
 
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {"denoiser": self.scaler}
+
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         # Pixels augmentation hid carry no known map: they enter neither the network's noisy
         # input (set to 0 before noising) nor the loss.

@@ -68,6 +68,9 @@ class GANFamily(Family):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.g_opt, "discriminator": self.d_opt}
 
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {"generator": self.g_scaler, "discriminator": self.d_scaler}
+
     @property
     def prediction_modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator}

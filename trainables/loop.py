@@ -116,9 +116,14 @@ class Family(ABC):
     @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        """The fp16 loss scalers (disabled on CPU and with bf16); their state is checkpointed."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         state = {f"net.{k}": m.state_dict() for k, m in self.modules.items()}
         state.update({f"opt.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        state.update({f"scaler.{k}": s.state_dict() for k, s in self.scalers().items()})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -126,6 +131,9 @@ class Family(ABC):
             module.load_state_dict(state[f"net.{name}"])
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state[f"opt.{name}"])
+        for name, scaler in self.scalers().items():  # a resumed fp16 trial continues with the same loss scale
+            if f"scaler.{name}" in state:
+                scaler.load_state_dict(state[f"scaler.{name}"])
 
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():
@@ -321,6 +329,8 @@ def run_trial(
             family.load_state_dict(previous["family"])
             batch_gen.set_state(previous["batch_rng"])
             torch.set_rng_state(previous["torch_rng"])
+            if device.type == "cuda" and previous.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(previous["cuda_rng"], device)
             history, best, start_epoch, status = previous["history"], previous["best_val_l1"], previous["epoch"], previous["status"]
             best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
             for row in history:  # replay, so Ray, ASHA and the searcher see the whole curve
@@ -382,6 +392,7 @@ def run_trial(
                     "format": CHECKPOINT_FORMAT, "epoch": epoch, "status": row["status"], "history": history,
                     "best_val_l1": best, "config": resolved_config(settings, hp), "family": family.state_dict(),
                     "batch_rng": batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })
             report(dict(row))
             if diverged:
