@@ -585,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     results["total_seconds"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "full"
+    previous = RESULTS / f"{name}.json"
+    if args.only and previous.exists():  # --only re-measures some sections: keep the others' last results
+        merged = json.loads(previous.read_text())
+        merged.setdefault("section_dates", {})
+        for section in chosen:
+            merged[section] = results[section]
+            merged["section_dates"][section] = results["date"]
+        results = {**merged, "date": merged.get("date"), "total_seconds": results["total_seconds"]}
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render_table(results)
     (RESULTS / f"{name}.md").write_text(table + "\n")

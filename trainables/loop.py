@@ -36,9 +36,6 @@ from trainables.data import MAP_CHANNELS, VMSDataset
 CHECKPOINT_FORMAT = 2
 DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial
 EVAL_BATCH = 64
-# The two meaningful channels of a VMS map: reported beside the overall L1, so a model that ignores
-# one of them shows it.
-CHANNELS = MAP_CHANNELS
 
 
 class Precision:
@@ -72,8 +69,8 @@ class Family(ABC):
 
     The loop calls, in order: ``__init__`` (build nets and optimizers on ``device``),
     ``load_state_dict`` when resuming, then each epoch ``train_step`` per batch (in train
-    mode), ``calibration_forward`` on clean training batches (BatchNorm statistics are
-    re-estimated from them, see :func:`recalibrate_batchnorm`), ``predict`` per validation
+    mode), ``calibration_forward`` on a fixed set of augmented training batches (BatchNorm
+    statistics are re-estimated from them, see :func:`recalibrate_batchnorm`), ``predict`` per validation
     batch (in eval mode), and ``state_dict`` to checkpoint. ``final_predict`` is used once
     after the last epoch.
     """
@@ -100,7 +97,7 @@ class Family(ABC):
         """
 
     def calibration_forward(self, image: torch.Tensor, vms: torch.Tensor) -> None:
-        """Run the prediction networks as training does, on clean training data (for BatchNorm statistics)."""
+        """Run the prediction networks as training does on one batch (for BatchNorm statistics); no global RNG."""
         self.predict(image)
 
     @abstractmethod
@@ -219,7 +216,7 @@ class Evaluation:
     """A model's predictions over one split, and their errors."""
 
     l1: float  # mean absolute error over every pixel and channel, maps in [-1, 1]
-    channel_l1: dict[str, float]  # the same per meaningful channel (CHANNELS)
+    channel_l1: dict[str, float]  # the same per meaningful map channel (MAP_CHANNELS), so a model that ignores one shows it
     per_image_l1: np.ndarray
     spearman: float  # rho between the image-level scores the predicted and true maps imply
     predictions: torch.Tensor  # uint8 (N, 3, H, W)
@@ -277,7 +274,7 @@ def evaluate(family: Family, images: torch.Tensor, maps: torch.Tensor, final: bo
     truth = as_float(maps)
     error = (pred - truth).abs()
     per_image = error.mean(dim=(1, 2, 3))
-    channel_l1 = {name: float(error[:, c].mean()) for name, c in CHANNELS.items()}
+    channel_l1 = {name: float(error[:, c].mean()) for name, c in MAP_CHANNELS.items()}
     rho = spearman(image_scores(pred), image_scores(truth))
     pred_u8 = ((pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return Evaluation(float(per_image.mean()), channel_l1, per_image.cpu().numpy(), rho, pred_u8)
