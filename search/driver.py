@@ -425,6 +425,7 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
     if not options.epochs and epochs != preset.epochs:
         print(f"budget: {epochs} epochs per trial, so each trial sees at least {preset.min_images:,} training images "
               f"({n_train} training pairs)", flush=True)
+    grace = preset.grace_period if options.epochs else preset.grace_for(epochs)  # ASHA: scaled with a data-sized budget
     samples = options.samples or preset.samples
     settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
                            checkpoint_root=str(study_dir / "trials"), threads=max(1, int(options.cpus_per_trial)),
@@ -478,7 +479,7 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
     if to_run != 0:
         if options.scheduler == "asha":
             scheduler = ResumableASHA(time_attr="epoch", max_t=epochs,
-                                      grace_period=min(options.grace_period or preset.grace_for(epochs), epochs),
+                                      grace_period=min(options.grace_period or grace, epochs),
                                       reduction_factor=options.reduction_factor or preset.reduction_factor)
             # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
             scheduler.seed_rungs(store.finished_epochs())
