@@ -96,7 +96,6 @@ class NoiseSchedule:
         betas = beta_schedule(name, steps, beta_start, beta_end)
         if zero_terminal_snr:
             betas = rescale_terminal_signal(betas, EPS_TERMINAL_SIGNAL if prediction == "eps" else 0.0)
-        self.betas = betas
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.terminal_signal = float(alphas_cumprod[-1].sqrt())
         if self.terminal_signal > MAX_TERMINAL_SIGNAL:
@@ -252,9 +251,6 @@ class AncestralSampler(DDIMSampler):
 
     def set_timesteps(self, k: int | None = None) -> None:  # noqa: ARG002 - ancestral walks every step
         self.timesteps = list(range(self.schedule.steps - 1, -1, -1))
-
-    def _previous(self, t: int) -> int:
-        return t - 1
 
     def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> SamplerStep:
         steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
