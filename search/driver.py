@@ -28,7 +28,6 @@ import os
 import resource
 import signal
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -37,12 +36,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from search.faults import crash_point
 from search.greedy import GreedySearcher
+from search.optuna_search import StorageError, open_storage, open_study
+from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
 from search.space import Space
 from trainables import family_parts
 from trainables.config import RunSettings, parse_config, trial_key
 from trainables.data import MAP_CHANNELS, VMSDataset
+from trainables.loop import DIVERGED_L1
 
 STUDY_FORMAT = 1
 STRATEGIES = ("greedy", "tpe", "random")
@@ -152,6 +155,7 @@ def _now_iso() -> str:
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    crash_point("study-json-tmp")
     os.replace(tmp, path)
 
 
@@ -330,46 +334,9 @@ def init_ray(options: SearchOptions) -> bool:
     return True
 
 
-def _optuna_searcher(options: SearchOptions, space: Space, study_dir: Path, name: str, samples: int):
-    """OptunaSearch on a persistent storage; returns (searcher, trials still to run)."""
-    import optuna
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE's multivariate/group modes (needed for conditional spaces) are flagged experimental.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = options.storage or f"sqlite:///{study_dir / 'optuna.db'}"
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "bad storage"
-        raise StudyError(f"cannot open the Optuna storage {url} ({err}); pass a valid --storage URL.") from None
-    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
-    done = 0
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.RUNNING:
-            # Interrupted by a dead driver: run the same params again (they resume from their
-            # checkpoint) and close the old record so TPE does not wait on it.
-            study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")):
-            done += 1
-    if options.strategy == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=max(3, min(10, samples // 3)),
-                                             multivariate=True, group=True, constant_liar=True)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=options.seed + done)
-    searcher = OptunaSearch(space=space.suggest,
-                            metric="best_val_l1", mode="min", sampler=sampler, study_name=name, storage=storage)
-    return searcher, max(0, samples - done), done
-
-
 def run_study(options: SearchOptions) -> Summary:
     """Run (or continue) the study the options describe; returns its summary."""
     from search.space import StudyFileError, load_space
-    from trainables.data import resolve_data
 
     validate_options(options)
     family = _resolve_family(options)
@@ -393,18 +360,78 @@ def run_study(options: SearchOptions) -> Summary:
         started = time.perf_counter()
         owns_ray = init_ray(options)
         try:
-            return _run_locked(options, family, space, name, study_dir, started, resolve_data)
+            return _run_locked(options, family, space, name, study_dir, started)
         finally:
             if owns_ray:
                 ray.shutdown()
 
 
-def _run_locked(options, family, space, name, study_dir, started, resolve_data) -> Summary:
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
+@dataclass
+class StudyPlan:
+    """What this driver run will do: budget, resources, data and the study's record."""
 
-    from search.scheduler import ResumableASHA
+    options: SearchOptions
+    family: str
+    space: Space
+    name: str
+    study_dir: Path
+    preset_name: str
+    preset: Preset
+    epochs: int
+    grace: int
+    samples: int
+    settings: RunSettings
+    data: VMSDataset
+    record: dict[str, Any]
+    cpus_available: float
+    gpus_available: float
+    gpus_per_trial: float
+
+    @property
+    def segment(self) -> int:
+        return len(self.record.get("segments", []))
+
+
+@dataclass
+class OpenSearch:
+    """The searcher this run continues, and what it still has to do."""
+
+    searcher: Any
+    num_samples: int  # for Tune: -1 (until the searcher says finished) or a count
+    to_run: int | None  # None: unknown (greedy), 0: nothing left
+    block_of: Any = None  # greedy: Ray trial id -> block
+    done: dict[str, SearcherRecord] | None = None  # trial key -> how the searcher saw it end
+
+
+def _run_locked(options: SearchOptions, family: str, space: Space, name: str, study_dir: Path,
+                started: float) -> Summary:
+    """The driver's steps, in order, with the study folder held."""
+    plan = _plan(options, family, space, name, study_dir)
+    full_config, key_of = _trial_identity(plan)
+    store = ResultsStore(study_dir, study=name, strategy=options.strategy, family=family,
+                         hp_kinds={p.name: p.kind for p in space.params})
+    identity = TrialIdentity(full_config, key_of, space.canonical)
+    search = _open_search(plan, key_of)
+    for line in reconcile(store, identity, search.done or {}, Path(plan.settings.checkpoint_root),
+                          segment=plan.segment, epochs_planned=plan.epochs):
+        print(line, flush=True)
+    interrupted = False
+    if search.to_run != 0:
+        interrupted = _fit(plan, search, store, identity, full_config, started)
+    finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished)
+    summary = summarize(store, name, study_dir, options.strategy, family, plan.preset_name, plan.record["baselines"],
+                        plan.record, time.perf_counter() - started, finished)
+    write_json_atomic(study_dir / "summary.json", asdict(summary))
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _plan(options: SearchOptions, family: str, space: Space, name: str, study_dir: Path) -> StudyPlan:
+    """Resources, preset and budget; the data; the study's record (created, or checked against this run)."""
+    import ray
+
+    from trainables.data import resolve_data
 
     gpus_available = float(ray.cluster_resources().get("GPU", 0))
     preset_name = options.preset or ("thesis" if gpus_available else "cpu")
@@ -426,109 +453,140 @@ def _run_locked(options, family, space, name, study_dir, started, resolve_data) 
         print(f"budget: {epochs} epochs per trial, so each trial sees at least {preset.min_images:,} training images "
               f"({n_train} training pairs)", flush=True)
     grace = preset.grace_period if options.epochs else preset.grace_for(epochs)  # ASHA: scaled with a data-sized budget
-    samples = options.samples or preset.samples
     settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
                            checkpoint_root=str(study_dir / "trials"), threads=max(1, int(options.cpus_per_trial)),
                            train_eval_size=preset.train_eval_size)
     record = check_or_create_study(study_dir, _identity(space, settings, options, preset), data,
                                    {"space_file": space.source, "preset": preset_name})
-    baselines = record["baselines"]
+    return StudyPlan(options, family, space, name, study_dir, preset_name, preset, epochs, grace,
+                     options.samples or preset.samples, settings, data, record, cpus_available, gpus_available,
+                     gpus_per_trial)
 
-    trainable_fn, _, config_cls = family_parts(family)
-    settings_dict = asdict(settings)
-    fixed = dict(space.fixed)
 
-    def full_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {**fixed, **space.canonical(config), **settings_dict}
+class TrialConfigs:
+    """A searcher's config completed with the study's fixed values and run settings, and its trial key.
 
-    def key_of(config: dict[str, Any]) -> str:
-        return trial_key(*parse_config(full_config(config), config_cls))
+    A class rather than closures: Ray pickles the searcher, which holds :meth:`key`.
+    """
+
+    def __init__(self, plan: StudyPlan) -> None:
+        _, _, self.config_cls = family_parts(plan.family)
+        self.space, self.settings, self.fixed = plan.space, asdict(plan.settings), dict(plan.space.fixed)
+
+    def full(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**self.fixed, **self.space.canonical(config), **self.settings}
+
+    def key(self, config: dict[str, Any]) -> str:
+        return trial_key(*parse_config(self.full(config), self.config_cls))
+
+
+def _trial_identity(plan: StudyPlan):
+    """(full_config, key_of) of :class:`TrialConfigs`."""
+    configs = TrialConfigs(plan)
+    return configs.full, configs.key
+
+
+def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
+    """The greedy searcher from its saved state, or the Optuna study from its storage (repaired)."""
+    options = plan.options
+    if options.strategy == "greedy":
+        state_path = plan.study_dir / "greedy_state.json"
+        searcher = GreedySearcher(plan.space, max_sweeps=options.max_sweeps,
+                                  max_blocks=options.max_blocks or plan.preset.max_blocks, state_path=state_path)
+        if state_path.exists():
+            searcher.restore(str(state_path))
+        first_block: dict[str, Any] = {}
+        for block in searcher.state.blocks:
+            for key in block.keys:
+                first_block.setdefault(key, block)
+        done = {}
+        for key, value in searcher.state.evaluated.items():
+            config = json.loads(key)
+            done[key_of(config)] = SearcherRecord(config, errored=value >= DIVERGED_L1, block=first_block.get(key))
+        return OpenSearch(searcher, -1, 0 if searcher.state.finished else None, searcher.trial_blocks.get, done)
+
+    url = options.storage or f"sqlite:///{plan.study_dir / 'optuna.db'}"
+    try:
+        storage = open_storage(url)
+    except StorageError as err:
+        raise StudyError(str(err)) from None
+    study = open_study(storage, plan.name, plan.space.suggest, strategy=options.strategy, seed=options.seed,
+                       samples=plan.samples, key_of=key_of)
+    if study.done or study.requeued:
+        print(f"continuing study {plan.name}: {study.done} of {plan.samples} trials already done, {study.to_run} to run"
+              + (f" ({study.requeued} interrupted, resumed from their checkpoints)" if study.requeued else ""), flush=True)
+    done = {key: SearcherRecord(config, errored=outcome == "errored") for key, (config, outcome) in study.finished.items()}
+    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done)
+
+
+def _scheduler(plan: StudyPlan, store: ResultsStore):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.scheduler import ResumableASHA
+
+    options = plan.options
+    if options.scheduler != "asha":
+        return FIFOScheduler()
+    scheduler = ResumableASHA(time_attr="epoch", max_t=plan.epochs,
+                              grace_period=min(options.grace_period or plan.grace, plan.epochs),
+                              reduction_factor=options.reduction_factor or plan.preset.reduction_factor)
+    # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
+    scheduler.seed_rungs(store.finished_epochs())
+    return scheduler
+
+
+def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: TrialIdentity, full_config,
+         started: float) -> bool:
+    """Run the trials through Ray Tune; returns whether the run was interrupted (Ctrl-C, SIGTERM)."""
+    from ray import tune
+
+    options = plan.options
+    trainable_fn, _, _ = family_parts(plan.family)
 
     def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
         trainable_fn(full_config(config), data)
 
-    store = ResultsStore(study_dir, study=name, strategy=options.strategy, family=family,
-                         hp_kinds={p.name: p.kind for p in space.params})
-    # Rows left "running" by a killed driver: their trials will be proposed again and resume.
-    previous_finished = len(store.finished_ids())
-    segment = len(record.get("segments", []))
-
-    block_of = None
-    if options.strategy == "greedy":
-        state_path = study_dir / "greedy_state.json"
-        searcher = GreedySearcher(space, max_sweeps=options.max_sweeps,
-                                  max_blocks=options.max_blocks or preset.max_blocks, state_path=state_path)
-        if state_path.exists():
-            searcher.restore(str(state_path))
-        num_samples = -1
-        block_of = searcher.trial_blocks.get
-        to_run = None if not searcher.state.finished else 0
-    else:
-        searcher, to_run, done = _optuna_searcher(options, space, study_dir, name, samples)
-        num_samples = to_run
-        if done:
-            print(f"continuing study {name}: {done} of {samples} trials already done, {to_run} to run", flush=True)
-
-    printer = Printer(previous_finished)
+    printer = Printer(len(store.finished_ids()))
     printer.seed_best(store)
-    identity = TrialIdentity(full_config, key_of, space.canonical)
-    callback = ResultsCallback(store, identity, segment=segment, epochs_planned=epochs, block_of=block_of,
-                               on_finish=printer)
-
+    callback = ResultsCallback(store, identity, segment=plan.segment, epochs_planned=plan.epochs,
+                               block_of=search.block_of, on_finish=printer)
+    resources = {"cpu": options.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    # Ray Tune keeps one trial pending at a time with a searcher, so short trials never
+    # overlap (each waits for the previous one's worker to start). Allow as many pending
+    # trials as can run at once.
+    fits = plan.cpus_available / options.cpus_per_trial
+    if plan.gpus_per_trial:
+        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial_function, data=plan.data), resources),
+        tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=search.searcher,
+                                    scheduler=_scheduler(plan, store), num_samples=search.num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"segment-{plan.segment}", storage_path=str(plan.study_dir / "ray"), callbacks=[callback],
+            verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    # Record the segment before it runs, so a killed driver's segment still counts.
+    record = plan.record
+    record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": plan.preset_name})
+    write_json_atomic(plan.study_dir / "study.json", record)
     interrupted = False
-    if to_run != 0:
-        if options.scheduler == "asha":
-            scheduler = ResumableASHA(time_attr="epoch", max_t=epochs,
-                                      grace_period=min(options.grace_period or grace, epochs),
-                                      reduction_factor=options.reduction_factor or preset.reduction_factor)
-            # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
-            scheduler.seed_rungs(store.finished_epochs())
-        else:
-            scheduler = FIFOScheduler()
-        resources = {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial}
-        # Ray Tune keeps one trial pending at a time with a searcher, so short trials never
-        # overlap (each waits for the previous one's worker to start). Allow as many pending
-        # trials as can run at once.
-        fits = cpus_available / options.cpus_per_trial
-        if gpus_per_trial:
-            fits = min(fits, gpus_available / gpus_per_trial)
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trial_function, data=data), resources),
-            tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, max_concurrent_trials=options.max_concurrent,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"segment-{segment}", storage_path=str(study_dir / "ray"), callbacks=[callback],
-                verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
-                failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        # Record the segment before it runs, so a killed driver's segment still counts.
-        record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": preset_name})
-        write_json_atomic(study_dir / "study.json", record)
-        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
-            store.flush()
-        record["segments"][-1].update(ended_at=_now_iso(), wall_seconds=time.perf_counter() - started,
-                                       interrupted=interrupted)
-        write_json_atomic(study_dir / "study.json", record)
-
-    finished = not interrupted
-    if options.strategy == "greedy":
-        finished = finished and searcher.state.finished
-    summary = summarize(store, name, study_dir, options.strategy, family, preset_name, baselines, record,
-                        time.perf_counter() - started, finished)
-    write_json_atomic(study_dir / "summary.json", asdict(summary))
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        store.flush()
+    record["segments"][-1].update(ended_at=_now_iso(), wall_seconds=time.perf_counter() - started,
+                                   interrupted=interrupted)
+    write_json_atomic(plan.study_dir / "study.json", record)
+    return interrupted
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature

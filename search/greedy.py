@@ -29,6 +29,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from search.faults import crash_point
 from search.space import Space
 from trainables.loop import DIVERGED_L1
 
@@ -119,6 +120,7 @@ class GreedySearcher(Searcher):
             value = DIVERGED_L1  # an errored or diverged trial is a bad result, not a missing one
         self.state.evaluated[key] = min(value, self.state.evaluated.get(key, math.inf))
         self._persist()
+        crash_point("searcher-complete")
 
     def save(self, checkpoint_path: str) -> None:
         payload = asdict(self.state)
@@ -127,6 +129,7 @@ class GreedySearcher(Searcher):
             json.dump(payload, handle, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("greedy-state-tmp")
         os.replace(tmp, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:

@@ -64,6 +64,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from search.faults import crash_point
+
 SCHEMA_VERSION = 2
 TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("schema_version", pa.int32()), ("study", pa.string()), ("strategy", pa.string()), ("family", pa.string()),
@@ -108,6 +110,7 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: Path
     pq.write_table(table, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    crash_point("parquet-tmp")
     os.replace(tmp, path)
 
 
@@ -147,10 +150,25 @@ class ResultsStore:
     def hp_columns(self, hp: dict[str, Any]) -> dict[str, Any]:
         return {f"hp_{name}": hp.get(name) for name in self.hp_kinds}
 
+    def record_start(self, trial_id: str, identity: "TrialIdentity", config: dict[str, Any], *, ray_trial_id: str | None,
+                     segment: int, epochs_planned: int, block: Any = None) -> dict[str, Any]:
+        """A trial (re)starts: its row says running, with its config, hyperparameters and greedy block."""
+        existing = self.trials.get(trial_id, {})
+        values = dict(
+            ray_trial_id=ray_trial_id, segment=segment, status="running", epochs_planned=epochs_planned,
+            started_at=existing.get("started_at") or _now(), ended_at=None, error=None,
+            config_json=json.dumps(identity.full_config(config), sort_keys=True),
+            **self.hp_columns(identity.hyperparameters(config)),
+        )
+        if block is not None:
+            values.update(greedy_sweep=block.sweep, greedy_block=block.index, greedy_param=block.param)
+        return self.upsert_trial(trial_id, **values)
+
     def flush(self) -> None:
         write_table_atomic(list(self.trials.values()), self.trial_schema, self.trials_path)
         ordered = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
         write_table_atomic(ordered, self.epoch_schema, self.epochs_path)
+        crash_point("results-flushed")
 
     def finished_ids(self) -> set[str]:
         return {tid for tid, row in self.trials.items() if row["status"] not in ("running", None)}
@@ -161,6 +179,30 @@ class ResultsStore:
         rows = [r for (tid, _), r in self.epochs.items() if tid in finished]
         rows.sort(key=lambda r: (r["reported_at"], r["trial_id"], r["epoch"]))
         return [(r["trial_id"], int(r["epoch"]), r["best_val_l1"]) for r in rows]
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The trials.parquet columns a reported epoch updates."""
+    return dict(
+        best_val_l1=_finite_or_none(result.get("best_val_l1")),
+        best_val_l1_remembered=_finite_or_none(result.get("best_val_l1_remembered")),
+        best_val_l1_falsely_remembered=_finite_or_none(result.get("best_val_l1_falsely_remembered")),
+        final_val_l1=_finite_or_none(result.get("val_l1")),
+        final_train_l1=_finite_or_none(result.get("train_l1")),
+        final_val_spearman=_finite_or_none(result.get("val_spearman")),
+        final_sampler_val_l1=_finite_or_none(result.get("final_val_l1")),
+        epochs_run=int(result.get("epoch", 0)), wall_seconds=_finite_or_none(result.get("wall_seconds")),
+        device=result.get("device"), node_id=result.get("node_id"),
+    )
+
+
+def final_status(last: dict[str, Any], epochs_planned: int) -> str:
+    """How a trial that ended normally ended, from its last reported epoch."""
+    if last.get("status") == "diverged":
+        return "diverged"
+    if int(last.get("epoch", 0)) >= epochs_planned:
+        return "completed"
+    return "stopped"  # ended by the scheduler (ASHA) before its epoch budget
 
 
 class TrialIdentity:
@@ -206,49 +248,23 @@ class ResultsCallback(Callback):
         return self._ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        tid = self._trial_id(trial)
-        existing = self.store.trials.get(tid, {})
-        hp = self.identity.hyperparameters(trial.config)
-        values = dict(
-            ray_trial_id=trial.trial_id, segment=self.segment, status="running", epochs_planned=self.epochs_planned,
-            started_at=existing.get("started_at") or _now(), ended_at=None, error=None,
-            config_json=json.dumps(self.identity.full_config(trial.config), sort_keys=True), **self.store.hp_columns(hp),
-        )
         block = self.block_of(trial.trial_id) if self.block_of else None
-        if block is not None:
-            values.update(greedy_sweep=block.sweep, greedy_block=block.index, greedy_param=block.param)
-        self.store.upsert_trial(tid, **values)
+        self.store.record_start(self._trial_id(trial), self.identity, trial.config, ray_trial_id=trial.trial_id,
+                                segment=self.segment, epochs_planned=self.epochs_planned, block=block)
         self._maybe_flush(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         tid = self._trial_id(trial)
         self._last_result[tid] = result
+        if result.get("notice"):  # the trial's checkpoint could not be used as it was
+            print(f"trial {tid}: {result['notice']}", flush=True)
         self.store.add_epoch(tid, result)
-        self.store.upsert_trial(tid, **self._metrics(result))
+        self.store.upsert_trial(tid, **trial_metrics(result))
         self._maybe_flush()
-
-    def _metrics(self, result: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            best_val_l1=_finite_or_none(result.get("best_val_l1")),
-            best_val_l1_remembered=_finite_or_none(result.get("best_val_l1_remembered")),
-            best_val_l1_falsely_remembered=_finite_or_none(result.get("best_val_l1_falsely_remembered")),
-            final_val_l1=_finite_or_none(result.get("val_l1")),
-            final_train_l1=_finite_or_none(result.get("train_l1")),
-            final_val_spearman=_finite_or_none(result.get("val_spearman")),
-            final_sampler_val_l1=_finite_or_none(result.get("final_val_l1")),
-            epochs_run=int(result.get("epoch", 0)), wall_seconds=_finite_or_none(result.get("wall_seconds")),
-            device=result.get("device"), node_id=result.get("node_id"),
-        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)
-        last = self._last_result.get(tid) or {}
-        if last.get("status") == "diverged":
-            status = "diverged"
-        elif int(last.get("epoch", 0)) >= self.epochs_planned:
-            status = "completed"
-        else:
-            status = "stopped"  # ended by the scheduler (ASHA) before its epoch budget
+        status = final_status(self._last_result.get(tid) or {}, self.epochs_planned)
         row = self.store.upsert_trial(tid, status=status, ended_at=_now())
         self._maybe_flush(force=True)
         if self.on_finish:

@@ -173,10 +173,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class TrialStore:
-    """A trial's checkpoint folder: latest.pt (every epoch), best.pt and predictions.npz."""
+    """A trial's checkpoint folder: latest.pt (every epoch) with previous.pt (the epoch before), best.pt and predictions.npz."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.notice: str | None = None  # what load_latest had to fall back from, for the trial's first report
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -195,14 +196,40 @@ class TrialStore:
         os.replace(tmp, self.folder / name)
 
     def save_latest(self, state: dict[str, Any]) -> None:
-        self._save(state, "latest.pt")
+        """Write latest.pt; the one it replaces becomes previous.pt, the fallback if latest.pt is ever unreadable."""
+        tmp = self.folder / ".latest.pt.tmp"
+        torch.save(state, tmp)
+        if (self.folder / "latest.pt").exists():
+            os.replace(self.folder / "latest.pt", self.folder / "previous.pt")
+        os.replace(tmp, self.folder / "latest.pt")
 
     def load_latest(self) -> dict[str, Any] | None:
-        path = self.folder / "latest.pt"
-        if not path.exists():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state if state.get("format") == CHECKPOINT_FORMAT else None
+        """The newest readable checkpoint: latest.pt, else previous.pt, else None (start afresh).
+
+        Each file is written whole and renamed into place, so a crash leaves an older file,
+        not half of one; this guards against what renames cannot (a disk that lost the
+        file's tail, a truncated copy). A fallback is noted in :attr:`notice`.
+        """
+        problems = []
+        for name in ("latest.pt", "previous.pt"):
+            path = self.folder / name
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O: all mean unreadable
+                problems.append(f"{name} is unreadable ({str(err).splitlines()[0][:120]})")
+                continue
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                problems.append(f"{name} has checkpoint format {state.get('format') if isinstance(state, dict) else '?'}, "
+                                f"not {CHECKPOINT_FORMAT}")
+                continue
+            if problems:
+                self.notice = "; ".join(problems) + f"; resumed from {name} (epoch {state['epoch']})"
+            return state
+        if problems:
+            self.notice = "; ".join(problems) + "; restarted from epoch 0"
+        return None
 
     def save_best(self, state: dict[str, Any], predictions: np.ndarray, per_image_l1: np.ndarray, stems: list[str]) -> None:
         self._save(state, "best.pt")
@@ -322,6 +349,14 @@ def run_trial(
         best, start_epoch, status = math.inf, 0, "running"
         best_channels: dict[str, float] = {}
         previous = store.load_latest() if store else None
+        notice = store.notice if store else None
+        if notice:  # said once, in the first row Ray sees from this attempt
+            inner_report = report
+
+            def report(row: dict[str, Any]) -> None:
+                nonlocal notice
+                inner_report(dict(row, notice=notice) if notice else row)
+                notice = None
         if previous is not None:
             family.load_state_dict(previous["family"])
             batch_gen.set_state(previous["batch_rng"])

@@ -1,0 +1,48 @@
+"""Named crash points, for proving that a driver killed at any moment loses and repeats nothing.
+
+The driver calls :func:`crash_point` at the moments where a kill is most dangerous: after a
+searcher has recorded a finished trial but before the results are written, with a Parquet
+or JSON file half written (its temporary file complete, not yet moved into place), and so
+on. Normally the call does nothing. ``benchmarks.faults`` sets ``MEMSEARCH_CRASH_AT`` to
+``<point>:<n>`` and the driver SIGKILLs itself the n-th time it reaches that point: no
+cleanup, no ``finally``, exactly what a power cut or the OOM killer would leave.
+
+Points (the names ``MEMSEARCH_CRASH_AT`` accepts):
+
+===========================  ===============================================================
+``searcher-complete``        greedy or Optuna has recorded a finished trial; Ray's results
+                             callback has not yet run (the window Ray's call order leaves)
+``greedy-state-tmp``         ``greedy_state.json``'s temporary file is written, not moved
+``parquet-tmp``              a ``trials.parquet``/``epochs.parquet`` temporary file is written, not moved
+``results-flushed``          both Parquet files are written
+``study-json-tmp``           ``study.json``/``summary.json``'s temporary file is written, not moved
+===========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp")
+_counts: dict[str, int] = {}
+
+
+def _target() -> tuple[str, int] | None:
+    spec = os.environ.get("MEMSEARCH_CRASH_AT")
+    if not spec:
+        return None
+    name, _, count = spec.partition(":")
+    if name not in POINTS or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"MEMSEARCH_CRASH_AT={spec!r}: expected <point>:<n> with a point among {', '.join(POINTS)}")
+    return name, int(count)
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process the n-th time it reaches ``name`` when ``MEMSEARCH_CRASH_AT=name:n``."""
+    target = _target()
+    if target is None or target[0] != name:
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] == target[1]:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,148 @@
+"""TPE and random search through Optuna, on a persistent storage, resumable to the same trials.
+
+Ray Tune's ``OptunaSearch`` asks and tells an Optuna study. Three things are added here so a
+study continued after a killed driver is the study an uninterrupted driver would have run:
+
+- **Each trial's sampler is seeded by its place in the study** (:class:`ReseededSampler`).
+  A sampler seeded once per driver would restart its random stream on every resume and
+  propose other configurations than the uninterrupted run; here the k-th trial of a study
+  draws from ``(seed, k)`` whatever happened before.
+- **Each Optuna trial carries the study's trial key and config** (user attributes set when it
+  is proposed), so start-up reconciliation can match Optuna's record to ``trials.parquet``.
+- **Interrupted trials are repaired at start-up** (:func:`open_study`): a trial left RUNNING
+  by a dead driver is closed as failed-and-interrupted and, if it had been proposed in full,
+  its parameters are queued again (its training resumes from its checkpoint); one killed
+  while being proposed is dropped and its place is drawn again, with the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.faults import crash_point
+
+INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
+
+
+class ReseededSampler(BaseSampler):
+    """Delegates to a fresh sampler per trial, seeded from the trial's place in the study.
+
+    The place is the number of earlier trials that were not interrupted, so a trial re-run
+    after a crash does not shift the seeds of the trials after it.
+    """
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
+        self.factory, self.seed = factory, seed
+        self._current: BaseSampler = factory(seed)
+
+    def _place(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        return sum(1 for t in study.get_trials(deepcopy=False)
+                   if t.number < trial.number and not t.user_attrs.get(INTERRUPTED))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        place = self._place(study, trial)
+        self._current = self.factory((self.seed * 1_000_003 + place) % 2**32)
+        self._current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:  # the per-trial seeds are the point; keep them
+        pass
+
+
+class StudyOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tags each Optuna trial with the study's trial key and config."""
+
+    def __init__(self, *args: Any, key_of: Callable[[dict[str, Any]], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._key_of = key_of
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("trial_key", self._key_of(config))
+            ot_trial.set_user_attr("config", json.dumps(config, sort_keys=True))
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        crash_point("searcher-complete")
+
+
+def _tpe_sampler(seed: int, *, startup: int) -> BaseSampler:
+    # Module level, not a closure: Ray pickles the searcher (and so the sampler) into its experiment state.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                      constant_liar=True)
+
+
+@dataclass
+class OptunaStudy:
+    searcher: StudyOptunaSearch
+    done: int  # trials finished (completed, pruned or failed), interrupted ones not counted
+    to_run: int
+    finished: dict[str, tuple[dict[str, Any], str]]  # trial key -> (config, "finished" | "errored")
+    requeued: int  # interrupted trials queued again
+
+
+class StorageError(Exception):
+    """The Optuna storage cannot be opened; the message says which and why."""
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "bad storage"
+        raise StorageError(f"cannot open the Optuna storage {url} ({err}); pass a valid --storage URL.") from None
+
+
+def open_study(storage: optuna.storages.RDBStorage, name: str, space_suggest: Callable, *, strategy: str, seed: int,
+               samples: int, key_of: Callable[[dict[str, Any]], str]) -> OptunaStudy:
+    """Load (or create) the study, repair what a dead driver left RUNNING, and build the searcher."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # TPE's multivariate/group modes (needed for conditional spaces) are flagged experimental.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
+    done, requeued = 0, 0
+    finished: dict[str, tuple[dict[str, Any], str]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if "config" in trial.user_attrs:  # proposed in full: run the same again (it resumes)
+                study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
+                requeued += 1
+            continue
+        if trial.state == TrialState.WAITING or trial.user_attrs.get(INTERRUPTED):
+            continue
+        done += 1
+        if "config" in trial.user_attrs:
+            outcome = "errored" if trial.state == TrialState.FAIL else "finished"
+            finished[trial.user_attrs["trial_key"]] = (json.loads(trial.user_attrs["config"]), outcome)
+
+    if strategy == "tpe":
+        factory = functools.partial(_tpe_sampler, startup=max(3, min(10, samples // 3)))
+    else:
+        factory = optuna.samplers.RandomSampler
+    searcher = StudyOptunaSearch(space=space_suggest, metric="best_val_l1", mode="min",
+                                 sampler=ReseededSampler(factory, seed), study_name=name, storage=storage, key_of=key_of)
+    return OptunaStudy(searcher, done, max(0, samples - done), finished, requeued)
