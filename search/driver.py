@@ -27,6 +27,8 @@ import math
 import os
 import resource
 import signal
+import sys
+import _thread
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,9 +37,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from search.faults import crash_point
 from search.greedy import GreedySearcher
+from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
 from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
@@ -401,6 +405,7 @@ class OpenSearch:
     to_run: int | None  # None: unknown (greedy), 0: nothing left
     block_of: Any = None  # greedy: Ray trial id -> block
     done: dict[str, SearcherRecord] | None = None  # trial key -> how the searcher saw it end
+    lease: StudyLease | None = None  # tpe/random: held in the Optuna storage while this driver runs
 
 
 def _run_locked(options: SearchOptions, family: str, space: Space, name: str, study_dir: Path,
@@ -412,12 +417,16 @@ def _run_locked(options: SearchOptions, family: str, space: Space, name: str, st
                          hp_kinds={p.name: p.kind for p in space.params})
     identity = TrialIdentity(full_config, key_of, space.canonical)
     search = _open_search(plan, key_of)
-    for line in reconcile(store, identity, search.done or {}, Path(plan.settings.checkpoint_root),
-                          segment=plan.segment, epochs_planned=plan.epochs):
-        print(line, flush=True)
-    interrupted = False
-    if search.to_run != 0:
-        interrupted = _fit(plan, search, store, identity, full_config, started)
+    try:
+        for line in reconcile(store, identity, search.done or {}, Path(plan.settings.checkpoint_root),
+                              segment=plan.segment, epochs_planned=plan.epochs):
+            print(line, flush=True)
+        interrupted = False
+        if search.to_run != 0:
+            interrupted = _fit(plan, search, store, identity, full_config, started)
+    finally:
+        if search.lease is not None:
+            search.lease.release()
     finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished)
     summary = summarize(store, name, study_dir, options.strategy, family, plan.preset_name, plan.record["baselines"],
                         plan.record, time.perf_counter() - started, finished)
@@ -510,13 +519,39 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
         storage = open_storage(url)
     except StorageError as err:
         raise StudyError(str(err)) from None
-    study = open_study(storage, plan.name, plan.space.suggest, strategy=options.strategy, seed=options.seed,
-                       samples=plan.samples, key_of=key_of)
+    lease = _take_lease(url, plan.name)  # before repairing anything: the trials may be another driver's
+    try:
+        study = open_study(storage, plan.name, plan.space.suggest, strategy=options.strategy, seed=options.seed,
+                           samples=plan.samples, key_of=key_of)
+    except BaseException:
+        lease.release()
+        raise
     if study.done or study.requeued:
         print(f"continuing study {plan.name}: {study.done} of {plan.samples} trials already done, {study.to_run} to run"
-              + (f" ({study.requeued} interrupted, resumed from their checkpoints)" if study.requeued else ""), flush=True)
+              + (f" ({study.requeued} interrupted by a stopped driver, run again from their checkpoints)"
+                 if study.requeued else ""), flush=True)
     done = {key: SearcherRecord(config, errored=outcome == "errored") for key, (config, outcome) in study.finished.items()}
-    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done)
+    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done, lease)
+
+
+def _take_lease(url: str, name: str) -> StudyLease:
+    """The study's lease in its Optuna storage: one driver per study across machines, not only per folder."""
+    def lost() -> None:
+        print(f"error: another driver took over the lease of study {name} in {safe_url(url)} (this driver's heartbeats "
+              "stopped reaching the storage for longer than the lease timeout); stopping this one.",
+              file=sys.stderr, flush=True)
+        _thread.interrupt_main()
+
+    try:
+        lease = StudyLease(url, name, on_lost=lost)
+        took_over = lease.acquire()
+    except LeaseHeld as err:
+        raise StudyError(str(err)) from None
+    except (SQLAlchemyError, ValueError) as err:
+        raise StudyError(f"cannot take the study lease in the Optuna storage {safe_url(url)} ({err}).") from None
+    if took_over is not None:
+        print(f"took over the lease of study {name} from {took_over.describe()} (its driver stopped)", flush=True)
+    return lease
 
 
 def _scheduler(plan: StudyPlan, store: ResultsStore):

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.faults import crash_point
+from search.lease import safe_url
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
 
@@ -112,7 +113,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "bad storage"
-        raise StorageError(f"cannot open the Optuna storage {url} ({err}); pass a valid --storage URL.") from None
+        raise StorageError(f"cannot open the Optuna storage {safe_url(url)} ({err}); pass a valid --storage URL.") from None
 
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, space_suggest: Callable, *, strategy: str, seed: int,

@@ -12,6 +12,8 @@ few seconds). A driver killed between two of these leaves them disagreeing:
   checkpoint: epochs, metrics and how it ended (completed, stopped by ASHA, diverged; errored
   when the searcher recorded a failure);
 - ``epochs.parquet`` lacks the last epochs of a trial: they are filled in from the checkpoint;
+- a trial the searcher counts as done with neither a row nor a checkpoint folder here was
+  run by another driver sharing the Optuna storage (another machine): left to that one;
 - the searcher does not count a ``running`` trial as done: nothing to do here; the searcher
   proposes it again and it resumes from its checkpoint, replaying the epochs it had reported.
 """
@@ -43,6 +45,8 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
         row = store.trials.get(tid)
         if row is not None and row["status"] != "running":
             continue
+        if row is None and not (checkpoint_root / tid).is_dir():
+            continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
         checkpoint = TrialStore(checkpoint_root / tid).load_latest()
         history = checkpoint["history"] if checkpoint else []
         if row is None:

@@ -1,0 +1,83 @@
+"""Several machines, one study: a TPE search on a real PostgreSQL storage, refused twice, taken over, resumed.
+
+Two "machines" are two drivers with different ``--runs-dir`` (so the per-folder lock cannot
+see the other) and the same ``--storage``; only the lease in the storage keeps them apart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+from sqlalchemy import create_engine, text
+
+from tests.conftest import ROOT, assert_clean_error, run_cli
+from tests.postgres import postgres_url  # noqa: F401 - pytest fixture
+
+STUDY = "pg-tpe"
+
+
+def _args(url: str, runs_dir, samples: int, epochs: int = 12) -> list[str]:
+    return ["search.run", "--runs-dir", str(runs_dir), "--storage", url, "--preset", "smoke", "--strategy", "tpe",
+            "--model", "autoencoder", "--samples", str(samples), "--epochs", str(epochs), "--scheduler", "none",
+            "--max-concurrent", "1", "--study", STUDY]
+
+
+def _lease_holder(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(text("SELECT to_regclass('memsearch_study_leases')")).scalar():
+                return None
+            return conn.execute(text("SELECT holder FROM memsearch_study_leases WHERE study_name = :s"),
+                                {"s": STUDY}).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_two_machines_one_postgres_study(postgres_url, tmp_path):  # noqa: F811 - the imported fixture
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    env = {**os.environ, "MEMSEARCH_LEASE_TIMEOUT": "3"}
+    # The first machine's trials are long, so it is still running when the second one tries.
+    first = subprocess.Popen([sys.executable, "-m", *_args(postgres_url, machine_a, 2, epochs=1000)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _lease_holder(postgres_url) is None and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.3)
+        assert _lease_holder(postgres_url), "the first driver never took the lease"
+        # Another machine, same storage: refused while the first driver lives.
+        refused = run_cli(*_args(postgres_url, machine_b, 2), env={"MEMSEARCH_LEASE_TIMEOUT": "3"}, timeout=120)
+        assert_clean_error(refused, "is being run by another driver", f"pid {first.pid}")
+        assert "postgresql" in refused.stderr and not (machine_b / STUDY / "trials.parquet").exists()
+        assert first.poll() is None, "the first driver ended before the second one tried"
+        os.kill(first.pid, signal.SIGKILL)  # the first machine dies
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # Ray's helpers left by the dead driver
+        except ProcessLookupError:
+            pass
+    time.sleep(3.5)  # its lease goes stale
+    took_over = run_cli(*_args(postgres_url, machine_b, 2), env={"MEMSEARCH_LEASE_TIMEOUT": "3"}, timeout=240)
+    assert took_over.returncode == 0, took_over.stderr[-3000:]
+    assert "took over the lease" in took_over.stdout, took_over.stdout
+    assert "1 interrupted" in took_over.stdout  # the dead driver's trial is run again, not lost
+    assert _lease_holder(postgres_url) is None  # released on a clean exit
+
+    # Resumed with a larger budget: continues the same study, its history kept.
+    resumed = run_cli(*_args(postgres_url, machine_b, 3), timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 of 3 trials already done, 1 to run" in resumed.stdout
+    study = optuna.load_study(study_name=STUDY, storage=postgres_url)
+    states = [t.state.name for t in study.get_trials() if not t.user_attrs.get("interrupted")]
+    assert states == ["COMPLETE"] * 3
+    trials = pd.read_parquet(machine_b / STUDY / "trials.parquet")
+    assert len(trials) == 3 and (trials["status"] == "completed").all()
