@@ -111,3 +111,33 @@ def test_predictions_regenerate_from_checkpoint(tiny_data, tmp_path):
     assert again.shape == stored["predictions"].shape
     assert (abs(again.astype(int) - stored["predictions"].astype(int)) <= 1).all()
     assert torch.is_tensor(torch.from_numpy(again))
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tiny_data, tmp_path):
+    """A cut-off latest.pt: the trial resumes from previous.pt, says so once, and ends where it would have."""
+
+    _, family_cls, config_cls = family_parts("autoencoder")
+    config = {**TINY, "epochs": 3, "checkpoint_root": str(tmp_path / "trials")}
+    reference = []
+    run_trial({**config, "checkpoint_root": str(tmp_path / "reference")}, tiny_data, family_cls, config_cls,
+              report=reference.append)
+    first = []
+    run_trial({**config, "epochs": 2}, tiny_data, family_cls, config_cls, report=first.append)
+    folder = next((tmp_path / "trials").iterdir())
+    latest = folder / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # epoch 2 is cut off
+
+    resumed = []
+    run_trial(config, tiny_data, family_cls, config_cls, report=resumed.append)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]  # epoch 1 replayed, 2 and 3 trained again
+    assert "latest.pt is unreadable" in resumed[0]["notice"] and "resumed from previous.pt (epoch 1)" in resumed[0]["notice"]
+    assert not any("notice" in r for r in resumed[1:])
+    assert [r["val_l1"] for r in resumed] == [r["val_l1"] for r in reference]  # bit for bit
+
+    # Both unreadable: start afresh, and say so.
+    for name in ("latest.pt", "previous.pt"):
+        (folder / name).write_bytes(b"not a checkpoint")
+    again = []
+    run_trial(config, tiny_data, family_cls, config_cls, report=again.append)
+    assert "restarted from epoch 0" in again[0]["notice"] and [r["epoch"] for r in again] == [1, 2, 3]
+    assert [r["val_l1"] for r in again] == [r["val_l1"] for r in reference]
