@@ -19,9 +19,11 @@ drivers racing for the same dead lease exactly one wins; taking a free lease is 
 
 What happens when the holder
   * exits cleanly (or raises): ``release()`` deletes the row; the next driver starts at once.
-  * is SIGKILLed, or its machine dies: the row stays; the next driver is refused with a
-    message naming the holder until the heartbeat is ``timeout`` old, then takes it over and
-    says whose lease it took.
+  * is SIGKILLed on the machine where the next driver starts (same host and boot id, its pid
+    gone): taken over at once, so re-running a killed command just works.
+  * is SIGKILLed elsewhere, or its machine dies: the row stays; the next driver is refused
+    with a message naming the holder until the heartbeat is ``timeout`` old, then takes it
+    over and says whose lease it took.
   * loses the network: its heartbeats fail (logged, retried every tick, never fatal). If it
     comes back within ``timeout`` nothing happened. If not, another driver may take the
     lease over; the first heartbeat after the network returns then updates no row, and the
@@ -47,6 +49,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -65,7 +68,7 @@ metadata = MetaData()
 leases = Table(
     TABLE_NAME, metadata,
     Column("study_name", String(512), primary_key=True),  # Optuna's own limit on study names
-    Column("holder", String(512), nullable=False),        # host:pid:random, unique per StudyLease
+    Column("holder", String(512), nullable=False),        # host:pid:boot id:random, unique per StudyLease
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("heartbeat", Double, nullable=False),          # epoch seconds, the holder's clock
@@ -94,7 +97,39 @@ class LeaseHolder:
 
     def describe(self) -> str:
         """One line for the log, e.g. ``driver gpu-3:4711, silent for 73 s``."""
+        if _dead_here(self.holder, self.pid):
+            return f"driver {self.host}:{self.pid}, no longer running on this machine"
         return f"driver {self.host}:{self.pid}, silent for {self.silent_for:.0f} s"
+
+
+def _boot_id() -> str:
+    """This machine's current boot (Linux), so a holder can be recognised as a process of this very machine."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:
+        return "unknown"
+
+
+_BOOT_ID = _boot_id()
+
+
+def _dead_here(holder: str, pid: int) -> bool:
+    """The holder ran on this machine, in this boot, and its process is gone: no need to wait for the timeout.
+
+    The common case after a SIGKILL or a crash: the user re-runs the command on the same
+    machine at once. Hostnames can repeat across machines, boot ids do not; a holder from
+    another machine (or an earlier boot, or an unknown one) is only judged by its heartbeat.
+    """
+    parts = holder.split(":")
+    if _BOOT_ID == "unknown" or len(parts) < 4 or parts[-2] != _BOOT_ID:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def safe_url(url: str) -> str:
@@ -149,7 +184,7 @@ class StudyLease:
                              f"the timeout ({self.timeout} s), or a live lease would look dead")
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.holder = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.holder = f"{self.host}:{self.pid}:{_BOOT_ID}:{uuid.uuid4().hex[:8]}"
         self.on_lost = on_lost
         self.took_over: LeaseHolder | None = None
         self._engine = _engine_for(url)
@@ -190,7 +225,7 @@ class StudyLease:
                 continue  # released between our insert and our read
             age = now - row.heartbeat
             holder = LeaseHolder(row.holder, row.host, row.pid, row.heartbeat, row.acquired_at, max(0.0, age))
-            if age <= self.timeout:
+            if age <= self.timeout and not _dead_here(row.holder, row.pid):
                 raise LeaseHeld(self._held_message(holder), holder)
             if self._try_take_over(row.holder, row.heartbeat, now):
                 return self._won(holder)

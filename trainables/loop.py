@@ -313,6 +313,42 @@ def default_report(metrics: dict[str, Any]) -> None:
     tune.report(metrics)
 
 
+@dataclass
+class Trial:
+    """What one trial's epochs need: its settings, model, data on the device, checkpoint folder, RNGs."""
+
+    settings: RunSettings
+    hp: Any
+    device: torch.device
+    family: Family
+    tensors: "DeviceData"
+    train_images: torch.Tensor  # the fixed training subset: train L1, BatchNorm re-estimation
+    train_maps: torch.Tensor
+    val_stems: list[str]
+    augment: AugmentConfig
+    store: TrialStore | None
+    batch_gen: torch.Generator  # the epochs' batch order (global RNG: augmentation, dropout, noise)
+    node: str
+
+
+@dataclass
+class Progress:
+    """Where a trial stands: its reported epochs and best val L1 so far."""
+
+    history: list[dict[str, Any]]
+    best: float = math.inf
+    best_channels: dict[str, float] | None = None
+    wall_start: float = 0.0
+
+    @property
+    def epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.history) and self.history[-1]["status"] == "diverged"
+
+
 def run_trial(
     config: dict[str, Any],
     data: VMSDataset,
@@ -321,8 +357,35 @@ def run_trial(
     *,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one configuration, reporting every epoch; returns the last reported row."""
+    """Train one configuration, reporting every epoch; returns the last reported row.
+
+    The steps, in order: set the trial up (:func:`_set_up`), resume from its checkpoint and
+    replay what it had reported (:func:`_resume`), then per epoch train
+    (:func:`_train_epoch`), measure (:func:`_measure`), checkpoint (:func:`_checkpoint`)
+    and report.
+    """
     report = report or default_report
+    trial = _set_up(config, data, family_cls, config_cls)
+    with trial.store.locked() if trial.store else contextlib.nullcontext():
+        progress, report = _resume(trial, report)
+        if progress.ended or progress.epoch >= trial.settings.epochs:
+            return progress.history[-1]
+        progress.wall_start = time.perf_counter() - (progress.history[-1]["wall_seconds"] if progress.history else 0.0)
+        row: dict[str, Any] = {}
+        for epoch in range(progress.epoch + 1, trial.settings.epochs + 1):
+            epoch_start = time.perf_counter()
+            losses = _train_epoch(trial)
+            row = _measure(trial, progress, epoch, losses, epoch_start)
+            progress.history.append(row)
+            _checkpoint(trial, progress)
+            report(dict(row))
+            if row["status"] == "diverged":
+                break
+        return row
+
+
+def _set_up(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], config_cls: type) -> Trial:
+    """Parse the config, seed from the trial's key, put the data on the device, build the model."""
     settings, hp = parse_config(config, config_cls)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if settings.threads and device.type == "cpu":
@@ -330,8 +393,6 @@ def run_trial(
     key = trial_key(settings, hp)
     torch.manual_seed(int(key, 16) % 2**31 ^ settings.seed)
     batch_gen = torch.Generator().manual_seed(int(key, 16) % 2**31 + settings.seed)
-    node = _node_id()
-
     if device.type == "cuda":  # actors are reused across trials: measure this trial's peak only
         torch.cuda.reset_peak_memory_stats(device)
     tensors = DeviceData.from_dataset(data, device)
@@ -339,97 +400,109 @@ def run_trial(
     store = TrialStore(Path(settings.checkpoint_root) / key) if settings.checkpoint_root else None
     # A fixed, evenly spread subset of the training images: train L1 is measured on it, and
     # BatchNorm statistics are re-estimated on it before every evaluation.
-    train_eval = torch.linspace(0, len(tensors.train_images) - 1, min(settings.train_eval_size, len(tensors.train_images))).long()
-    train_eval = train_eval.to(device)
-    train_images, train_maps = tensors.train_images[train_eval], tensors.train_maps[train_eval]
+    n = len(tensors.train_images)
+    train_eval = torch.linspace(0, n - 1, min(settings.train_eval_size, n)).long().to(device)
     augment = AugmentConfig(**{f.name: getattr(hp, f.name) for f in fields(AugmentConfig)})
+    return Trial(settings, hp, device, family, tensors, tensors.train_images[train_eval], tensors.train_maps[train_eval],
+                 data.val_stems, augment, store, batch_gen, _node_id())
 
-    with store.locked() if store else contextlib.nullcontext():
-        history: list[dict[str, Any]] = []
-        best, start_epoch, status = math.inf, 0, "running"
-        best_channels: dict[str, float] = {}
-        previous = store.load_latest() if store else None
-        notice = store.notice if store else None
-        if notice:  # said once, in the first row Ray sees from this attempt
-            inner_report = report
 
-            def report(row: dict[str, Any]) -> None:
-                nonlocal notice
-                inner_report(dict(row, notice=notice) if notice else row)
-                notice = None
-        if previous is not None:
-            family.load_state_dict(previous["family"])
-            batch_gen.set_state(previous["batch_rng"])
-            torch.set_rng_state(previous["torch_rng"])
-            if device.type == "cuda" and previous.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(previous["cuda_rng"], device)
-            history, best, start_epoch, status = previous["history"], previous["best_val_l1"], previous["epoch"], previous["status"]
-            best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
-            for row in history:  # replay, so Ray, ASHA and the searcher see the whole curve
-                if row["epoch"] <= settings.epochs:
-                    report(dict(row, replayed=True))
-            if status == "diverged" or start_epoch >= settings.epochs:
-                return history[-1]
+def _resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
+    """Load the newest readable checkpoint (model, optimizers, RNGs) and replay its epochs.
 
-        n_train = len(tensors.train_images)
-        batch_size = max(1, min(getattr(hp, "batch_size", 16), n_train))
-        wall_start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
-        row: dict[str, Any] = history[-1] if history else {}
-        for epoch in range(start_epoch + 1, settings.epochs + 1):
-            epoch_start = time.perf_counter()
-            sums: dict[str, torch.Tensor] = {}
-            batches = 0
-            family.train(True)
-            order = torch.randperm(n_train, generator=batch_gen).to(device)
-            for first in range(0, n_train, batch_size):
-                index = order[first : first + batch_size]
-                if len(index) < 2 and n_train >= 2:
-                    continue  # a lone sample breaks BatchNorm statistics
-                image, vms = as_float(tensors.train_images[index]), as_float(tensors.train_maps[index])
-                image, vms, valid = diff_augment(image, vms, augment)
-                for name, value in family.train_step(image, vms, valid).items():
-                    sums[name] = sums.get(name, 0.0) + value.float()
-                batches += 1
-            losses = {name: float(total) / max(batches, 1) for name, total in sums.items()}
-            diverged = not all(math.isfinite(v) for v in losses.values()) or not _finite_weights(family)
+    Returns the progress and the report function to use from here on: when the checkpoint
+    had to fall back (see :meth:`TrialStore.load_latest`), the first row carries a ``notice``.
+    """
+    previous = trial.store.load_latest() if trial.store else None
+    notice = trial.store.notice if trial.store else None
+    if notice:  # said once, in the first row Ray sees from this attempt
+        inner = report
 
-            row = {"epoch": epoch, "status": "diverged" if diverged else "running", **losses,
-                   "device": device.type, "node_id": node}
-            if diverged:
-                row.update(train_l1=float("nan"), val_l1=float("nan"), best_val_l1=DIVERGED_L1, val_spearman=float("nan"))
-            elif epoch % settings.eval_every == 0 or epoch == settings.epochs or not history:
-                recalibrate_batchnorm(family, train_images, train_maps, augment, seed=settings.seed)
-                val = evaluate(family, tensors.val_images, tensors.val_maps)
-                train_l1 = evaluate(family, train_images, train_maps).l1
-                if val.l1 < best:
-                    best_channels = {f"best_{k}": v for k, v in val.metrics("val_l1").items() if k != "val_l1"}
-                    if store:
-                        store.save_best({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val.l1,
-                                         "config": resolved_config(settings, hp), "family": family.state_dict()},
-                                        val.predictions.cpu().numpy(), val.per_image_l1, data.val_stems)
-                best = min(best, val.l1)
-                row.update(train_l1=train_l1, **val.metrics("val_l1"), best_val_l1=best, val_spearman=val.spearman,
-                           **best_channels)
-            else:  # between evaluations the last measured values stand
-                row.update({k: v for k, v in history[-1].items() if k.startswith(("train_l1", "val_", "best_"))})
-            if not diverged and epoch == settings.epochs and family.has_final_mode:
-                row["final_val_l1"] = evaluate(family, tensors.val_images, tensors.val_maps, final=True).l1
-            now = time.perf_counter()
-            row.update(epoch_seconds=now - epoch_start, wall_seconds=now - wall_start, **_memory(device))
-            if diverged or epoch == settings.epochs:
-                row["status"] = "diverged" if diverged else "completed"
-            history.append(row)
-            if store:
-                store.save_latest({
-                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "status": row["status"], "history": history,
-                    "best_val_l1": best, "config": resolved_config(settings, hp), "family": family.state_dict(),
-                    "batch_rng": batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                })
-            report(dict(row))
-            if diverged:
-                break
-        return row
+        def report(row: dict[str, Any]) -> None:
+            nonlocal notice
+            inner(dict(row, notice=notice) if notice else row)
+            notice = None
+
+    if previous is None:
+        return Progress([]), report
+    trial.family.load_state_dict(previous["family"])
+    trial.batch_gen.set_state(previous["batch_rng"])
+    torch.set_rng_state(previous["torch_rng"])
+    if trial.device.type == "cuda" and previous.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(previous["cuda_rng"], trial.device)
+    history = previous["history"]
+    best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
+    for row in history:  # replay, so Ray, ASHA and the searcher see the whole curve
+        if row["epoch"] <= trial.settings.epochs:
+            report(dict(row, replayed=True))
+    return Progress(history, previous["best_val_l1"], best_channels), report
+
+
+def _train_epoch(trial: Trial) -> dict[str, float]:
+    """One pass over the training pairs in the batch generator's order; the mean of each loss."""
+    tensors, family = trial.tensors, trial.family
+    n_train = len(tensors.train_images)
+    batch_size = max(1, min(getattr(trial.hp, "batch_size", 16), n_train))
+    sums: dict[str, torch.Tensor] = {}
+    batches = 0
+    family.train(True)
+    order = torch.randperm(n_train, generator=trial.batch_gen).to(trial.device)
+    for first in range(0, n_train, batch_size):
+        index = order[first : first + batch_size]
+        if len(index) < 2 and n_train >= 2:
+            continue  # a lone sample breaks BatchNorm statistics
+        image, vms = as_float(tensors.train_images[index]), as_float(tensors.train_maps[index])
+        image, vms, valid = diff_augment(image, vms, trial.augment)
+        for name, value in family.train_step(image, vms, valid).items():
+            sums[name] = sums.get(name, 0.0) + value.float()
+        batches += 1
+    return {name: float(total) / max(batches, 1) for name, total in sums.items()}
+
+
+def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, float], epoch_start: float) -> dict[str, Any]:
+    """The epoch's row: divergence, val and train L1 (on eval epochs), best so far (saving best.pt), timing."""
+    settings, family, tensors = trial.settings, trial.family, trial.tensors
+    diverged = not all(math.isfinite(v) for v in losses.values()) or not _finite_weights(family)
+    row: dict[str, Any] = {"epoch": epoch, "status": "diverged" if diverged else "running", **losses,
+                           "device": trial.device.type, "node_id": trial.node}
+    if diverged:
+        row.update(train_l1=float("nan"), val_l1=float("nan"), best_val_l1=DIVERGED_L1, val_spearman=float("nan"))
+    elif epoch % settings.eval_every == 0 or epoch == settings.epochs or not progress.history:
+        recalibrate_batchnorm(family, trial.train_images, trial.train_maps, trial.augment, seed=settings.seed)
+        val = evaluate(family, tensors.val_images, tensors.val_maps)
+        train_l1 = evaluate(family, trial.train_images, trial.train_maps).l1
+        if val.l1 < progress.best:
+            progress.best_channels = {f"best_{k}": v for k, v in val.metrics("val_l1").items() if k != "val_l1"}
+            if trial.store:
+                trial.store.save_best({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val.l1,
+                                       "config": resolved_config(settings, trial.hp), "family": family.state_dict()},
+                                      val.predictions.cpu().numpy(), val.per_image_l1, trial.val_stems)
+        progress.best = min(progress.best, val.l1)
+        row.update(train_l1=train_l1, **val.metrics("val_l1"), best_val_l1=progress.best, val_spearman=val.spearman,
+                   **(progress.best_channels or {}))
+    else:  # between evaluations the last measured values stand
+        row.update({k: v for k, v in progress.history[-1].items() if k.startswith(("train_l1", "val_", "best_"))})
+    if not diverged and epoch == settings.epochs and family.has_final_mode:
+        row["final_val_l1"] = evaluate(family, tensors.val_images, tensors.val_maps, final=True).l1
+    now = time.perf_counter()
+    row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, **_memory(trial.device))
+    if diverged or epoch == settings.epochs:
+        row["status"] = "diverged" if diverged else "completed"
+    return row
+
+
+def _checkpoint(trial: Trial, progress: Progress) -> None:
+    """latest.pt: everything needed to continue exactly (model, optimizers, scalers, every RNG)."""
+    if not trial.store:
+        return
+    device = trial.device
+    trial.store.save_latest({
+        "format": CHECKPOINT_FORMAT, "epoch": progress.epoch, "status": progress.history[-1]["status"],
+        "history": progress.history, "best_val_l1": progress.best,
+        "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
+        "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    })
 
 
 def _memory(device: torch.device) -> dict[str, float]:
