@@ -5,8 +5,9 @@
 
 For each strategy, a smoke study (autoencoder, 6 epochs, ASHA, one trial at a time) is run
 once without interruption (the reference), then again in another folder where the driver
-is SIGKILLed ``--kills`` times and resumed after each kill. The kills are drawn with a
-seeded generator among
+is SIGKILLed ``--kills`` times and resumed after each kill. The kills are spread over the
+whole search (kill i comes when about i/(kills+1) of the reference's trials have finished)
+and drawn with a seeded generator among
 
 - the named crash points of :mod:`search.faults` (right after the searcher recorded a
   finished trial and before the results callback ran; with a Parquet, ``greedy_state.json``
@@ -56,7 +57,8 @@ STRATEGIES = {
     "greedy": ["--strategy", "greedy", "--blocks", "6"],
     "tpe": ["--strategy", "tpe", "--samples", "14"],
 }
-# crash point -> the largest n drawn for it (how often it comes round in one driver run)
+STARTUP_SECONDS = 12.0  # a driver's start (imports, Ray, data) before its first trial trains, on 2 cores
+# crash point -> the largest extra n drawn for it beyond the planned progress
 POINTS = {"searcher-complete": 2, "parquet-tmp": 4, "results-flushed": 2, "study-json-tmp": 2, "greedy-state-tmp": 2}
 RUN_TIMEOUT = 600
 
@@ -139,6 +141,11 @@ def _truncate_newest_unfinished(study: Path) -> str | None:
     return newest.parent.name
 
 
+def _training_time(study: Path) -> dict[str, Any]:
+    trials = pd.read_parquet(study / "trials.parquet")
+    return {"trials": len(trials), "training_seconds": float(trials["wall_seconds"].sum())}
+
+
 def compare(reference: Path, faulted: Path) -> dict[str, Any]:
     """What differs between the two studies' results."""
     ref_t, got_t = pd.read_parquet(reference / "trials.parquet"), pd.read_parquet(faulted / "trials.parquet")
@@ -168,8 +175,10 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     reference = _run(ref_dir, args)
     if reference["returncode"] != 0:
         raise SystemExit(f"error: the uninterrupted {name} run failed:\n{reference['output'][-3000:]}")
-    reference_seconds = reference["seconds"]
+    reference.update(_training_time(ref_dir / STUDY))
     points = [p for p in POINTS if p != "greedy-state-tmp" or name == "greedy"]
+    total = int(reference["trials"])
+    per_trial = max(1.0, reference["training_seconds"] / max(total, 1))
     worker_kill_at = rng.randrange(1, max(2, kills // 2))
     truncate_at = None
     runs: list[dict[str, Any]] = []
@@ -177,13 +186,17 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     repeated: set[str] = set()
     survived = 0
     for i in range(kills):
+        # Spread the kills over the whole search: kill i comes once about (i + 1) / (kills + 1)
+        # of the reference's trials have finished, at a point drawn around there.
+        ahead = max(0, round((i + 1) * total / (kills + 1)) - len(_finished(faulted_dir / STUDY)))
         if rng.random() < 0.35:
-            spec: dict[str, Any] = {"kill_after": round(rng.uniform(6.0, min(25.0, reference_seconds)), 1)}
+            spec: dict[str, Any] = {"kill_after": round(STARTUP_SECONDS + (ahead + rng.random()) * per_trial, 1)}
         else:
             point = rng.choice(points)
-            spec = {"crash_at": f"{point}:{rng.randint(1, POINTS[point])}"}
-        if i == worker_kill_at:
-            spec["kill_worker_after"] = round(rng.uniform(0.5, 2.0), 2)
+            # How often each point comes round per finished trial (two Parquet files per flush,
+            # a flush when a trial starts and when it ends).
+            per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4}.get(point, 0)
+            spec = {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
         result = _run(faulted_dir, args, **spec)
         study = faulted_dir / STUDY
         if result["killed"]:
