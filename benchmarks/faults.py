@@ -178,7 +178,8 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     reference.update(_training_time(ref_dir / STUDY))
     points = [p for p in POINTS if p != "greedy-state-tmp" or name == "greedy"]
     total = int(reference["trials"])
-    per_trial = max(1.0, reference["training_seconds"] / max(total, 1))
+    # A trial's share of the reference's wall time (training, evaluation, Ray's scheduling).
+    per_trial = max(1.0, (reference["seconds"] - STARTUP_SECONDS) / max(total, 1))
     worker_kill_at = rng.randrange(1, max(2, kills // 2))
     truncate_at = None
     runs: list[dict[str, Any]] = []
