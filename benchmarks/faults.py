@@ -51,7 +51,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "faults"
-COMMON = ["--preset", "smoke", "--model", "autoencoder", "--epochs", "6", "--max-concurrent", "1", "--seed", "3",
+COMMON = ["--preset", "smoke", "--final-top-k", "0", "--model", "autoencoder", "--epochs", "6", "--max-concurrent", "1", "--seed", "3",
           "--study", STUDY]
 STRATEGIES = {
     "greedy": ["--strategy", "greedy", "--blocks", "6"],

@@ -286,7 +286,7 @@ def _search(strategy: str, model: str, *, seed: int, samples: int | None = None,
 
     _register_presets()
     with tempfile.TemporaryDirectory() as runs:
-        options = SearchOptions(strategy=strategy, model=model, preset=preset, samples=samples, seed=seed,
+        options = SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, samples=samples, seed=seed,
                                 scheduler=scheduler, runs_dir=runs, study="bench", epochs=epochs,
                                 max_concurrent=max_concurrent)
         summary = run_study(options)
@@ -441,7 +441,7 @@ def bench_memory(quick: bool) -> dict[str, Any]:
             watcher.start()
             proc = subprocess.run([sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", family,
                                    "--preset", "cpu", "--epochs", "2", "--blocks", "1", "--runs-dir", runs,
-                                   "--study", "mem"], cwd=ROOT, capture_output=True, text=True)
+                                   "--study", "mem", "--final-top-k", "0"], cwd=ROOT, capture_output=True, text=True)
             stop.set()
             watcher.join()
             if proc.returncode != 0:

@@ -40,6 +40,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from search.faults import crash_point
+from search.final import aggregate, final_row, final_seeds, format_final, plan_runs, top_configurations, write_final
 from search.greedy import GreedySearcher
 from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
@@ -128,6 +129,8 @@ class SearchOptions:
     max_sweeps: int = 1
     max_blocks: int | None = None
     max_failures: int = 1
+    final_top_k: int = 3
+    final_seeds: int = 3
     size: int = 64
     verbose: bool = False
 
@@ -150,6 +153,7 @@ class Summary:
     total_wall_seconds: float
     finished: bool
     driver_peak_rss_mb: float
+    final: dict[str, Any] | None = None  # the top configurations re-trained over seeds (search.final)
 
 
 def _now_iso() -> str:
@@ -187,7 +191,7 @@ def study_lock(study_dir: Path) -> Iterator[None]:
 def _identity(space: Space, settings: RunSettings, options: SearchOptions, preset: Preset) -> dict[str, Any]:
     return {
         "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_root", "threads")},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_root", "threads", "evaluate_test")},
         "data_subset": [preset.n_train, preset.n_val],
     }
 
@@ -276,6 +280,9 @@ def validate_options(options: SearchOptions) -> None:
         raise StudyError(f"--reduction-factor must be at least 2, got {options.reduction_factor}.")
     if options.max_sweeps < 1:
         raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
+    for name in ("final_top_k", "final_seeds"):
+        if getattr(options, name) < 0:
+            raise StudyError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")
     if options.max_failures < 0:
         raise StudyError(f"--max-failures must be 0 or more, got {options.max_failures}.")
     if options.cpus_per_trial <= 0:
@@ -424,12 +431,16 @@ def _run_locked(options: SearchOptions, family: str, space: Space, name: str, st
         interrupted = False
         if search.to_run != 0:
             interrupted = _fit(plan, search, store, identity, full_config, started)
+        finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished)
+        final = None
+        if finished:
+            final, interrupted = _final_stage(plan, store, full_config)
     finally:
         if search.lease is not None:
             search.lease.release()
-    finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished)
     summary = summarize(store, name, study_dir, options.strategy, family, plan.preset_name, plan.record["baselines"],
-                        plan.record, time.perf_counter() - started, finished)
+                        plan.record, time.perf_counter() - started, finished and not interrupted)
+    summary.final = final
     write_json_atomic(study_dir / "summary.json", asdict(summary))
     if interrupted:
         raise KeyboardInterrupt
@@ -609,19 +620,83 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     record = plan.record
     record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": plan.preset_name})
     write_json_atomic(plan.study_dir / "study.json", record)
-    interrupted = False
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        interrupted = True
+        interrupted = _run_tuner(tuner) is None
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         store.flush()
     record["segments"][-1].update(ended_at=_now_iso(), wall_seconds=time.perf_counter() - started,
                                    interrupted=interrupted)
     write_json_atomic(plan.study_dir / "study.json", record)
     return interrupted
+
+
+def _run_tuner(tuner):
+    """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return tuner.fit()
+    except KeyboardInterrupt:
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _final_stage(plan: StudyPlan, store: ResultsStore, full_config) -> tuple[dict[str, Any] | None, bool]:
+    """Re-train the best configurations over new seeds and measure them on the test split (search.final).
+
+    Returns (summary.json's ``final`` block, interrupted). Each run checkpoints like a search
+    trial, so an interrupted stage resumes, and a finished one replays in seconds.
+    """
+    from ray import tune
+
+    options = plan.options
+    top = top_configurations(store, options.final_top_k, [p.name for p in plan.space.params])
+    if not top or not options.final_seeds:
+        return None, False
+    seeds = final_seeds(options.seed, options.final_seeds)
+    runs = plan_runs(top, seeds, full_config)
+    _, _, config_cls = family_parts(plan.family)
+    keys = [trial_key(*parse_config(run.config, config_cls)) for run in runs]
+    print(f"final: re-training the top {len(top)} configurations with seeds {', '.join(map(str, seeds))} "
+          f"({len(runs)} runs of {plan.epochs} epochs, no early stopping); the epoch is chosen on val, "
+          + ("then measured once on the test split" if plan.data.has_test else "and this dataset has no test split"),
+          flush=True)
+    trainable_fn, _, _ = family_parts(plan.family)
+
+    def final_function(config: dict[str, Any], data: VMSDataset) -> None:
+        trainable_fn(runs[config["index"]].config, data)
+
+    class FinalPrinter(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            run, last = runs[trial.config["index"]], trial.last_result or {}
+            test = last.get("test_l1")
+            print(f"final #{run.rank} seed {run.seed}: val L1 {last.get('selected_val_l1', float('nan')):.4f}"
+                  + (f", test L1 {test:.4f}" if test is not None else "") + f" (best epoch {last.get('best_epoch')})",
+                  flush=True)
+
+    fits = plan.cpus_available / options.cpus_per_trial
+    if plan.gpus_per_trial:
+        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(final_function, data=plan.data),
+                            {"cpu": options.cpus_per_trial, "gpu": plan.gpus_per_trial}),
+        param_space={"index": tune.grid_search(list(range(len(runs))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"final-{plan.segment}", storage_path=str(plan.study_dir / "ray"),
+                                  callbacks=[FinalPrinter()], verbose=2 if options.verbose else 0,
+                                  log_to_file=not options.verbose,
+                                  failure_config=tune.FailureConfig(max_failures=options.max_failures)),
+    )
+    results = _run_tuner(tuner)
+    if results is None:
+        return None, True
+    rows = []
+    for result in results:
+        index = result.config["index"]
+        rows.append(final_row(plan.name, runs[index], keys[index], result.metrics, result.error is not None))
+    write_final(rows, plan.study_dir / "final.parquet")
+    return aggregate(rows, plan.data, seeds), False
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -670,6 +745,8 @@ def format_summary(summary: Summary) -> str:
         lines.append("best config: " + _hp_line({k: hp[k] for k in hp if k not in RunSettings.__dataclass_fields__}))
     else:
         lines.append("no trial has finished yet")
-    lines.append(f"results: {summary.study_dir}/trials.parquet, epochs.parquet, summary.json; "
+    lines.append(f"results: {summary.study_dir}/trials.parquet, epochs.parquet, summary.json"
+                 + (", final.parquet" if summary.final else "") + "; "
                  f"dashboard: python -m dashboards.build {summary.study_dir} -o report.html")
+    lines.extend(format_final(summary.final, base))  # last: the numbers to publish
     return "\n".join(lines)

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-sweeps", type=int, default=1, help="greedy: walk the parameter order up to this many times")
     parser.add_argument("--blocks", dest="max_blocks", type=int, default=None, help="greedy: only the first N parameters")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose process fails")
+    parser.add_argument("--final-top-k", type=int, default=3,
+                        help="at the end, re-train the best K configurations over seeds and measure them on the test split (0: skip)")
+    parser.add_argument("--final-seeds", type=int, default=3, help="seeds per re-trained configuration")
     parser.add_argument("--size", type=int, default=64, help="working resolution")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser

@@ -31,7 +31,7 @@ def _isolated_cache(tmp_path_factory):
 def tiny_data_dir(tmp_path_factory) -> Path:
     from trainables.synthetic import SyntheticSpec, generate
 
-    return generate(tmp_path_factory.mktemp("data") / "tiny", SyntheticSpec(n_train=48, n_val=16, seed=3))
+    return generate(tmp_path_factory.mktemp("data") / "tiny", SyntheticSpec(n_train=48, n_val=16, seed=3, n_test=16))
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ def two_node_cluster():
 
 def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):
     address, env = two_node_cluster
-    result = run_cli("search.run", "--strategy", "random", "--model", "autoencoder", "--preset", "smoke",
+    result = run_cli("search.run", "--strategy", "random", "--model", "autoencoder", "--preset", "smoke", "--final-top-k", "0",
                      "--samples", "4", "--address", address, "--runs-dir", str(tmp_path), "--study", "cluster",
                      env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -24,9 +24,9 @@ def _digest(folder: Path) -> str:
 
 
 def test_generator_is_deterministic(tmp_path):
-    spec = SyntheticSpec(n_train=6, n_val=2, seed=11)
+    spec = SyntheticSpec(n_train=6, n_val=2, seed=11, n_test=2)
     a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
-    c = generate(tmp_path / "c", SyntheticSpec(n_train=6, n_val=2, seed=12))
+    c = generate(tmp_path / "c", SyntheticSpec(n_train=6, n_val=2, seed=12, n_test=2))
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
 
@@ -59,7 +59,7 @@ def test_loader_reads_the_synthetic_folder(tiny_data_dir):
 
 
 def test_default_dataset_is_mostly_black_and_blocky(tmp_path):
-    folder = generate(tmp_path / "d", SyntheticSpec(n_train=150, n_val=50, seed=0))
+    folder = generate(tmp_path / "d", SyntheticSpec(n_train=150, n_val=50, seed=0, n_test=0))
     data = load_dataset(folder)
     val = to_unit_range(data.val_maps) + 1
     black_share = (val.reshape(len(val), -1).max(axis=1) < 0.05).mean()
@@ -90,7 +90,7 @@ def test_seeded_split_without_lists_and_formats(tiny_data_dir, tmp_path):
     (root / "maps" / "Thumbs.db").write_bytes(b"junk")
     a = load_dataset(root, seed=5)
     b = load_dataset(root, seed=5)
-    assert len(a.train_stems) + len(a.val_stems) == 64 and len(a.val_stems) == 13
+    assert len(a.train_stems) + len(a.val_stems) == 80 and len(a.val_stems) == 16 and not a.has_test  # 48 + 16 + 16 pairs
     assert a.val_stems == b.val_stems and a.fingerprint == b.fingerprint
     assert any("skipped 2 files (hidden or system file)" in n for n in a.notes)
     assert any("seeded 80/20" in n for n in a.notes)
@@ -158,3 +158,24 @@ def test_describe_prints_counts_and_both_baselines(tiny_data_dir):
     assert result.returncode == 0, result.stderr
     assert "48 train + 16 val" in result.stdout
     assert "all-black map" in result.stdout and "mean training map" in result.stdout
+
+
+def test_a_test_split_from_lists_or_folders_and_never_overlapping(tiny_data_dir, tmp_path):
+    data = load_dataset(tiny_data_dir)
+    assert data.has_test and len(data.test_stems) == 16 and not set(data.test_stems) & set(data.val_stems + data.train_stems)
+    assert data.baselines("test")["black_l1"] > 0 and data.subset(8, 4).test_images.shape[0] == 4
+    # A test stem also listed for training is refused, naming the lists.
+    root = _copy(tiny_data_dir, tmp_path / "overlap")
+    test_list = root / "splits" / "test.txt"
+    test_list.write_text(test_list.read_text() + "syn_00000\n")
+    with pytest.raises(DataError, match="both train.txt and test.txt"):
+        load_dataset(root)
+    # train/ val/ test/ folders.
+    folders = tmp_path / "folders"
+    for split, stems in (("train", data.train_stems[:6]), ("val", data.val_stems[:2]), ("test", data.test_stems[:3])):
+        for kind in ("images", "maps"):
+            (folders / split / kind).mkdir(parents=True)
+            for stem in stems:
+                shutil.copy(tiny_data_dir / kind / f"{stem}.png", folders / split / kind / f"{stem}.png")
+    loaded = load_dataset(folders)
+    assert loaded.test_stems == sorted(data.test_stems[:3]) and "and test/" in loaded.notes[-1]

@@ -23,7 +23,7 @@ STUDY = "pg-tpe"
 
 
 def _args(url: str, runs_dir, samples: int, epochs: int = 12) -> list[str]:
-    return ["search.run", "--runs-dir", str(runs_dir), "--storage", url, "--preset", "smoke", "--strategy", "tpe",
+    return ["search.run", "--runs-dir", str(runs_dir), "--storage", url, "--preset", "smoke", "--final-top-k", "0", "--strategy", "tpe",
             "--model", "autoencoder", "--samples", str(samples), "--epochs", str(epochs), "--scheduler", "none",
             "--max-concurrent", "1", "--study", STUDY]
 

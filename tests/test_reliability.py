@@ -20,7 +20,7 @@ def _worker_pids() -> list[int]:
 
 
 def test_a_killed_worker_errors_its_trial_and_the_search_goes_on(tmp_path):
-    args = [sys.executable, "-m", "search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "random",
+    args = [sys.executable, "-m", "search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--final-top-k", "0", "--strategy", "random",
             "--model", "autoencoder", "--samples", "2", "--epochs", "60", "--max-concurrent", "1",
             "--max-failures", "0", "--scheduler", "none", "--study", "w"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -60,7 +60,7 @@ default = 1e12
 values = ["none"]
 default = "none"
 """)
-    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "greedy",
+    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--final-top-k", "0", "--strategy", "greedy",
                      "--model", "autoencoder", "--space", str(space), "--epochs", "3", "--study", "nan", timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "nan" / "trials.parquet")

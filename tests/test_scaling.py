@@ -15,7 +15,7 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
     # One GPU as Ray sees it; on a machine without CUDA the trials fall back to the CPU.
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", samples=4, epochs=3,
+        options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", final_top_k=0, samples=4, epochs=3,
                                 gpus_per_trial=0.25, cpus_per_trial=0.5, scheduler="none", runs_dir=str(tmp_path),
                                 study="packed")
         summary = run_study(options)

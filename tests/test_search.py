@@ -17,7 +17,7 @@ import pytest
 from search.results import SCHEMA_VERSION
 from tests.conftest import ROOT, assert_clean_error, run_cli
 
-SMOKE = ("--preset", "smoke")
+SMOKE = ("--preset", "smoke", "--final-top-k", "0")  # the final stage has its own test
 
 
 def search(runs: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -40,9 +40,29 @@ def greedy_study(runs_dir) -> Path:
 @pytest.fixture(scope="session")
 def tpe_study(runs_dir) -> Path:
     result = search(runs_dir, "--strategy", "tpe", "--model", "autoencoder", "--samples", "6", "--epochs", "3",
-                    "--study", "tpe-ae")
+                    "--study", "tpe-ae", "--final-top-k", "2", "--final-seeds", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    (runs_dir / "tpe-ae" / "stdout.txt").write_text(result.stdout)
     return runs_dir / "tpe-ae"
+
+
+def test_the_top_configurations_are_retrained_over_seeds_and_measured_on_test(tpe_study):
+    final = pd.read_parquet(tpe_study / "final.parquet")
+    trials = pd.read_parquet(tpe_study / "trials.parquet")
+    best_two = trials[trials["status"].isin(["completed", "stopped"])].sort_values("best_val_l1")["trial_id"].head(2)
+    assert list(final["source_trial_id"].drop_duplicates()) == list(best_two)
+    assert sorted(final["seed"].unique()) == [1000, 1001] and len(final) == 4
+    assert (final["status"] == "completed").all() and (final["epochs_run"] == 3).all()  # no early stopping
+    assert final["test_l1"].notna().all() and final["selected_val_l1"].notna().all()
+    assert not set(final["trial_id"]) & set(trials["trial_id"])  # new seeds: new runs, not the search's
+    summary = json.loads((tpe_study / "summary.json").read_text())["final"]
+    first = summary["configurations"][0]
+    mine = final[final["rank"] == 1]["test_l1"]
+    assert first["test_l1"]["n"] == 2 and abs(first["test_l1"]["mean"] - mine.mean()) < 1e-12
+    assert first["test_l1"]["ci95"] > 0 and summary["test_baselines"]["black_l1"] > 0
+    last_lines = (tpe_study / "stdout.txt").read_text().strip().splitlines()[-4:]
+    assert last_lines[0].startswith("final: the top 2 configurations re-trained with 2 new seeds each")
+    assert "test L1" in last_lines[1] and "±" in last_lines[1] and "all-black" in last_lines[-1]
 
 
 def test_greedy_run_prints_lines_and_writes_results(greedy_study):

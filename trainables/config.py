@@ -29,6 +29,7 @@ class RunSettings:
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
     train_eval_size: int = 320  # training images (fixed subset) on which train_l1 is measured
     eval_every: int = 1  # epochs between validation passes (diffusion sampling is the costly one)
+    evaluate_test: bool = False  # final re-training only: measure the best-val epoch's model on the test split, once
 
     def __post_init__(self) -> None:
         for name in ("epochs", "width_divisor", "train_eval_size", "eval_every"):
@@ -112,7 +113,7 @@ def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettin
 
 # Settings that do not change what a trial computes: a trial resumed with more epochs,
 # another checkpoint folder or another thread count is the same trial.
-_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads")
+_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test")
 
 
 def trial_key(settings: RunSettings, hp: Any) -> str:

@@ -2,8 +2,12 @@
 
 Accepted layouts (folder names are case-sensitive, file extensions are not)::
 
-    DIR/images/<stem>.<ext>   DIR/maps/<stem>.<ext>   [DIR/splits/train.txt, DIR/splits/val.txt]
-    DIR/train/images/...      DIR/train/maps/...      DIR/val/images/...   DIR/val/maps/...
+    DIR/images/<stem>.<ext>   DIR/maps/<stem>.<ext>   [DIR/splits/train.txt, val.txt, [test.txt]]
+    DIR/train/images/...      DIR/train/maps/...      DIR/val/images/...   DIR/val/maps/...   [DIR/test/...]
+
+A test split (``splits/test.txt``, or ``test/images`` + ``test/maps``) is optional; the
+search never reads it: only the final re-training of the best configurations measures it,
+once. Without one the final numbers are validation numbers, and say so.
 
 ``maps/`` may also be called ``vms/`` or ``labels/``. Images and maps are paired by file
 stem; any size and any common format (PNG incl. grayscale, alpha, 16-bit; JPEG; BMP;
@@ -16,7 +20,7 @@ the files, and nothing is dropped silently.
 Command line::
 
     python -m trainables.data describe [--data DIR] [--size 64]
-    python -m trainables.data generate OUT_DIR [--train 1280 --val 320 --seed 0]
+    python -m trainables.data generate OUT_DIR [--train 1280 --val 320 --test 320 --seed 0]
 """
 
 from __future__ import annotations
@@ -60,6 +64,13 @@ class VMSDataset:
     source: str
     size: int
     notes: list[str] = field(default_factory=list)
+    test_images: np.ndarray | None = None  # None: the dataset has no test split
+    test_maps: np.ndarray | None = None
+    test_stems: list[str] = field(default_factory=list)
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_images is not None and len(self.test_images) > 0
 
     @property
     def fingerprint(self) -> str:
@@ -69,11 +80,13 @@ class VMSDataset:
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
-    def baselines(self) -> dict[str, float]:
-        """Validation L1 of the all-black map and of the mean training map (maps in [-1, 1]),
-        overall (``black_l1``, ``mean_map_l1``) and per meaningful channel
+    def baselines(self, split: str = "val") -> dict[str, float]:
+        """L1 of the all-black map and of the mean training map (maps in [-1, 1]) on a split
+        (``val`` or ``test``), overall (``black_l1``, ``mean_map_l1``) and per meaningful channel
         (``black_l1_remembered``, ``mean_map_l1_falsely_remembered``, ...)."""
-        val = to_unit_range(self.val_maps)
+        if split == "test" and not self.has_test:
+            raise ValueError(f"{self.source} has no test split")
+        val = to_unit_range(self.test_maps if split == "test" else self.val_maps)
         mean_map = to_unit_range(self.train_maps).mean(axis=0, keepdims=True)
         errors = {"black_l1": np.abs(val + 1.0), "mean_map_l1": np.abs(val - mean_map)}
         result = {name: float(error.mean()) for name, error in errors.items()}
@@ -83,12 +96,14 @@ class VMSDataset:
         return result
 
     def subset(self, n_train: int | None, n_val: int | None) -> "VMSDataset":
-        """The first ``n_train``/``n_val`` pairs of each split (None keeps all)."""
+        """The first ``n_train``/``n_val`` pairs of each split (None keeps all; the test split is cut like val)."""
         return VMSDataset(
             self.train_images[:n_train], self.train_maps[:n_train],
             self.val_images[:n_val], self.val_maps[:n_val],
             self.train_stems[:n_train], self.val_stems[:n_val],
             self.source, self.size, list(self.notes),
+            None if self.test_images is None else self.test_images[:n_val],
+            None if self.test_maps is None else self.test_maps[:n_val], self.test_stems[:n_val],
         )
 
 
@@ -240,30 +255,39 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
             raise DataError(f"{root}: no image/map pairs found in {image_dir} and {map_dir}.")
         by_stem = {stem: (stem, i, m) for stem, i, m in pairs}
         train_list, val_list = root / "splits" / "train.txt", root / "splits" / "val.txt"
+        test_list = root / "splits" / "test.txt"
+        if test_list.exists() and not (train_list.exists() and val_list.exists()):
+            raise DataError(f"{root / 'splits'}: test.txt needs train.txt and val.txt beside it (the split must be explicit).")
         if train_list.exists() or val_list.exists():
             if not (train_list.exists() and val_list.exists()):
                 raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
             train_stems, val_stems = _read_list(train_list), _read_list(val_list)
-            unknown = [s for s in train_stems + val_stems if s not in by_stem]
+            test_stems = _read_list(test_list) if test_list.exists() else []
+            unknown = [s for s in train_stems + val_stems + test_stems if s not in by_stem]
             if unknown:
                 raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
                                 f"{_listing(unknown)}. Fix the list files or add the files.")
-            both = sorted(set(train_stems) & set(val_stems))
-            if both:
-                raise DataError(f"{root / 'splits'}: {len(both)} stems are in both train.txt and val.txt: {_listing(both)}.")
-            unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems))
+            for (a, sa), (b, sb) in [(("train.txt", train_stems), ("val.txt", val_stems)),
+                                     (("train.txt", train_stems), ("test.txt", test_stems)),
+                                     (("val.txt", val_stems), ("test.txt", test_stems))]:
+                both = sorted(set(sa) & set(sb))
+                if both:
+                    raise DataError(f"{root / 'splits'}: {len(both)} stems are in both {a} and {b}: {_listing(both)}.")
+            unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems) - set(test_stems))
             if unlisted:
-                notes.append(f"{len(unlisted)} pairs are in neither split list and were left out: {_listing(unlisted)}")
+                notes.append(f"{len(unlisted)} pairs are in no split list and were left out: {_listing(unlisted)}")
             train_pairs = [by_stem[s] for s in train_stems]
             val_pairs = [by_stem[s] for s in val_stems]
-            notes.append("split: from splits/train.txt and splits/val.txt")
+            test_pairs = [by_stem[s] for s in test_stems]
+            notes.append("split: from splits/train.txt, val.txt" + (" and test.txt" if test_pairs else " (no test.txt: no test split)"))
         else:
             order = np.random.default_rng(seed).permutation(len(pairs))
             n_val = max(1, int(round(len(pairs) * val_fraction)))
             val_pairs = [pairs[i] for i in sorted(order[:n_val])]
             train_pairs = [pairs[i] for i in sorted(order[n_val:])]
-            notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}); "
-                         "add splits/train.txt and splits/val.txt to fix it")
+            test_pairs = []
+            notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}), "
+                         "no test split; add splits/train.txt, val.txt and test.txt to fix it")
     elif train_root.is_dir() and val_root.is_dir():
         found = []
         for split_root in (train_root, val_root):
@@ -272,7 +296,14 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
                 raise DataError(f"{split_root} needs images/ and maps/ sub-folders.")
             found.append(_pairs(i_dir, m_dir, skipped))
         train_pairs, val_pairs = found
-        notes.append("split: from train/ and val/ folders")
+        test_pairs = []
+        test_root = root / "test"
+        if test_root.is_dir():
+            i_dir, m_dir = _find_dir(test_root, IMAGE_DIR_NAMES), _find_dir(test_root, MAP_DIR_NAMES)
+            if not (i_dir and m_dir):
+                raise DataError(f"{test_root} needs images/ and maps/ sub-folders (or remove it: the test split is optional).")
+            test_pairs = _pairs(i_dir, m_dir, skipped)
+        notes.append("split: from train/ and val/ folders" + (" and test/" if test_pairs else " (no test/ folder: no test split)"))
     else:
         raise DataError(
             f"{root} has no images/ and maps/ folders (nor train/ and val/ folders holding them). "
@@ -287,10 +318,12 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
 
     train_images, train_maps = _decode_pairs(train_pairs, size)
     val_images, val_maps = _decode_pairs(val_pairs, size)
+    test_images, test_maps = _decode_pairs(test_pairs, size) if test_pairs else (None, None)
     return VMSDataset(
         train_images, train_maps, val_images, val_maps,
         [s for s, _, _ in train_pairs], [s for s, _, _ in val_pairs],
         source=str(root), size=size, notes=notes,
+        test_images=test_images, test_maps=test_maps, test_stems=[s for s, _, _ in test_pairs],
     )
 
 
@@ -309,7 +342,8 @@ def describe(dataset: VMSDataset) -> str:
     black_share = float(((val + 1.0).reshape(len(val), -1).max(axis=1) < 0.05).mean()) if len(val) else 0.0
     lines = [
         f"dataset:        {dataset.source}",
-        f"pairs:          {len(dataset.train_stems)} train + {len(dataset.val_stems)} val at {dataset.size}x{dataset.size}",
+        f"pairs:          {len(dataset.train_stems)} train + {len(dataset.val_stems)} val + {len(dataset.test_stems)} test "
+        f"at {dataset.size}x{dataset.size}",
         f"all-black maps: {black_share:.0%} of validation maps",
         f"baseline val L1, all-black map:     {base['black_l1']:.4f}",
         f"baseline val L1, mean training map: {base['mean_map_l1']:.4f}",
@@ -333,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p_gen.add_argument("out", help="folder to create (must not exist)")
     p_gen.add_argument("--train", type=int, default=1280)
     p_gen.add_argument("--val", type=int, default=320)
+    p_gen.add_argument("--test", type=int, default=320)
     p_gen.add_argument("--size", type=int, default=64)
     p_gen.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -344,11 +379,11 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists():
                 raise DataError(f"{out} already exists; choose a new folder.")
             try:
-                spec = SyntheticSpec(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed)
+                spec = SyntheticSpec(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed, n_test=args.test)
             except ValueError as err:
                 raise DataError(str(err)) from None
             generate(out, spec)
-            print(f"wrote {args.train} train + {args.val} val pairs to {out}")
+            print(f"wrote {args.train} train + {args.val} val + {args.test} test pairs to {out}")
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

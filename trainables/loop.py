@@ -320,11 +320,13 @@ class Trial:
     settings: RunSettings
     hp: Any
     device: torch.device
+    family_cls: type[Family]
     family: Family
     tensors: "DeviceData"
     train_images: torch.Tensor  # the fixed training subset: train L1, BatchNorm re-estimation
     train_maps: torch.Tensor
     val_stems: list[str]
+    test: tuple[np.ndarray, np.ndarray] | None  # the test split's images and maps (final re-training only)
     augment: AugmentConfig
     store: TrialStore | None
     batch_gen: torch.Generator  # the epochs' batch order (global RNG: augmentation, dropout, noise)
@@ -403,8 +405,11 @@ def _set_up(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], 
     n = len(tensors.train_images)
     train_eval = torch.linspace(0, n - 1, min(settings.train_eval_size, n)).long().to(device)
     augment = AugmentConfig(**{f.name: getattr(hp, f.name) for f in fields(AugmentConfig)})
-    return Trial(settings, hp, device, family, tensors, tensors.train_images[train_eval], tensors.train_maps[train_eval],
-                 data.val_stems, augment, store, batch_gen, _node_id())
+    if settings.evaluate_test and not store:
+        raise ValueError("evaluate_test needs a checkpoint_root: the test split is measured on best.pt")
+    test = (data.test_images, data.test_maps) if settings.evaluate_test and data.has_test else None
+    return Trial(settings, hp, device, family_cls, family, tensors, tensors.train_images[train_eval],
+                 tensors.train_maps[train_eval], data.val_stems, test, augment, store, batch_gen, _node_id())
 
 
 def _resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
@@ -484,11 +489,33 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
         row.update({k: v for k, v in progress.history[-1].items() if k.startswith(("train_l1", "val_", "best_"))})
     if not diverged and epoch == settings.epochs and family.has_final_mode:
         row["final_val_l1"] = evaluate(family, tensors.val_images, tensors.val_maps, final=True).l1
+    if not diverged and epoch == settings.epochs and trial.test is not None:
+        row.update(_test_metrics(trial))
     now = time.perf_counter()
     row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, **_memory(trial.device))
     if diverged or epoch == settings.epochs:
         row["status"] = "diverged" if diverged else "completed"
     return row
+
+
+def _test_metrics(trial: Trial) -> dict[str, Any]:
+    """The test split, read once: the model of the best validation epoch (best.pt), never the last one.
+
+    Selection (the epoch, the configuration) used validation data only; this is the number
+    to report. Random numbers are drawn in a forked RNG so the trial's own stream is untouched.
+    """
+    best = torch.load(trial.store.folder / "best.pt", map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        images, maps = (torch.from_numpy(a).to(trial.device) for a in trial.test)
+    with torch.random.fork_rng(devices=[trial.device] if trial.device.type == "cuda" else []):
+        model = trial.family_cls(trial.hp, trial.settings, trial.device)
+        model.load_state_dict(best["family"])
+        test = evaluate(model, images, maps, final=model.has_final_mode)
+        # Validation measured the same way (for diffusion: with the final sampler, as test), side by side.
+        val = evaluate(model, trial.tensors.val_images, trial.tensors.val_maps, final=model.has_final_mode)
+    return {**test.metrics("test_l1"), "test_spearman": test.spearman, "best_epoch": int(best["epoch"]),
+            **val.metrics("selected_val_l1")}
 
 
 def _checkpoint(trial: Trial, progress: Progress) -> None:

@@ -49,22 +49,29 @@ R_MIN, R_MAX = 0.12, 0.27  # object radius as a fraction of the image size
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate. The defaults mirror VISCHEMA Plus (1,280 train + 320 val)."""
+    """What to generate. The defaults mirror VISCHEMA Plus (1,280 train + 320 val), plus 320 test pairs.
+
+    The pairs are drawn in the order train, val, test from one generator, so adding the test
+    split left the train and val pairs (and the data fingerprint of existing studies) as they were.
+    """
 
     n_train: int = 1280
     n_val: int = 320
     size: int = 64
     seed: int = 0
+    n_test: int = 320
 
     def __post_init__(self) -> None:
-        if self.n_train < 1 or self.n_val < 1:
-            raise ValueError(f"n_train and n_val must be positive, got {self.n_train}, {self.n_val}")
+        if self.n_train < 1 or self.n_val < 1 or self.n_test < 0:
+            raise ValueError(f"n_train and n_val must be positive and n_test not negative, "
+                             f"got {self.n_train}, {self.n_val}, {self.n_test}")
         if self.size < 16 or self.size % 8:
             raise ValueError(f"size must be a multiple of 8 and at least 16, got {self.size}")
 
     @property
     def name(self) -> str:
-        return f"synthetic-v{GENERATOR_VERSION}-s{self.seed}-{self.n_train}x{self.n_val}-{self.size}px"
+        test = f"x{self.n_test}" if self.n_test else ""
+        return f"synthetic-v{GENERATOR_VERSION}-s{self.seed}-{self.n_train}x{self.n_val}{test}-{self.size}px"
 
 
 def object_rule(shape: str, colour: str, texture: str, size_frac: float) -> tuple[float, float]:
@@ -197,13 +204,15 @@ def generate(root: Path, spec: SyntheticSpec) -> Path:
         (staging / "maps").mkdir()
         (staging / "splits").mkdir()
         rng = np.random.default_rng(spec.seed)
-        stems = [f"syn_{i:05d}" for i in range(spec.n_train + spec.n_val)]
+        stems = [f"syn_{i:05d}" for i in range(spec.n_train + spec.n_val + spec.n_test)]
         for stem in stems:
             image, vms = render_pair(rng, spec.size)
             Image.fromarray(image).save(staging / "images" / f"{stem}.png", optimize=False)
             Image.fromarray(vms).save(staging / "maps" / f"{stem}.png", optimize=False)
         (staging / "splits" / "train.txt").write_text("\n".join(stems[: spec.n_train]) + "\n")
-        (staging / "splits" / "val.txt").write_text("\n".join(stems[spec.n_train :]) + "\n")
+        (staging / "splits" / "val.txt").write_text("\n".join(stems[spec.n_train : spec.n_train + spec.n_val]) + "\n")
+        if spec.n_test:
+            (staging / "splits" / "test.txt").write_text("\n".join(stems[spec.n_train + spec.n_val :]) + "\n")
         manifest = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
         (staging / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(staging, root)
