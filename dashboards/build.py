@@ -2,7 +2,8 @@
 
     python -m dashboards.build runs/greedy-gan runs/tpe-gan [more study folders] -o report.html
 
-Sections: L1 comparison across families and strategies (with both dataset baselines),
+Sections: the final numbers (the top configurations re-trained over seeds, test L1 with 95%
+intervals beside the test baselines), L1 comparison across families and strategies (with both dataset baselines),
 search progress (best-so-far against trials, wall time and epochs spent), learning
 curves of the top trials (ASHA stops marked), the greedy path, hyperparameter effects
 (parallel coordinates and PED-ANOVA importance through Optuna), and galleries of the best,
@@ -111,6 +112,55 @@ def _baseline_legend(studies: list[Study]) -> str:
         parts += [f"{'dotted' if dash == 'dot' else 'dashed'}: {name} {base[key]:.4f}"
                   for key, name, dash in BASELINES if key in base]
     return f'<p class="legend">Reference lines, {"; ".join(parts)}.</p>' if parts else ""
+
+
+def section_final(studies: list[Study]) -> str:
+    """The numbers to publish: the re-trained top configurations, mean and 95% interval over seeds, beside
+    the baselines on the same split (search.final)."""
+    from search.final import interval
+
+    fig = go.Figure()
+    baselines: dict[str, float] = {}
+    notes = []
+    for study in studies:
+        path = study.folder / "final.parquet"
+        if not path.exists():
+            continue
+        rows = pd.read_parquet(path)
+        summary_path = study.folder / "summary.json"
+        final = json.loads(summary_path.read_text()).get("final") if summary_path.exists() else None
+        has_test = bool(rows["test_l1"].notna().any())
+        if not has_test:
+            notes.append(f"{html.escape(study.label)} has no test split: its bars are validation numbers (optimistic).")
+        for split, column, colour in (("test", "test_l1", "#d62728"), ("val", "selected_val_l1", "#1f77b4")):
+            if split == "test" and not has_test:
+                continue
+            labels, means, errors = [], [], []
+            for rank, group in rows.groupby("rank", sort=True):
+                stat = interval(list(group[column]))
+                if stat["mean"] is None:
+                    continue
+                labels.append(f"{study.name} #{rank} ({group['source_trial_id'].iloc[0]})")
+                means.append(stat["mean"])
+                errors.append(stat["ci95"] or 0.0)
+            fig.add_trace(go.Scatter(
+                x=labels, y=means, mode="markers", name=f"{study.name}: {split} L1",
+                marker=dict(size=11, color=colour, symbol="diamond" if split == "test" else "circle"),
+                error_y=dict(type="data", array=errors, visible=True),
+                hovertemplate=f"{split} L1 %{{y:.4f}} ± %{{error_y.array:.4f}} (95%, {rows['seed'].nunique()} seeds)<extra></extra>"))
+        base = (final or {}).get("test_baselines") if has_test else study.meta.get("baselines")
+        for key, name, _ in BASELINES:
+            if base and key in base:
+                baselines.setdefault(f"{name} ({'test' if has_test else 'val'})", base[key])
+    if not fig.data:
+        return _empty("No study has re-trained its best configurations yet (the final stage runs at the end of a "
+                      "search; --final-top-k 0 skips it).")
+    for (name, value), dash in zip(baselines.items(), ("dot", "dash", "dashdot", "longdash")):
+        fig.add_hline(y=value, line_dash=dash, line_color="#888", annotation_text=f"{name} {value:.4f}",
+                      annotation_position="top left")
+    fig.update_layout(title="Top configurations re-trained with new seeds: mean and 95% interval; the epoch chosen "
+                            "on val, test read once", yaxis_title="L1", height=460, xaxis=dict(type="category"))
+    return "".join(f'<p class="legend">{n}</p>' for n in notes) + _figure_html(fig, "fig-final")
 
 
 def section_l1(studies: list[Study]) -> str:
@@ -231,7 +281,8 @@ def section_greedy(studies: list[Study]) -> str:
         state = json.loads(state_path.read_text())
         fig = go.Figure()
         for block in state["blocks"]:
-            label = f"{block['index']}: {block['param']}"
+            kept = str(block.get("decision", "")).startswith("kept")
+            label = f"{block['index']}: {block['param']}" + (" (kept: within noise)" if kept else "")
             values = block.get("values") or {}
             if not values:  # the open block: show what has finished
                 values = {}
@@ -245,7 +296,9 @@ def section_greedy(studies: list[Study]) -> str:
                 marker=dict(size=[16 if v == adopted else 9 for v in values],
                             color=["#d62728" if v == adopted else "#1f77b4" for v in values]),
                 name=label, showlegend=False,
-                hovertemplate=f"{block['param']}=%{{text}}: %{{y:.4f}}<extra></extra>"))
+                hovertemplate=f"{block['param']}=%{{text}}: %{{y:.4f}}"
+                              + (f" ({html.escape(block['decision'])}; margin {state.get('margin', 0):.1%})"
+                                 if block.get("decision") else "") + "<extra></extra>"))
         _baseline_lines(fig, [study])
         fig.update_layout(title=f"{study.label}: greedy path (each block varies one parameter; red = adopted)",
                           yaxis_title="best val L1", height=460, xaxis=dict(type="category"))
@@ -397,6 +450,7 @@ figure{margin:0} figcaption{font-size:.85em;color:#444}
 """
 
 SECTIONS = [
+    ("final-results", "Final: the best configurations over seeds, on the test split", section_final),
     ("l1-comparison", "L1 comparison across model families and strategies", section_l1),
     ("search-progress", "Search progress: best val L1 so far", section_progress),
     ("learning-curves", "Learning curves of the top trials", section_curves),

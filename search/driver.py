@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from search.faults import crash_point
 from search.final import aggregate, final_row, final_seeds, format_final, plan_runs, top_configurations, write_final
-from search.greedy import GreedySearcher
+from search.greedy import GreedySearcher, default_margin
 from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
 from search.reconcile import SearcherRecord, reconcile
@@ -127,6 +127,7 @@ class SearchOptions:
     grace_period: int | None = None
     reduction_factor: int | None = None
     max_sweeps: int = 1
+    greedy_margin: float | None = None  # None: the family's measured noise (search.greedy.default_margin)
     max_blocks: int | None = None
     max_failures: int = 1
     final_top_k: int = 3
@@ -278,6 +279,9 @@ def validate_options(options: SearchOptions) -> None:
             raise StudyError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
     if options.reduction_factor is not None and options.reduction_factor < 2:
         raise StudyError(f"--reduction-factor must be at least 2, got {options.reduction_factor}.")
+    if options.greedy_margin is not None and not 0.0 <= options.greedy_margin < 1.0:
+        raise StudyError(f"--greedy-margin is a fraction of the held value's L1 in [0, 1) (0.05: 5% lower), "
+                         f"got {options.greedy_margin}.")
     if options.max_sweeps < 1:
         raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
     for name in ("final_top_k", "final_seeds"):
@@ -511,10 +515,16 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
     options = plan.options
     if options.strategy == "greedy":
         state_path = plan.study_dir / "greedy_state.json"
+        margin = options.greedy_margin if options.greedy_margin is not None else default_margin(plan.family)
         searcher = GreedySearcher(plan.space, max_sweeps=options.max_sweeps,
-                                  max_blocks=options.max_blocks or plan.preset.max_blocks, state_path=state_path)
+                                  max_blocks=options.max_blocks or plan.preset.max_blocks, state_path=state_path,
+                                  margin=margin, on_block=_print_block)
         if state_path.exists():
             searcher.restore(str(state_path))
+            stored = searcher.state.margin
+            if options.greedy_margin is not None and abs(options.greedy_margin - stored) > 1e-12:
+                raise StudyError(f"study {plan.name} was started with --greedy-margin {stored:g}; a resumed greedy "
+                                 "search keeps its margin (its decisions so far used it). Drop the option, or use a new --study.")
         first_block: dict[str, Any] = {}
         for block in searcher.state.blocks:
             for key in block.keys:
@@ -543,6 +553,12 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
                  if study.requeued else ""), flush=True)
     done = {key: SearcherRecord(config, errored=outcome == "errored") for key, (config, outcome) in study.finished.items()}
     return OpenSearch(study.searcher, study.to_run, study.to_run, None, done, lease)
+
+
+def _print_block(block) -> None:
+    """One line when a greedy block resolves: what it adopted and by how much."""
+    gain = f", {block.advantage:+.1%} lower L1 than the held {block.held}" if block.advantage is not None else ""
+    print(f"block {block.index} ({block.param}): {block.decision}, now {block.param}={block.adopted}{gain}", flush=True)
 
 
 def _take_lease(url: str, name: str) -> StudyLease:

@@ -8,6 +8,12 @@ default of every block was evaluated in an earlier one). Parameters that do not 
 under the current defaults (Adam's beta1 when the optimizer is SGD) are skipped. With
 ``max_sweeps > 1`` the order is walked again until a sweep changes nothing.
 
+A challenger replaces the held value only if its L1 is lower by more than ``margin`` (a
+fraction of the held value's L1): one training run per configuration cannot tell apart
+differences smaller than the seed-to-seed noise, and adopting them makes the path a coin
+toss (``NOISE`` holds the measured noise per family; ``benchmarks/seeds.py`` measures it).
+Each block records its held value, the best challenger's advantage and the decision.
+
 Ray calls ``suggest`` whenever a slot is free; within a block all proposals are made at
 once (in parallel as far as resources allow), and ``suggest`` answers ``None`` (wait)
 until the block resolves. Trials stopped early by a scheduler such as ASHA, diverged
@@ -25,7 +31,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.search import Searcher
 
@@ -34,6 +40,15 @@ from search.space import Space
 from trainables.loop import DIVERGED_L1
 
 STATE_VERSION = 1
+# Seed-to-seed noise of one run's best val L1, as a fraction of it (sd / mean over 5 seeds of
+# the study default at the cpu preset: benchmarks/README.md, "Seed-to-seed noise").
+NOISE: dict[str, float] = {}
+MARGIN_IN_SDS = 2.0  # the default margin: this many noise standard deviations
+
+
+def default_margin(family: str) -> float:
+    """The margin greedy uses unless told otherwise: ``MARGIN_IN_SDS`` x the family's measured noise."""
+    return MARGIN_IN_SDS * NOISE.get(family, 0.0)
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -50,6 +65,9 @@ class Block:
     keys: list[str]
     adopted: Any = None
     values: dict[str, float] = field(default_factory=dict)  # str(value) -> objective
+    held: Any = None  # the value held when the block opened
+    advantage: float | None = None  # best challenger's relative gain over the held value (0.05: 5% lower L1)
+    decision: str = ""  # "adopted", "kept: within the noise margin", "held was best"
 
 
 @dataclass
@@ -63,6 +81,7 @@ class GreedyState:
     evaluated: dict[str, float] = field(default_factory=dict)  # config key -> objective
     blocks: list[Block] = field(default_factory=list)  # resolved blocks, then the open one last
     open_block: bool = False
+    margin: float = 0.0  # a challenger must lower the held value's L1 by more than this fraction to be adopted
 
 
 class GreedySearcher(Searcher):
@@ -75,6 +94,8 @@ class GreedySearcher(Searcher):
         max_sweeps: int = 1,
         max_blocks: int | None = None,
         state_path: str | Path | None = None,
+        margin: float = 0.0,
+        on_block: Callable[[Block], None] | None = None,
     ) -> None:
         if mode != "min":
             raise ValueError("the greedy searcher minimises (val L1); mode must be 'min'")
@@ -83,7 +104,10 @@ class GreedySearcher(Searcher):
         self.max_sweeps = max_sweeps
         self.max_blocks = max_blocks if max_blocks is not None else len(space.params)
         self.state_path = Path(state_path) if state_path else None
-        self.state = GreedyState(version=STATE_VERSION, current=space.defaults())
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"the greedy margin is a fraction of the held value's L1 in [0, 1), got {margin}")
+        self.state = GreedyState(version=STATE_VERSION, current=space.defaults(), margin=margin)
+        self.on_block = on_block
         self._queue: list[str] = []  # keys of the open block not yet proposed
         self._configs: dict[str, dict[str, Any]] = {}
         self._running: dict[str, str] = {}  # trial id -> key
@@ -184,9 +208,23 @@ class GreedySearcher(Searcher):
         held = config_key(self.state.current)
         # Ties keep the held default (no change without evidence), then the first value.
         scored = [(self.state.evaluated.get(k, DIVERGED_L1), k != held, i, k) for i, k in enumerate(block.keys)]
-        _, _, _, best_key = min(scored)
+        best_value, _, _, best_key = min(scored)
         for value, _, _, key in scored:
             block.values[str(self._configs[key][block.param])] = value
+        block.held = self.state.current.get(block.param)
+        held_value = self.state.evaluated.get(held) if held in block.keys else None
+        if best_key == held:
+            block.decision = "held was best"
+        elif held_value is not None and 0 < held_value < DIVERGED_L1:
+            block.advantage = (held_value - best_value) / held_value
+            if block.advantage <= self.state.margin:
+                # One run each is no evidence for a difference smaller than the seed-to-seed noise.
+                best_key = held
+                block.decision = f"kept: within the noise margin ({self.state.margin:.1%})"
+            else:
+                block.decision = "adopted"
+        else:
+            block.decision = "adopted"
         block.adopted = self._configs[best_key][block.param]
         if self._configs[best_key] != self.state.current:
             self.state.changed_in_sweep = True
@@ -194,6 +232,8 @@ class GreedySearcher(Searcher):
         self.state.open_block = False
         self.state.position += 1
         self._persist()
+        if self.on_block:
+            self.on_block(block)
 
     @property
     def best(self) -> tuple[dict[str, Any], float] | None:

@@ -46,13 +46,15 @@ def report(greedy_study, tpe_study, tmp_path_factory) -> Path:  # noqa: F811
 
 def test_report_has_every_section_with_data(report, greedy_study):  # noqa: F811
     text = report.read_text()
-    for anchor in ("l1-comparison", "search-progress", "learning-curves", "greedy-path", "hyperparameter-effects",
+    for anchor in ("final-results", "l1-comparison", "search-progress", "learning-curves", "greedy-path", "hyperparameter-effects",
                    "galleries"):
         section = text.split(f'<section id="{anchor}">', 1)[1].split("</section>", 1)[0]
         assert 'class="empty"' not in section or anchor == "hyperparameter-effects", anchor
         assert "plotly-graph-div" in section or anchor == "galleries", anchor
     assert text.count('data-kind="best"') == 2 and "most informative" in text
     assert "all-black map" in text and "mean training map" in text
+    final = text.split('<section id="final-results">', 1)[1].split("</section>", 1)[0]
+    assert "tpe-ae #1" in final and "error_y" in final and "(test)" in final  # error bars, test baselines
     assert "<script src=" not in text and "<link" not in text  # self-contained: opens offline
     assert "parallel coordinates" in text and "parameter importance" in text
     # Rebuilding gives the same file.

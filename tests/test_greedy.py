@@ -92,6 +92,24 @@ def test_diverged_and_errored_trials_still_resolve_the_block():
     assert searcher.state.blocks[0].adopted == a["norm"]  # tie at the worst value: keep the default
 
 
+def test_a_gain_inside_the_noise_margin_keeps_the_held_value():
+    space = load_space("autoencoder")
+    decided = []
+    # norm: instance beats the held batch by 0.2 / (0.3 + rest): far outside a 1% margin, adopted.
+    # width: held 64 costs 0.1, 32 costs 0.05: about 7% lower L1 in total, inside a 10% margin: kept.
+    searcher = GreedySearcher(space, max_blocks=2, margin=0.10, on_block=decided.append)
+    drive(searcher)
+    norm, width = searcher.state.blocks
+    assert (norm.adopted, norm.decision) == ("instance", "adopted") and norm.advantage > 0.10
+    assert width.held == 64 and width.adopted == 64 and width.decision.startswith("kept: within the noise margin")
+    assert 0 < width.advantage <= 0.10 and width.values["32"] < width.values["64"]
+    assert decided == [norm, width]
+    # Without a margin the same evidence is adopted.
+    plain = GreedySearcher(space, max_blocks=2)
+    drive(plain)
+    assert plain.state.blocks[1].adopted == 32
+
+
 def test_save_restore_gives_the_same_next_suggestion(tmp_path):
     space = load_space("autoencoder")
     searcher = GreedySearcher(space)

@@ -1,0 +1,77 @@
+"""How noisy is one training run? Each family's study default trained with 5 seeds.
+
+    python -m benchmarks.seeds                    # about 25 minutes on 2 cores
+    python -m benchmarks.seeds --seeds 3 --families autoencoder
+
+The same configuration, the same data, the same epochs (the ``cpu`` preset's size, as
+``benchmarks.learning``); only the training seed differs (weights, batch order,
+augmentation). The spread of best val L1 across seeds is the noise every single-run
+comparison in a search carries: greedy's decisions (``search/greedy.py``, ``NOISE``) use
+it as their margin. No Ray: the shared training loop is called directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from search.driver import PRESETS
+from search.space import load_space
+from trainables import FAMILIES, family_parts
+from trainables.data import resolve_data
+from trainables.loop import run_trial
+
+# The study defaults (where greedy starts), and the GAN at the L1 weight greedy adopts first
+# (at the report's weight of 1 its runs are noisier still: see the table).
+VARIANTS = {"autoencoder": [{}], "gan": [{}, {"l1_weight": 100.0}], "diffusion": [{"prediction": "x0"}]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "seeds.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    data = resolve_data(None)
+    epochs = preset.epochs_for(len(data.train_stems))
+    rows = []
+    print(f"{'family':12} {'changed':16} {'mean':>7} {'sd':>7} {'sd/mean':>7} {'min':>7} {'max':>7}  per seed", flush=True)
+    for family in args.families.split(","):
+        space = load_space(family)
+        _, family_cls, config_cls = family_parts(family)
+        for change in VARIANTS[family]:
+            values, seconds = [], []
+            for seed in range(args.seeds):
+                config = {**space.fixed, **space.defaults(), **change, "epochs": epochs, "seed": seed,
+                          "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size,
+                          "threads": args.threads}
+                reported: list[dict] = []
+                start = time.perf_counter()
+                run_trial(config, data, family_cls, config_cls, report=reported.append)
+                seconds.append(time.perf_counter() - start)
+                values.append(min(r["val_l1"] for r in reported))
+            mean, sd = statistics.fmean(values), statistics.stdev(values)
+            row = {"family": family, "changed": change, "epochs": epochs, "seeds": list(range(args.seeds)),
+                   "best_val_l1": values, "mean": mean, "sd": sd, "cv": sd / mean, "min": min(values),
+                   "max": max(values), "seconds_median": statistics.median(seconds)}
+            rows.append(row)
+            changed = ", ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+            print(f"{family:12} {changed:16} {mean:7.4f} {sd:7.4f} {sd / mean:7.1%} {min(values):7.4f} {max(values):7.4f}  "
+                  + " ".join(f"{v:.4f}" for v in values), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
