@@ -198,6 +198,9 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
             # a flush when a trial starts and when it ends).
             per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4}.get(point, 0)
             spec = {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
+        if i == worker_kill_at:  # a trial's worker dies mid-epoch; the driver is killed later, by a timer
+            spec = {"kill_after": round(STARTUP_SECONDS + (ahead + 1 + rng.random()) * per_trial, 1),
+                    "kill_worker_after": round(rng.uniform(0.5, 2.0), 2)}
         result = _run(faulted_dir, args, **spec)
         study = faulted_dir / STUDY
         if result["killed"]:
@@ -229,7 +232,8 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
             repeated.add(tid)
     diff = compare(ref_dir / STUDY, faulted_dir / STUDY)
     repeated |= set(diff["extra"])
-    summary = {"strategy": name, "kills_survived": survived, "trials_lost": len(diff["lost"]) + len(diff["still_running"]),
+    worker_kills = sum(1 for r in runs for e in r["events"] if e.startswith("killed worker"))
+    summary = {"strategy": name, "kills_survived": survived, "worker_kills": worker_kills, "trials_lost": len(diff["lost"]) + len(diff["still_running"]),
                "trials_repeated": len(repeated), "equal": diff["trials_equal"] and diff["epoch_curves_equal"],
                "comparison": diff, "repeated": sorted(repeated), "checkpoint_notices": notices,
                "truncated": truncate_at, "runs": runs, "seconds": time.monotonic() - started}
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_strategy(name, workdir, args.kills, rng)
             results.append(result)
             print(f"faults {name}: {result['kills_survived']} kills survived / {result['trials_lost']} trials lost / "
-                  f"{result['trials_repeated']} trials repeated; final study "
+                  f"{result['trials_repeated']} trials repeated ({result['worker_kills']} worker killed mid-trial, "
+                  f"{len(result['checkpoint_notices'])} checkpoint fallback lines); final study "
                   f"{'equal to' if result['equal'] else 'DIFFERENT from'} the uninterrupted run "
                   f"({result['comparison']['trials']} trials, {result['comparison']['epoch_rows'][0]} epoch rows)", flush=True)
     finally:

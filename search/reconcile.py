@@ -47,8 +47,11 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
             continue
         if row is None and not (checkpoint_root / tid).is_dir():
             continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
-        checkpoint = TrialStore(checkpoint_root / tid).load_latest()
+        trial_store = TrialStore(checkpoint_root / tid)
+        checkpoint = trial_store.load_latest()
         history = checkpoint["history"] if checkpoint else []
+        if trial_store.notice:  # its newest checkpoint was unreadable: the record may miss its last epochs
+            lines.append(f"trial {tid}: {trial_store.notice}; its record may miss the epochs after that")
         if row is None:
             store.record_start(tid, identity, record.config, ray_trial_id=None, segment=segment,
                                epochs_planned=epochs_planned, block=record.block)
