@@ -70,7 +70,7 @@ def _worker_pids(session: int) -> list[int]:
 
 
 def _run(runs_dir: Path, args: list[str], *, crash_at: str | None = None, kill_after: float | None = None,
-         kill_worker_after: float | None = None) -> dict[str, Any]:
+         kill_worker_after: float | None = None, then_kill_driver_after: float | None = None) -> dict[str, Any]:
     """One driver run; returns how it ended. Ray's helpers are cleaned up whatever happens."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MEMSEARCH_CRASH_AT", None)
@@ -92,6 +92,10 @@ def _run(runs_dir: Path, args: list[str], *, crash_at: str | None = None, kill_a
                 if pids and proc.poll() is None:
                     os.kill(pids[0], signal.SIGKILL)
                     events.append(f"killed worker {pids[0]}")
+                    if then_kill_driver_after is not None:  # Ray retries the trial; then the driver dies too
+                        time.sleep(then_kill_driver_after)
+                        if proc.poll() is None:
+                            os.kill(proc.pid, signal.SIGKILL)
                 return
             time.sleep(0.2)
 
@@ -109,6 +113,9 @@ def _run(runs_dir: Path, args: list[str], *, crash_at: str | None = None, kill_a
             os.killpg(proc.pid, signal.SIGKILL)  # Ray's helpers the dead driver left behind
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 20  # gone for good before anything touches their files
+        while subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
     killed = proc.returncode == -signal.SIGKILL
     return {"crash_at": crash_at, "kill_after": kill_after, "killed": killed, "timer_fired": timed_out,
             "returncode": proc.returncode, "seconds": time.monotonic() - started, "events": events, "output": out}
@@ -199,8 +206,8 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
             per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4}.get(point, 0)
             spec = {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
         if i == worker_kill_at:  # a trial's worker dies mid-epoch; the driver is killed later, by a timer
-            spec = {"kill_after": round(STARTUP_SECONDS + (ahead + 1 + rng.random()) * per_trial, 1),
-                    "kill_worker_after": round(rng.uniform(0.5, 2.0), 2)}
+            spec = {"kill_worker_after": round(rng.uniform(0.5, 2.0), 2),
+                    "then_kill_driver_after": round((1 + rng.random()) * per_trial, 1)}
         result = _run(faulted_dir, args, **spec)
         study = faulted_dir / STUDY
         if result["killed"]:
@@ -215,7 +222,8 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
         seen_finished.update(finished_now)
         runs.append({k: v for k, v in result.items() if k != "output"}
                     | {"tail": result["output"][-600:], "notices": _notices(result["output"])})
-        how = result["crash_at"] or f"timer {result['kill_after']} s"
+        how = result["crash_at"] or (f"timer {result['kill_after']} s" if result["kill_after"] is not None
+                                     else "a worker, then the driver")
         ending = "killed" if result["killed"] else f"exit {result['returncode']}"
         print(f"  {name} run {i + 1}: {how} -> {ending} after {result['seconds']:.0f} s, "
               f"{len(finished_now)} trials finished {' '.join(result['events'])}", flush=True)
