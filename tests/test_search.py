@@ -179,6 +179,18 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(runs_dir, gree
     pd.testing.assert_series_equal(curve, ref_curve, check_exact=True)
 
 
+def test_one_trial_at_a_time_trains_bit_for_bit_what_two_at_a_time_did(runs_dir, greedy_study):
+    """Determinism on one machine: a trial's curve does not depend on what runs beside it."""
+    result = search(runs_dir, "--strategy", "greedy", "--model", "gan", "--scheduler", "none", "--blocks", "1",
+                    "--max-concurrent", "1", "--study", "greedy-one-at-a-time")
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = pd.read_parquet(runs_dir / "greedy-one-at-a-time" / "epochs.parquet").set_index(["trial_id", "epoch"])
+    shared = pd.read_parquet(greedy_study / "epochs.parquet").set_index(["trial_id", "epoch"])
+    assert len(alone) >= 4 and alone.index.isin(shared.index).all()
+    pd.testing.assert_series_equal(alone["val_l1"].sort_index(), shared.loc[alone.index, "val_l1"].sort_index(),
+                                   check_exact=True)
+
+
 def test_a_second_driver_on_the_same_study_is_refused(runs_dir, greedy_study):
     with open(greedy_study / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
