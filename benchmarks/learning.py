@@ -28,6 +28,19 @@ from trainables.loop import run_trial
 VARIANTS = {"autoencoder": [{}], "gan": [{}, {"l1_weight": 100.0}], "diffusion": [{}, {"prediction": "x0"}]}
 
 
+def train_default(family: str, change: dict, data, preset, epochs: int, threads: int,
+                  seed: int = 0) -> tuple[list[dict], float]:
+    """Train ``family``'s study defaults (with ``change``) at the preset's size: (every reported row, seconds)."""
+    space = load_space(family)
+    _, family_cls, config_cls = family_parts(family)
+    config = {**space.fixed, **space.defaults(), **change, "epochs": epochs, "seed": seed,
+              "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size, "threads": threads}
+    reported: list[dict] = []
+    start = time.perf_counter()
+    run_trial(config, data, family_cls, config_cls, report=reported.append)
+    return reported, time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "learning.json"))
@@ -44,16 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'family':12} {'changed':18} {'best val L1':>11} {'x black':>8} {'x mean':>7} "
           + " ".join(f"{c[:10]:>10} {'x black':>7}" for c in channels) + f" {'rho':>5} {'seconds':>7}")
     for family in FAMILIES:
-        space = load_space(family)
-        _, family_cls, config_cls = family_parts(family)
         for change in VARIANTS[family]:
-            config = {**space.fixed, **space.defaults(), **change, "epochs": epochs,
-                      "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size,
-                      "threads": args.threads}
-            reported: list[dict] = []
-            start = time.perf_counter()
-            run_trial(config, data, family_cls, config_cls, report=reported.append)
-            seconds = time.perf_counter() - start
+            reported, seconds = train_default(family, change, data, preset, epochs, args.threads)
             best = min(reported, key=lambda r: r["val_l1"])
             row = {"family": family, "changed": change, "epochs": epochs, "width_divisor": preset.width_divisor,
                    "best_val_l1": best["val_l1"], "best_epoch": best["epoch"], "val_spearman": best["val_spearman"],

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.learning import train_default
 from search.driver import PRESETS
-from search.space import load_space
-from trainables import FAMILIES, family_parts
+from trainables import FAMILIES
 from trainables.data import resolve_data
-from trainables.loop import run_trial
 
 # The study defaults (where greedy starts), and the GAN at the L1 weight greedy adopts first
 # (at the report's weight of 1 its runs are noisier still: see the table).
@@ -46,18 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'family':12} {'changed':16} {'mean':>7} {'sd':>7} {'sd/mean':>7} {'min':>7} {'max':>7}  per seed", flush=True)
     for family in args.families.split(","):
-        space = load_space(family)
-        _, family_cls, config_cls = family_parts(family)
         for change in VARIANTS[family]:
             values, seconds = [], []
             for seed in range(args.seeds):
-                config = {**space.fixed, **space.defaults(), **change, "epochs": epochs, "seed": seed,
-                          "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size,
-                          "threads": args.threads}
-                reported: list[dict] = []
-                start = time.perf_counter()
-                run_trial(config, data, family_cls, config_cls, report=reported.append)
-                seconds.append(time.perf_counter() - start)
+                reported, took = train_default(family, change, data, preset, epochs, args.threads, seed=seed)
+                seconds.append(took)
                 values.append(min(r["val_l1"] for r in reported))
             mean, sd = statistics.fmean(values), statistics.stdev(values)
             row = {"family": family, "changed": change, "epochs": epochs, "seeds": list(range(args.seeds)),

@@ -612,16 +612,9 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     printer.seed_best(store)
     callback = ResultsCallback(store, identity, segment=plan.segment, epochs_planned=plan.epochs,
                                block_of=search.block_of, on_finish=printer)
-    resources = {"cpu": options.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    # Ray Tune keeps one trial pending at a time with a searcher, so short trials never
-    # overlap (each waits for the previous one's worker to start). Allow as many pending
-    # trials as can run at once.
-    fits = plan.cpus_available / options.cpus_per_trial
-    if plan.gpus_per_trial:
-        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
+    _allow_pending_trials(plan)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial_function, data=plan.data), resources),
+        tune.with_resources(tune.with_parameters(trial_function, data=plan.data), _resources(plan)),
         tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=search.searcher,
                                     scheduler=_scheduler(plan, store), num_samples=search.num_samples,
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
@@ -644,6 +637,20 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
                                    interrupted=interrupted)
     write_json_atomic(plan.study_dir / "study.json", record)
     return interrupted
+
+
+def _resources(plan: StudyPlan) -> dict[str, float]:
+    return {"cpu": plan.options.cpus_per_trial, "gpu": plan.gpus_per_trial}
+
+
+def _allow_pending_trials(plan: StudyPlan) -> None:
+    """Ray Tune keeps one trial pending at a time with a searcher, so short trials never overlap
+    (each waits for the previous one's worker to start). Allow as many pending trials as can run at once."""
+    options = plan.options
+    fits = plan.cpus_available / options.cpus_per_trial
+    if plan.gpus_per_trial:
+        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
 
 
 def _run_tuner(tuner):
@@ -671,13 +678,12 @@ def _final_stage(plan: StudyPlan, store: ResultsStore, full_config) -> tuple[dic
         return None, False
     seeds = final_seeds(options.seed, options.final_seeds)
     runs = plan_runs(top, seeds, full_config)
-    _, _, config_cls = family_parts(plan.family)
+    trainable_fn, _, config_cls = family_parts(plan.family)
     keys = [trial_key(*parse_config(run.config, config_cls)) for run in runs]
     print(f"final: re-training the top {len(top)} configurations with seeds {', '.join(map(str, seeds))} "
           f"({len(runs)} runs of {plan.epochs} epochs, no early stopping); the epoch is chosen on val, "
           + ("then measured once on the test split" if plan.data.has_test else "and this dataset has no test split"),
           flush=True)
-    trainable_fn, _, _ = family_parts(plan.family)
 
     def final_function(config: dict[str, Any], data: VMSDataset) -> None:
         trainable_fn(runs[config["index"]].config, data)
@@ -690,13 +696,9 @@ def _final_stage(plan: StudyPlan, store: ResultsStore, full_config) -> tuple[dic
                   + (f", test L1 {test:.4f}" if test is not None else "") + f" (best epoch {last.get('best_epoch')})",
                   flush=True)
 
-    fits = plan.cpus_available / options.cpus_per_trial
-    if plan.gpus_per_trial:
-        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
+    _allow_pending_trials(plan)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(final_function, data=plan.data),
-                            {"cpu": options.cpus_per_trial, "gpu": plan.gpus_per_trial}),
+        tune.with_resources(tune.with_parameters(final_function, data=plan.data), _resources(plan)),
         param_space={"index": tune.grid_search(list(range(len(runs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"final-{plan.segment}", storage_path=str(plan.study_dir / "ray"),
