@@ -2,7 +2,9 @@
 
 Encoder widths (3, c, 2c, 4c, 8c, 16c) and decoder widths (16c, 8c, 4c, 2c, c), each
 level a 4x4 stride-2 convolution, with skip connections between mirrored levels and a
-tanh output of 3 channels in [-1, 1]. At 64x64 the bottleneck is 2x2.
+tanh output of 3 channels in [-1, 1]. At 64x64 the bottleneck is 2x2. :meth:`UNet.logits`
+gives the output before the tanh, for losses that must not saturate with it
+(``trainables/losses.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class UNet(nn.Module):
         self.head = nn.Sequential(nn.ConvTranspose2d(widths[0] * 2, cfg.out_channels, 4, 2, 1), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head[1](self.logits(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The map before the output tanh: ``forward(x) == tanh(logits(x))``."""
         skips = []
         for block in self.down:
             x = block(x)
@@ -59,7 +65,7 @@ class UNet(nn.Module):
         skips.pop()  # the bottleneck is not a skip
         for block in self.up:
             x = torch.cat([block(x), skips.pop()], dim=1)
-        return self.head(x)
+        return self.head[0](x)
 
 
 def build_unet(cfg: UNetConfig) -> UNet:

@@ -97,9 +97,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "thesis": Preset(100, 1, 100, 10, 3, None, None, 320,
                      description="the report's budget: 100 epochs, full widths, all data"),
-    "cpu": Preset(6, 4, 16, 2, 2, None, None, 160, min_images=6 * 1280,
-                  description="a whole search on two CPU cores: widths / 4, 6 epochs "
-                              "(at least 7,680 training images per trial)"),
+    "cpu": Preset(8, 4, 16, 3, 2, None, None, 160, min_images=8 * 1280,
+                  description="a whole search on two CPU cores: widths / 4, 8 epochs "
+                              "(at least 10,240 training images per trial)"),
     "smoke": Preset(2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
                     description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
 }
@@ -581,7 +581,9 @@ def _take_lease(url: str, name: str) -> StudyLease:
     return lease
 
 
-def _scheduler(plan: StudyPlan, store: ResultsStore):
+def _scheduler(plan: StudyPlan, store: ResultsStore, block_of=None):
+    """ASHA (or none). For greedy (``block_of``: Ray trial id -> block) a trial is judged against
+    earlier blocks only, so the path does not depend on which of a block's trials reports first."""
     from ray.tune.schedulers import FIFOScheduler
 
     from search.scheduler import ResumableASHA
@@ -589,11 +591,17 @@ def _scheduler(plan: StudyPlan, store: ResultsStore):
     options = plan.options
     if options.scheduler != "asha":
         return FIFOScheduler()
+    group_of = None
+    if block_of is not None:
+        def group_of(trial_id: str) -> int | None:
+            block = block_of(trial_id)
+            return None if block is None else block.index
     scheduler = ResumableASHA(time_attr="epoch", max_t=plan.epochs,
                               grace_period=min(options.grace_period or plan.grace, plan.epochs),
-                              reduction_factor=options.reduction_factor or plan.preset.reduction_factor)
+                              reduction_factor=options.reduction_factor or plan.preset.reduction_factor,
+                              group_of=group_of)
     # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
-    scheduler.seed_rungs(store.finished_epochs())
+    scheduler.seed_rungs(store.finished_epochs(), store.greedy_blocks())
     return scheduler
 
 
@@ -616,7 +624,7 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial_function, data=plan.data), _resources(plan)),
         tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=search.searcher,
-                                    scheduler=_scheduler(plan, store), num_samples=search.num_samples,
+                                    scheduler=_scheduler(plan, store, search.block_of), num_samples=search.num_samples,
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"segment-{plan.segment}", storage_path=str(plan.study_dir / "ray"), callbacks=[callback],

@@ -173,6 +173,10 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return {tid for tid, row in self.trials.items() if row["status"] not in ("running", None)}
 
+    def greedy_blocks(self) -> dict[str, int]:
+        """trial id -> greedy block of every trial that has one."""
+        return {tid: int(row["greedy_block"]) for tid, row in self.trials.items() if row.get("greedy_block") is not None}
+
     def finished_epochs(self) -> list[tuple[str, int, float | None]]:
         """(trial id, epoch, best val L1) of every finished trial's epochs, in the order they were reported."""
         finished = self.finished_ids()

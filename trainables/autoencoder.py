@@ -1,4 +1,8 @@
-"""UNet autoencoder trainable (report Algorithm 1): loss = L1(model(I), L)."""
+"""UNet autoencoder trainable (report Algorithm 1): loss = L1(model(I), L), plus a cross-entropy term by default.
+
+``map_loss`` chooses the loss: ``l1`` (the report's), ``ce`` or ``l1+ce`` (the default); see
+``trainables/losses.py`` for why L1 alone leaves the sparse "falsely remembered" channel black.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from torch import nn
 
 from models.layers import scaled_width
 from models.unet import UNetConfig, build_unet
-from trainables.augment import AugmentConfig, masked_l1
+from trainables.augment import AugmentConfig
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
+from trainables.losses import check_map_loss, masked_map_loss
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class AutoencoderConfig(AugmentConfig):
     beta2: float = 0.999
     weight_decay: float = 0.0
     batch_size: int = 16
+    map_loss: str = "l1+ce"  # "l1" (the report's), "ce", "l1+ce": see trainables/losses.py
 
 
 class AutoencoderFamily(Family):
@@ -37,6 +43,7 @@ class AutoencoderFamily(Family):
         self.net = build_unet(UNetConfig(width=width, norm=hp.norm, dropout=hp.dropout)).to(device)
         self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
         self.scaler = self.precision.scaler()
+        self.map_loss = check_map_loss(hp.map_loss)
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -50,7 +57,7 @@ class AutoencoderFamily(Family):
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
-            loss = masked_l1(self.net(image).float(), vms, valid)
+            loss = masked_map_loss(self.map_loss, self.net.logits(image), vms, valid)
         step(loss, self.opt, self.scaler)
         return {"train_loss": loss.detach()}
 

@@ -1,6 +1,8 @@
 """Palette-style conditional diffusion trainable (report Algorithm 3, made searchable).
 
-Training is the report's: random t, noise the map, predict the target, MSE. What the
+Training is the report's: random t, noise the map, predict the target, MSE (or L1,
+``denoise_loss``, as Palette allows: with the x0 target L1 is minimised by the median map,
+which for sparse channels is black where MSE's mean is a faint false grey). What the
 report lacked is validation L1 during training: every ``eval_every`` epochs the loop
 samples validation maps with the search-time sampler (DDIM with few steps by default),
 and after the last epoch once more with the final sampler the user picks.
@@ -16,10 +18,13 @@ from torch import nn
 
 from models.diffusion import PREDICTIONS, SAMPLERS, DenoiserConfig, NoiseSchedule, build_denoiser, sample
 from models.layers import scaled_width
-from trainables.augment import AugmentConfig, hide_invalid, masked_mse
+from trainables.augment import AugmentConfig, hide_invalid, masked_l1, masked_mse
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
+
+
+DENOISE_LOSSES = ("mse", "l1")
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,12 @@ class DiffusionConfig(AugmentConfig):
     sampling_steps: int = 10
     final_sampler: str = "ddim"  # used once after the last epoch
     final_sampling_steps: int = 50
+    denoise_loss: str = "mse"  # "mse" (the report's) or "l1", between the network's output and its target
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.denoise_loss not in DENOISE_LOSSES:
+            raise ValueError(f"denoise_loss must be one of {DENOISE_LOSSES}, got {self.denoise_loss!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("sampler", "final_sampler"):
@@ -64,6 +72,7 @@ class DiffusionFamily(Family):
         self.net = build_denoiser(DenoiserConfig(width=width, norm=hp.norm), hp.steps).to(device)
         self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
         self.scaler = self.precision.scaler()
+        self.loss = masked_l1 if hp.denoise_loss == "l1" else masked_mse
         # Sampling noise is seeded, so a config's validation L1 is reproducible.
         self.sample_seed = settings.seed
         self.has_final_mode = (hp.final_sampler, hp.final_sampling_steps) != (hp.sampler, hp.sampling_steps)
@@ -86,7 +95,7 @@ class DiffusionFamily(Family):
         noise = torch.randn_like(vms)
         noisy = self.schedule.add_noise(vms, noise, t)
         with self.precision.autocast():
-            loss = masked_mse(self.net(image, noisy, t).float(), self.schedule.target(vms, noise, t), valid)
+            loss = self.loss(self.net(image, noisy, t).float(), self.schedule.target(vms, noise, t), valid)
         step(loss, self.opt, self.scaler)
         return {"train_loss": loss.detach(), "noise_loss": loss.detach()}
 

@@ -5,7 +5,8 @@ Per batch, as in the report: the generator step first,
 on the same fake (detached) and the real map. ``lsgan`` reproduces the report's
 least-squares losses (l1_weight 1 in the report, 100 in pix2pix); ``wgan-gp`` is the
 Wasserstein variant the report planned but never finished. Generator and discriminator
-each have their own norm, width, optimizer, learning rate and betas.
+each have their own norm, width, optimizer, learning rate and betas. The reconstruction term
+is ``map_loss`` (``l1+ce`` by default, ``l1`` for the report's; see ``trainables/losses.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from trainables.augment import AugmentConfig, hide_invalid, masked_l1
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
+from trainables.losses import check_map_loss, masked_map_loss
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class GANConfig(AugmentConfig):
     batch_size: int = 16
     l1_weight: float = 1.0
     gan_loss: str = "lsgan"
+    map_loss: str = "l1+ce"  # the reconstruction term: "l1" (the report's), "ce", "l1+ce" (trainables/losses.py)
 
 
 class GANFamily(Family):
@@ -59,6 +62,7 @@ class GANFamily(Family):
         self.g_opt = build_optimizer(self.generator.parameters(), optimizer_config(hp, "g_"))
         self.d_opt = build_optimizer(self.discriminator.parameters(), optimizer_config(hp, "d_"))
         self.loss = GANLoss(hp.gan_loss)
+        self.map_loss = check_map_loss(hp.map_loss)
         self.g_scaler, self.d_scaler = self.precision.scaler(), self.precision.scaler()
 
     @property
@@ -82,10 +86,12 @@ class GANFamily(Family):
         # Generator: fool D and stay close to the true map.
         self.discriminator.requires_grad_(False)
         with self.precision.autocast():
-            fake = self.generator(image)
+            logits = self.generator.logits(image)
+            fake = torch.tanh(logits)
             g_adv = self.loss.generator(self.discriminator(hide_invalid(fake, valid), image).float())
-            g_l1 = masked_l1(fake.float(), vms, valid)
-            g_loss = g_adv + self.hp.l1_weight * g_l1
+            g_recon = masked_map_loss(self.map_loss, logits, vms, valid)
+            g_loss = g_adv + self.hp.l1_weight * g_recon
+            g_l1 = masked_l1(fake.detach().float(), vms, valid)
         step(g_loss, self.g_opt, self.g_scaler)
         # Discriminator: tell the true map from the (detached) generated one.
         self.discriminator.requires_grad_(True)
