@@ -18,7 +18,6 @@ def _isolated_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("MEMSEARCH_CACHE")
     os.environ["MEMSEARCH_CACHE"] = str(cache)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     yield cache
     if old is None:

@@ -90,6 +90,23 @@ def test_greedy_run_prints_lines_and_writes_results(greedy_study):
         assert (greedy_study / "trials" / trial_id / "predictions.npz").exists()
 
 
+def test_ray_tools_open_a_finished_study(greedy_study):
+    """Ray Tune users' own tools read a study: ExperimentAnalysis, progress.csv, TensorBoard event files."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = pd.read_parquet(greedy_study / "trials.parquet")
+    segment = greedy_study / "ray" / "segment-0"
+    frame = ExperimentAnalysis(str(segment)).dataframe(metric="val_l1", mode="min")
+    assert len(frame) == len(trials) and frame["val_l1"].notna().all()
+    assert set(frame["trial_id"]) == set(trials["ray_trial_id"])
+    last = frame.set_index("trial_id")["val_l1"]
+    ours = trials.set_index("ray_trial_id")["final_val_l1"]
+    assert (last.loc[ours.index] == ours).all()  # the same numbers as trials.parquet
+    for folder in (p for p in segment.iterdir() if p.is_dir()):
+        assert (folder / "result.json").exists() and (folder / "progress.csv").exists()
+        assert list(folder.glob("events.out.tfevents.*"))
+
+
 def test_tpe_asha_and_resume_with_more_samples(tpe_study, runs_dir):
     trials = pd.read_parquet(tpe_study / "trials.parquet")
     assert len(trials) == 6
@@ -273,3 +290,54 @@ def test_budget_follows_the_dataset_size():
     assert cpu.epochs_for(300) * 300 >= cpu.epochs * 1280  # no fewer images than on the full synthetic set
     assert cpu.grace_for(cpu.epochs_for(300)) > cpu.grace_period
     assert PRESETS["thesis"].epochs_for(300) == PRESETS["thesis"].epochs == 100
+
+
+def test_predict_maps_for_a_folder_of_odd_images(greedy_study, tmp_path):
+    """Any size and format; a corrupt file is reported and the rest are still written."""
+    import csv as csv_module
+
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"wide.png": (100, 37), "photo.JPG": (300, 200), "grey.png": (64, 64), "alpha.png": (50, 80),
+             "tiny.bmp": (9, 13), "deep.tif": (40, 40)}
+    for name, (w, h) in sizes.items():
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        if name == "grey.png":
+            image = image.convert("L")
+        elif name == "alpha.png":
+            image = image.convert("RGBA")
+        elif name == "deep.tif":
+            image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+        image.save(photos / name)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "maps"
+    result = run_cli("search.predict", str(greedy_study), str(photos), "--out", str(out), "--quiet")
+    assert result.returncode == 1, result.stdout + result.stderr  # one input could not be used
+    assert "Traceback" not in result.stderr and "broken.jpg" in result.stderr and "cannot be decoded" in result.stderr
+    assert f"wrote {len(sizes)} maps" in result.stdout
+    for name, size in sizes.items():
+        stem = Path(name).stem
+        with Image.open(out / f"{stem}_map.png") as vms, Image.open(out / f"{stem}_overlay.png") as overlay:
+            assert vms.size == size and overlay.size == size and vms.mode == "RGB"
+    with open(out / "scores.csv", newline="") as handle:
+        rows = {Path(r["file"]).name: r for r in csv_module.DictReader(handle)}
+    assert set(rows) == set(sizes) | {"broken.jpg"}
+    assert "cannot be decoded" in rows["broken.jpg"]["error"]
+    for name in sizes:
+        assert rows[name]["error"] == "" and 0.0 <= float(rows[name]["memorability"]) <= 1.0
+        assert (int(rows[name]["width"]), int(rows[name]["height"])) == sizes[name]
+    # The map is the model's: the score in the CSV is the mean of its red channel at the model's size.
+    with Image.open(out / "grey_map.png") as vms:
+        assert abs(np.asarray(vms)[..., 0].mean() / 255 - float(rows["grey.png"]["memorability"])) < 0.02
+    # A checkpoint instead of the study, and a clear message for what is not a study or checkpoint.
+    best = sorted((greedy_study / "trials").glob("*/best.pt"))[0]
+    again = run_cli("search.predict", str(best), str(photos / "wide.png"), "--out", str(tmp_path / "one"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "one" / "wide_map.png").exists()
+    assert_clean_error(run_cli("search.predict", str(tmp_path), str(photos), "--out", str(out)), "not a study folder")

@@ -1,0 +1,208 @@
+"""Memorability maps for your own images, from a finished study (or one checkpoint).
+
+    python -m search.predict runs/greedy-gan photos/ --out maps/
+    python -m search.predict runs/greedy-gan/trials/<id>/best.pt a.jpg b.png --out maps/
+
+Given a study folder it uses the study's best trial (the lowest best val L1 of the search,
+``summary.json``), given a ``best.pt`` or ``latest.pt`` that checkpoint (its family is read
+from the study folder it sits in, or ``--model``). Inputs are image files or folders of
+them (not recursive), of any size and of the formats the dataset loader reads. For each
+image ``<stem>`` it writes into ``--out``:
+
+* ``<stem>_map.png``: the predicted map at the image's own size (red: remembered, green:
+  falsely remembered, as in the training maps);
+* ``<stem>_overlay.png``: the map laid over the photo (the brighter the map, the more it shows);
+
+and one ``scores.csv`` with a row per input: the image-level memorability score the map
+implies (the mean of its "remembered" channel in [0, 1], the score the search's Spearman's
+rho uses), the mean of the "falsely remembered" channel, the image's size, and an error
+for an image that could not be read. A bad image gets the loader's message and the rest
+are still written; the command then exits 1. Runs on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainables.data import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
+from trainables.loop import EVAL_BATCH, as_float
+from trainables.predict import load_family
+
+OVERLAY_ALPHA = 0.65  # how much of the map shows where it is brightest
+
+
+def resolve_checkpoint(source: Path, model: str | None) -> tuple[Path, str, int]:
+    """(checkpoint, family, working size) for a study folder or a checkpoint file."""
+    if source.is_dir():
+        study_dir = source
+        summary_path = study_dir / "summary.json"
+        if not (study_dir / "study.json").is_file():
+            raise DataError(f"{source} is not a study folder (no study.json); give runs/<study> or a trial's best.pt")
+        if not summary_path.is_file():
+            raise DataError(f"{study_dir} has no summary.json yet: its search has not finished a trial; "
+                            "re-run its search command, or give a trial's best.pt")
+        summary = json.loads(summary_path.read_text())
+        trial = summary.get("best_trial_id")
+        if not trial:
+            raise DataError(f"{study_dir}: no trial finished with a val L1, so there is no best model to use")
+        checkpoint = study_dir / "trials" / trial / "best.pt"
+        if not checkpoint.is_file():
+            raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "
+                            "give another trial's best.pt")
+    elif source.is_file():
+        checkpoint = source
+        study_dir = source.parent.parent.parent if source.parent.parent.name == "trials" else None
+    else:
+        raise DataError(f"{source} does not exist; give a study folder (runs/<study>) or a checkpoint (best.pt)")
+    family = model
+    if study_dir is not None and (study_dir / "study.json").is_file():
+        family = family or json.loads((study_dir / "study.json").read_text())["family"]
+    if family is None:
+        raise DataError(f"{checkpoint} is not inside a study folder; say which family it is with --model")
+    size = 64
+    if study_dir is not None and (study_dir / "val_data.npz").is_file():
+        with np.load(study_dir / "val_data.npz") as val:
+            size = int(val["images"].shape[-1])
+    return checkpoint, family, size
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The image files named or inside the folders named (sorted, not recursive); and problems found."""
+    files, problems = [], []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES)
+            if not found:
+                problems.append(f"{item}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return files, problems
+
+
+def _output_stems(files: list[Path]) -> list[str]:
+    """One output name per input; a stem seen before gets a numbered suffix."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
+
+
+def _load(path: Path, size: int) -> tuple[np.ndarray | None, Image.Image | None, str | None]:
+    """The model's input (3, size, size), the photo at its own size in RGB, or the loader's message."""
+    try:
+        small, _ = decode_rgb(path, size)
+        with Image.open(path) as img:
+            full = img.convert("RGB")
+        return small, full, None
+    except DataError as err:
+        return None, None, str(err)
+    except (OSError, ValueError) as err:  # decodable small but not whole: treat like the loader does
+        return None, None, f"{path}: cannot be decoded ({err})"
+
+
+def write_outputs(photo: Image.Image, pred: np.ndarray, out_dir: Path, stem: str) -> None:
+    """The map at the photo's size and the overlay, as PNG."""
+    vms = Image.fromarray(pred.transpose(1, 2, 0)).resize(photo.size, Image.Resampling.BILINEAR)
+    vms.save(out_dir / f"{stem}_map.png")
+    heat = np.asarray(vms, dtype=np.float32)
+    base = np.asarray(photo, dtype=np.float32)
+    alpha = OVERLAY_ALPHA * heat.max(axis=2, keepdims=True) / 255.0
+    overlay = base * (1 - alpha) + heat * alpha
+    Image.fromarray(overlay.round().clip(0, 255).astype(np.uint8)).save(out_dir / f"{stem}_overlay.png")
+
+
+def predict_images(source: Path, inputs: list[Path], out_dir: Path, *, model: str | None = None,
+                   device: str | None = None, progress: bool = True) -> tuple[int, list[str]]:
+    """Write maps, overlays and scores.csv for ``inputs``; returns (images written, error messages)."""
+    checkpoint, family_name, size = resolve_checkpoint(source, model)
+    files, problems = collect_images(inputs)
+    if not files:
+        raise DataError("no images to predict: " + "; ".join(problems or ["no inputs given"]))
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    family = load_family(checkpoint, family_name, target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = _output_stems(files)
+    rows, errors, written = [], list(problems), 0
+    bar = _progress(len(files), progress)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for start in range(0, len(files), EVAL_BATCH):
+            chunk = list(zip(files[start : start + EVAL_BATCH], stems[start : start + EVAL_BATCH]))
+            loaded = list(pool.map(lambda item: _load(item[0], size), chunk))
+            good = [(path, stem, small, full) for (path, stem), (small, full, _) in zip(chunk, loaded) if small is not None]
+            for (path, stem), (_, _, err) in zip(chunk, loaded):
+                if err:
+                    errors.append(err)
+                    rows.append({"file": str(path), "output": "", "width": "", "height": "", "memorability": "",
+                                 "falsely_remembered": "", "error": err})
+            if good:
+                batch = torch.from_numpy(np.stack([g[2] for g in good])).to(target)
+                with torch.no_grad(), family.precision.autocast():
+                    image = as_float(batch)
+                    out = family.final_predict(image) if family.has_final_mode else family.predict(image)
+                maps = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+                for (path, stem, _, full), pred in zip(good, maps):
+                    write_outputs(full, pred, out_dir, stem)
+                    rows.append({"file": str(path), "output": stem, "width": full.size[0], "height": full.size[1],
+                                 "memorability": round(float(pred[0].mean()) / 255.0, 6),
+                                 "falsely_remembered": round(float(pred[1].mean()) / 255.0, 6), "error": ""})
+                    written += 1
+            bar.update(len(chunk))
+    bar.close()
+    with open(out_dir / "scores.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "output", "width", "height", "memorability",
+                                                    "falsely_remembered", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return written, errors
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", disable=not enabled or total < 2, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="a study folder (runs/<study>: its best trial) or a checkpoint (best.pt)")
+    parser.add_argument("inputs", nargs="+", help="image files and folders of images")
+    parser.add_argument("--out", required=True, help="folder for the maps, overlays and scores.csv")
+    parser.add_argument("--model", default=None, help="the family, for a checkpoint outside a study folder")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        written, errors = predict_images(Path(args.source), [Path(p) for p in args.inputs], Path(args.out),
+                                         model=args.model, device=args.device, progress=not args.quiet)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {args.source}: cannot load the model ({str(err).splitlines()[0]}); "
+              "is it a memsearch checkpoint of this family?", file=sys.stderr)
+        return 2
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(f"wrote {written} maps and overlays to {args.out} (scores.csv)"
+          + (f"; inputs that could not be used: {len(errors)} (listed above and in scores.csv)" if errors else ""))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
