@@ -44,6 +44,7 @@ from search.final import aggregate, final_row, final_seeds, format_final, plan_r
 from search.greedy import GreedySearcher, default_margin
 from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
+from search.progress import SearchProgress
 from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
 from search.space import Space
@@ -232,9 +233,10 @@ def _hp_line(hp: dict[str, Any], only: str | None = None) -> str:
 class Printer:
     """One concise line per finished trial."""
 
-    def __init__(self, start_count: int) -> None:
+    def __init__(self, start_count: int, progress: SearchProgress | None = None) -> None:
         self.count = start_count
         self.best = math.inf
+        self.progress = progress
 
     def seed_best(self, store: ResultsStore) -> None:
         for row in store.trials.values():
@@ -251,9 +253,13 @@ class Printer:
         varied = row.get("greedy_param")
         where = f"block {row['greedy_block']} " if varied else ""
         shown = f"{value:.4f}" if value is not None else "   -  "
-        print(f"[{self.count:3d}] {row['trial_id']} {where}{_hp_line(hp, varied)} | val_l1 {shown} "
-              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {self.best:.4f}",
-              flush=True)
+        suffix, clear = "", ""
+        if self.progress is not None:
+            self.progress.on_trial(row)
+            clear, suffix = self.progress.clear(), f" | {self.progress.line()}"
+        print(f"{clear}[{self.count:3d}] {row['trial_id']} {where}{_hp_line(hp, varied)} | val_l1 {shown} "
+              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {self.best:.4f}"
+              + suffix, flush=True)
 
 
 def _resolve_family(options: SearchOptions) -> str:
@@ -417,6 +423,7 @@ class OpenSearch:
     block_of: Any = None  # greedy: Ray trial id -> block
     done: dict[str, SearcherRecord] | None = None  # trial key -> how the searcher saw it end
     lease: StudyLease | None = None  # tpe/random: held in the Optuna storage while this driver runs
+    planned: Any = None  # () -> the study's total trial count as now planned (for the progress line)
 
 
 def _run_locked(options: SearchOptions, family: str, space: Space, name: str, study_dir: Path,
@@ -533,7 +540,8 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
         for key, value in searcher.state.evaluated.items():
             config = json.loads(key)
             done[key_of(config)] = SearcherRecord(config, errored=value >= DIVERGED_L1, block=first_block.get(key))
-        return OpenSearch(searcher, -1, 0 if searcher.state.finished else None, searcher.trial_blocks.get, done)
+        return OpenSearch(searcher, -1, 0 if searcher.state.finished else None, searcher.trial_blocks.get, done,
+                          planned=searcher.planned_total)
 
     url = options.storage or f"sqlite:///{plan.study_dir / 'optuna.db'}"
     try:
@@ -552,7 +560,7 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
               + (f" ({study.requeued} interrupted by a stopped driver, run again from their checkpoints)"
                  if study.requeued else ""), flush=True)
     done = {key: SearcherRecord(config, errored=outcome == "errored") for key, (config, outcome) in study.finished.items()}
-    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done, lease)
+    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done, lease, planned=lambda: plan.samples)
 
 
 def _print_block(block) -> None:
@@ -616,10 +624,14 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
         trainable_fn(full_config(config), data)
 
-    printer = Printer(len(store.finished_ids()))
+    done = len(store.finished_ids())
+    final_runs = options.final_top_k * options.final_seeds
+    progress = SearchProgress(search.planned or (lambda: done), epochs_per_trial=plan.epochs, done_trials=done,
+                              final_runs=final_runs)
+    printer = Printer(done, progress)
     printer.seed_best(store)
     callback = ResultsCallback(store, identity, segment=plan.segment, epochs_planned=plan.epochs,
-                               block_of=search.block_of, on_finish=printer)
+                               block_of=search.block_of, on_finish=printer, on_result=progress.on_epoch)
     _allow_pending_trials(plan)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial_function, data=plan.data), _resources(plan)),

@@ -237,9 +237,11 @@ class ResultsCallback(Callback):
 
     def __init__(self, store: ResultsStore, identity: TrialIdentity, *, segment: int, epochs_planned: int,
                  block_of: Callable[[str], Any] | None = None, flush_seconds: float = 5.0,
-                 on_finish: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_finish: Callable[[dict[str, Any]], None] | None = None,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store, self.identity, self.segment, self.epochs_planned = store, identity, segment, epochs_planned
         self.block_of = block_of
+        self.on_result = on_result
         self.flush_seconds = flush_seconds
         self.on_finish = on_finish
         self._last_flush = 0.0
@@ -265,6 +267,8 @@ class ResultsCallback(Callback):
         self.store.add_epoch(tid, result)
         self.store.upsert_trial(tid, **trial_metrics(result))
         self._maybe_flush()
+        if self.on_result:
+            self.on_result(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)

@@ -1,0 +1,74 @@
+"""The progress line: trials done / planned, epochs, elapsed and time left from the measured rate."""
+
+from __future__ import annotations
+
+import io
+
+from ray.tune.search import Searcher
+
+from search.greedy import GreedySearcher
+from search.progress import SearchProgress, duration
+from tests.test_greedy import report_space
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_left_follows_the_measured_rate_and_the_finished_trials_length():
+    clock = Clock()
+    stream = io.StringIO()
+    progress = SearchProgress(lambda: 10, epochs_per_trial=8, done_trials=0, final_runs=2, stream=stream,
+                              live=False, clock=clock)
+    assert "after the first epoch" in progress.line()
+    for _ in range(8):  # one trial of 8 epochs in 40 s: 0.2 epochs per second
+        clock.now += 5
+        progress.on_epoch({"epoch": 1})
+    progress.on_trial({"epochs_run": 8})
+    # 9 trials of 8 epochs + 2 final runs of 8 = 88 epochs at 0.2/s = 440 s
+    assert progress.remaining_seconds() == 440
+    assert progress.line() == "1/10 trials + 2 final runs, 8 epochs trained, 40s elapsed, about 7m20s left"
+    # A trial stopped early by ASHA after 2 epochs: trials now expected to run 5 epochs on average.
+    for _ in range(2):
+        clock.now += 5
+        progress.on_epoch({"epoch": 1})
+    progress.on_trial({"epochs_run": 2})
+    assert progress.remaining_seconds() == (8 * 5 + 16) / (10 / 50)
+    progress.on_epoch({"epoch": 1, "replayed": True})  # a resumed trial's replayed epoch trains nothing
+    assert progress.epochs == 10
+    assert stream.getvalue() == "" and progress.clear() == ""  # not a terminal: no live line
+
+
+def test_a_terminal_gets_a_live_line_that_the_next_printed_line_replaces():
+    stream = io.StringIO()
+    progress = SearchProgress(lambda: 3, epochs_per_trial=2, done_trials=0, final_runs=0, stream=stream, live=True)
+    progress.on_epoch({"epoch": 1})
+    assert stream.getvalue().startswith("\r0/3 trials, 1 epochs trained")
+    assert progress.clear() == "\r\033[K" and progress.clear() == ""
+
+
+def test_greedy_plans_every_block_it_has_still_to_open():
+    space = report_space()
+    searcher = GreedySearcher(space)
+    planned = searcher.planned_total()
+    trial = 0
+    while True:  # the held value always wins: the path is the defaults'
+        proposals = []
+        while (config := searcher.suggest(f"t{trial}")) not in (None, Searcher.FINISHED):
+            proposals.append((f"t{trial}", config))
+            trial += 1
+        if config == Searcher.FINISHED:
+            break
+        for trial_id, config in proposals:
+            held = all(config[k] == v for k, v in searcher.state.current.items() if k in config)
+            searcher.on_trial_complete(trial_id, {"best_val_l1": 0.1 if held else 0.2})
+        assert searcher.planned_total() == planned
+    assert len(searcher.state.evaluated) == planned == searcher.planned_total()
+
+
+def test_durations_read_as_a_person_would_say_them():
+    assert [duration(s) for s in (0, 59, 61, 3599, 3600, 7322)] == ["0s", "59s", "1m01s", "59m59s", "1h00m", "2h02m"]
