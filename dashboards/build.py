@@ -369,15 +369,18 @@ def _png(array_chw: np.ndarray) -> str:
 def gallery_selection(per_image_l1: np.ndarray, truth: np.ndarray, k: int = GALLERY_SIZE) -> dict[str, list[int]]:
     """Indices of the best, worst and most informative predictions.
 
-    "Most informative" (the report's favourites): among predictions better than the median,
-    those whose true maps have the largest lit area; the all-black ones that win on L1
-    by painting black are what the report warned about, so they are not chosen here.
+    "Best" are the lowest-L1 predictions among images whose true map is not all black: an
+    all-black map predicted black says nothing about the model. "Most informative" (the
+    report's favourites): among predictions better than the median, those whose true maps
+    have the largest lit area; the all-black ones that win on L1 by painting black are what
+    the report warned about, so they are not chosen here either.
     """
     order = np.argsort(per_image_l1, kind="stable")
     lit = (truth.astype(np.float32) > 25).mean(axis=(1, 2, 3))
+    best = [int(i) for i in order if lit[i] > 0][:k]
     good = per_image_l1 <= np.median(per_image_l1)
     informative = [int(i) for i in np.argsort(-(lit * good), kind="stable") if good[i] and lit[i] > 0][:k]
-    return {"best": [int(i) for i in order[:k]], "worst": [int(i) for i in order[::-1][:k]], "most informative": informative}
+    return {"best": best, "worst": [int(i) for i in order[::-1][:k]], "most informative": informative}
 
 
 def section_galleries(studies: list[Study]) -> str:

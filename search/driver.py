@@ -44,7 +44,7 @@ from search.final import aggregate, final_row, final_seeds, format_final, plan_r
 from search.greedy import GreedySearcher, default_margin
 from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
-from search.progress import SearchProgress
+from search.progress import SearchProgress, estimate_line, measure_epoch_seconds
 from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
 from search.space import Space
@@ -624,6 +624,7 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
         trainable_fn(full_config(config), data)
 
+    _print_estimate(plan, search, full_config)
     done = len(store.finished_ids())
     final_runs = options.final_top_k * options.final_seeds
     progress = SearchProgress(search.planned or (lambda: done), epochs_per_trial=plan.epochs, done_trials=done,
@@ -663,14 +664,41 @@ def _resources(plan: StudyPlan) -> dict[str, float]:
     return {"cpu": plan.options.cpus_per_trial, "gpu": plan.gpus_per_trial}
 
 
-def _allow_pending_trials(plan: StudyPlan) -> None:
-    """Ray Tune keeps one trial pending at a time with a searcher, so short trials never overlap
-    (each waits for the previous one's worker to start). Allow as many pending trials as can run at once."""
+def _concurrency(plan: StudyPlan) -> int:
+    """How many trials can run at once on the cluster's resources."""
     options = plan.options
     fits = plan.cpus_available / options.cpus_per_trial
     if plan.gpus_per_trial:
         fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, options.max_concurrent or fits))))
+    return max(1, int(min(fits, options.max_concurrent or fits)))
+
+
+def _allow_pending_trials(plan: StudyPlan) -> None:
+    """Ray Tune keeps one trial pending at a time with a searcher, so short trials never overlap
+    (each waits for the previous one's worker to start). Allow as many pending trials as can run at once."""
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_concurrency(plan))
+
+
+def _print_estimate(plan: StudyPlan, search: OpenSearch, full_config) -> None:
+    """The first promise: this search's size times one epoch measured on this machine, before anything runs."""
+    import torch
+
+    if search.to_run == 0:
+        return
+    blocks = search.searcher.planned_blocks() if isinstance(search.searcher, GreedySearcher) else [search.to_run or 0]
+    if not sum(blocks):
+        return
+    device = "cuda" if plan.gpus_per_trial and torch.cuda.is_available() else "cpu"
+    config = full_config(plan.space.defaults())
+    try:
+        epoch_s = measure_epoch_seconds(plan.family, config, plan.data, device=device)
+    except (RuntimeError, ValueError) as err:  # a measurement is a nicety: never a reason not to search
+        print(f"estimate: not available ({str(err).splitlines()[0][:120]})", flush=True)
+        return
+    options = plan.options
+    final_runs = options.final_top_k * options.final_seeds
+    print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=final_runs, concurrency=_concurrency(plan),
+                        epoch_s=epoch_s), flush=True)
 
 
 def _run_tuner(tuner):

@@ -243,19 +243,24 @@ class GreedySearcher(Searcher):
         if self.on_block:
             self.on_block(block)
 
-    def planned_total(self) -> int:
-        """Configurations the search will have trained in all: those evaluated, running and queued,
-        plus the new values of the blocks still to come if the held values stay (first sweep)."""
+    def planned_blocks(self) -> list[int]:
+        """Trials still to train, block by block: the open block's unfinished ones, then the new values
+        of each block still to come if the held values stay (first sweep)."""
         if self.state.finished:
-            return len(self.state.evaluated)
-        count = len(self.state.evaluated) + len(self._running) + len(self._queue)
-        if not self.state.open_block and config_key(self.state.current) not in self.state.evaluated:
-            count += 1  # the held configuration itself, trained by the first block
+            return []
+        blocks = [len(self._running) + len(self._queue)] if self.state.open_block else []
+        first = not self.state.open_block and config_key(self.state.current) not in self.state.evaluated
         start = self.state.position + (1 if self.state.open_block else 0)
         for param in self.space.params[: self.max_blocks][start:]:
             if self.space.active(param.name, self.state.current):
-                count += len(self.space.choice(param.name, self.state.current).values) - 1
-        return count
+                # The first block also trains the held configuration itself.
+                blocks.append(len(self.space.choice(param.name, self.state.current).values) - 1 + first)
+                first = False
+        return blocks
+
+    def planned_total(self) -> int:
+        """Configurations the search will have trained in all: those evaluated, plus :meth:`planned_blocks`."""
+        return len(self.state.evaluated) + sum(self.planned_blocks())
 
     @property
     def best(self) -> tuple[dict[str, Any], float] | None:

@@ -80,3 +80,84 @@ class SearchProgress:
         estimate = f"about {duration(left)} left" if left is not None else "time left: after the first epoch"
         return (f"{self.done}/{planned} trials{final}, {self.epochs} epochs trained, "
                 f"{duration(self.clock() - self.started)} elapsed, {estimate}")
+
+
+def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device: str = "cpu",
+                          steps: int = 3) -> float:
+    """Seconds one epoch of ``config`` takes here: a few training steps and one evaluation batch, timed
+    (after a warm-up) on the device and with the threads a trial gets, scaled to the data's size.
+
+    An epoch is the training batches over the training pairs plus the evaluation passes the loop
+    makes (BatchNorm re-estimation and train L1 on the fixed training subset, val L1 on the whole
+    validation split; for diffusion each is a few-step sampling run).
+    """
+    import math
+
+    import torch
+
+    from trainables import family_parts
+    from trainables.augment import diff_augment
+    from trainables.config import parse_config
+    from trainables.loop import EVAL_BATCH, as_float
+
+    _, family_cls, config_cls = family_parts(family)
+    settings, hp = parse_config(config, config_cls)
+    threads = torch.get_num_threads()
+    try:
+        if settings.threads and device == "cpu":
+            torch.set_num_threads(settings.threads)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            target = torch.device(device)
+            model = family_cls(hp, settings, target)
+            n_train, n_val = len(data.train_images), len(data.val_images)
+            batch = max(1, min(getattr(hp, "batch_size", 16), n_train))
+            images = torch.from_numpy(data.train_images[: max(batch, min(EVAL_BATCH, n_train))].copy()).to(target)
+            maps = torch.from_numpy(data.train_maps[: len(images)].copy()).to(target)
+
+            def sync() -> None:
+                if target.type == "cuda":
+                    torch.cuda.synchronize(target)
+
+            def train_step() -> None:
+                image, vms, valid = diff_augment(as_float(images[:batch]), as_float(maps[:batch]))
+                model.train_step(image, vms, valid)
+
+            def eval_batch() -> None:
+                model.train(False)
+                with torch.no_grad(), model.precision.autocast():
+                    model.predict(as_float(images[:EVAL_BATCH]))
+                model.train(True)
+
+            train_step()
+            eval_batch()  # warm-up
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step()
+            sync()
+            step_s = (time.perf_counter() - start) / steps
+            start = time.perf_counter()
+            eval_batch()
+            sync()
+            eval_s = (time.perf_counter() - start) * len(images[:EVAL_BATCH]) / EVAL_BATCH
+        train_eval = min(settings.train_eval_size, n_train)
+        eval_batches = (n_val + 2 * train_eval) / EVAL_BATCH
+        return math.ceil(n_train / batch) * step_s + eval_batches * eval_s
+    finally:
+        torch.set_num_threads(threads)
+
+
+def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
+                  startup_s: float = 15.0) -> str:
+    """The first line's promise: rounds of trials (each block's trials in parallel as far as
+    ``concurrency`` allows, blocks one after another) times epochs times the measured epoch."""
+    import math
+
+    rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
+    final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
+    total = startup_s + (rounds + final_rounds) * epochs * epoch_s
+    final = f" + {final_runs} final runs" if final_runs else ""
+    return (f"estimate: {sum(blocks)} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
+            f"the study default measured here at {epoch_s:.1f} s, so about {duration(total)} if every trial ran all its "
+            f"epochs (ASHA's early stops make it shorter, wider or smaller-batch configurations longer)")

@@ -152,3 +152,17 @@ def test_a_reader_never_sees_a_half_written_file_even_when_the_writer_is_killed(
         proc.wait()
         assert pq.read_table(target).num_rows == 20000
         assert len(seen) >= 1
+
+
+def test_best_gallery_skips_all_black_truths():
+    """An all-black map predicted black has the lowest L1 and says nothing: it is not a 'best' example."""
+    import numpy as np
+
+    from dashboards.build import gallery_selection
+
+    truth = np.zeros((6, 3, 8, 8), np.uint8)
+    truth[3:, 0, :4] = 200  # images 3, 4, 5 have something to remember
+    per_image = np.array([0.001, 0.002, 0.003, 0.05, 0.02, 0.09])
+    chosen = gallery_selection(per_image, truth, k=2)
+    assert chosen["best"] == [4, 3]
+    assert chosen["worst"] == [5, 3]

@@ -7,7 +7,7 @@ import io
 from ray.tune.search import Searcher
 
 from search.greedy import GreedySearcher
-from search.progress import SearchProgress, duration
+from search.progress import SearchProgress, duration, estimate_line, measure_epoch_seconds
 from tests.test_greedy import report_space
 
 
@@ -72,3 +72,22 @@ def test_greedy_plans_every_block_it_has_still_to_open():
 
 def test_durations_read_as_a_person_would_say_them():
     assert [duration(s) for s in (0, 59, 61, 3599, 3600, 7322)] == ["0s", "59s", "1m01s", "59m59s", "1h00m", "2h02m"]
+
+
+def test_estimate_counts_rounds_of_parallel_trials_block_by_block():
+    # blocks of 3, 1 and 2 trials, 2 at a time: 2 + 1 + 1 rounds; 3 final runs: 2 rounds; 6 rounds x 4 epochs x 5 s
+    line = estimate_line(blocks=[3, 1, 2], epochs=4, final_runs=3, concurrency=2, epoch_s=5.0, startup_s=0.0)
+    assert line.startswith("estimate: 6 trials + 3 final runs of up to 4 epochs, 2 at a time")
+    assert "5.0 s" in line and "about 2m00s" in line
+
+
+def test_one_epoch_is_measured_on_this_machine(tiny_data):
+    from dataclasses import asdict
+
+    from search.space import load_space
+    from trainables.config import RunSettings
+
+    space = load_space("autoencoder")
+    config = {**space.fixed, **space.defaults(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
+    seconds = measure_epoch_seconds("autoencoder", config, tiny_data)
+    assert 0 < seconds < 60

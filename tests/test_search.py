@@ -60,7 +60,13 @@ def test_the_top_configurations_are_retrained_over_seeds_and_measured_on_test(tp
     mine = final[final["rank"] == 1]["test_l1"]
     assert first["test_l1"]["n"] == 2 and abs(first["test_l1"]["mean"] - mine.mean()) < 1e-12
     assert first["test_l1"]["ci95"] > 0 and summary["test_baselines"]["black_l1"] > 0
-    last_lines = (tpe_study / "stdout.txt").read_text().strip().splitlines()[-4:]
+    stdout = (tpe_study / "stdout.txt").read_text()
+    # The first promise and the progress on every trial line.
+    assert "estimate: 6 trials + 4 final runs of up to 3 epochs, 2 at a time" in stdout
+    trial_lines = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(trial_lines) == 6 and trial_lines[-1].split(" | ")[-1].startswith("6/6 trials + 4 final runs")
+    assert all("elapsed" in line for line in trial_lines)
+    last_lines = stdout.strip().splitlines()[-4:]
     assert last_lines[0].startswith("final: the top 2 configurations re-trained with 2 new seeds each")
     assert "test L1" in last_lines[1] and "±" in last_lines[1] and "all-black" in last_lines[-1]
 
