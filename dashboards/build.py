@@ -423,6 +423,71 @@ def _channel_cell(done: pd.DataFrame, base: dict[str, Any], channel: str) -> str
     return f"{value:.4f} (black {black:.4f})"
 
 
+def _config_text(study: Study, trial_id: str) -> str:
+    row = study.trials[study.trials["trial_id"] == trial_id]
+    if row.empty:
+        return trial_id
+    values = row.iloc[0]
+    return " ".join(f"{c[3:]}={values[c]:g}" if isinstance(values[c], float) else f"{c[3:]}={values[c]}"
+                    for c in study.hp_columns if pd.notna(values[c]))
+
+
+def section_answer(studies: list[Study]) -> str:
+    """The answer first: per study, the configuration to use and its numbers to publish.
+
+    With a final stage, the configuration whose re-trainings have the lowest mean *val* L1
+    (selection never looks at test), its test L1 with the seeds' 95% interval beside the test
+    baselines, overall and per channel. Without one, the search's best single run on val,
+    said to be optimistic.
+    """
+    rows = []
+    for study in studies:
+        summary_path = study.folder / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        final = summary.get("final") or {}
+        configs = [c for c in final.get("configurations", []) if (c.get("val_l1") or {}).get("mean") is not None]
+        cells: list[str]
+        if configs:
+            chosen = min(configs, key=lambda c: c["val_l1"]["mean"])
+            split = "test" if final.get("has_test") else "val"
+            base = final.get("test_baselines") if split == "test" else study.meta.get("baselines", {})
+            main = chosen.get(f"{split}_l1") if split == "test" else chosen["val_l1"]
+
+            def stat(key: str, black_key: str) -> str:
+                value = chosen.get(key) or {}
+                if value.get("mean") is None:
+                    return "-"
+                ratio = f" ({value['mean'] / base[black_key]:.2f}x all-black)" if base and base.get(black_key) else ""
+                return f"{value['mean']:.4f} ± {value.get('ci95') or 0:.4f}{ratio}"
+
+            cells = [
+                _config_text(study, chosen["source_trial_id"]),
+                f"{split} L1 " + stat(f"{split}_l1", "black_l1") + f", {main.get('n', 0)} seeds",
+                stat(f"{split}_l1_remembered", "black_l1_remembered") + " / "
+                + stat(f"{split}_l1_falsely_remembered", "black_l1_falsely_remembered"),
+                f"val L1 {chosen['val_l1']['mean']:.4f} ± {chosen['val_l1'].get('ci95') or 0:.4f}",
+                f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"
+                + ("" if split == "test" else " (no test split: validation numbers, optimistic)"),
+            ]
+        else:
+            done = _finished(study)
+            if done.empty:
+                cells = ["-", "no trial has finished yet", "-", "-", "-"]
+            else:
+                best = done.nsmallest(1, "best_val_l1").iloc[0]
+                base = study.meta.get("baselines", {})
+                cells = [_config_text(study, best["trial_id"]), "no test numbers: the final stage has not run "
+                         "(re-run the search command, or drop --final-top-k 0)", "-",
+                         f"val L1 {best['best_val_l1']:.4f} (one run, selected on the same val: optimistic)",
+                         f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [study.label, *cells]) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in ("study", "configuration to use", "headline (mean ± 95% interval)",
+                                               "remembered / falsely remembered", "validation", "baselines on the same split"))
+    return (f'<table class="answer"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '<p class="legend">The configuration is the re-trained one with the lowest mean val L1 (selection uses '
+            'validation only); the headline is its test L1 over the seeds, read once. The evidence follows.</p>')
+
+
 def section_summary(studies: list[Study]) -> str:
     rows = []
     for study in studies:
@@ -467,7 +532,8 @@ def build(folders: list[str | Path], output: str | Path) -> Path:
     if not folders:
         raise DashboardError("give at least one study folder, such as runs/greedy-gan.")
     studies = [load_study(f) for f in folders]
-    body = [f'<section id="summary"><h2>Studies</h2>{section_summary(studies)}</section>']
+    body = [f'<section id="answer"><h2>The answer: what to use, and its numbers</h2>{section_answer(studies)}</section>',
+            f'<section id="summary"><h2>Studies</h2>{section_summary(studies)}</section>']
     for anchor, title, render in SECTIONS:
         body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{render(studies)}</section>')
     page = (

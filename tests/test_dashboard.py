@@ -77,9 +77,17 @@ def test_report_renders_in_headless_chromium_without_errors(report):
         page.goto(report.as_uri())
         page.wait_for_selector(".plotly-graph-div .main-svg")
         plots = page.locator(".plotly-graph-div").count()
+        # The answer comes first: per study the configuration to use and its headline numbers.
+        first_section = page.evaluate("document.querySelector('section').id")
+        answer = page.locator("#answer").inner_text()
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert not errors, errors
+    assert first_section == "answer"
+    tpe_row = next(line for line in answer.splitlines() if line.startswith("tpe-ae"))
+    assert "test L1" in tpe_row and "±" in tpe_row and "x all-black" in tpe_row and "2 seeds" in tpe_row
+    greedy_row = next(line for line in answer.splitlines() if line.startswith("greedy-ref"))
+    assert "no test numbers" in greedy_row and "l1_weight=" in greedy_row
     assert plots >= 6
     assert shot.stat().st_size > 50_000
     keep = os.environ.get("DASHBOARD_SCREENSHOT")

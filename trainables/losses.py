@@ -5,8 +5,13 @@ L1 alone (the report's loss), a sparse channel dies: the "falsely remembered" (g
 channel is lit on about 3% of the pixels, so early in training 97% of its pixels push it
 towards black, ``tanh`` saturates at -1, and from then on the gradient of every pixel,
 the lit ones included, is multiplied by ``tanh'(z) ~ 0``. Measured on the synthetic default
-(autoencoder, `cpu` preset size, 12 epochs): the green output was -1.000 on lit and unlit
-pixels alike (their ranking AUC 0.27), and its L1 never left the all-black map's.
+(autoencoder, `cpu` preset size, no translation, 12 epochs): the green output was -1.000 on
+lit and unlit pixels alike (their ranking AUC 0.27), and its L1 never left the all-black
+map's. Without the tanh (a linear head) the gradient survives but L1 still barely learns the
+channel (AUC 0.62, green L1 0.058, worse than black): L1 is minimised by the per-pixel
+*median*, and a feature that raises a pixel's chance of being lit from 5% to 30% leaves the
+median, and so the L1 signal, at black. Learning the channel needs a loss that rewards
+such features: a regression of the probability itself.
 
 ``ce`` reads the map as a per-pixel probability, ``(map + 1) / 2 = sigmoid(2 z)``, and takes
 the binary cross-entropy against the true intensity ``(truth + 1) / 2``. Its gradient with
