@@ -689,16 +689,22 @@ def _print_estimate(plan: StudyPlan, search: OpenSearch, full_config) -> None:
     if not sum(blocks):
         return
     device = "cuda" if plan.gpus_per_trial and torch.cuda.is_available() else "cpu"
-    config = full_config(plan.space.defaults())
+    defaults = plan.space.defaults()
+    widest = dict(defaults)  # the widest models the space allows: where a search may end up
+    for param in plan.space.params:
+        if param.name.endswith("width") and plan.space.active(param.name, widest):
+            widest = plan.space.with_value(widest, param.name, max(plan.space.choice(param.name, widest).values))
     try:
-        epoch_s = measure_epoch_seconds(plan.family, config, plan.data, device=device)
+        epoch_s = measure_epoch_seconds(plan.family, full_config(defaults), plan.data, device=device)
+        widest_s = (measure_epoch_seconds(plan.family, full_config(widest), plan.data, device=device)
+                    if widest != defaults else None)
     except (RuntimeError, ValueError) as err:  # a measurement is a nicety: never a reason not to search
         print(f"estimate: not available ({str(err).splitlines()[0][:120]})", flush=True)
         return
     options = plan.options
     final_runs = options.final_top_k * options.final_seeds
     print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=final_runs, concurrency=_concurrency(plan),
-                        epoch_s=epoch_s), flush=True)
+                        epoch_s=epoch_s, widest_epoch_s=widest_s), flush=True)
 
 
 def _run_tuner(tuner):

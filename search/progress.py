@@ -33,13 +33,20 @@ class SearchProgress:
         self.epochs_per_trial = epochs_per_trial
         self.done = done_trials
         self.final_runs = final_runs
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout, looked up when written (Ray pickles the callbacks holding this)
         self.live = self.stream.isatty() if live is None else live
         self.clock = clock
         self.started = clock()
         self.epochs = 0  # epochs trained by this run (replayed ones are not)
         self.finished_epochs: list[int] = []  # epochs run by each trial that finished in this run
         self._shown = False
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stream": None}
 
     def on_epoch(self, result: dict[str, Any]) -> None:
         if result.get("replayed"):
@@ -149,15 +156,20 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
 
 
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
-                  startup_s: float = 15.0) -> str:
+                  widest_epoch_s: float | None = None, startup_s: float = 15.0) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
-    ``concurrency`` allows, blocks one after another) times epochs times the measured epoch."""
+    ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
+    of the study default, and of its widest models (where the search may end up)."""
     import math
 
     rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
     final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
-    total = startup_s + (rounds + final_rounds) * epochs * epoch_s
+    low = startup_s + (rounds + final_rounds) * epochs * epoch_s
     final = f" + {final_runs} final runs" if final_runs else ""
-    return (f"estimate: {sum(blocks)} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
-            f"the study default measured here at {epoch_s:.1f} s, so about {duration(total)} if every trial ran all its "
-            f"epochs (ASHA's early stops make it shorter, wider or smaller-batch configurations longer)")
+    line = (f"estimate: {sum(blocks)} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
+            f"the study default measured here at {epoch_s:.1f} s")
+    if widest_epoch_s and widest_epoch_s > epoch_s * 1.05:
+        high = startup_s + (rounds + final_rounds) * epochs * widest_epoch_s
+        return (line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)} "
+                "if every trial ran all its epochs (ASHA's early stops make it shorter)")
+    return line + f": about {duration(low)} if every trial ran all its epochs (ASHA's early stops make it shorter)"

@@ -91,3 +91,9 @@ def test_one_epoch_is_measured_on_this_machine(tiny_data):
     config = {**space.fixed, **space.defaults(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
     seconds = measure_epoch_seconds("autoencoder", config, tiny_data)
     assert 0 < seconds < 60
+
+
+def test_estimate_gives_a_range_up_to_the_widest_models():
+    line = estimate_line(blocks=[2], epochs=2, final_runs=0, concurrency=2, epoch_s=5.0, widest_epoch_s=15.0,
+                         startup_s=0.0)
+    assert "of its widest models 15.0 s: about 10s to 30s" in line
