@@ -44,7 +44,7 @@ from search.final import aggregate, final_row, final_seeds, format_final, plan_r
 from search.greedy import GreedySearcher, default_margin
 from search.lease import LeaseHeld, StudyLease, safe_url
 from search.optuna_search import StorageError, open_storage, open_study
-from search.progress import SearchProgress, estimate_line, measure_epoch_seconds
+from search.progress import SearchProgress, estimate_line, measure_on_worker
 from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
 from search.space import Space
@@ -680,26 +680,26 @@ def _allow_pending_trials(plan: StudyPlan) -> None:
 
 
 def _print_estimate(plan: StudyPlan, search: OpenSearch, full_config) -> None:
-    """The first promise: this search's size times one epoch measured on this machine, before anything runs."""
-    import torch
+    """The first promise: this search's size times one epoch measured where trials run, before anything runs."""
+    import ray
 
     if search.to_run == 0:
         return
     blocks = search.searcher.planned_blocks() if isinstance(search.searcher, GreedySearcher) else [search.to_run or 0]
     if not sum(blocks):
         return
-    device = "cuda" if plan.gpus_per_trial and torch.cuda.is_available() else "cpu"
     defaults = plan.space.defaults()
     widest = dict(defaults)  # the widest models the space allows: where a search may end up
     for param in plan.space.params:
         if param.name.endswith("width") and plan.space.active(param.name, widest):
             widest = plan.space.with_value(widest, param.name, max(plan.space.choice(param.name, widest).values))
-    try:
-        epoch_s = measure_epoch_seconds(plan.family, full_config(defaults), plan.data, device=device)
-        widest_s = (measure_epoch_seconds(plan.family, full_config(widest), plan.data, device=device)
-                    if widest != defaults else None)
-    except (RuntimeError, ValueError) as err:  # a measurement is a nicety: never a reason not to search
-        print(f"estimate: not available ({str(err).splitlines()[0][:120]})", flush=True)
+    measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
+    try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
+        epoch_s, widest_s = ray.get(measure.remote(
+            plan.family, [full_config(defaults), full_config(widest) if widest != defaults else None], plan.data),
+            timeout=300)
+    except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
+        print(f"estimate: not available ({str(err).strip().splitlines()[-1][:160]})", flush=True)
         return
     options = plan.options
     final_runs = options.final_top_k * options.final_seeds

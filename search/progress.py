@@ -155,6 +155,23 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
         torch.set_num_threads(threads)
 
 
+def measure_on_worker(family: str, configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
+    """:func:`measure_epoch_seconds` for each config (None: skipped), on the device this process has.
+
+    The driver runs it as a Ray task with a trial's resources, so it is measured where trials
+    train (on a GPU node when trials get GPUs) and the driver itself never opens a CUDA context.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return [measure_epoch_seconds(family, config, data, device=device) if config is not None else None
+                for config in configs]
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
                   widest_epoch_s: float | None = None, startup_s: float = 15.0) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
