@@ -14,8 +14,10 @@ import pandas as pd
 from tests.conftest import ROOT, run_cli
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
+def _worker_pids(session: int) -> list[int]:
+    """Trial workers of the search started in process session ``session`` only: never another
+    search's on the same machine (a user's, or a benchmark running beside the tests)."""
+    out = subprocess.run(["pgrep", "-s", str(session), "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
@@ -27,11 +29,11 @@ def test_a_killed_worker_errors_its_trial_and_the_search_goes_on(tmp_path):
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not _worker_pids() and time.monotonic() < deadline:
+        while not _worker_pids(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _worker_pids(), "no trial worker appeared"
+        assert _worker_pids(proc.pid), "no trial worker appeared"
         time.sleep(3)  # let it train a few epochs
-        for pid in _worker_pids()[:1]:
+        for pid in _worker_pids(proc.pid)[:1]:
             os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
     finally:
