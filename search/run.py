@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-sweeps", type=int, default=1, help="greedy: walk the parameter order up to this many times")
     parser.add_argument("--greedy-margin", type=float, default=None,
                         help="greedy: adopt a value only if it lowers the held value's L1 by more than this fraction "
-                             "(default: 2x the family's measured seed-to-seed noise)")
+                             "(default: sqrt 2 x the family's measured seed-to-seed noise)")
     parser.add_argument("--blocks", dest="max_blocks", type=int, default=None, help="greedy: only the first N parameters")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose process fails")
     parser.add_argument("--final-top-k", type=int, default=3,
