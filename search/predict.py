@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainables.data import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
+from trainables.data import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
 from trainables.loop import EVAL_BATCH, as_float
 from trainables.predict import load_family
 
@@ -104,16 +104,14 @@ def _output_stems(files: list[Path]) -> list[str]:
 
 
 def _load(path: Path, size: int) -> tuple[np.ndarray | None, Image.Image | None, str | None]:
-    """The model's input (3, size, size), the photo at its own size in RGB, or the loader's message."""
+    """The model's input (3, size, size), the photo at its own size in RGB, or the loader's message.
+
+    The file is decoded once, as the dataset loader decodes it, so the overlay shows what the model saw."""
     try:
-        small, _ = decode_rgb(path, size)
-        with Image.open(path) as img:
-            full = img.convert("RGB")
-        return small, full, None
+        full = open_rgb(path)
     except DataError as err:
         return None, None, str(err)
-    except (OSError, ValueError) as err:  # decodable small but not whole: treat like the loader does
-        return None, None, f"{path}: cannot be decoded ({err})"
+    return resized_array(full, size), full, None
 
 
 def write_outputs(photo: Image.Image, pred: np.ndarray, out_dir: Path, stem: str) -> None:

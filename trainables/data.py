@@ -180,12 +180,11 @@ def _read_list(path: Path) -> list[str]:
     return stems
 
 
-def decode_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode any supported image file to a (3, size, size) uint8 array; also return its original (w, h)."""
+def open_rgb(path: Path) -> Image.Image:
+    """Decode any supported image file to 8-bit RGB at its own size (16-bit scaled, alpha over black)."""
     try:
         with Image.open(path) as img:
             img.load()
-            original = img.size
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(img, dtype=np.float64)
                 top = 65535.0 if img.mode.startswith("I") and array.max() > 255 else 255.0
@@ -194,15 +193,24 @@ def decode_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (0, 0, 0, 255))
                 img = Image.alpha_composite(background, img)
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                shrinking = img.size[0] > size or img.size[1] > size
-                method = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-                img = img.resize((size, size), method)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy(), original
+            return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot be decoded ({err}); the file is corrupt, truncated or not an image. "
                         "Replace it or move it out of the dataset.") from None
+
+
+def resized_array(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as a (3, size, size) uint8 array: box-filtered when shrinking, bilinear when growing."""
+    if img.size != (size, size):
+        shrinking = img.size[0] > size or img.size[1] > size
+        img = img.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def decode_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode any supported image file to a (3, size, size) uint8 array; also return its original (w, h)."""
+    img = open_rgb(path)
+    return resized_array(img, size), img.size
 
 
 def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
