@@ -105,6 +105,11 @@ class NoiseSchedule:
                 f"use zero_terminal_snr = true, or a larger beta_end or more steps (at most {MAX_TERMINAL_SIGNAL:.0%})")
         self.alphas_cumprod = alphas_cumprod.float()
 
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """Keep the schedule on ``device``: no host-to-device copy per step (and CUDA graphs can capture a step)."""
+        self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self
+
     def _abar(self, t: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
 

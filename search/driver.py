@@ -116,7 +116,7 @@ class SearchOptions:
     preset: str | None = None
     epochs: int | None = None
     samples: int | None = None
-    gpus_per_trial: float | None = None
+    gpus_per_trial: float | str | None = None  # a number, "auto" (search.packing), None: auto with GPUs, else 0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     address: str | None = None
@@ -135,6 +135,10 @@ class SearchOptions:
     final_seeds: int = 3
     size: int = 64
     verbose: bool = False
+    precision: str = "auto"  # CUDA: trainables/device.py
+    channels_last: str = "auto"
+    compile: str = "auto"
+    cuda_graphs: str = "auto"
 
 
 @dataclass
@@ -193,7 +197,9 @@ def study_lock(study_dir: Path) -> Iterator[None]:
 def _identity(space: Space, settings: RunSettings, options: SearchOptions, preset: Preset) -> dict[str, Any]:
     return {
         "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_root", "threads", "evaluate_test")},
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k not in ("checkpoint_root", "threads", "evaluate_test", "precision", "channels_last", "compile",
+                                  "cuda_graphs")},
         "data_subset": [preset.n_train, preset.n_val],
     }
 
@@ -297,10 +303,21 @@ def validate_options(options: SearchOptions) -> None:
         raise StudyError(f"--max-failures must be 0 or more, got {options.max_failures}.")
     if options.cpus_per_trial <= 0:
         raise StudyError(f"--cpus-per-trial must be positive, got {options.cpus_per_trial}.")
-    if options.gpus_per_trial is not None and options.gpus_per_trial < 0:
-        raise StudyError(f"--gpus-per-trial must be 0 or more, got {options.gpus_per_trial}.")
-    if options.gpus_per_trial and options.gpus_per_trial > 1 and not float(options.gpus_per_trial).is_integer():
+    if isinstance(options.gpus_per_trial, str) and options.gpus_per_trial != "auto":
+        raise StudyError(f"--gpus-per-trial is a number of GPUs (1, 0.25) or auto, got {options.gpus_per_trial!r}.")
+    gpus = options.gpus_per_trial if not isinstance(options.gpus_per_trial, str) else None
+    if gpus is not None and gpus < 0:
+        raise StudyError(f"--gpus-per-trial must be 0 or more, got {gpus}.")
+    if gpus and gpus > 1 and not float(gpus).is_integer():
         raise StudyError("--gpus-per-trial above 1 must be a whole number (Ray packs fractions only below one GPU).")
+    from trainables.device import PRECISIONS, SWITCHES
+
+    if options.precision not in PRECISIONS:
+        raise StudyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}.")
+    for name in ("channels_last", "compile", "cuda_graphs"):
+        if getattr(options, name) not in SWITCHES:
+            raise StudyError(f"--{name.replace('_', '-')} must be one of {', '.join(SWITCHES)}, "
+                             f"got {getattr(options, name)!r}.")
     if options.size < 16 or options.size % 32:
         raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
     if options.resume and not (Path(options.runs_dir) / study_name(options)).is_dir():
@@ -407,6 +424,8 @@ class StudyPlan:
     cpus_available: float
     gpus_available: float
     gpus_per_trial: float
+    auto_share: bool = False  # --gpus-per-trial auto with GPUs: set by _pack from a measured trial
+    probe: Any = None  # search.packing.GpuProbe of _pack (its epoch seconds serve the estimate)
 
     @property
     def segment(self) -> int:
@@ -431,6 +450,8 @@ def _run_locked(options: SearchOptions, family: str, space: Space, name: str, st
     """The driver's steps, in order, with the study folder held."""
     plan = _plan(options, family, space, name, study_dir)
     full_config, key_of = _trial_identity(plan)
+    if plan.auto_share:
+        _pack(plan, full_config)
     store = ResultsStore(study_dir, study=name, strategy=options.strategy, family=family,
                          hp_kinds={p.name: p.kind for p in space.params})
     identity = TrialIdentity(full_config, key_of, space.canonical)
@@ -469,7 +490,11 @@ def _plan(options: SearchOptions, family: str, space: Space, name: str, study_di
     preset = PRESETS[preset_name]
     why = "" if options.preset else (" (GPUs found)" if gpus_available else " (no GPU found; --preset thesis for the report's full budget)")
     print(f"preset: {preset_name}{why}: {preset.description}", flush=True)
-    gpus_per_trial = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if gpus_available else 0.0)
+    auto = options.gpus_per_trial in (None, "auto")
+    if auto and not gpus_available and options.gpus_per_trial == "auto":
+        print("--gpus-per-trial auto: no GPU found; trials train on CPUs", flush=True)
+    # auto: a whole GPU until _pack measures one trial (after the data and the space are known)
+    gpus_per_trial = (1.0 if gpus_available else 0.0) if auto else float(options.gpus_per_trial)
     if gpus_per_trial > max(gpus_available, 0) and gpus_per_trial > 0:
         raise StudyError(f"--gpus-per-trial {gpus_per_trial} asks for more GPUs than the cluster has ({gpus_available:g}); "
                          "use a fraction such as 0.5 to share a GPU, or 0 for CPU only.")
@@ -486,12 +511,14 @@ def _plan(options: SearchOptions, family: str, space: Space, name: str, study_di
     grace = preset.grace_period if options.epochs else preset.grace_for(epochs)  # ASHA: scaled with a data-sized budget
     settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
                            checkpoint_root=str(study_dir / "trials"), threads=max(1, int(options.cpus_per_trial)),
-                           train_eval_size=preset.train_eval_size)
+                           train_eval_size=preset.train_eval_size, precision=options.precision,
+                           channels_last=options.channels_last, compile=options.compile,
+                           cuda_graphs=options.cuda_graphs)
     record = check_or_create_study(study_dir, _identity(space, settings, options, preset), data,
                                    {"space_file": space.source, "preset": preset_name})
     return StudyPlan(options, family, space, name, study_dir, preset_name, preset, epochs, grace,
                      options.samples or preset.samples, settings, data, record, cpus_available, gpus_available,
-                     gpus_per_trial)
+                     gpus_per_trial, auto_share=auto and bool(gpus_available))
 
 
 class TrialConfigs:
@@ -640,7 +667,8 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
                                     scheduler=_scheduler(plan, store, search.block_of), num_samples=search.num_samples,
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"segment-{plan.segment}", storage_path=str(plan.study_dir / "ray"), callbacks=[callback],
+            name=f"segment-{plan.segment}", storage_path=str(plan.study_dir / "ray"),
+            callbacks=[callback, *_gpu_callbacks(plan)],
             verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -648,7 +676,8 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     )
     # Record the segment before it runs, so a killed driver's segment still counts.
     record = plan.record
-    record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": plan.preset_name})
+    record.setdefault("segments", []).append({"started_at": _now_iso(), "ended_at": None, "preset": plan.preset_name,
+                                              "gpus_per_trial": plan.gpus_per_trial})
     write_json_atomic(plan.study_dir / "study.json", record)
     try:
         interrupted = _run_tuner(tuner) is None
@@ -658,6 +687,13 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
                                    interrupted=interrupted)
     write_json_atomic(plan.study_dir / "study.json", record)
     return interrupted
+
+
+def _gpu_callbacks(plan: StudyPlan) -> list[Any]:
+    """Trials sharing a GPU: one that runs out of its memory is retried with a larger share (search.packing)."""
+    from search.packing import out_of_memory_retry
+
+    return [out_of_memory_retry()] if 0 < plan.gpus_per_trial < 1 else []
 
 
 def _resources(plan: StudyPlan) -> dict[str, float]:
@@ -679,6 +715,38 @@ def _allow_pending_trials(plan: StudyPlan) -> None:
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_concurrency(plan))
 
 
+def _default_and_widest(plan: StudyPlan, full_config) -> list[dict[str, Any] | None]:
+    """Full configs of the study default and of the widest models the space allows (None: the same)."""
+    defaults = plan.space.defaults()
+    widest = dict(defaults)  # where a search may end up
+    for param in plan.space.params:
+        if param.name.endswith("width") and plan.space.active(param.name, widest):
+            widest = plan.space.with_value(widest, param.name, max(plan.space.choice(param.name, widest).values))
+    return [full_config(defaults), full_config(widest) if widest != defaults else None]
+
+
+def _pack(plan: StudyPlan, full_config) -> None:
+    """--gpus-per-trial auto: one trial alone on a GPU, measured; then the share per trial (search.packing)."""
+    import ray
+
+    from search.packing import GpuProbe, choose_share, probe_gpu
+
+    probe = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=1)(probe_gpu)
+    try:
+        measured = ray.get(probe.remote(plan.family, _default_and_widest(plan, full_config), plan.data), timeout=600)
+    except Exception as err:  # noqa: BLE001 - fall back to a whole GPU per trial, and say why
+        print(f"--gpus-per-trial auto: the measurement failed ({str(err).strip().splitlines()[-1][:160]}); "
+              "one trial per GPU", flush=True)
+        return
+    if measured is None:
+        print("--gpus-per-trial auto: the GPU worker found no CUDA device; one trial per GPU", flush=True)
+        return
+    plan.probe = GpuProbe(**measured)
+    share = choose_share(plan.probe)
+    plan.gpus_per_trial = share.fraction
+    print(f"--gpus-per-trial auto: {share.fraction:g} ({share.why})", flush=True)
+
+
 def _print_estimate(plan: StudyPlan, search: OpenSearch, full_config) -> None:
     """The first promise: this search's size times one epoch measured where trials run, before anything runs."""
     import ray
@@ -688,18 +756,17 @@ def _print_estimate(plan: StudyPlan, search: OpenSearch, full_config) -> None:
     blocks = search.searcher.planned_blocks() if isinstance(search.searcher, GreedySearcher) else [search.to_run or 0]
     if not sum(blocks):
         return
-    defaults = plan.space.defaults()
-    widest = dict(defaults)  # the widest models the space allows: where a search may end up
-    for param in plan.space.params:
-        if param.name.endswith("width") and plan.space.active(param.name, widest):
-            widest = plan.space.with_value(widest, param.name, max(plan.space.choice(param.name, widest).values))
-    measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
-    try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
-        epoch_s, widest_s = ray.get(measure.remote(
-            plan.family, [full_config(defaults), full_config(widest) if widest != defaults else None], plan.data),
-            timeout=300)
-    except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
-        print(f"estimate: not available ({str(err).strip().splitlines()[-1][:160]})", flush=True)
+    configs = _default_and_widest(plan, full_config)
+    if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
+        epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
+    else:
+        measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
+        try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
+            epoch_s, widest_s = ray.get(measure.remote(plan.family, configs, plan.data), timeout=300)
+        except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
+            print(f"estimate: not available ({str(err).strip().splitlines()[-1][:160]})", flush=True)
+            return
+    if epoch_s is None:
         return
     options = plan.options
     final_runs = options.final_top_k * options.final_seeds
@@ -756,7 +823,7 @@ def _final_stage(plan: StudyPlan, store: ResultsStore, full_config) -> tuple[dic
         param_space={"index": tune.grid_search(list(range(len(runs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"final-{plan.segment}", storage_path=str(plan.study_dir / "ray"),
-                                  callbacks=[FinalPrinter()], verbose=2 if options.verbose else 0,
+                                  callbacks=[FinalPrinter(), *_gpu_callbacks(plan)], verbose=2 if options.verbose else 0,
                                   log_to_file=not options.verbose,
                                   failure_config=tune.FailureConfig(max_failures=options.max_failures)),
     )

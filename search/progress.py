@@ -116,7 +116,7 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             target = torch.device(device)
-            model = family_cls(hp, settings, target)
+            model = family_cls.build(hp, settings, target)
             n_train, n_val = len(data.train_images), len(data.val_images)
             batch = max(1, min(getattr(hp, "batch_size", 16), n_train))
             images = torch.from_numpy(data.train_images[: max(batch, min(EVAL_BATCH, n_train))].copy()).to(target)
@@ -128,12 +128,12 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
 
             def train_step() -> None:
                 image, vms, valid = diff_augment(as_float(images[:batch]), as_float(maps[:batch]))
-                model.train_step(image, vms, valid)
+                model.train_step(model.fast.input(image), model.fast.input(vms), valid)
 
             def eval_batch() -> None:
                 model.train(False)
                 with torch.no_grad(), model.precision.autocast():
-                    model.predict(as_float(images[:EVAL_BATCH]))
+                    model.predict(model.fast.input(as_float(images[:EVAL_BATCH])))
                 model.train(True)
 
             train_step()
@@ -155,16 +155,35 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
         torch.set_num_threads(threads)
 
 
-def measure_on_worker(family: str, configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
-    """:func:`measure_epoch_seconds` for each config (None: skipped), on the device this process has.
+def measure_trial_epoch(family: str, config: dict[str, Any], data: Any, epochs: int = 2) -> dict[str, Any]:
+    """The last epoch's row of a short real trial of ``config`` (no checkpoints): what a search's
+    trial does per epoch on this device, evaluation included (on CUDA: graphed steps after the
+    first epoch's capture, cuDNN's choices made)."""
+    from trainables import family_parts
+    from trainables.loop import run_trial
 
-    The driver runs it as a Ray task with a trial's resources, so it is measured where trials
-    train (on a GPU node when trials get GPUs) and the driver itself never opens a CUDA context.
+    _, family_cls, config_cls = family_parts(family)
+    rows: list[dict[str, Any]] = []
+    run_trial({**config, "epochs": epochs, "checkpoint_root": "", "evaluate_test": False}, data, family_cls,
+              config_cls, report=rows.append)
+    return rows[-1]
+
+
+def measure_on_worker(family: str, configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
+    """Seconds per epoch of each config (None: skipped), on the device this process has.
+
+    On the CPU, :func:`measure_epoch_seconds` (a few steps, scaled); on a GPU, where the first
+    epoch captures CUDA graphs and a few steps say little, the second epoch of a short trial
+    (:func:`measure_trial_epoch`). The driver runs it as a Ray task with a trial's resources, so
+    it is measured where trials train and the driver itself never opens a CUDA context.
     """
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        if device == "cuda":
+            return [measure_trial_epoch(family, config, data)["epoch_seconds"] if config is not None else None
+                    for config in configs]
         return [measure_epoch_seconds(family, config, data, device=device) if config is not None else None
                 for config in configs]
     finally:

@@ -43,7 +43,9 @@ best_val_l1_remembered, best_val_l1_falsely_remembered (channels at the best epo
 train_loss, g_loss, g_adv_loss, d_loss, noise_loss, final_val_l1 (float64, null where a
 family does not report them), epoch_seconds, wall_seconds, peak_rss_mb (peak resident
 memory of the process running the trial, reused across trials), gpu_peak_mb (the trial's
-peak CUDA memory) (float64), reported_at
+peak CUDA memory in tensors), gpu_reserved_mb (its process's peak on the device: allocator cache
+and CUDA context included), gpu_util (the GPU's mean utilisation over the epoch, 0 to 1, whole
+GPU: the trial's own only when it had the GPU alone) (float64), reported_at
 (timestamp[us, UTC]).
 
 Both files are rewritten whole (they are small) into a temporary file and moved into
@@ -81,7 +83,8 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 EPOCH_METRICS = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
                  "best_val_l1_remembered", "best_val_l1_falsely_remembered", "val_spearman", "train_loss", "g_loss", "g_adv_loss",
-                 "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb"]
+                 "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb",
+                 "gpu_reserved_mb", "gpu_util"]
 EPOCH_COLUMNS: list[tuple[str, pa.DataType]] = (
     [("schema_version", pa.int32()), ("study", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
      ("status", pa.string())]

@@ -18,6 +18,14 @@ import sys
 from search.driver import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions, StudyError, format_summary, run_study
 
 
+def _gpus(value: str) -> float | str:
+    """A number of GPUs, or the word as given (``auto``; anything else is refused by the driver, in one line)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -32,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         + " (default: thesis with GPUs, cpu without)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (overrides the preset)")
     parser.add_argument("--samples", type=int, default=None, help="tpe/random: total trials of the study (overrides the preset)")
-    parser.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU (default 1 with GPUs, else 0)")
+    parser.add_argument("--gpus-per-trial", type=_gpus, default=None,
+                        help="GPUs per trial; fractions share a GPU; auto: measure one trial alone on a GPU and share "
+                             "each GPU between as many trials as fit in its memory and its idle time "
+                             "(default: auto with GPUs, 0 without)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
@@ -53,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at the end, re-train the best K configurations over seeds and measure them on the test split (0: skip)")
     parser.add_argument("--final-seeds", type=int, default=3, help="seeds per re-trained configuration")
     parser.add_argument("--size", type=int, default=64, help="working resolution")
+    parser.add_argument("--precision", default="auto",
+                        help="CUDA training precision: auto (bf16, fp16 where bf16 is missing), bf16, fp16 or fp32 "
+                             "(the CPU always trains in fp32)")
+    parser.add_argument("--channels-last", default="auto", help="CUDA: networks in channels-last memory format (auto|on|off)")
+    parser.add_argument("--compile", default="auto", help="CUDA: torch.compile the networks (auto|on|off)")
+    parser.add_argument("--cuda-graphs", default="auto",
+                        help="CUDA: replay each training step as one CUDA graph (auto|on|off; auto: on, except with fp16's loss scaler)")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser
 

@@ -97,3 +97,14 @@ def test_estimate_gives_a_range_up_to_the_widest_models():
     line = estimate_line(blocks=[2], epochs=2, final_runs=0, concurrency=2, epoch_s=5.0, widest_epoch_s=15.0,
                          startup_s=0.0)
     assert "of its widest models 15.0 s: about 10s to 30s" in line
+
+
+def test_a_short_trial_measures_an_epoch_as_search_trials_run_it(tiny_data):
+    from search.progress import measure_trial_epoch
+    from search.space import load_space
+
+    space = load_space("autoencoder")
+    config = {**space.fixed, **space.defaults(), "width_divisor": 16, "train_eval_size": 16, "epochs": 100}
+    row = measure_trial_epoch("autoencoder", config, tiny_data)
+    assert row["epoch"] == 2 and row["status"] == "completed"  # its own 2 epochs, not the config's 100
+    assert 0 < row["epoch_seconds"] < 60 and row["device"] == "cpu"

@@ -27,3 +27,82 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
     assert config["preset"] == "smoke"
     # All four ran at the same time: each started before any finished.
     assert trials["started_at"].max() < trials["ended_at"].min()
+
+
+def test_auto_share_fits_memory_and_idle_time():
+    from search.packing import GpuProbe, choose_share
+
+    # 80 GB, 6 GB a trial: 11 fit; 25% busy: 4 keep it busy.
+    share = choose_share(GpuProbe(total_mb=81_000, footprint_mb=6_000, util=0.25))
+    assert (share.per_gpu, share.fraction) == (4, 0.25)
+    assert choose_share(GpuProbe(total_mb=81_000, footprint_mb=6_000, util=0.9)).per_gpu == 2
+    # Memory binds: 30 GB a trial on an 80 GB GPU leaves room for 2.
+    assert choose_share(GpuProbe(total_mb=81_000, footprint_mb=30_000, util=0.1)).per_gpu == 2
+    # A trial that keeps the GPU busy gets it alone; one bigger than the GPU too (and may still fail).
+    assert choose_share(GpuProbe(total_mb=81_000, footprint_mb=1_000, util=0.97)).fraction == 1.0
+    assert choose_share(GpuProbe(total_mb=16_000, footprint_mb=20_000, util=0.1)).fraction == 1.0
+    # Never more than 8, and fractions Ray accepts (n x fraction <= 1).
+    share = choose_share(GpuProbe(total_mb=81_000, footprint_mb=500, util=0.01))
+    assert share.per_gpu == 8 and share.fraction * 8 <= 1.0
+    assert choose_share(GpuProbe(total_mb=81_000, footprint_mb=20_000, util=0.3)).fraction == 0.3333
+
+
+def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkeypatch, capsys):
+    import json
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # A fake GPU and a fake measurement (this machine has no CUDA): 3 trials fit by memory.
+    monkeypatch.setenv("MEMSEARCH_FAKE_GPU_PROBE", json.dumps(
+        {"total_mb": 24_000, "footprint_mb": 6_500, "util": 0.2, "epoch_s": [0.5, 0.9]}))
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", final_top_k=0, samples=3, epochs=3,
+                                gpus_per_trial="auto", cpus_per_trial=0.5, scheduler="none", runs_dir=str(tmp_path),
+                                study="auto")
+        summary = run_study(options)
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "--gpus-per-trial auto: 0.3333 (3 trials per GPU" in out
+    assert "one epoch of the study default measured here at 0.5 s" in out  # the probe's timing serves the estimate
+    assert summary.counts["completed"] == 3
+    study = json.loads((tmp_path / "auto" / "study.json").read_text())
+    assert study["segments"][-1]["gpus_per_trial"] == 0.3333
+    trials = pd.read_parquet(tmp_path / "auto" / "trials.parquet")
+    assert trials["started_at"].max() < trials["ended_at"].min()  # all three at once on the one GPU
+
+
+def test_a_trial_out_of_gpu_memory_is_retried_with_a_larger_share(tmp_path, capsys):
+    import ray
+    import torch
+    from ray import tune
+
+    from search.packing import out_of_memory_retry
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    def trainable(config):
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+        if share < 0.5:  # as a real trial would, when its share of the GPU's memory is too small
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        tune.report({"share": share})
+
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 0.5, "gpu": 0.125}),
+            param_space={"x": tune.grid_search([0, 1])},
+            run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[out_of_memory_retry()], verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert not results.errors  # not lost, and three failures did not use up max_failures=1
+    assert sorted(r.metrics["share"] for r in results) == [0.5, 0.5]
+    assert "ran out of GPU memory with 0.125 of a GPU; running it again from its checkpoint with 0.25" in out
+    assert "with 0.25 of a GPU; running it again from its checkpoint with 0.5" in out

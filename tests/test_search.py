@@ -248,6 +248,9 @@ def test_a_study_with_another_model_is_refused(runs_dir, greedy_study):
     (["--strategy", "greedy", "--model", "gan", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     (["--strategy", "greedy", "--model", "gan", "--gpus-per-trial", "0.5"], "more GPUs than the cluster has"),
     (["--strategy", "greedy", "--model", "gan", "--data", "/nonexistent/vms"], "does not exist"),
+    (["--strategy", "greedy", "--model", "gan", "--compile", "maybe"], "--compile must be one of auto, on, off"),
+    (["--strategy", "greedy", "--model", "gan", "--precision", "fp8"], "--precision must be one of"),
+    (["--strategy", "greedy", "--model", "gan", "--gpus-per-trial", "lots"], "--gpus-per-trial is a number of GPUs (1, 0.25) or auto"),
 ])
 def test_bad_input_gets_one_clear_message(runs_dir, args, needle):
     result = run_cli("search.run", "--runs-dir", str(runs_dir / "bad"), *args, timeout=120)

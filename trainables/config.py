@@ -30,11 +30,23 @@ class RunSettings:
     train_eval_size: int = 320  # training images (fixed subset) on which train_l1 is measured
     eval_every: int = 1  # epochs between validation passes (diffusion sampling is the costly one)
     evaluate_test: bool = False  # final re-training only: measure the best-val epoch's model on the test split, once
+    # How a trial runs on CUDA (trainables/device.py); speed and rounding only, not in the trial key.
+    precision: str = "auto"  # auto (bf16, fp16 where bf16 is missing) | bf16 | fp16 | fp32; the CPU is always fp32
+    channels_last: str = "auto"  # auto | on | off
+    compile: str = "auto"  # torch.compile the networks: auto | on | off
+    cuda_graphs: str = "auto"  # replay each training step as one CUDA graph: auto | on | off
 
     def __post_init__(self) -> None:
+        from trainables.device import PRECISIONS, SWITCHES
+
         for name in ("epochs", "width_divisor", "train_eval_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("channels_last", "compile", "cuda_graphs"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,26 @@ class OptimizerConfig:
 
 
 def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum), Adam/AdamW (betas), Adadelta: the report's optimizers plus AdamW."""
+    """SGD (momentum), Adam/AdamW (betas), Adadelta: the report's optimizers plus AdamW.
+
+    On CUDA, Adam and AdamW use PyTorch's fused kernels (one launch per step instead of a
+    few per parameter group; the same update up to rounding), and every optimizer keeps its
+    step count on the device (``capturable``) so the loop can replay a step as a CUDA graph.
+    """
+    params = list(params)
     if cfg.lr <= 0:
         raise ValueError(f"learning rate must be positive, got {cfg.lr}")
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cuda = bool(params) and all(p.is_cuda for p in params)
+    # On CUDA: capturable (its step count on the device), so a training step can be a CUDA graph.
+    fast = {"fused": True, "capturable": True} if cuda else {}
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **fast)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **fast)
     if cfg.name == "adadelta":
-        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=cuda)
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
@@ -113,7 +134,9 @@ def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettin
 
 # Settings that do not change what a trial computes: a trial resumed with more epochs,
 # another checkpoint folder or another thread count is the same trial.
-_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test")
+# The device settings (precision, memory format, compilation) change rounding and speed only.
+_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", "precision", "channels_last", "compile",
+                 "cuda_graphs")
 
 
 def trial_key(settings: RunSettings, hp: Any) -> str:

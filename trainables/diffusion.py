@@ -68,7 +68,7 @@ class DiffusionFamily(Family):
         super().__init__(hp, settings, device)
         width = scaled_width(hp.width, settings.width_divisor)
         self.schedule = NoiseSchedule(hp.schedule, hp.steps, hp.beta_start, hp.beta_end, prediction=hp.prediction,
-                                      zero_terminal_snr=hp.zero_terminal_snr)
+                                      zero_terminal_snr=hp.zero_terminal_snr).to(device)
         self.net = build_denoiser(DenoiserConfig(width=width, norm=hp.norm), hp.steps).to(device)
         self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
         self.scaler = self.precision.scaler()

@@ -17,6 +17,7 @@ import fcntl
 import math
 import os
 import resource
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -32,28 +33,11 @@ from torch import nn
 from trainables.augment import AugmentConfig, diff_augment, hide_invalid
 from trainables.config import RunSettings, parse_config, resolved_config, trial_key
 from trainables.data import MAP_CHANNELS, VMSDataset
+from trainables.device import FastPath, GpuUtilisation, Precision, cuda_context_mb
 
 CHECKPOINT_FORMAT = 2
 DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial
 EVAL_BATCH = 64
-
-
-class Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.enabled = device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
-        self.needs_scaling = self.enabled and self.dtype == torch.float16
-
-    def autocast(self):
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.dtype)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler("cuda", enabled=self.needs_scaling)
 
 
 def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
@@ -77,7 +61,16 @@ class Family(ABC):
 
     def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
         self.hp, self.settings, self.device = hp, settings, device
-        self.precision = Precision(device)
+        self.precision = Precision(device, settings.precision)
+        self.fast = FastPath.resolve(device, settings.channels_last, settings.compile)
+
+    @classmethod
+    def build(cls, hp: Any, settings: RunSettings, device: torch.device) -> "Family":
+        """The family with its networks in the device's fast path (memory format, compilation)."""
+        family = cls(hp, settings, device)
+        for module in family.modules.values():
+            family.fast.prepare(module)
+        return family
 
     @property
     @abstractmethod
@@ -117,17 +110,31 @@ class Family(ABC):
         """The fp16 loss scalers (disabled on CPU and with bf16); their state is checkpointed."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, nets_only: bool = False) -> dict[str, Any]:
+        """Networks, optimizers and loss scalers (``nets_only``: the networks, all a prediction needs)."""
         state = {f"net.{k}": m.state_dict() for k, m in self.modules.items()}
+        if nets_only:
+            return state
         state.update({f"opt.{k}": o.state_dict() for k, o in self.optimizers().items()})
         state.update({f"scaler.{k}": s.state_dict() for k, s in self.scalers().items()})
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], nets_only: bool = False) -> None:
         for name, module in self.modules.items():
             module.load_state_dict(state[f"net.{name}"])
+        if nets_only:
+            return
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state[f"opt.{name}"])
+            # Saved on another device (a CPU trial resumed on a GPU, or back): the step count lives on the
+            # device exactly when the optimizer is capturable, as CUDA graphs need (trainables/config.py).
+            cuda = self.device.type == "cuda"
+            for group in optimizer.param_groups:
+                if "capturable" in group:
+                    group["capturable"] = cuda
+            for param_state in optimizer.state.values():
+                if isinstance(param_state.get("step"), torch.Tensor):
+                    param_state["step"] = param_state["step"].to(self.device if cuda else "cpu")
         for name, scaler in self.scalers().items():  # a resumed fp16 trial continues with the same loss scale
             if f"scaler.{name}" in state:
                 scaler.load_state_dict(state[f"scaler.{name}"])
@@ -156,8 +163,83 @@ class DeviceData:
         return cls(*(t.to(device, non_blocking=True) for t in tensors))
 
 
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory: a snapshot that training can no longer change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
 def as_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(127.5).sub_(1.0)
+
+
+class TrainSteps:
+    """A trial's training steps: gather the batch, augment it, and take the family's step.
+
+    On CUDA (run setting ``cuda_graphs``, on by default there) the whole step, from the batch
+    indices to the optimizer update, is captured once as a CUDA graph and replayed for every
+    later batch of the same size: a few thousand kernel launches from Python become one, which
+    is what bounds these small models on a GPU (benchmarks/README.md, section 10). The first
+    steps run eagerly, as PyTorch's recipe asks (they are real steps of the epoch), then one
+    is captured. Replays draw from the same CUDA random stream as eager steps, so a trial
+    trains the same way, and resumes the same way, with or without graphs. A step that cannot
+    be captured (a host synchronisation inside it) falls back to eager steps, with a notice.
+    fp16 with its loss scaler reads the scale on the host, so it runs eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, family: "Family", images: torch.Tensor, maps: torch.Tensor, augment: AugmentConfig,
+                 graphs: bool) -> None:
+        self.family, self.images, self.maps, self.augment = family, images, maps, augment
+        self.graphs = graphs and images.is_cuda and not family.precision.needs_scaling
+        self.graph: Any = None
+        self.index: torch.Tensor | None = None  # the graph's static input: the batch's indices
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.warm = 0
+        self.notice: str | None = None
+
+    def _step(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        image, vms = as_float(self.images[index]), as_float(self.maps[index])
+        image, vms, valid = diff_augment(image, vms, self.augment)
+        return self.family.train_step(self.family.fast.input(image), self.family.fast.input(vms), valid)
+
+    def __call__(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.graphs:
+            return self._step(index)
+        if self.index is None:
+            self.index = torch.empty_like(index)
+            self.side = torch.cuda.Stream(self.images.device)
+        if index.shape != self.index.shape:  # a last, smaller batch: eagerly
+            return self._step(index)
+        self.index.copy_(index)
+        if self.graph is not None:
+            self.graph.replay()
+            return self.outputs
+        if self.warm < self.WARMUP:  # eager steps on a side stream before the capture (PyTorch's recipe)
+            self.warm += 1
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                outputs = self._step(self.index)
+            torch.cuda.current_stream().wait_stream(self.side)
+            return outputs
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self._step(self.index)
+        except Exception as err:  # noqa: BLE001 - anything that cannot be captured: eager from here on
+            self.graphs = False
+            self.notice = f"training steps run eagerly: the step could not be captured as a CUDA graph ({str(err)[:160]})"
+            torch.cuda.synchronize(self.images.device)
+            return self._step(index)
+        self.graph, self.outputs = graph, outputs
+        graph.replay()
+        return outputs
 
 
 def image_scores(maps: torch.Tensor) -> np.ndarray:
@@ -178,6 +260,35 @@ class TrialStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.notice: str | None = None  # what load_latest had to fall back from, for the trial's first report
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_started = 0.0  # when the last checkpoint write began (perf_counter)
+        self.last_cost: float | None = None  # and what it cost, snapshot and write (None: none yet)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (file writes) in the background, after the previous one: training goes on meanwhile.
+
+        On a GPU an epoch takes about as long as writing a checkpoint of these models (hundreds
+        of MB with Adam's moments), so writing in the foreground doubled a trial's time.
+        """
+        self.wait()
+        self._writer = threading.Thread(target=self._run, args=(job,), name=f"checkpoint {self.folder.name}")
+        self._writer.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Until the background write is on disk; its error, if any, is raised here."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -188,7 +299,10 @@ class TrialStore:
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                try:
+                    self.wait()  # the last checkpoint on disk before another process may take the folder
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _save(self, obj: Any, name: str) -> None:
         tmp = self.folder / f".{name}.tmp"
@@ -281,7 +395,7 @@ def recalibrate_batchnorm(family: Family, images: torch.Tensor, maps: torch.Tens
         for start in range(0, len(images), EVAL_BATCH):
             image, vms, valid = diff_augment(as_float(images[start : start + EVAL_BATCH]),
                                              as_float(maps[start : start + EVAL_BATCH]), augment, generator=generator)
-            family.calibration_forward(image, hide_invalid(vms, valid))
+            family.calibration_forward(family.fast.input(image), family.fast.input(hide_invalid(vms, valid)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         m.train(False)
@@ -293,7 +407,7 @@ def evaluate(family: Family, images: torch.Tensor, maps: torch.Tensor, final: bo
     preds = []
     with torch.no_grad(), family.precision.autocast():
         for start in range(0, len(images), EVAL_BATCH):
-            batch = as_float(images[start : start + EVAL_BATCH])
+            batch = family.fast.input(as_float(images[start : start + EVAL_BATCH]))
             out = family.final_predict(batch) if final else family.predict(batch)
             preds.append(out.float().clamp(-1, 1))
     family.train(True)
@@ -331,6 +445,9 @@ class Trial:
     store: TrialStore | None
     batch_gen: torch.Generator  # the epochs' batch order (global RNG: augmentation, dropout, noise)
     node: str
+    utilisation: GpuUtilisation  # the GPU's, over each epoch (CUDA with NVML only)
+    steps: TrainSteps
+    pending_best: tuple | None = None  # best.pt's state and predictions, written with the epoch's checkpoint
 
 
 @dataclass
@@ -376,6 +493,7 @@ def run_trial(
         row: dict[str, Any] = {}
         for epoch in range(progress.epoch + 1, trial.settings.epochs + 1):
             epoch_start = time.perf_counter()
+            trial.utilisation.start()
             losses = _train_epoch(trial)
             row = _measure(trial, progress, epoch, losses, epoch_start)
             progress.history.append(row)
@@ -397,8 +515,9 @@ def _set_up(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], 
     batch_gen = torch.Generator().manual_seed(int(key, 16) % 2**31 + settings.seed)
     if device.type == "cuda":  # actors are reused across trials: measure this trial's peak only
         torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
     tensors = DeviceData.from_dataset(data, device)
-    family = family_cls(hp, settings, device)
+    family = family_cls.build(hp, settings, device)
     store = TrialStore(Path(settings.checkpoint_root) / key) if settings.checkpoint_root else None
     # A fixed, evenly spread subset of the training images: train L1 is measured on it, and
     # BatchNorm statistics are re-estimated on it before every evaluation.
@@ -409,7 +528,10 @@ def _set_up(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], 
         raise ValueError("evaluate_test needs a checkpoint_root: the test split is measured on best.pt")
     test = (data.test_images, data.test_maps) if settings.evaluate_test and data.has_test else None
     return Trial(settings, hp, device, family_cls, family, tensors, tensors.train_images[train_eval],
-                 tensors.train_maps[train_eval], data.val_stems, test, augment, store, batch_gen, _node_id())
+                 tensors.train_maps[train_eval], data.val_stems, test, augment, store, batch_gen, _node_id(),
+                 GpuUtilisation(device),
+                 TrainSteps(family, tensors.train_images, tensors.train_maps, augment,
+                            graphs=settings.cuda_graphs != "off" and device.type == "cuda"))
 
 
 def _resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
@@ -456,9 +578,7 @@ def _train_epoch(trial: Trial) -> dict[str, float]:
         index = order[first : first + batch_size]
         if len(index) < 2 and n_train >= 2:
             continue  # a lone sample breaks BatchNorm statistics
-        image, vms = as_float(tensors.train_images[index]), as_float(tensors.train_maps[index])
-        image, vms, valid = diff_augment(image, vms, trial.augment)
-        for name, value in family.train_step(image, vms, valid).items():
+        for name, value in trial.steps(index).items():
             sums[name] = sums.get(name, 0.0) + value.float()
         batches += 1
     return {name: float(total) / max(batches, 1) for name, total in sums.items()}
@@ -478,9 +598,10 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
         train_l1 = evaluate(family, trial.train_images, trial.train_maps).l1
         if val.l1 < progress.best:
             progress.best_channels = {f"best_{k}": v for k, v in val.metrics("val_l1").items() if k != "val_l1"}
-            if trial.store:
-                trial.store.save_best({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val.l1,
-                                       "config": resolved_config(settings, trial.hp), "family": family.state_dict()},
+            if trial.store:  # written by _checkpoint, with latest.pt
+                trial.pending_best = (host_copy({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val.l1,
+                                                 "config": resolved_config(settings, trial.hp),
+                                                 "family": family.state_dict(nets_only=True)}),
                                       val.predictions.cpu().numpy(), val.per_image_l1, trial.val_stems)
         progress.best = min(progress.best, val.l1)
         row.update(train_l1=train_l1, **val.metrics("val_l1"), best_val_l1=progress.best, val_spearman=val.spearman,
@@ -493,6 +614,11 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
         row.update(_test_metrics(trial))
     now = time.perf_counter()
     row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, **_memory(trial.device))
+    utilisation = trial.utilisation.mean()
+    if utilisation is not None:
+        row["gpu_util"] = utilisation
+    if trial.steps.notice:  # said once, printed by the search (search.results)
+        row["notice"], trial.steps.notice = trial.steps.notice, None
     if diverged or epoch == settings.epochs:
         row["status"] = "diverged" if diverged else "completed"
     return row
@@ -504,13 +630,17 @@ def _test_metrics(trial: Trial) -> dict[str, Any]:
     Selection (the epoch, the configuration) used validation data only; this is the number
     to report. Random numbers are drawn in a forked RNG so the trial's own stream is untouched.
     """
-    best = torch.load(trial.store.folder / "best.pt", map_location="cpu", weights_only=True)
+    if trial.pending_best is not None:  # this epoch's: not on disk yet
+        best = trial.pending_best[0]
+    else:
+        trial.store.wait()
+        best = torch.load(trial.store.folder / "best.pt", map_location="cpu", weights_only=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         images, maps = (torch.from_numpy(a).to(trial.device) for a in trial.test)
     with torch.random.fork_rng(devices=[trial.device] if trial.device.type == "cuda" else []):
-        model = trial.family_cls(trial.hp, trial.settings, trial.device)
-        model.load_state_dict(best["family"])
+        model = trial.family_cls.build(trial.hp, trial.settings, trial.device)
+        model.load_state_dict(best["family"], nets_only=True)
         test = evaluate(model, images, maps, final=model.has_final_mode)
         # Validation measured the same way (for diffusion: with the final sampler, as test), side by side.
         val = evaluate(model, trial.tensors.val_images, trial.tensors.val_maps, final=model.has_final_mode)
@@ -518,26 +648,58 @@ def _test_metrics(trial: Trial) -> dict[str, Any]:
             **val.metrics("selected_val_l1")}
 
 
+CHECKPOINT_SHARE = 0.1  # at most this share of a trial's time goes to writing latest.pt
+
+
 def _checkpoint(trial: Trial, progress: Progress) -> None:
-    """latest.pt: everything needed to continue exactly (model, optimizers, scalers, every RNG)."""
+    """latest.pt: everything needed to continue exactly (model, optimizers, scalers, every RNG); and
+    best.pt (the networks) when an epoch since the last write was the best so far.
+
+    Snapshotted on the training thread, written in the background. Written after every epoch
+    where that costs at most :data:`CHECKPOINT_SHARE` of the trial's time (the CPU: an epoch
+    takes seconds, a write tens of milliseconds), else once that much time has passed since
+    the last write (an H100: an epoch of the GAN takes 0.3 s, as long as writing its 390 MB),
+    and always after the last epoch. A trial resumed from an older latest.pt trains the epochs
+    after it again, the same way (every RNG state is in it), and reports them again.
+    """
     if not trial.store:
         return
+    store = trial.store
+    ended = progress.history[-1]["status"] in ("completed", "diverged") or progress.epoch >= trial.settings.epochs
+    now = time.perf_counter()
+    if not ended and store.last_cost is not None and now - store.last_started < store.last_cost / CHECKPOINT_SHARE:
+        return
     device = trial.device
-    trial.store.save_latest({
+    latest = host_copy({
         "format": CHECKPOINT_FORMAT, "epoch": progress.epoch, "status": progress.history[-1]["status"],
         "history": progress.history, "best_val_l1": progress.best,
         "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
         "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     })
+    best, trial.pending_best = trial.pending_best, None
+    snapshot = time.perf_counter() - now
+
+    def write() -> None:  # best.pt first: a latest.pt on disk never claims a best.pt that is not
+        start = time.perf_counter()
+        if best is not None:
+            store.save_best(*best)
+        store.save_latest(latest)
+        store.last_cost = snapshot + time.perf_counter() - start
+
+    store.last_started = now
+    store.submit(write)
 
 
 def _memory(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this trial's process (MB; with reused actors, the process's peak so far)
-    and this trial's peak device memory on CUDA."""
+    and on CUDA this trial's peak device memory: what its tensors held (``gpu_peak_mb``) and what
+    its process held on the device, PyTorch's cache and the CUDA context included (``gpu_reserved_mb``,
+    what sharing a GPU must leave room for)."""
     usage = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.type == "cuda":
         usage["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        usage["gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20 + cuda_context_mb(device)
     return usage
 
 

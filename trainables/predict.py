@@ -23,7 +23,7 @@ def load_family(checkpoint: str | Path, model: str, device: torch.device) -> Fam
     _, family_cls, config_cls = family_parts(model)
     settings, hp = parse_config(state["config"], config_cls)
     family = family_cls(hp, settings, device)
-    family.load_state_dict(state["family"])
+    family.load_state_dict(state["family"], nets_only=True)
     family.train(False)
     return family
 
