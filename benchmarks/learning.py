@@ -25,7 +25,8 @@ from trainables.loop import run_trial
 
 # Each family at its study file's defaults (where greedy starts), with the `cpu` preset's
 # widths and epochs: what a user's first trial trains. The GAN also runs at pix2pix's L1 weight.
-VARIANTS = {"autoencoder": [{}], "gan": [{}, {"l1_weight": 100.0}], "diffusion": [{}, {"prediction": "x0"}]}
+VARIANTS = {"autoencoder": [{}], "gan": [{}, {"l1_weight": 100.0}],
+            "diffusion": [{}, {"denoise_loss": "mse"}]}
 
 
 def train_default(family: str, change: dict, data, preset, epochs: int, threads: int,
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "learning.json"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="some of the families; the others' rows in --out are kept")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     channels = list(MAP_CHANNELS)
     print(f"{'family':12} {'changed':18} {'best val L1':>11} {'x black':>8} {'x mean':>7} "
           + " ".join(f"{c[:10]:>10} {'x black':>7}" for c in channels) + f" {'rho':>5} {'seconds':>7}")
-    for family in FAMILIES:
+    families = [f for f in FAMILIES if f in args.families.split(",")]
+    for family in families:
         for change in VARIANTS[family]:
             reported, seconds = train_default(family, change, data, preset, epochs, args.threads)
             best = min(reported, key=lambda r: r["val_l1"])
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baselines: all-black map {base['black_l1']:.4f} (remembered {base['black_l1_remembered']:.4f}, "
           f"falsely remembered {base['black_l1_falsely_remembered']:.4f}); mean training map {base['mean_map_l1']:.4f}")
     out = Path(args.out)
+    if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
+        kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
+        rows = sorted(kept + rows, key=lambda r: FAMILIES.index(r["family"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": args.preset, "baselines": base, "families": rows}, indent=2) + "\n")
     return 0

@@ -89,9 +89,12 @@ class NoiseSchedule:
     """
 
     def __init__(self, name: str, steps: int, beta_start: float = 1e-4, beta_end: float = 0.02, *,
-                 prediction: str = "eps", zero_terminal_snr: bool = True) -> None:
+                 prediction: str = "eps", zero_terminal_snr: bool = True, x0_logits: bool = False) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction target {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if x0_logits and prediction != "x0":
+            raise ValueError("x0_logits (the network's output read as tanh logits of x0) needs prediction='x0'")
+        self.x0_logits = x0_logits  # x0 = tanh(output): the map's pre-activation, as the UNet's head
         self.name, self.steps, self.prediction = name, steps, prediction
         betas = beta_schedule(name, steps, beta_start, beta_end)
         if zero_terminal_snr:
@@ -139,7 +142,7 @@ class NoiseSchedule:
         if self.prediction == "eps":
             x0 = (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
         elif self.prediction == "x0":
-            x0 = output
+            x0 = torch.tanh(output) if self.x0_logits else output
         else:
             x0 = abar.sqrt() * x_t - (1 - abar).sqrt() * output
         x0 = x0.clamp(-1, 1)

@@ -83,3 +83,25 @@ def test_unknown_map_loss_is_refused(family):
     _, family_cls, config_cls = family_parts(family)
     with pytest.raises(ValueError, match="map_loss"):
         family_cls(config_cls(map_loss="l2"), RunSettings(epochs=1, width_divisor=16), torch.device("cpu"))
+
+
+def test_diffusion_map_losses_read_the_output_as_x0_logits():
+    from models.diffusion import NoiseSchedule
+    from trainables.diffusion import DiffusionConfig, DiffusionFamily
+
+    with pytest.raises(ValueError, match="needs prediction = 'x0'"):
+        DiffusionConfig(prediction="eps", denoise_loss="l1+ce")
+    schedule = NoiseSchedule("linear", 100, 1e-4, 0.02, prediction="x0", x0_logits=True)
+    output, x_t, t = torch.randn(2, 3, 8, 8) * 3, torch.randn(2, 3, 8, 8), torch.tensor([10, 90])
+    x0, _ = schedule.split(output, x_t, t)
+    assert torch.allclose(x0, torch.tanh(output))  # not clipped: squashed, as the UNet's head
+    # One training step with l1+ce: the loss is the map loss of the output's tanh against the map.
+    family = DiffusionFamily(DiffusionConfig(denoise_loss="l1+ce", augment=False), RunSettings(epochs=1, width_divisor=16),
+                             torch.device("cpu"))
+    image, vms = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32).round() * 2 - 1
+    losses = family.train_step(image, vms, torch.ones(2, 1, 32, 32))
+    assert torch.isfinite(losses["train_loss"]) and losses["train_loss"] > 0
+    family.train(False)
+    with torch.no_grad():
+        maps = family.predict(image)
+    assert maps.shape == vms.shape and maps.abs().max() <= 1

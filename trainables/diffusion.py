@@ -2,7 +2,10 @@
 
 Training is the report's: random t, noise the map, predict the target, MSE (or L1,
 ``denoise_loss``, as Palette allows: with the x0 target L1 is minimised by the median map,
-which for sparse channels is black where MSE's mean is a faint false grey). What the
+which for sparse channels is black where MSE's mean is a faint false grey). With the x0 target
+``ce`` and ``l1+ce`` read the network's output as the map's logits (x0 = tanh(output), as the
+UNet's head) and train it with the autoencoder's map losses (``trainables/losses.py``): the
+cross-entropy term is what taught the autoencoder the sparse "falsely remembered" channel. What the
 report lacked is validation L1 during training: every ``eval_every`` epochs the loop
 samples validation maps with the search-time sampler (DDIM with few steps by default),
 and after the last epoch once more with the final sampler the user picks.
@@ -22,9 +25,10 @@ from trainables.augment import AugmentConfig, hide_invalid, masked_l1, masked_ms
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
 from trainables.loop import Family, run_trial, step
+from trainables.losses import masked_map_loss
 
 
-DENOISE_LOSSES = ("mse", "l1")
+DENOISE_LOSSES = ("mse", "l1", "ce", "l1+ce")
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,15 @@ class DiffusionConfig(AugmentConfig):
     sampling_steps: int = 10
     final_sampler: str = "ddim"  # used once after the last epoch
     final_sampling_steps: int = 50
-    denoise_loss: str = "mse"  # "mse" (the report's) or "l1", between the network's output and its target
+    denoise_loss: str = "mse"  # "mse" (the report's), "l1"; with the x0 target also "ce" or "l1+ce" (see below)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.denoise_loss not in DENOISE_LOSSES:
             raise ValueError(f"denoise_loss must be one of {DENOISE_LOSSES}, got {self.denoise_loss!r}")
+        if self.denoise_loss in MAP_LOSSES_ON_X0 and self.prediction != "x0":
+            raise ValueError(f"denoise_loss {self.denoise_loss!r} reads the network's output as the map's logits, "
+                             f"so it needs prediction = 'x0', not {self.prediction!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("sampler", "final_sampler"):
@@ -63,16 +70,23 @@ class DiffusionConfig(AugmentConfig):
             raise ValueError("sampling_steps and final_sampling_steps must be at least 1")
 
 
+MAP_LOSSES_ON_X0 = ("ce", "l1+ce")  # the autoencoder's map losses (trainables/losses.py), on the x0 estimate
+
+
 class DiffusionFamily(Family):
     def __init__(self, hp: DiffusionConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
         width = scaled_width(hp.width, settings.width_divisor)
         self.schedule = NoiseSchedule(hp.schedule, hp.steps, hp.beta_start, hp.beta_end, prediction=hp.prediction,
-                                      zero_terminal_snr=hp.zero_terminal_snr).to(device)
+                                      zero_terminal_snr=hp.zero_terminal_snr,
+                                      x0_logits=hp.denoise_loss in MAP_LOSSES_ON_X0).to(device)
         self.net = build_denoiser(DenoiserConfig(width=width, norm=hp.norm), hp.steps).to(device)
         self.opt = build_optimizer(self.net.parameters(), optimizer_config(hp))
         self.scaler = self.precision.scaler()
-        self.loss = masked_l1 if hp.denoise_loss == "l1" else masked_mse
+        if hp.denoise_loss in MAP_LOSSES_ON_X0:
+            self.loss = lambda output, x0, valid: masked_map_loss(hp.denoise_loss, output, x0, valid)
+        else:
+            self.loss = masked_l1 if hp.denoise_loss == "l1" else masked_mse
         # Sampling noise is seeded, so a config's validation L1 is reproducible.
         self.sample_seed = settings.seed
         self.has_final_mode = (hp.final_sampler, hp.final_sampling_steps) != (hp.sampler, hp.sampling_steps)
