@@ -28,7 +28,7 @@ from trainables.data import resolve_data
 # (at the report's weight of 1 its runs are noisier still: see the table).
 VARIANTS = {"autoencoder": [{}, {"p_translation": 0.0}],
             "gan": [{}, {"l1_weight": 100.0}, {"l1_weight": 100.0, "p_translation": 0.0}],
-            "diffusion": [{"prediction": "x0"}]}
+            "diffusion": [{"p_translation": 0.0}]}  # the study default since 2026-11-24: x0 with l1+ce
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{family:12} {changed:16} {mean:7.4f} {sd:7.4f} {sd / mean:7.1%} {min(values):7.4f} {max(values):7.4f}  "
                   + " ".join(f"{v:.4f}" for v in values), flush=True)
     out = Path(args.out)
+    families = args.families.split(",")
+    if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
+        kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
+        rows = sorted(kept + rows, key=lambda r: FAMILIES.index(r["family"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
     return 0
