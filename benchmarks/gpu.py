@@ -530,6 +530,15 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fold(results: dict[str, Any], section: str, measured: Any) -> None:
+    """Put a section's results in; a train run of some cases replaces those cases only."""
+    if section == "train" and "train" in results:
+        ran = {(r["family"], r["width"], r["variant"]) for r in measured["rows"]}
+        measured = {**measured, "rows": [r for r in results["train"]["rows"]
+                                         if (r["family"], r["width"], r["variant"]) not in ran] + measured["rows"]}
+    results[section] = measured
+
+
 def _write(results: dict[str, Any], out: Path, device: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"gpu-{device}.json").write_text(json.dumps(results, indent=1, default=str))
@@ -564,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         device = other["_device"]
         path = out / f"gpu-{device}.json"
         results = json.loads(path.read_text()) if path.exists() else {}
-        results.update(other)
+        for section, measured in other.items():
+            _fold(results, section, measured)
         _write(results, out, device)
         print(render(results))
         return 0
@@ -587,12 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         if section not in sections:
             continue
         start = time.perf_counter()
-        measured = globals()[f"section_{section}"](args)
-        if section == "train" and "train" in results:  # a run of some cases replaces those cases only
-            ran = {(r["family"], r["width"], r["variant"]) for r in measured["rows"]}
-            measured["rows"] = [r for r in results["train"]["rows"]
-                                if (r["family"], r["width"], r["variant"]) not in ran] + measured["rows"]
-        results[section] = measured
+        _fold(results, section, globals()[f"section_{section}"](args))
         results[section]["_measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results[section]["_section_s"] = time.perf_counter() - start
         _write(results, out, device)  # after each section: a run cut short keeps what it measured

@@ -49,7 +49,7 @@ from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
 from search.space import Space
 from trainables import family_parts
-from trainables.config import RunSettings, parse_config, trial_key
+from trainables.config import DEVICE_SETTINGS, DEVICE_SWITCHES, RunSettings, parse_config, trial_key
 from trainables.data import MAP_CHANNELS, VMSDataset
 from trainables.loop import DIVERGED_L1
 
@@ -198,8 +198,7 @@ def _identity(space: Space, settings: RunSettings, options: SearchOptions, prese
     return {
         "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint,
         "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("checkpoint_root", "threads", "evaluate_test", "precision", "channels_last", "compile",
-                                  "cuda_graphs")},
+                     if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)},
         "data_subset": [preset.n_train, preset.n_val],
     }
 
@@ -314,7 +313,7 @@ def validate_options(options: SearchOptions) -> None:
 
     if options.precision not in PRECISIONS:
         raise StudyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}.")
-    for name in ("channels_last", "compile", "cuda_graphs"):
+    for name in DEVICE_SWITCHES:
         if getattr(options, name) not in SWITCHES:
             raise StudyError(f"--{name.replace('_', '-')} must be one of {', '.join(SWITCHES)}, "
                              f"got {getattr(options, name)!r}.")

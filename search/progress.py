@@ -103,9 +103,9 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
     import torch
 
     from trainables import family_parts
-    from trainables.augment import diff_augment
+    from trainables.augment import AugmentConfig
     from trainables.config import parse_config
-    from trainables.loop import EVAL_BATCH, as_float
+    from trainables.loop import EVAL_BATCH, TrainSteps, as_float
 
     _, family_cls, config_cls = family_parts(family)
     settings, hp = parse_config(config, config_cls)
@@ -126,9 +126,11 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
                 if target.type == "cuda":
                     torch.cuda.synchronize(target)
 
+            take_step = TrainSteps(model, images, maps, AugmentConfig(), graphs=False)  # the loop's step, eagerly
+            index = torch.arange(batch, device=target)
+
             def train_step() -> None:
-                image, vms, valid = diff_augment(as_float(images[:batch]), as_float(maps[:batch]))
-                model.train_step(model.fast.input(image), model.fast.input(vms), valid)
+                take_step(index)
 
             def eval_batch() -> None:
                 model.train(False)

@@ -44,7 +44,7 @@ class RunSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("channels_last", "compile", "cuda_graphs"):
+        for name in DEVICE_SWITCHES:
             if getattr(self, name) not in SWITCHES:
                 raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {getattr(self, name)!r}")
 
@@ -134,9 +134,11 @@ def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettin
 
 # Settings that do not change what a trial computes: a trial resumed with more epochs,
 # another checkpoint folder or another thread count is the same trial.
-# The device settings (precision, memory format, compilation) change rounding and speed only.
-_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", "precision", "channels_last", "compile",
-                 "cuda_graphs")
+# How a trial runs on its device (trainables/device.py): rounding and speed only, so neither in the
+# trial key nor in a study's identity (search/driver.py).
+DEVICE_SWITCHES = ("channels_last", "compile", "cuda_graphs")  # each auto | on | off
+DEVICE_SETTINGS = ("precision", *DEVICE_SWITCHES)
+_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)
 
 
 def trial_key(settings: RunSettings, hp: Any) -> str:

@@ -138,15 +138,6 @@ class GpuUtilisation:
         except Exception:  # noqa: BLE001
             return None
 
-    def used_mb(self) -> float | None:
-        """Device memory in use on the whole GPU (every process), MB."""
-        if self.handle is None:
-            return None
-        try:
-            return self._nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
-        except Exception:  # noqa: BLE001
-            return None
-
 
 def cuda_context_mb(device: torch.device) -> float:
     """This process's device memory outside PyTorch's allocator (CUDA context, cuDNN/cuBLAS handles), MB.

@@ -124,11 +124,11 @@ class Family(ABC):
             module.load_state_dict(state[f"net.{name}"])
         if nets_only:
             return
+        cuda = self.device.type == "cuda"
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state[f"opt.{name}"])
             # Saved on another device (a CPU trial resumed on a GPU, or back): the step count lives on the
             # device exactly when the optimizer is capturable, as CUDA graphs need (trainables/config.py).
-            cuda = self.device.type == "cuda"
             for group in optimizer.param_groups:
                 if "capturable" in group:
                     group["capturable"] = cuda
@@ -665,7 +665,7 @@ def _checkpoint(trial: Trial, progress: Progress) -> None:
     if not trial.store:
         return
     store = trial.store
-    ended = progress.history[-1]["status"] in ("completed", "diverged") or progress.epoch >= trial.settings.epochs
+    ended = progress.history[-1]["status"] in ("completed", "diverged")
     now = time.perf_counter()
     if not ended and store.last_cost is not None and now - store.last_started < store.last_cost / CHECKPOINT_SHARE:
         return
