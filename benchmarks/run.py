@@ -6,7 +6,7 @@
 
 Every figure is a median over repeats, and ratios are measured within one run (these
 machines are shared and noisy). Raw results go to benchmarks/results/ (JSON, and Parquet
-for the search-efficiency curves); the printed Markdown table is what benchmarks/README.md
+for the search-efficiency runs and curves, benchmarks/search.py); the printed Markdown table is what benchmarks/README.md
 shows.
 """
 
@@ -292,21 +292,17 @@ def bench_datapath(data: VMSDataset, quick: bool) -> dict[str, Any]:
     return result
 
 
-# -- 3. search efficiency ----------------------------------------------------------------------
-
-
-def _register_presets() -> None:
-    from search.driver import PRESETS, Preset
-
-    PRESETS.setdefault("bench-small", Preset(4, 8, 8, 1, 2, 640, 160, 160,
-                                             description="benchmarks: widths / 8, 640+160 pairs, 4 epochs"))
+# -- 3. search efficiency: benchmarks/search.py ---------------------------------------------------
 
 
 def _search(strategy: str, model: str, *, seed: int, samples: int | None = None, scheduler: str = "asha",
             preset: str = "bench-small", epochs: int | None = None, max_concurrent: int | None = None):
+    """One whole search (sections 1 and 6): its summary and trials."""
     from search.driver import SearchOptions, run_study
 
-    _register_presets()
+    from benchmarks.search import register_preset
+
+    register_preset()
     with tempfile.TemporaryDirectory() as runs:
         options = SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, samples=samples, seed=seed,
                                 scheduler=scheduler, runs_dir=runs, study="bench", epochs=epochs,
@@ -316,61 +312,12 @@ def _search(strategy: str, model: str, *, seed: int, samples: int | None = None,
     return summary, trials
 
 
-def _curve(trials: pd.DataFrame) -> pd.DataFrame:
-    t = trials.sort_values("ended_at").reset_index(drop=True)
-    ok = t["status"].isin(["completed", "stopped"])
-    return pd.DataFrame({"budget": t["epochs_run"].fillna(0).cumsum(),
-                         "best": t["best_val_l1"].where(ok).cummin().ffill()})
-
-
 def _shared_ray():
     """One local Ray for a series of searches (run_study reuses it instead of starting its own)."""
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
-
-
-def bench_efficiency(quick: bool) -> dict[str, Any]:
-    seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4]
-    model = "autoencoder"
-    runs = []
-    ray = _shared_ray()
-    for seed in seeds:
-        reference_summary, reference = _search("greedy", model, seed=seed, scheduler="none")
-        greedy_budget = int(reference["epochs_run"].sum())
-        target = reference_summary.best_val_l1
-        samples = len(reference)  # the same number of trials: at most the same budget
-        for name, strategy, scheduler in (("greedy", "greedy", "none"), ("greedy+asha", "greedy", "asha"),
-                                          ("tpe+asha", "tpe", "asha"), ("random+asha", "random", "asha")):
-            trials = reference if name == "greedy" else _search(strategy, model, seed=seed, samples=samples,
-                                                                scheduler=scheduler)[1]
-            curve = _curve(trials)
-            reached = curve[curve["best"] <= target]
-            runs.append({"seed": seed, "strategy": name, "trials": len(trials), "budget": int(curve["budget"].iloc[-1]),
-                         "best_val_l1": float(curve["best"].iloc[-1]), "greedy_budget": greedy_budget,
-                         "greedy_best": target,
-                         "budget_to_greedy_best": int(reached["budget"].iloc[0]) if len(reached) else None,
-                         "curve": curve.to_dict(orient="list")})
-            print(f"  efficiency seed {seed} {name:12s}: best {runs[-1]['best_val_l1']:.4f} with {runs[-1]['budget']} "
-                  f"epochs; reaches greedy's {target:.4f} at {runs[-1]['budget_to_greedy_best']}", flush=True)
-    ray.shutdown()
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in runs])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"seed": r["seed"], "strategy": r["strategy"], "budget": b, "best": v}
-                  for r in runs for b, v in zip(r["curve"]["budget"], r["curve"]["best"])]
-                 ).to_parquet(RESULTS / "efficiency_curves.parquet")
-    table = {}
-    for name, group in frame.groupby("strategy", sort=False):
-        to_reach = group["budget_to_greedy_best"]
-        table[name] = {"median_best_val_l1": float(group["best_val_l1"].median()),
-                       "median_budget": float(group["budget"].median()),
-                       "reached_greedy_best": f"{int(to_reach.notna().sum())}/{len(group)}",
-                       "median_budget_to_greedy_best": float(to_reach.dropna().median()) if to_reach.notna().any() else None,
-                       "median_fraction_of_greedy_budget": float((to_reach / group["greedy_budget"]).dropna().median())
-                       if to_reach.notna().any() else None}
-    return {"model": model, "preset": "bench-small", "seeds": seeds, "runs": frame.to_dict(orient="records"),
-            "table": table}
 
 
 # -- 4. diffusion evaluation --------------------------------------------------------------------
@@ -532,17 +479,9 @@ def render_table(results: dict[str, Any]) -> str:
                   f"{d['ratio_files_over_resident']:.2f} |",
                   f"| DataLoader decoding and resizing 384x384 JPEGs every epoch (a real copy's size) | "
                   f"{d['jpeg384_s']:.2f} | {d['ratio_jpeg384_over_resident']:.2f} |", ""]
-    if "efficiency" in results:
-        e = results["efficiency"]
-        lines += [f"### 3. Search efficiency ({e['model']}, preset {e['preset']}, seeds {e['seeds']})", "",
-                  "| strategy | median best val L1 | median budget (epochs) | reached greedy's best | "
-                  "median budget to reach it | fraction of greedy's budget |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, v in e["table"].items():
-            to = "-" if v["median_budget_to_greedy_best"] is None else f"{v['median_budget_to_greedy_best']:.0f}"
-            frac = "-" if v["median_fraction_of_greedy_budget"] is None else f"{v['median_fraction_of_greedy_budget']:.2f}"
-            lines.append(f"| {name} | {v['median_best_val_l1']:.4f} | {v['median_budget']:.0f} | "
-                         f"{v['reached_greedy_best']} | {to} | {frac} |")
-        lines.append("")
+    if "search" in results:
+        lines += ["### 3. Search efficiency at greedy's budget (`python -m benchmarks.search`)", "",
+                  results["search"]["markdown"], ""]
     if "sampling" in results:
         s = results["sampling"]
         lines += [f"### 4. Diffusion evaluation ({s['images']} validation images, trained with {s['trained_steps']} steps,"
@@ -568,7 +507,7 @@ def render_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "datapath", "efficiency", "sampling", "memory", "scaling")
+SECTIONS = ("overhead", "datapath", "search", "sampling", "memory", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,8 +538,10 @@ def main(argv: list[str] | None = None) -> int:
             results[section] = bench_overhead(data, args.quick)
         elif section == "datapath":
             results[section] = bench_datapath(data, args.quick)
-        elif section == "efficiency":
-            results[section] = bench_efficiency(args.quick)
+        elif section == "search":
+            from benchmarks.search import bench_search
+
+            results[section] = bench_search(args.quick)
         elif section == "sampling":
             results[section] = bench_sampling(data, args.quick)
         elif section == "memory":

@@ -43,7 +43,9 @@ from search.faults import crash_point
 from search.final import aggregate, final_row, final_seeds, format_final, plan_runs, top_configurations, write_final
 from search.greedy import GreedySearcher, default_margin
 from search.lease import LeaseHeld, StudyLease, safe_url
+from search.budget import EpochBudget
 from search.optuna_search import StorageError, open_storage, open_study
+from search.strategies import STRATEGIES as STRATEGY_TABLE
 from search.progress import SearchProgress, estimate_line, measure_on_worker
 from search.reconcile import SearcherRecord, reconcile
 from search.results import STATUSES, ResultsCallback, ResultsStore, TrialIdentity
@@ -54,8 +56,10 @@ from trainables.data import MAP_CHANNELS, VMSDataset
 from trainables.loop import DIVERGED_L1
 
 STUDY_FORMAT = 1
-STRATEGIES = ("greedy", "tpe", "random")
+STRATEGIES = tuple(STRATEGY_TABLE)
 SCHEDULERS = ("asha", "none")
+UNBOUNDED = 1_000_000  # trials of an Optuna study that --budget-epochs ends (and no --samples)
+DOMAINS = ("grid", "ranges")  # what Optuna strategies sample: the study's values (greedy's grid) or its ranges
 
 
 class StudyError(Exception):
@@ -116,6 +120,8 @@ class SearchOptions:
     preset: str | None = None
     epochs: int | None = None
     samples: int | None = None
+    budget_epochs: int | None = None  # stop proposing trials once this many epochs (all trials together) are spent
+    domain: str | None = None  # grid | ranges (Optuna strategies; None: grid, or what the study was started with)
     gpus_per_trial: float | str | None = None  # a number, "auto" (search.packing), None: auto with GPUs, else 0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
@@ -194,9 +200,9 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _identity(space: Space, settings: RunSettings, options: SearchOptions, preset: Preset) -> dict[str, Any]:
+def _identity(space: Space, settings: RunSettings, options: SearchOptions, preset: Preset, domain: str) -> dict[str, Any]:
     return {
-        "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint,
+        "family": space.family, "strategy": options.strategy, "space_fingerprint": space.fingerprint, "domain": domain,
         "settings": {k: v for k, v in asdict(settings).items()
                      if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)},
         "data_subset": [preset.n_train, preset.n_val],
@@ -212,7 +218,9 @@ def check_or_create_study(study_dir: Path, identity: dict[str, Any], data: VMSDa
             existing = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise StudyError(f"{path} is not valid JSON ({err}); restore it or use another --study.") from None
-        differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items() if existing.get(k) != v]
+        legacy = {"domain": "grid" if existing.get("strategy") == "greedy" else "ranges"}  # studies from before --domain
+        differences = [f"{k}: study has {existing.get(k, legacy.get(k))!r}, this run {v!r}" for k, v in identity.items()
+                       if existing.get(k, legacy.get(k)) != v]
         if differences:
             raise StudyError(
                 f"study {study_dir.name} in {study_dir} was created with other settings, and mixing them would corrupt it ("
@@ -284,7 +292,12 @@ def validate_options(options: SearchOptions) -> None:
         raise StudyError(f"unknown --preset {options.preset!r}; choose one of {', '.join(PRESETS)}.")
     if options.scheduler not in SCHEDULERS:
         raise StudyError(f"unknown --scheduler {options.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
-    for name in ("epochs", "samples", "max_concurrent", "grace_period", "max_blocks"):
+    if options.domain is not None and options.domain not in DOMAINS:
+        raise StudyError(f"unknown --domain {options.domain!r}; choose one of {', '.join(DOMAINS)}.")
+    if options.domain == "ranges" and options.strategy == "greedy":
+        raise StudyError("--domain ranges: greedy walks the study's discrete values; drop --domain, or pick "
+                         f"another strategy ({', '.join(s for s in STRATEGIES if s != 'greedy')}).")
+    for name in ("epochs", "samples", "budget_epochs", "max_concurrent", "grace_period", "max_blocks"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise StudyError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
@@ -425,6 +438,7 @@ class StudyPlan:
     gpus_per_trial: float
     auto_share: bool = False  # --gpus-per-trial auto with GPUs: set by _pack from a measured trial
     probe: Any = None  # search.packing.GpuProbe of _pack (its epoch seconds serve the estimate)
+    domain: str = "grid"  # grid | ranges: what an Optuna strategy samples
 
     @property
     def segment(self) -> int:
@@ -442,6 +456,7 @@ class OpenSearch:
     done: dict[str, SearcherRecord] | None = None  # trial key -> how the searcher saw it end
     lease: StudyLease | None = None  # tpe/random: held in the Optuna storage while this driver runs
     planned: Any = None  # () -> the study's total trial count as now planned (for the progress line)
+    budget: EpochBudget | None = None  # --budget-epochs: wraps the searcher
 
 
 def _run_locked(options: SearchOptions, family: str, space: Space, name: str, study_dir: Path,
@@ -460,9 +475,13 @@ def _run_locked(options: SearchOptions, family: str, space: Space, name: str, st
                               segment=plan.segment, epochs_planned=plan.epochs):
             print(line, flush=True)
         interrupted = False
-        if search.to_run != 0:
+        if options.budget_epochs:
+            search.budget = EpochBudget(search.searcher, options.budget_epochs, spent=len(store.epochs))
+            print(f"budget: {options.budget_epochs} epochs in all, {search.budget.spent} spent so far", flush=True)
+        if search.to_run != 0 and not (search.budget and search.budget.reached):
             interrupted = _fit(plan, search, store, identity, full_config, started)
-        finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished)
+        finished = not interrupted and (options.strategy != "greedy" or search.searcher.state.finished
+                                        or bool(search.budget and search.budget.reached))
         final = None
         if finished:
             final, interrupted = _final_stage(plan, store, full_config)
@@ -513,11 +532,26 @@ def _plan(options: SearchOptions, family: str, space: Space, name: str, study_di
                            train_eval_size=preset.train_eval_size, precision=options.precision,
                            channels_last=options.channels_last, compile=options.compile,
                            cuda_graphs=options.cuda_graphs)
-    record = check_or_create_study(study_dir, _identity(space, settings, options, preset), data,
+    domain = _domain(options, study_dir)
+    record = check_or_create_study(study_dir, _identity(space, settings, options, preset, domain), data,
                                    {"space_file": space.source, "preset": preset_name})
     return StudyPlan(options, family, space, name, study_dir, preset_name, preset, epochs, grace,
-                     options.samples or preset.samples, settings, data, record, cpus_available, gpus_available,
-                     gpus_per_trial, auto_share=auto and bool(gpus_available))
+                     options.samples or (UNBOUNDED if options.budget_epochs else preset.samples), settings, data, record,
+                     cpus_available, gpus_available,
+                     gpus_per_trial, auto_share=auto and bool(gpus_available), domain=domain)
+
+
+def _domain(options: SearchOptions, study_dir: Path) -> str:
+    """What the strategy samples: greedy the grid; others --domain, else what the study was started with, else the grid."""
+    if options.strategy == "greedy":
+        return "grid"
+    if options.domain:
+        return options.domain
+    try:
+        existing = json.loads((study_dir / "study.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "grid"
+    return existing.get("domain", "ranges")  # a study from before --domain sampled the ranges
 
 
 class TrialConfigs:
@@ -576,17 +610,31 @@ def _open_search(plan: StudyPlan, key_of) -> OpenSearch:
         raise StudyError(str(err)) from None
     lease = _take_lease(url, plan.name)  # before repairing anything: the trials may be another driver's
     try:
-        study = open_study(storage, plan.name, plan.space.suggest, strategy=options.strategy, seed=options.seed,
-                           samples=plan.samples, key_of=key_of)
+        study = open_study(storage, plan.name, plan.space, strategy=options.strategy, seed=options.seed,
+                           samples=plan.samples, key_of=key_of, use_ranges=plan.domain == "ranges",
+                           expected=_expected_trials(plan))
     except BaseException:
         lease.release()
         raise
+    bounded = plan.samples < UNBOUNDED
     if study.done or study.requeued:
-        print(f"continuing study {plan.name}: {study.done} of {plan.samples} trials already done, {study.to_run} to run"
+        print(f"continuing study {plan.name}: {study.done}" + (f" of {plan.samples}" if bounded else "")
+              + " trials already done" + (f", {study.to_run} to run" if bounded else "")
               + (f" ({study.requeued} interrupted by a stopped driver, run again from their checkpoints)"
                  if study.requeued else ""), flush=True)
     done = {key: SearcherRecord(config, errored=outcome == "errored") for key, (config, outcome) in study.finished.items()}
-    return OpenSearch(study.searcher, study.to_run, study.to_run, None, done, lease, planned=lambda: plan.samples)
+    return OpenSearch(study.searcher, study.to_run if bounded else -1, study.to_run if bounded else None, None, done,
+                      lease, planned=(lambda: plan.samples) if bounded else None)
+
+
+def _expected_trials(plan: StudyPlan) -> int:
+    """Trials the study is expected to run, for the samplers' start-up: --samples, else what --budget-epochs affords
+    at full length, else the preset's."""
+    if plan.options.samples:
+        return plan.options.samples
+    if plan.options.budget_epochs:
+        return max(1, plan.options.budget_epochs // plan.epochs)
+    return plan.preset.samples
 
 
 def _print_block(block) -> None:
@@ -662,7 +710,7 @@ def _fit(plan: StudyPlan, search: OpenSearch, store: ResultsStore, identity: Tri
     _allow_pending_trials(plan)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial_function, data=plan.data), _resources(plan)),
-        tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=search.searcher,
+        tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=search.budget or search.searcher,
                                     scheduler=_scheduler(plan, store, search.block_of), num_samples=search.num_samples,
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(

@@ -1,4 +1,4 @@
-"""TPE and random search through Optuna, on a persistent storage, resumable to the same trials.
+"""The Optuna-based strategies (TPE, BOHB-style TPE, GP, random; search/strategies.py) through Ray Tune, on a persistent storage, resumable to the same trials.
 
 Ray Tune's ``OptunaSearch`` asks and tells an Optuna study. Three things are added here so a
 study continued after a killed driver is the study an uninterrupted driver would have run:
@@ -30,6 +30,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.faults import crash_point
 from search.lease import safe_url
+from search.space import Space
+from search.strategies import sampler_factory
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
 
@@ -90,12 +92,6 @@ class StudyOptunaSearch(OptunaSearch):
         crash_point("searcher-complete")
 
 
-def _tpe_sampler(seed: int, *, startup: int) -> BaseSampler:
-    # Module level, not a closure: Ray pickles the searcher (and so the sampler) into its experiment state.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                      constant_liar=True)
-
-
 @dataclass
 class OptunaStudy:
     searcher: StudyOptunaSearch
@@ -116,13 +112,22 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(f"cannot open the Optuna storage {safe_url(url)} ({err}); pass a valid --storage URL.") from None
 
 
-def open_study(storage: optuna.storages.RDBStorage, name: str, space_suggest: Callable, *, strategy: str, seed: int,
-               samples: int, key_of: Callable[[dict[str, Any]], str]) -> OptunaStudy:
-    """Load (or create) the study, repair what a dead driver left RUNNING, and build the searcher."""
+def open_study(storage: optuna.storages.RDBStorage, name: str, space: Space, *, strategy: str, seed: int,
+               samples: int, key_of: Callable[[dict[str, Any]], str], use_ranges: bool = False,
+               expected: int | None = None) -> OptunaStudy:
+    """Load (or create) the study, repair what a dead driver left RUNNING, and build the searcher.
+
+    ``use_ranges``: sample the study file's continuous ranges where it gives them; otherwise its
+    ``values``, the grid greedy walks. A new study's first trial is the study's defaults, greedy's
+    starting point, so every strategy starts from the same place. ``expected``: the trials the study
+    is expected to run (``samples`` unless a budget in epochs ends it), for the samplers' start-up.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE's multivariate/group modes (needed for conditional spaces) are flagged experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(space.optuna_params(space.defaults()), user_attrs={"study_defaults": True})
     done, requeued = 0, 0
     finished: dict[str, tuple[dict[str, Any], str]] = {}
     for trial in study.get_trials(deepcopy=False):
@@ -140,10 +145,7 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, space_suggest: Ca
             outcome = "errored" if trial.state == TrialState.FAIL else "finished"
             finished[trial.user_attrs["trial_key"]] = (json.loads(trial.user_attrs["config"]), outcome)
 
-    if strategy == "tpe":
-        factory = functools.partial(_tpe_sampler, startup=max(3, min(10, samples // 3)))
-    else:
-        factory = optuna.samplers.RandomSampler
-    searcher = StudyOptunaSearch(space=space_suggest, metric="best_val_l1", mode="min",
+    factory = sampler_factory(strategy, samples=expected or samples, n_params=len(space.params))
+    searcher = StudyOptunaSearch(space=functools.partial(space.suggest, use_ranges=use_ranges), metric="best_val_l1", mode="min",
                                  sampler=ReseededSampler(factory, seed), study_name=name, storage=storage, key_of=key_of)
     return OptunaStudy(searcher, done, max(0, samples - done), finished, requeued)

@@ -39,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                         + " (default: thesis with GPUs, cpu without)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (overrides the preset)")
-    parser.add_argument("--samples", type=int, default=None, help="tpe/random: total trials of the study (overrides the preset)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="Optuna strategies: total trials of the study (overrides the preset; none with --budget-epochs)")
+    parser.add_argument("--budget-epochs", type=int, default=None,
+                        help="stop starting trials once the study's trials have trained this many epochs in all")
+    parser.add_argument("--domain", default=None,
+                        help="Optuna strategies: sample the study's 'values' (grid, the space greedy walks; the default) "
+                             "or its continuous 'ranges'")
     parser.add_argument("--gpus-per-trial", type=_gpus, default=None,
                         help="GPUs per trial; fractions share a GPU; auto: measure one trial alone on a GPU and share "
                              "each GPU between as many trials as fit in its memory and its idle time "

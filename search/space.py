@@ -151,6 +151,12 @@ class Space:
                 config[param.name] = trial.suggest_categorical(optuna_name, list(choice.values))
         return config
 
+    def optuna_params(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A canonical config in :meth:`suggest`'s Optuna names (``lr`` under SGD is ``lr@sgd``), for enqueueing it."""
+        resolved = self.resolve(config)
+        return {(f"{name}@{resolved[self.by_name[name].depends_on]}" if self.by_name[name].depends_on else name): value
+                for name, value in resolved.items()}
+
     def describe(self) -> str:
         lines = [f"{self.family} space from {self.source}: {len(self.params)} parameters"]
         for param in self.params:

@@ -174,3 +174,83 @@ def test_best_gallery_skips_all_black_truths():
     chosen = gallery_selection(per_image, truth, k=2)
     assert chosen["best"] == [4, 3]
     assert chosen["worst"] == [5, 3]
+
+
+def _fake_trials(rows: list[tuple[str, str, float | None, int, int]]) -> pd.DataFrame:
+    """(trial_id, status, best_val_l1, epochs_run, minute it ended) rows as a trials table."""
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    return pd.DataFrame({
+        "trial_id": [r[0] for r in rows], "status": [r[1] for r in rows],
+        "best_val_l1": pd.Series([r[2] for r in rows], dtype="float64"),
+        "epochs_run": pd.Series([r[3] for r in rows], dtype="int64"),
+        "started_at": [start] * len(rows),
+        "ended_at": [start + pd.Timedelta(minutes=r[4]) for r in rows],
+    })
+
+
+def test_efficiency_curve_is_a_step_function_that_stops_at_the_last_epoch():
+    import numpy as np
+
+    from dashboards.build import best_so_far_by_epochs, best_so_far_on_grid, efficiency_band
+
+    # Listed out of order on purpose: the curve follows the order trials ended in.
+    trials = _fake_trials([("c", "completed", 0.30, 4, 3), ("a", "errored", None, 2, 1),
+                           ("b", "stopped", 0.50, 3, 2), ("d", "diverged", 0.01, 1, 4),
+                           ("e", "completed", 0.40, 2, 5)])
+    spent, best = best_so_far_by_epochs(trials)
+    assert spent.tolist() == [2, 5, 9, 10, 12]
+    assert np.isnan(best[0]) and best[1:].tolist() == [0.50, 0.30, 0.30, 0.30]  # a diverged trial's L1 is not a result
+    grid = np.array([0, 2, 4.9, 5, 8, 9, 12, 13])
+    curve = best_so_far_on_grid(trials, grid)
+    assert np.isnan(curve[:3]).all()  # nothing finished within 4.9 epochs
+    assert curve[3:7].tolist() == [0.50, 0.50, 0.30, 0.30]
+    assert np.isnan(curve[7])  # beyond the study's 12 epochs: no value, not the last one carried on
+    assert np.isnan(best_so_far_on_grid(_fake_trials([]), grid)).all()
+
+    # A second, shorter study (6 epochs): the band beyond epoch 6 is the first study alone.
+    short = _fake_trials([("x", "completed", 0.20, 1, 1), ("y", "completed", 0.10, 5, 2)])
+    band = efficiency_band([curve, best_so_far_on_grid(short, grid)])
+    assert band["n"].tolist() == [0, 1, 1, 2, 1, 1, 1, 0]
+    assert band["low"][1] == band["high"][1] == 0.20  # epoch 2: only the short study has a finished trial
+    assert band["low"][3] == 0.20 and band["high"][3] == 0.50 and band["median"][3] == pytest.approx(0.35)
+    assert band["low"][4] == band["high"][4] == band["median"][4] == 0.50  # epoch 8: the short one ended at 6
+    assert np.isnan(band["median"][[0, 7]]).all()
+
+
+def _fake_study(folder: Path, strategy: str, seed: int, family: str = "ae") -> Path:
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps({
+        "study": folder.name, "family": family, "strategy": strategy, "domain": "grid", "seed": seed,
+        "baselines": {"black_l1": 0.9, "mean_map_l1": 0.6}}))
+    rows = [(f"t{i}", "completed" if i % 3 else "stopped", 0.5 - 0.03 * i - 0.01 * seed, 2 + (i + seed) % 3, i)
+            for i in range(6 + seed)]
+    _fake_trials(rows).assign(hp_lr=[0.1, 0.01] * 3 + [0.1] * seed).to_parquet(folder / "trials.parquet")
+    return folder
+
+
+def test_efficiency_section_draws_one_band_per_strategy(tmp_path):
+    import json
+
+    from dashboards.build import build
+
+    folders = [_fake_study(tmp_path / f"{strategy}-{seed}", strategy, seed)
+               for strategy, seeds in (("tpe", (0, 1, 2)), ("random", (0, 1))) for seed in seeds]
+    out = build(folders, tmp_path / "r.html")
+    text = out.read_text()
+    section = text.split('<section id="efficiency">', 1)[1].split("</section>", 1)[0]
+    assert "plotly-graph-div" in section and 'class="empty"' not in section
+    spec, _ = json.JSONDecoder().raw_decode(section.split('Plotly.newPlot(', 1)[1].split(",", 1)[1].lstrip())
+    medians = sorted(trace["name"] for trace in spec if trace.get("showlegend") is not False)
+    assert medians == ["random (2 studies)", "tpe (3 studies)"]
+    assert sum(trace.get("fill") == "tonexty" for trace in spec) == 2  # one band each
+    assert all(trace["line"]["shape"] == "hv" for trace in spec)
+    assert "all-black map" in section and "mean training map" in section
+    assert text.index('id="search-progress"') < text.index('id="efficiency"') < text.index('id="learning-curves"')
+    # The same folders give the same file.
+    assert build(folders, tmp_path / "again.html").read_bytes() == out.read_bytes()
+
+    alone = build(folders[:1] + [_fake_study(tmp_path / "gan", "tpe", 0, family="gan")], tmp_path / "one.html")
+    section = alone.read_text().split('<section id="efficiency">', 1)[1].split("</section>", 1)[0]
+    assert 'class="empty"' in section and "several studies of one model family" in section and "--seed" in section

@@ -1,0 +1,142 @@
+"""Each Optuna-based searcher (search/strategies.py): its state lives in the storage, a fresh driver
+proposes what the old one would have, a pending trial survives, and a killed driver's search resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from ray.tune.search import Searcher
+
+from search.bohb import RungTPESampler
+from search.budget import EpochBudget
+from search.greedy import GreedySearcher
+from search.optuna_search import open_storage, open_study
+from search.space import load_space
+from search.strategies import STRATEGIES
+from tests.conftest import run_cli
+from tests.test_search import SMOKE, _crash
+
+OPTUNA_STRATEGIES = [name for name, s in STRATEGIES.items() if s.sampler is not None]
+
+
+def _objective(config: dict, epoch: int) -> float:
+    """A smooth made-up val L1 with a learning curve: lower near lr 0.001, width 64, batch 16."""
+    lr = config.get("lr", 1.0)
+    base = 0.05 + 0.01 * abs(math.log10(lr) + 3) + 0.0001 * abs(config["width"] - 64) + 0.0005 * abs(config["batch_size"] - 16)
+    return base * (1 + 1.0 / epoch)
+
+
+def _key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _open(path: Path, strategy: str):
+    space = load_space("autoencoder")
+    return space, open_study(open_storage(f"sqlite:///{path}"), "s", space, strategy=strategy, seed=7, samples=30,
+                             key_of=_key, expected=12)
+
+
+def _run_trial(searcher, space, trial_id: str, epochs: int) -> dict:
+    config = searcher.suggest(trial_id)
+    assert config is not None
+    canonical = space.canonical(config)
+    for epoch in range(1, epochs + 1):
+        searcher.on_trial_result(trial_id, {"best_val_l1": _objective(canonical, epoch), "training_iteration": epoch})
+    searcher.on_trial_complete(trial_id, {"best_val_l1": _objective(canonical, epochs), "training_iteration": epochs})
+    return canonical
+
+
+@pytest.mark.parametrize("strategy", OPTUNA_STRATEGIES)
+def test_a_fresh_searcher_continues_where_the_stored_one_was(strategy, tmp_path):
+    db = tmp_path / "optuna.db"
+    space, study = _open(db, strategy)
+    searcher = study.searcher
+    first = _run_trial(searcher, space, "t0", 4)
+    assert first == space.defaults(), "every strategy starts from the study's defaults, as greedy does"
+    for i in range(1, 10):  # ASHA-like: most trials stop after one or two epochs
+        _run_trial(searcher, space, f"t{i}", (1, 2, 4)[i % 3])
+    pending = space.canonical(searcher.suggest("pending"))  # proposed, not finished, when the driver dies
+    shutil.copy(db, tmp_path / "copy.db")
+    expected_next = space.canonical(searcher.suggest("next"))
+
+    space, fresh = _open(tmp_path / "copy.db", strategy)
+    assert fresh.done == 10 and fresh.requeued == 1
+    assert space.canonical(fresh.searcher.suggest("again")) == pending, "the pending trial is proposed again"
+    assert space.canonical(fresh.searcher.suggest("next")) == expected_next
+
+
+def test_defaults_come_first_on_the_ranges_too(tmp_path):
+    space = load_space("gan")
+    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, strategy="tpe", seed=0, samples=5,
+                       key_of=_key, use_ranges=True)
+    config = study.searcher.suggest("a")
+    assert space.canonical(config) == space.defaults()
+    assert study.searcher.suggest("b")["p_translation"] not in (0.0, 0.9), "then the continuous range, not the grid"
+
+
+def test_the_multi_fidelity_model_uses_the_highest_epoch_enough_trials_reached(tmp_path):
+    space = load_space("autoencoder")
+    study = optuna.create_study(direction="minimize", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    sampler = RungTPESampler(0, min_points=3)
+    for i, epochs in enumerate([1, 1, 2, 2, 4, 4]):  # three trials reached epoch 2, two epoch 4
+        trial = study.ask()
+        config = space.suggest(trial, use_ranges=False)
+        for epoch in range(1, epochs + 1):
+            trial.report(_objective(config, epoch) + i * 1e-4, epoch)
+        study.tell(trial, _objective(config, epochs))
+    running = study.ask()
+    space.suggest(running, use_ranges=False)  # a running trial with no results yet: a bad result for the model
+    current = study.ask()
+    proxy, epoch = sampler.fidelity(study, study._storage.get_trial(current._trial_id))
+    assert epoch == 2
+    values = sorted(t.value for t in proxy.trials)
+    assert len(values) == 5 and values[-1] == values[-2], "4 trials at epoch 2 and the running one at the worst value"
+    young = optuna.create_study(direction="minimize")
+    assert sampler.fidelity(young, young._storage.get_trial(young.ask()._trial_id)) is None, "too few: random"
+
+
+@pytest.mark.parametrize("strategy,budget", [("bohb", ["--samples", "4"]), ("gp", ["--budget-epochs", "8"])])
+def test_a_killed_driver_resumes_the_search(strategy, budget, tmp_path):
+    """Through a real local Ray: SIGKILL after the second finished trial, then the same command finishes the study
+    (bounded by trials, or by epochs: the budget counts the epochs trained before the kill)."""
+    args = ["search.run", "--runs-dir", str(tmp_path), *SMOKE, "--strategy", strategy, "--model", "autoencoder",
+            "--epochs", "2", "--study", "s", *budget]
+    _crash(args, "searcher-complete:2")
+    result = run_cli(*args, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "continuing study s: 2" in result.stdout
+    trials = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    epochs = pd.read_parquet(tmp_path / "s" / "epochs.parquet")
+    assert trials["trial_id"].is_unique and (trials["status"] != "running").all()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    if strategy == "bohb":
+        assert len(trials) == 4
+    else:  # stops starting trials at 8 epochs; the 2 running then may add up to 2 epochs each
+        assert 8 <= len(epochs) <= 8 + 2 * 2, len(epochs)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
+    kept = [t for t in study.trials if not t.user_attrs.get("interrupted")]
+    assert {t.user_attrs["trial_key"] for t in kept} == set(trials["trial_id"])
+    assert kept[0].user_attrs.get("study_defaults")
+
+
+def test_the_epoch_budget_counts_new_epochs_only():
+    space = load_space("autoencoder")
+    budget = EpochBudget(GreedySearcher(space), budget=5, spent=2)
+    first = budget.suggest("a")
+    assert isinstance(first, dict)
+    budget.on_trial_result("a", {"best_val_l1": 0.5, "epoch": 1, "replayed": True})  # a resumed trial's old epoch
+    assert budget.spent == 2
+    for epoch in (2, 3):
+        budget.on_trial_result("a", {"best_val_l1": 0.4, "epoch": epoch})
+    assert budget.spent == 4 and isinstance(budget.suggest("b"), dict)
+    budget.on_trial_result("b", {"best_val_l1": 0.4, "epoch": 1})
+    assert budget.reached and budget.suggest("c") == Searcher.FINISHED
+    budget.on_trial_complete("a", {"best_val_l1": 0.4})
+    assert budget.searcher.state.evaluated, "results still reach the wrapped searcher"
