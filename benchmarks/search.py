@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,6 +52,9 @@ STRATEGIES = {
     "bohb+asha": ("bohb", "asha"),
     "gp+asha": ("gp", "asha"),
     "random+asha": ("random", "asha"),
+    # Not a strategy of the command: Optuna's TPE as it comes (10 random start-up trials, independent
+    # per-parameter densities), to measure what search/tpe.py's settings for small budgets change.
+    "tpe-plain+asha": ("tpe-plain", "asha"),
 }
 QUICK = {"families": ["autoencoder"], "seeds": [0, 1, 2],
          "strategies": ["greedy", "greedy+asha", "tpe+asha", "bohb+asha", "random+asha"]}
@@ -58,8 +62,19 @@ FULL = {"families": ["autoencoder", "gan"], "seeds": [0, 1, 2, 3, 4], "strategie
 FRACTIONS = (1.0, 0.5)
 
 
+def _plain_tpe_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _plain_tpe(samples: int, n_params: int):
+    return _plain_tpe_sampler
+
+
 def register_preset() -> None:
     from search.driver import PRESETS, Preset
+    from search.strategies import STRATEGIES as TABLE, Strategy
+
+    TABLE.setdefault("tpe-plain", Strategy("tpe-plain", "Optuna's TPESampler with its defaults", _plain_tpe))
 
     PRESETS.setdefault(PRESET, Preset(4, 8, 8, 1, 2, 640, 160, 160,
                                       description="benchmarks: widths / 8, 640+160 pairs, 4 epochs"))
@@ -108,7 +123,10 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
-def measure(families: list[str], seeds: list[int], strategies: list[str]) -> tuple[list[dict], list[dict]]:
+def measure(families: list[str], seeds: list[int], strategies: list[str],
+            stored: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+    """Run the searches. Greedy (the reference) runs first for each family and seed, unless it is not asked
+    for and ``stored`` holds its run."""
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -116,11 +134,16 @@ def measure(families: list[str], seeds: list[int], strategies: list[str]) -> tup
     try:
         for family in families:
             for seed in seeds:
-                started = time.perf_counter()
-                _, reference = run_search("greedy", family, seed=seed, scheduler="none")
-                points = curve(reference)
-                budget, target = int(points["epochs"].iloc[-1]), float(points["best"].iloc[-1])
-                seconds = time.perf_counter() - started
+                known = stored[(stored["family"] == family) & (stored["seed"] == seed)
+                               & (stored["strategy"] == "greedy")] if len(stored) else stored
+                if "greedy" not in strategies and len(known):  # the reference of an earlier run (greedy is deterministic)
+                    budget, target = int(known["greedy_epochs"].iloc[0]), float(known["greedy_best"].iloc[0])
+                else:
+                    started = time.perf_counter()
+                    _, reference = run_search("greedy", family, seed=seed, scheduler="none")
+                    points = curve(reference)
+                    budget, target = int(points["epochs"].iloc[-1]), float(points["best"].iloc[-1])
+                    seconds = time.perf_counter() - started
                 for name in strategies:
                     if name != "greedy":
                         strategy, scheduler = STRATEGIES[name]
@@ -137,6 +160,7 @@ def measure(families: list[str], seeds: list[int], strategies: list[str]) -> tup
                     rows.append(row)
                     curves += [{"family": family, "seed": seed, "strategy": name, "epochs": int(e), "best": b}
                                for e, b in zip(points["epochs"], points["best"])]
+                    save([row], curves[-len(points):])  # as it goes: a long run stopped early keeps what it measured
                     to = row["to_target"]
                     print(f"  {family} seed {seed} {name:12s}: best {row['best_at_1']:.4f} at 1.0x "
                           f"({budget} epochs), {row['best_at_0.5'] or math.nan:.4f} at 0.5x; greedy's "
@@ -214,9 +238,9 @@ def save(rows: list[dict], curves: list[dict]) -> pd.DataFrame:
 def bench_search(quick: bool, families: list[str] | None = None, seeds: list[int] | None = None,
                  strategies: list[str] | None = None) -> dict[str, Any]:
     plan = QUICK if quick else FULL
-    rows, curves = measure(families or plan["families"], seeds if seeds is not None else plan["seeds"],
-                           strategies or plan["strategies"])
-    runs = save(rows, curves)
+    measure(families or plan["families"], seeds if seeds is not None else plan["seeds"],
+            strategies or plan["strategies"], load_runs())
+    runs = load_runs()
     order = {name: i for i, name in enumerate(STRATEGIES)}
     runs = runs.sort_values(["family", "strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
     table = summarize(runs)

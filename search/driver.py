@@ -286,7 +286,7 @@ def _resolve_family(options: SearchOptions) -> str:
 def validate_options(options: SearchOptions) -> None:
     """Cheap checks before anything starts; raises StudyError."""
     _resolve_family(options)
-    if options.strategy not in STRATEGIES:
+    if options.strategy not in STRATEGY_TABLE:  # the table, not the tuple: benchmarks register variants
         raise StudyError(f"unknown --strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if options.preset is not None and options.preset not in PRESETS:
         raise StudyError(f"unknown --preset {options.preset!r}; choose one of {', '.join(PRESETS)}.")

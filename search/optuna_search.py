@@ -26,6 +26,7 @@ from typing import Any, Callable
 import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.faults import crash_point
@@ -34,6 +35,8 @@ from search.space import Space
 from search.strategies import sampler_factory
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
+DUPLICATE = "duplicate"  # user attribute of a draw of a configuration the study already has (told at once)
+REDRAWS = 25
 
 
 class ReseededSampler(BaseSampler):
@@ -80,12 +83,46 @@ class StudyOptunaSearch(OptunaSearch):
         self._key_of = key_of
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = super().suggest(trial_id)
+        """A configuration this study has not trained yet, when the sampler finds one.
+
+        On a grid (``--domain grid``) samplers propose configurations already trained, or
+        training: each such draw is told to Optuna at once (the known value, or failed while its
+        twin still runs), so the sampler learns from it and moves on, and it is drawn again, up to
+        ``REDRAWS`` times. If every draw is one, the sampler has converged on the grid, and the
+        search ends (``FINISHED``) rather than retrain what it has.
+        """
+        for _ in range(REDRAWS):
+            config = super().suggest(trial_id)
+            if config is None:
+                return None
+            key = self._key_of(config)
+            twin = self._known(key)
+            if twin is None:
+                break
+            ot_trial = self._ot_trials.pop(trial_id)
+            ot_trial.set_user_attr(DUPLICATE, True)
+            if twin.state == TrialState.COMPLETE and twin.value is not None:
+                self._ot_study.tell(ot_trial, twin.value)
+            else:  # its twin is still running, or failed: no value to tell
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        else:  # the sampler only proposes what the study has: it has converged on this grid
+            print("the sampler "
+                  f"proposed {REDRAWS} configurations in a row that the study has already trained; the search ends here",
+                  flush=True)
+            return Searcher.FINISHED
         if config is not None:
             ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("trial_key", self._key_of(config))
+            ot_trial.set_user_attr("trial_key", key)
             ot_trial.set_user_attr("config", json.dumps(config, sort_keys=True))
         return config
+
+    def _known(self, key: str) -> FrozenTrial | None:
+        """The study's trial of this key (finished or running), if any; duplicates and interrupted ones aside."""
+        for trial in self._ot_study.get_trials(deepcopy=False):
+            attrs = trial.user_attrs
+            if attrs.get("trial_key") == key and not attrs.get(DUPLICATE) and not attrs.get(INTERRUPTED):
+                return trial
+        return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         super().on_trial_complete(trial_id, result, error)
@@ -138,7 +175,7 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, space: Space, *, 
                 study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
                 requeued += 1
             continue
-        if trial.state == TrialState.WAITING or trial.user_attrs.get(INTERRUPTED):
+        if trial.state == TrialState.WAITING or trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(DUPLICATE):
             continue
         done += 1
         if "config" in trial.user_attrs:

@@ -133,6 +133,13 @@ def test_tpe_asha_and_resume_with_more_samples(tpe_study, runs_dir):
     assert set(after["segment"]) == {0, 1}
 
 
+def test_a_study_keeps_the_domain_it_started_with(tpe_study, runs_dir):
+    assert json.loads((tpe_study / "study.json").read_text())["domain"] == "grid", "the grid greedy walks, by default"
+    result = search(runs_dir, "--strategy", "tpe", "--model", "autoencoder", "--samples", "6", "--epochs", "3",
+                    "--study", "tpe-ae", "--domain", "ranges")
+    assert_clean_error(result, "domain: study has 'grid', this run 'ranges'")
+
+
 def test_random_strategy_on_diffusion(runs_dir):
     result = search(runs_dir, "--strategy", "random", "--model", "palette", "--samples", "2", "--study", "rnd-diff")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -251,6 +258,9 @@ def test_a_study_with_another_model_is_refused(runs_dir, greedy_study):
     (["--strategy", "greedy", "--model", "gan", "--compile", "maybe"], "--compile must be one of auto, on, off"),
     (["--strategy", "greedy", "--model", "gan", "--precision", "fp8"], "--precision must be one of"),
     (["--strategy", "greedy", "--model", "gan", "--gpus-per-trial", "lots"], "--gpus-per-trial is a number of GPUs (1, 0.25) or auto"),
+    (["--strategy", "greedy", "--model", "gan", "--domain", "ranges"], "--domain ranges: greedy walks the study's discrete values"),
+    (["--strategy", "bohb", "--model", "gan", "--domain", "box"], "unknown --domain 'box'; choose one of grid, ranges"),
+    (["--strategy", "gp", "--model", "gan", "--budget-epochs", "0"], "--budget-epochs must be a positive"),
 ])
 def test_bad_input_gets_one_clear_message(runs_dir, args, needle):
     result = run_cli("search.run", "--runs-dir", str(runs_dir / "bad"), *args, timeout=120)

@@ -140,3 +140,28 @@ def test_the_epoch_budget_counts_new_epochs_only():
     assert budget.reached and budget.suggest("c") == Searcher.FINISHED
     budget.on_trial_complete("a", {"best_val_l1": 0.4})
     assert budget.searcher.state.evaluated, "results still reach the wrapped searcher"
+
+
+@pytest.mark.parametrize("strategy", OPTUNA_STRATEGIES)
+def test_on_the_grid_no_configuration_is_trained_twice(strategy, tmp_path):
+    """The autoencoder's grid with everything but the batch size fixed has 3 configurations: the samplers draw
+    them again and again; each is proposed once, then the search says it is done."""
+    import tomllib
+
+    raw = tomllib.loads((Path(__file__).parent.parent / "studies" / "autoencoder.toml").read_text())
+    raw["order"] = ["batch_size"]
+    raw["params"] = {"batch_size": raw["params"]["batch_size"]}
+    from search.space import parse_space
+
+    space = parse_space(raw)
+    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, strategy=strategy, seed=1,
+                       samples=10, key_of=_key, expected=10)
+    seen = []
+    for i in range(4):
+        config = study.searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        seen.append(_key(space.canonical(config)))
+        study.searcher.on_trial_complete(f"t{i}", {"best_val_l1": 0.1 + i / 100})
+    assert len(seen) == 3 and len(set(seen)) == 3, seen
+    assert config == Searcher.FINISHED
