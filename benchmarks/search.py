@@ -124,7 +124,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def measure(families: list[str], seeds: list[int], strategies: list[str],
-            stored: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+            stored: pd.DataFrame, rerun: bool = False) -> tuple[list[dict], list[dict]]:
     """Run the searches. Greedy (the reference) runs first for each family and seed, unless it is not asked
     for and ``stored`` holds its run."""
     import ray
@@ -136,7 +136,7 @@ def measure(families: list[str], seeds: list[int], strategies: list[str],
             for seed in seeds:
                 known = stored[(stored["family"] == family) & (stored["seed"] == seed)
                                & (stored["strategy"] == "greedy")] if len(stored) else stored
-                if "greedy" not in strategies and len(known):  # the reference of an earlier run (greedy is deterministic)
+                if len(known) and ("greedy" not in strategies or not rerun):  # an earlier run's (greedy is deterministic)
                     budget, target = int(known["greedy_epochs"].iloc[0]), float(known["greedy_best"].iloc[0])
                 else:
                     started = time.perf_counter()
@@ -145,6 +145,10 @@ def measure(families: list[str], seeds: list[int], strategies: list[str],
                     budget, target = int(points["epochs"].iloc[-1]), float(points["best"].iloc[-1])
                     seconds = time.perf_counter() - started
                 for name in strategies:
+                    if not rerun and len(stored) and ((stored["family"] == family) & (stored["seed"] == seed)
+                                                      & (stored["strategy"] == name)).any():
+                        print(f"  {family} seed {seed} {name}: measured before, kept (--keep)")
+                        continue
                     if name != "greedy":
                         strategy, scheduler = STRATEGIES[name]
                         started = time.perf_counter()
@@ -236,10 +240,10 @@ def save(rows: list[dict], curves: list[dict]) -> pd.DataFrame:
 
 
 def bench_search(quick: bool, families: list[str] | None = None, seeds: list[int] | None = None,
-                 strategies: list[str] | None = None) -> dict[str, Any]:
+                 strategies: list[str] | None = None, rerun: bool = True) -> dict[str, Any]:
     plan = QUICK if quick else FULL
     measure(families or plan["families"], seeds if seeds is not None else plan["seeds"],
-            strategies or plan["strategies"], load_runs())
+            strategies or plan["strategies"], load_runs(), rerun)
     runs = load_runs()
     order = {name: i for i, name in enumerate(STRATEGIES)}
     runs = runs.sort_values(["family", "strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument("--strategies", default=None, help=f"comma-separated subset of {', '.join(STRATEGIES)}")
     parser.add_argument("--render", action="store_true", help="only re-render the stored runs")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the stored rows of this family, seed and strategy instead of measuring them again "
+                             "(a long run stopped part-way continues)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(summarize(runs), runs))
         return 0
     out = bench_search(args.quick, args.families.split(",") if args.families else None,
-                       [int(s) for s in args.seeds.split(",")] if args.seeds else None, strategies)
+                       [int(s) for s in args.seeds.split(",")] if args.seeds else None, strategies, rerun=not args.keep)
     print(out["markdown"])
     return 0
 
