@@ -1,7 +1,9 @@
-"""The Optuna-based strategies (TPE, BOHB-style TPE, GP, random; search/strategies.py) through Ray Tune, on a persistent storage, resumable to the same trials.
+"""The Optuna-based strategies (search/strategies.py: TPE, BOHB-style TPE, GP, random) through Ray Tune,
+on a persistent storage, resumable to the same trials.
 
 Ray Tune's ``OptunaSearch`` asks and tells an Optuna study. Three things are added here so a
-study continued after a killed driver is the study an uninterrupted driver would have run:
+study continued after a killed driver is the study an uninterrupted driver would have run
+(and a fourth, :meth:`StudyOptunaSearch.suggest`: on a grid no configuration is trained twice):
 
 - **Each trial's sampler is seeded by its place in the study** (:class:`ReseededSampler`).
   A sampler seeded once per driver would restart its random stream on every resume and
