@@ -1,6 +1,6 @@
 """The benchmark suite: overhead, data path, search efficiency, diffusion sampling, memory, scaling.
 
-    python -m benchmarks.run --quick        # about 15 minutes on 2 cores
+    python -m benchmarks.run --quick        # about 35 minutes on 2 cores (section 3: benchmarks/search.py --quick)
     python -m benchmarks.run                # larger budgets and more repeats
     python -m benchmarks.run --only overhead,sampling
 
@@ -512,7 +512,7 @@ SECTIONS = ("overhead", "datapath", "search", "sampling", "memory", "scaling")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small budgets: about 15 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small budgets: about 35 minutes on 2 cores")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
     # Ray's own loggers are added by hand where they are measured (overhead), not twice.

@@ -217,8 +217,13 @@ def render(table: list[dict[str, Any]], runs: pd.DataFrame) -> str:
 
 
 def load_runs() -> pd.DataFrame:
+    """The stored runs, in the order of ``STRATEGIES`` within each family."""
     path = RESULTS / "search_runs.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if not path.exists():
+        return pd.DataFrame()
+    order = {name: i for i, name in enumerate(STRATEGIES)}
+    return pd.read_parquet(path).sort_values(["family", "strategy", "seed"],
+                                             key=lambda c: c.map(order) if c.name == "strategy" else c)
 
 
 def save(rows: list[dict], curves: list[dict]) -> pd.DataFrame:
@@ -243,9 +248,12 @@ def bench_search(quick: bool, families: list[str] | None = None, seeds: list[int
     plan = QUICK if quick else FULL
     measure(families or plan["families"], seeds if seeds is not None else plan["seeds"],
             strategies or plan["strategies"], load_runs(), rerun)
+    return write_table()
+
+
+def write_table() -> dict[str, Any]:
+    """The table of every stored run, to results/search.md and search.json."""
     runs = load_runs()
-    order = {name: i for i, name in enumerate(STRATEGIES)}
-    runs = runs.sort_values(["family", "strategy", "seed"], key=lambda c: c.map(order) if c.name == "strategy" else c)
     table = summarize(runs)
     text = render(table, runs)
     (RESULTS / "search.md").write_text(text + "\n")
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=None, help="comma-separated: autoencoder, gan")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument("--strategies", default=None, help=f"comma-separated subset of {', '.join(STRATEGIES)}")
-    parser.add_argument("--render", action="store_true", help="only re-render the stored runs")
+    parser.add_argument("--render", action="store_true", help="only re-render the stored runs (results/search.md)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the stored rows of this family, seed and strategy instead of measuring them again "
                              "(a long run stopped part-way continues)")
@@ -274,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}", file=sys.stderr)
         return 2
     if args.render:
-        runs = load_runs()
-        print(render(summarize(runs), runs))
+        print(write_table()["markdown"])
         return 0
     out = bench_search(args.quick, args.families.split(",") if args.families else None,
                        [int(s) for s in args.seeds.split(",")] if args.seeds else None, strategies, rerun=not args.keep)
