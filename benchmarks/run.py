@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from benchmarks.search import bench_search, run_search, shared_ray
 from trainables import FAMILIES, family_parts
 from trainables.augment import diff_augment, hide_invalid, masked_l1, masked_mse
 from trainables.data import VMSDataset, resolve_data
@@ -195,7 +196,7 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
         ray.shutdown()
     torch.set_num_threads(os.cpu_count() or 1)
     # Scheduling overhead of a whole search: wall time against training time / concurrency.
-    summary, trials = _search("random", "autoencoder", seed=0, samples=8, scheduler="none", preset="bench-small")
+    summary, trials = run_search("random", "autoencoder", seed=0, samples=8, scheduler="none", preset="bench-small")
     train_sum = float(trials["wall_seconds"].sum())
     span = (trials["ended_at"].max() - trials["started_at"].min()).total_seconds()
     out["search"] = {"trials": len(trials), "wall_s": summary.wall_seconds, "trials_span_s": span,
@@ -293,31 +294,6 @@ def bench_datapath(data: VMSDataset, quick: bool) -> dict[str, Any]:
 
 
 # -- 3. search efficiency: benchmarks/search.py ---------------------------------------------------
-
-
-def _search(strategy: str, model: str, *, seed: int, samples: int | None = None, scheduler: str = "asha",
-            preset: str = "bench-small", epochs: int | None = None, max_concurrent: int | None = None):
-    """One whole search (sections 1 and 6): its summary and trials."""
-    from search.driver import SearchOptions, run_study
-
-    from benchmarks.search import register_preset
-
-    register_preset()
-    with tempfile.TemporaryDirectory() as runs:
-        options = SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, samples=samples, seed=seed,
-                                scheduler=scheduler, runs_dir=runs, study="bench", epochs=epochs,
-                                max_concurrent=max_concurrent)
-        summary = run_study(options)
-        trials = pd.read_parquet(Path(runs) / "bench" / "trials.parquet")
-    return summary, trials
-
-
-def _shared_ray():
-    """One local Ray for a series of searches (run_study reuses it instead of starting its own)."""
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return ray
 
 
 # -- 4. diffusion evaluation --------------------------------------------------------------------
@@ -439,9 +415,9 @@ def bench_memory(quick: bool) -> dict[str, Any]:
 def bench_scaling(quick: bool) -> dict[str, Any]:
     samples = 6 if quick else 12
     out = {}
-    ray = _shared_ray()
+    ray = shared_ray()
     for concurrent in (1, 2):
-        summary, trials = _search("random", "autoencoder", seed=0, samples=samples, scheduler="none",
+        summary, trials = run_search("random", "autoencoder", seed=0, samples=samples, scheduler="none",
                                   max_concurrent=concurrent)
         out[f"concurrent_{concurrent}"] = {"trials": len(trials), "wall_s": summary.wall_seconds,
                                            "trials_per_hour": len(trials) / summary.wall_seconds * 3600}
@@ -539,8 +515,6 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "datapath":
             results[section] = bench_datapath(data, args.quick)
         elif section == "search":
-            from benchmarks.search import bench_search
-
             results[section] = bench_search(args.quick)
         elif section == "sampling":
             results[section] = bench_sampling(data, args.quick)

@@ -79,27 +79,35 @@ def register_preset() -> None:
                                       description="benchmarks: widths / 8, 640+160 pairs, 4 epochs"))
 
 
-def run_search(strategy: str, model: str, *, seed: int, scheduler: str, budget: int | None = None,
-               preset: str = PRESET) -> tuple[Any, pd.DataFrame]:
-    """One whole search in a temporary folder: its summary and its trials."""
+def shared_ray():
+    """One local Ray for a series of searches (run_study reuses it instead of starting its own)."""
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def run_search(strategy: str, model: str, *, seed: int, scheduler: str = "asha", preset: str = PRESET,
+               **options: Any) -> tuple[Any, pd.DataFrame]:
+    """One whole search in a temporary folder, without the final stage: its summary and its trials.
+    ``options``: more of ``SearchOptions`` (``budget_epochs``, ``samples``, ...). A new study of an Optuna
+    strategy samples the grid (``--domain grid``, the default)."""
     from search.driver import SearchOptions, run_study
 
     register_preset()
     with tempfile.TemporaryDirectory() as runs:
-        options = SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, seed=seed,
-                                scheduler=scheduler, runs_dir=runs, study="bench", budget_epochs=budget,
-                                domain=None if strategy == "greedy" else "grid")
-        summary = run_study(options)
+        summary = run_study(SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, seed=seed,
+                                          scheduler=scheduler, runs_dir=runs, study="bench", **options))
         trials = pd.read_parquet(Path(runs) / "bench" / "trials.parquet")
     return summary, trials
 
 
 def curve(trials: pd.DataFrame) -> pd.DataFrame:
-    """Best val L1 so far against epochs spent, trials in the order they finished."""
-    t = trials[trials["ended_at"].notna()].sort_values("ended_at").reset_index(drop=True)
-    ok = t["status"].isin(["completed", "stopped"])
-    return pd.DataFrame({"epochs": t["epochs_run"].fillna(0).cumsum().astype(int),
-                         "best": t["best_val_l1"].where(ok).cummin().ffill()})
+    """Best val L1 so far against epochs spent, trials in the order they finished (as the dashboard draws it)."""
+    from dashboards.build import best_so_far_by_epochs
+
+    spent, best = best_so_far_by_epochs(trials)
+    return pd.DataFrame({"epochs": spent.astype(int), "best": best})
 
 
 def read_at(points: pd.DataFrame, budget: float) -> float | None:
@@ -122,14 +130,11 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
-def measure(families: list[str], seeds: list[int], strategies: list[str],
-            stored: pd.DataFrame, rerun: bool = False) -> tuple[list[dict], list[dict]]:
-    """Run the searches. Greedy (the reference) runs first for each family and seed, unless it is not asked
-    for and ``stored`` holds its run."""
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    rows, curves = [], []
+def measure(families: list[str], seeds: list[int], strategies: list[str], stored: pd.DataFrame,
+            rerun: bool = False) -> None:
+    """Run the searches, saving each row as it is measured. Greedy (the reference) runs first for each family
+    and seed, unless ``stored`` holds its run and it is not to be measured again."""
+    ray = shared_ray()
     try:
         for family in families:
             for seed in seeds:
@@ -151,7 +156,7 @@ def measure(families: list[str], seeds: list[int], strategies: list[str],
                     if name != "greedy":
                         strategy, scheduler = STRATEGIES[name]
                         started = time.perf_counter()
-                        _, trials = run_search(strategy, family, seed=seed, scheduler=scheduler, budget=budget)
+                        _, trials = run_search(strategy, family, seed=seed, scheduler=scheduler, budget_epochs=budget)
                         seconds = time.perf_counter() - started
                         points = curve(trials)
                     row = {"family": family, "seed": seed, "strategy": name, "domain": "grid", "preset": PRESET,
@@ -160,17 +165,14 @@ def measure(families: list[str], seeds: list[int], strategies: list[str],
                            "seconds": seconds, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
                     for fraction in FRACTIONS:
                         row[f"best_at_{fraction:g}"] = read_at(points, fraction * budget)
-                    rows.append(row)
-                    curves += [{"family": family, "seed": seed, "strategy": name, "epochs": int(e), "best": b}
-                               for e, b in zip(points["epochs"], points["best"])]
-                    save([row], curves[-len(points):])  # as it goes: a long run stopped early keeps what it measured
+                    save([row], [{"family": family, "seed": seed, "strategy": name, "epochs": int(e), "best": b}
+                                 for e, b in zip(points["epochs"], points["best"])])  # as it goes: a run cut short keeps it
                     to = row["to_target"]
                     print(f"  {family} seed {seed} {name:12s}: best {row['best_at_1']:.4f} at 1.0x "
                           f"({budget} epochs), {row['best_at_0.5'] or math.nan:.4f} at 0.5x; greedy's "
                           f"{target:.4f} reached at {to if to is not None else '-'} epochs; {seconds:.0f} s", flush=True)
     finally:
         ray.shutdown()
-    return rows, curves
 
 
 def summarize(runs: pd.DataFrame) -> list[dict[str, Any]]:

@@ -218,9 +218,8 @@ def check_or_create_study(study_dir: Path, identity: dict[str, Any], data: VMSDa
             existing = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise StudyError(f"{path} is not valid JSON ({err}); restore it or use another --study.") from None
-        legacy = {"domain": "grid" if existing.get("strategy") == "greedy" else "ranges"}  # studies from before --domain
-        differences = [f"{k}: study has {existing.get(k, legacy.get(k))!r}, this run {v!r}" for k, v in identity.items()
-                       if existing.get(k, legacy.get(k)) != v]
+        existing = {"domain": recorded_domain(existing), **existing}
+        differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items() if existing.get(k) != v]
         if differences:
             raise StudyError(
                 f"study {study_dir.name} in {study_dir} was created with other settings, and mixing them would corrupt it ("
@@ -548,10 +547,14 @@ def _domain(options: SearchOptions, study_dir: Path) -> str:
     if options.domain:
         return options.domain
     try:
-        existing = json.loads((study_dir / "study.json").read_text())
+        return recorded_domain(json.loads((study_dir / "study.json").read_text()))
     except (OSError, json.JSONDecodeError):
         return "grid"
-    return existing.get("domain", "ranges")  # a study from before --domain sampled the ranges
+
+
+def recorded_domain(record: dict[str, Any]) -> str:
+    """The domain a study's record says; a study from before --domain: greedy the grid, the others the ranges."""
+    return record.get("domain", "grid" if record.get("strategy") == "greedy" else "ranges")
 
 
 class TrialConfigs:
