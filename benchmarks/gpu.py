@@ -136,15 +136,15 @@ def section_env(args) -> dict[str, Any]:
 
 def _trial(family: str, config: dict[str, Any], data):
     from trainables import family_parts
-    from trainables.loop import _set_up
+    from trainables.loop import set_up_trial
 
     _, family_cls, config_cls = family_parts(family)
-    return _set_up(config, data, family_cls, config_cls)
+    return set_up_trial(config, data, family_cls, config_cls)
 
 
 def _evaluate_epoch(trial) -> None:
     """The evaluation passes one epoch makes (BatchNorm re-estimation, val, train subset)."""
-    from trainables.loop import evaluate, recalibrate_batchnorm
+    from trainables.evaluation import evaluate, recalibrate_batchnorm
 
     recalibrate_batchnorm(trial.family, trial.train_images, trial.train_maps, trial.augment, seed=0)
     evaluate(trial.family, trial.tensors.val_images, trial.tensors.val_maps)
@@ -153,14 +153,14 @@ def _evaluate_epoch(trial) -> None:
 
 def _train_case(family: str, width: int, variant: str, data, epochs: int) -> dict[str, Any]:
     from trainables.device import GpuUtilisation
-    from trainables.loop import _train_epoch
+    from trainables.loop import train_epoch
 
     torch.cuda.empty_cache()
     trial = _trial(family, _config(family, width, **VARIANTS[variant]), data)
     util = GpuUtilisation(trial.device)
     _sync()
     start = time.perf_counter()
-    _train_epoch(trial)  # warm-up: cuDNN autotuning, and compilation when compiled
+    train_epoch(trial)  # warm-up: cuDNN autotuning, and compilation when compiled
     _evaluate_epoch(trial)
     _sync()
     first = time.perf_counter() - start
@@ -170,7 +170,7 @@ def _train_case(family: str, width: int, variant: str, data, epochs: int) -> dic
     for _ in range(epochs):
         _sync()
         start = time.perf_counter()
-        _train_epoch(trial)
+        train_epoch(trial)
         _sync()
         times.append(time.perf_counter() - start)
     busy = util.mean()
@@ -212,7 +212,7 @@ def section_train(args) -> dict[str, Any]:
 
 
 def section_sampling(args) -> dict[str, Any]:
-    from trainables.loop import evaluate
+    from trainables.evaluation import evaluate
 
     data = _data()
     rows = []
@@ -282,7 +282,8 @@ def _packed_trial(config: dict[str, Any], data) -> float:
 def section_packing(args) -> dict[str, Any]:
     import ray
 
-    from search.packing import GpuProbe, choose_share, probe_gpu
+    from search.runner.packing import choose_share
+    from trainables.measure import GpuProbe, probe_gpu
 
     data = _data()
     ray.init(num_gpus=1, num_cpus=max(8, os.cpu_count() or 8), include_dashboard=False, log_to_driver=False,
@@ -376,7 +377,8 @@ def section_checks(args) -> dict[str, Any]:
     """The CUDA paths computed right, not only fast. Each returns (passed, detail)."""
     from trainables import family_parts
     from trainables.config import parse_config
-    from trainables.loop import as_float, run_trial
+    from trainables.evaluation import as_float
+    from trainables.loop import run_trial
 
     data = _data()
     results = {}
@@ -427,7 +429,8 @@ def section_checks(args) -> dict[str, Any]:
 
 def _resume_check(data, precision: str) -> dict[str, Any]:
     from trainables import family_parts
-    from trainables.loop import CHECKPOINT_FORMAT, run_trial
+    from trainables.checkpoints import CHECKPOINT_FORMAT
+    from trainables.loop import run_trial
 
     _, family_cls, config_cls = family_parts("autoencoder")
     histories = {}

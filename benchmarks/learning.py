@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from search.driver import PRESETS
+from search.runner.options import PRESETS
 from search.space import load_space
 from trainables import FAMILIES, family_parts
 from trainables.data import MAP_CHANNELS, resolve_data

@@ -32,10 +32,12 @@ import torch.nn.functional as F
 
 from benchmarks.search import bench_search, run_search, shared_ray
 from trainables import FAMILIES, family_parts
-from trainables.augment import diff_augment, hide_invalid, masked_l1, masked_mse
+from trainables.augment import diff_augment, hide_invalid
+from trainables.checkpoints import load_family
 from trainables.data import VMSDataset, resolve_data
-from trainables.loop import as_float, run_trial
-from trainables.predict import load_family
+from trainables.evaluation import as_float
+from trainables.loop import run_trial
+from trainables.losses import masked_l1, masked_mse
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_EVAL = 160  # training images on which train L1 is measured each epoch (as the cpu preset)
@@ -220,7 +222,7 @@ class FileDataset(torch.utils.data.Dataset):
         return len(self.stems)
 
     def __getitem__(self, index: int):
-        from trainables.data import decode_rgb
+        from trainables.images import decode_rgb
 
         stem = self.stems[index]
         image, _ = decode_rgb(self.folder / "images" / f"{stem}{self.ext}", self.size)

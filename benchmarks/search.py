@@ -42,6 +42,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from search.strategies.optuna_study import OptunaStrategy
+
 RESULTS = Path(__file__).parent / "results"
 PRESET = "bench-small"
 # name -> (strategy, scheduler); greedy without ASHA is the reference every row is measured against.
@@ -65,18 +67,21 @@ def _plain_tpe_sampler(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _plain_tpe(samples: int, n_params: int):
-    return _plain_tpe_sampler
+class PlainTPE(OptunaStrategy):
+    """Not a strategy of the command: Optuna's TPE with its defaults, passed to the driver as an object."""
+
+    name = "tpe-plain"
+    summary = "Optuna's TPESampler with its defaults"
+
+    def sampler(self, samples: int, n_params: int):
+        return _plain_tpe_sampler
 
 
-def register_preset() -> None:
-    from search.driver import PRESETS, Preset
-    from search.strategies import STRATEGIES as TABLE, Strategy
+def bench_preset():
+    """The benchmark's size, passed to the driver as an object (the command's presets are left alone)."""
+    from search.runner.options import Preset
 
-    TABLE.setdefault("tpe-plain", Strategy("tpe-plain", "Optuna's TPESampler with its defaults", _plain_tpe))
-
-    PRESETS.setdefault(PRESET, Preset(4, 8, 8, 1, 2, 640, 160, 160,
-                                      description="benchmarks: widths / 8, 640+160 pairs, 4 epochs"))
+    return Preset(PRESET, 4, 8, 8, 1, 2, 640, 160, 160, description="benchmarks: widths / 8, 640+160 pairs, 4 epochs")
 
 
 def shared_ray():
@@ -92,11 +97,13 @@ def run_search(strategy: str, model: str, *, seed: int, scheduler: str = "asha",
     """One whole search in a temporary folder, without the final stage: its summary and its trials.
     ``options``: more of ``SearchOptions`` (``budget_epochs``, ``samples``, ...). A new study of an Optuna
     strategy samples the grid (``--domain grid``, the default)."""
-    from search.driver import SearchOptions, run_study
+    from search.runner.driver import run_study
+    from search.runner.options import SearchOptions
 
-    register_preset()
     with tempfile.TemporaryDirectory() as runs:
-        summary = run_study(SearchOptions(strategy=strategy, model=model, preset=preset, final_top_k=0, seed=seed,
+        summary = run_study(SearchOptions(strategy=PlainTPE() if strategy == "tpe-plain" else strategy,
+                                          model=model, preset=bench_preset() if preset == PRESET else preset,
+                                          final_top_k=0, seed=seed,
                                           scheduler=scheduler, runs_dir=runs, study="bench", **options))
         trials = pd.read_parquet(Path(runs) / "bench" / "trials.parquet")
     return summary, trials

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning import train_default
-from search.driver import PRESETS
+from search.runner.options import PRESETS
 from trainables import FAMILIES
 from trainables.data import resolve_data
 

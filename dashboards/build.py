@@ -32,6 +32,10 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from search.runner.final import FINAL_TABLE
+from search.store.results import ResultsStore
+from search.store.study import StudyStore
+
 TOP_CURVES = 5
 GALLERY_SIZE = 4
 FINISHED = ("completed", "stopped")
@@ -43,10 +47,14 @@ class DashboardError(Exception):
 
 @dataclass
 class Study:
-    folder: Path
+    store: StudyStore
     meta: dict[str, Any]
     trials: pd.DataFrame
     epochs: pd.DataFrame
+
+    @property
+    def folder(self) -> Path:
+        return self.store.root
 
     @property
     def name(self) -> str:
@@ -62,17 +70,19 @@ class Study:
 
 
 def load_study(folder: str | Path) -> Study:
-    folder = Path(folder)
-    meta_path = folder / "study.json"
-    if not meta_path.is_file():
+    store = StudyStore.at(folder)
+    if not store.record.exists():
         raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
                              "such as runs/greedy-gan.")
-    meta = json.loads(meta_path.read_text())
-    trials = pd.read_parquet(folder / "trials.parquet") if (folder / "trials.parquet").exists() else pd.DataFrame()
-    epochs = pd.read_parquet(folder / "epochs.parquet") if (folder / "epochs.parquet").exists() else pd.DataFrame()
+    meta = store.record.read()
+    trials, epochs = (_frame(store.read_table(name)) for name in (ResultsStore.TRIALS, ResultsStore.EPOCHS))
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", "best_val_l1", "epochs_run", "started_at", "ended_at"])
-    return Study(folder, meta, trials, epochs)
+    return Study(store, meta, trials, epochs)
+
+
+def _frame(table) -> pd.DataFrame:
+    return table.to_pandas() if table is not None else pd.DataFrame()
 
 
 def _finished(study: Study) -> pd.DataFrame:
@@ -117,19 +127,18 @@ def _baseline_legend(studies: list[Study]) -> str:
 
 def section_final(studies: list[Study]) -> str:
     """The numbers to publish: the re-trained top configurations, mean and 95% interval over seeds, beside
-    the baselines on the same split (search.final)."""
-    from search.final import interval
+    the baselines on the same split (search.runner.final)."""
+    from search.runner.final import interval
 
     fig = go.Figure()
     baselines: dict[str, float] = {}
     notes = []
     for study in studies:
-        path = study.folder / "final.parquet"
-        if not path.exists():
+        table = study.store.read_table(FINAL_TABLE)
+        if table is None:
             continue
-        rows = pd.read_parquet(path)
-        summary_path = study.folder / "summary.json"
-        final = json.loads(summary_path.read_text()).get("final") if summary_path.exists() else None
+        rows = table.to_pandas()
+        final = (study.store.read_summary() or {}).get("final")
         has_test = bool(rows["test_l1"].notna().any())
         if not has_test:
             notes.append(f"{html.escape(study.label)} has no test split: its bars are validation numbers (optimistic).")
@@ -383,10 +392,10 @@ def _channel_figure(study: Study, trial_id: str) -> go.Figure | None:
 def section_greedy(studies: list[Study]) -> str:
     parts = []
     for index, study in enumerate(studies):
-        state_path = study.folder / "greedy_state.json"
-        if study.meta.get("strategy") != "greedy" or not state_path.exists():
+        state_file = study.store.state_file("greedy_state.json")  # greedy's path, where a study has one
+        if not state_file.exists():
             continue
-        state = json.loads(state_path.read_text())
+        state = state_file.read()
         fig = go.Figure()
         for block in state["blocks"]:
             kept = str(block.get("decision", "")).startswith("kept")
@@ -495,14 +504,13 @@ def section_galleries(studies: list[Study]) -> str:
     parts = []
     for study in studies:
         done = _finished(study)
-        val_path = study.folder / "val_data.npz"
-        if done.empty or not val_path.exists():
+        val = study.store.read_val_data()
+        if done.empty or val is None:
             continue
         best = done.nsmallest(1, "best_val_l1").iloc[0]
-        pred_path = study.folder / "trials" / best["trial_id"] / "predictions.npz"
-        if not pred_path.exists():
+        pred = study.store.read_predictions(best["trial_id"])
+        if pred is None:
             continue
-        val, pred = np.load(val_path), np.load(pred_path)
         images, truth, stems = val["images"], val["maps"], val["stems"]
         predictions, per_image = pred["predictions"], pred["per_image_l1"]
         chosen = gallery_selection(per_image, truth)
@@ -550,8 +558,7 @@ def section_answer(studies: list[Study]) -> str:
     """
     rows = []
     for study in studies:
-        summary_path = study.folder / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = study.store.read_summary() or {}
         final = summary.get("final") or {}
         configs = [c for c in final.get("configurations", []) if (c.get("val_l1") or {}).get("mean") is not None]
         cells: list[str]

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainables.data import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
-from trainables.loop import EVAL_BATCH, as_float
-from trainables.predict import load_family
+from trainables.checkpoints import load_family
+from trainables.evaluation import EVAL_BATCH, as_float
+from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
 
 OVERLAY_ALPHA = 0.65  # how much of the map shows where it is brightest
 
@@ -168,6 +168,19 @@ def predict_images(source: Path, inputs: list[Path], out_dir: Path, *, model: st
         writer.writeheader()
         writer.writerows(rows)
     return written, errors
+
+
+def predict_from_checkpoint(checkpoint: str | Path, model: str, images: np.ndarray, *, device: str | None = None) -> np.ndarray:
+    """uint8 maps (N, 3, S, S) predicted for uint8 images (N, 3, S, S) by the checkpointed model."""
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    family = load_family(checkpoint, model, target)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), EVAL_BATCH):
+            batch = as_float(torch.from_numpy(np.ascontiguousarray(images[start : start + EVAL_BATCH])).to(target))
+            pred = family.predict(batch).float().clamp(-1, 1)
+            out.append(((pred + 1) * 127.5).round().to(torch.uint8).cpu().numpy())
+    return np.concatenate(out)
 
 
 def _progress(total: int, enabled: bool):

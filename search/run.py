@@ -15,7 +15,10 @@ import argparse
 import os
 import sys
 
-from search.driver import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions, StudyError, format_summary, run_study
+from search.errors import StudyError
+from search.runner.console import format_summary
+from search.runner.driver import run_study
+from search.runner.options import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions
 
 
 def _gpus(value: str) -> float | str:

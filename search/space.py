@@ -256,61 +256,72 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
     extra = [n for n in order if n not in params_raw]
     if missing or extra:
         raise _fail(source, f"'order' and [params] disagree: not in order {missing}, no [params] table for {extra}.")
-
-    params: list[Param] = []
     seen: dict[str, Param] = {}
     for name in order:
-        where = f"params.{name}"
         if name not in kinds:
             raise _fail(source, f"unknown parameter {name!r} for family {family}; known: {', '.join(sorted(kinds))}.")
-        table = dict(params_raw[name])
-        kind = kinds[name]
-        depends_on = table.pop("depends_on", None)
-        when_raw = table.pop("when", None)
-        when = None
-        if when_raw is not None:
-            if not isinstance(when_raw, dict) or not when_raw:
-                raise _fail(source, f"{where}.when must be a table like {{ optimizer = [\"adam\"] }}.")
-            when = {}
-            for parent, allowed in when_raw.items():
-                if parent not in seen:
-                    raise _fail(source, f"{where}.when refers to {parent!r}, which must come earlier in 'order'.")
-                allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
-                bad = [a for a in allowed if not any(a in c.values for c in seen[parent].choices.values())]
-                if bad:
-                    raise _fail(source, f"{where}.when: {bad} are not values of {parent}.")
-                when[parent] = allowed
-        if depends_on is not None:
-            if depends_on not in seen:
-                raise _fail(source, f"{where}.depends_on {depends_on!r} must be a parameter earlier in 'order'.")
-            cases_raw = table.pop("cases", None)
-            if table:
-                raise _fail(source, f"{where}: with depends_on, put values/default/range under cases.VALUE, not {sorted(table)}.")
-            parent_values = [v for c in seen[depends_on].choices.values() for v in c.values]
-            if not isinstance(cases_raw, dict):
-                raise _fail(source, f"{where}: depends_on needs one [{where}.cases.VALUE] table per value of {depends_on}.")
-            absent = [v for v in parent_values if str(v) not in cases_raw]
-            strange = [k for k in cases_raw if k not in map(str, parent_values)]
-            if absent or strange:
-                raise _fail(source, f"{where}.cases: missing cases {absent}, unknown cases {strange} (values of {depends_on}: {parent_values}).")
-            choices = {v: _parse_choice(source, f"{where}.cases.{v}", kind, cases_raw[str(v)]) for v in parent_values}
-        else:
-            choices = {None: _parse_choice(source, where, kind, table)}
-        param = Param(name, kind, choices, depends_on, when)
-        params.append(param)
-        seen[name] = param
+        seen[name] = _parse_param(source, name, kinds[name], dict(params_raw[name]), seen)
+    fixed = _parse_fixed(source, family, dict(raw.get("fixed", {})), kinds, seen)
+    space = Space(family, list(seen.values()), fixed, source, raw)
+    try:  # the defaults must make a valid config of the family
+        config_cls(**{**fixed, **space.defaults()})
+    except (TypeError, ValueError) as err:
+        raise _fail(source, f"the defaults do not form a valid {family} config: {err}") from None
+    return space
 
-    fixed = dict(raw.get("fixed", {}))
+
+def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param]) -> dict[str, tuple[Any, ...]] | None:
+    if when_raw is None:
+        return None
+    if not isinstance(when_raw, dict) or not when_raw:
+        raise _fail(source, f"{where}.when must be a table like {{ optimizer = [\"adam\"] }}.")
+    when = {}
+    for parent, allowed in when_raw.items():
+        if parent not in seen:
+            raise _fail(source, f"{where}.when refers to {parent!r}, which must come earlier in 'order'.")
+        allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
+        bad = [a for a in allowed if not any(a in c.values for c in seen[parent].choices.values())]
+        if bad:
+            raise _fail(source, f"{where}.when: {bad} are not values of {parent}.")
+        when[parent] = allowed
+    return when
+
+
+def _parse_cases(source: str, where: str, kind: str, table: dict[str, Any], depends_on: str,
+                 seen: dict[str, Param]) -> dict[Any, Choice]:
+    if depends_on not in seen:
+        raise _fail(source, f"{where}.depends_on {depends_on!r} must be a parameter earlier in 'order'.")
+    cases_raw = table.pop("cases", None)
+    if table:
+        raise _fail(source, f"{where}: with depends_on, put values/default/range under cases.VALUE, not {sorted(table)}.")
+    parent_values = [v for c in seen[depends_on].choices.values() for v in c.values]
+    if not isinstance(cases_raw, dict):
+        raise _fail(source, f"{where}: depends_on needs one [{where}.cases.VALUE] table per value of {depends_on}.")
+    absent = [v for v in parent_values if str(v) not in cases_raw]
+    strange = [k for k in cases_raw if k not in map(str, parent_values)]
+    if absent or strange:
+        raise _fail(source, f"{where}.cases: missing cases {absent}, unknown cases {strange} (values of {depends_on}: {parent_values}).")
+    return {v: _parse_choice(source, f"{where}.cases.{v}", kind, cases_raw[str(v)]) for v in parent_values}
+
+
+def _parse_param(source: str, name: str, kind: str, table: dict[str, Any], seen: dict[str, Param]) -> Param:
+    """One ``[params.NAME]`` table: its candidates (per case of its parent), and when it exists."""
+    where = f"params.{name}"
+    depends_on = table.pop("depends_on", None)
+    when = _parse_when(source, where, table.pop("when", None), seen)
+    if depends_on is not None:
+        choices = _parse_cases(source, where, kind, table, depends_on, seen)
+    else:
+        choices = {None: _parse_choice(source, where, kind, table)}
+    return Param(name, kind, choices, depends_on, when)
+
+
+def _parse_fixed(source: str, family: str, fixed: dict[str, Any], kinds: dict[str, str],
+                 seen: dict[str, Param]) -> dict[str, Any]:
     bad_fixed = [k for k in fixed if k not in kinds]
     if bad_fixed:
         raise _fail(source, f"[fixed] has unknown settings {bad_fixed} for family {family}.")
     overlap = [k for k in fixed if k in seen]
     if overlap:
         raise _fail(source, f"{overlap} are both searched and [fixed]; keep one.")
-    fixed = {k: _check_value(source, f"fixed.{k}", kinds[k], v) for k, v in fixed.items()}
-    space = Space(family, params, fixed, source, raw)
-    try:  # the defaults must make a valid config of the family
-        config_cls(**{**fixed, **space.defaults()})
-    except (TypeError, ValueError) as err:
-        raise _fail(source, f"the defaults do not form a valid {family} config: {err}") from None
-    return space
+    return {k: _check_value(source, f"fixed.{k}", kinds[k], v) for k, v in fixed.items()}

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from trainables import FAMILIES, family_parts
-from trainables.augment import AugmentConfig, diff_augment, masked_l1
+from trainables.augment import AugmentConfig, diff_augment
 from trainables.config import RunSettings
+from trainables.losses import masked_l1
 
 BOTH = AugmentConfig(p_translation=1.0, p_cutout=1.0)
 

@@ -1,13 +1,21 @@
-"""A real two-node Ray cluster on loopback: the search runs through --address and uses both nodes."""
+"""A real two-node Ray cluster on loopback: the search runs through --address and uses both nodes.
+
+The cluster's two nodes are ``ray start --block`` processes, each in a session of its own; the test
+stops exactly those process groups (the nodes and what they started), never ``ray stop``, which
+ends every Ray on the machine, a user's search included.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,25 +32,64 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _start_node(command: list[str], env: dict[str, str], timeout: float = 120.0) -> subprocess.Popen:
+    """``ray start ... --block`` in a session of its own, once it says the node is up."""
+    node = subprocess.Popen([*command, "--block"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    deadline, said = time.monotonic() + timeout, []
+    for line in node.stdout:
+        said.append(line)
+        if "Ray runtime started" in line:
+            threading.Thread(target=node.stdout.read, daemon=True).start()  # drain: a full pipe would block it
+            return node
+        assert time.monotonic() < deadline, "".join(said[-20:])
+    raise AssertionError("ray start ended before the node was up:\n" + "".join(said[-20:]))
+
+
+def _stop_nodes(nodes: list[subprocess.Popen], temp: Path) -> list[str]:
+    """SIGTERM each node's process group (the node and the processes it started), SIGKILL what lingers;
+    returns the pids of processes of this cluster still alive after that (none, unless something escaped)."""
+    for node in reversed(nodes):
+        _signal_group(node, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for node in reversed(nodes):
+        try:
+            node.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(node, signal.SIGKILL)  # what the node started outlives it only if it ignored SIGTERM
+        node.wait()
+    for _ in range(30):  # the raylet's workers notice their raylet is gone within a few seconds
+        left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
+        if not left:
+            break
+        time.sleep(0.5)
+    return left
+
+
+def _signal_group(node: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(node.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture
 def two_node_cluster():
-    import ray
-
-    if ray.is_initialized():  # `ray stop` below ends every Ray on the machine, ours included
-        ray.shutdown()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = _free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    nodes: list[subprocess.Popen] = []
     try:
-        for command in ([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"],
-                        [RAY, "start", f"--address=127.0.0.1:{port}"]):
-            started = subprocess.run([*command, *common], capture_output=True, text=True, env=env, timeout=120)
-            assert started.returncode == 0, started.stderr[-2000:]
+        nodes.append(_start_node([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                                  f"--temp-dir={temp}", *common], env))
+        nodes.append(_start_node([RAY, "start", f"--address=127.0.0.1:{port}", *common], env))
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        left = _stop_nodes(nodes, temp)
         shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"processes of the test's cluster outlived it: {left}"
 
 
 def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):

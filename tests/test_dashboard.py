@@ -117,7 +117,7 @@ def test_builder_refuses_a_folder_that_is_not_a_study(tmp_path):
 def test_parquet_round_trips_with_documented_dtypes(greedy_study):  # noqa: F811
     import pyarrow.parquet as pq
 
-    from search.results import EPOCH_COLUMNS, TRIAL_COLUMNS
+    from search.store.results import EPOCH_COLUMNS, TRIAL_COLUMNS
 
     trials = pq.read_table(greedy_study / "trials.parquet")
     for name, dtype in TRIAL_COLUMNS:
@@ -132,13 +132,13 @@ def test_parquet_round_trips_with_documented_dtypes(greedy_study):  # noqa: F811
 WRITER = """
 import sys, pyarrow as pa
 from pathlib import Path
-from search.results import write_table_atomic
+from search.store.study import StudyStore
 schema = pa.schema([("i", pa.int64()), ("payload", pa.string())])
 path = Path(sys.argv[1])
 n = 0
 while True:
     n += 1
-    write_table_atomic([{"i": n, "payload": "x" * 200} for _ in range(20000)], schema, path)
+    StudyStore.at(path.parent).write_table(path.name, [{"i": n, "payload": "x" * 200} for _ in range(20000)], schema)
     print(n, flush=True)
 """
 

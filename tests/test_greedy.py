@@ -10,7 +10,8 @@ import pytest
 from ray import cloudpickle
 from ray.tune.search import Searcher
 
-from search.greedy import GreedySearcher, config_key
+from search.store.study import JsonFile
+from search.strategies.greedy import GreedySearcher, config_key
 import tomllib
 
 from search.space import load_space, parse_space, study_path
@@ -152,7 +153,7 @@ def test_through_ray_tune(ray_local, tmp_path):
     from ray import tune
 
     space = report_space()
-    searcher = GreedySearcher(space, state_path=tmp_path / "greedy.json")
+    searcher = GreedySearcher(space, state_file=JsonFile(tmp_path / "greedy.json"))
 
     def trainable(config):
         tune.report({"best_val_l1": objective(config), "epoch": 1})

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from search.lease import TABLE_NAME, LeaseHeld, LeaseHolder, StudyLease, leases, metadata, safe_url
+from search.store.lease import TABLE_NAME, LeaseHeld, LeaseHolder, StudyLease, leases, metadata, safe_url
 from tests.postgres import postgres_url  # noqa: F401 - pytest fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_stale_lease_is_taken_over(storage, study, db):
 
 CHILD = """
 import sys, time
-from search.lease import StudyLease
+from search.store.lease import StudyLease
 StudyLease(sys.argv[1], sys.argv[2], timeout=1.0, heartbeat_every=0.2).acquire()
 print("acquired", flush=True)
 time.sleep(120)
@@ -203,7 +203,7 @@ def test_lost_lease_is_noticed(storage, study, db, caplog):
         conn.execute(update(leases).where(leases.c.study_name == study).values(heartbeat=time.time() - 100))
     thief = StudyLease(storage, study, timeout=1.0)
     assert thief.acquire().holder == victim.holder  # ...and another driver took the study over
-    with caplog.at_level(logging.WARNING, logger="search.lease"):
+    with caplog.at_level(logging.WARNING, logger="search.store.lease"):
         assert victim.beat() is False  # the victim's next heartbeat finds the row gone
         assert victim.beat() is False
     assert victim.lost and not victim.held and noticed.is_set()
@@ -227,7 +227,7 @@ def test_heartbeat_survives_database_errors(storage, study, db, caplog):
     lease = StudyLease(storage, study, timeout=30.0, heartbeat_every=0.1)
     lease.acquire()
     try:
-        with caplog.at_level(logging.WARNING, logger="search.lease"):
+        with caplog.at_level(logging.WARNING, logger="search.store.lease"):
             with db.begin() as conn:  # every heartbeat now fails with a real database error
                 conn.execute(text(f"ALTER TABLE {TABLE_NAME} RENAME TO {TABLE_NAME}_away"))
             time.sleep(0.6)

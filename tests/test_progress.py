@@ -6,9 +6,10 @@ import io
 
 from ray.tune.search import Searcher
 
-from search.greedy import GreedySearcher
-from search.progress import SearchProgress, duration, estimate_line, measure_epoch_seconds
+from search.runner.progress import SearchProgress, duration, estimate_line
+from search.strategies.greedy import GreedySearcher
 from tests.test_greedy import report_space
+from trainables.measure import measure_epoch_seconds
 
 
 class Clock:
@@ -100,8 +101,8 @@ def test_estimate_gives_a_range_up_to_the_widest_models():
 
 
 def test_a_short_trial_measures_an_epoch_as_search_trials_run_it(tiny_data):
-    from search.progress import measure_trial_epoch
     from search.space import load_space
+    from trainables.measure import measure_trial_epoch
 
     space = load_space("autoencoder")
     config = {**space.fixed, **space.defaults(), "width_divisor": 16, "train_eval_size": 16, "epochs": 100}

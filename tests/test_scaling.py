@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from search.driver import SearchOptions, run_study
+from search.runner.driver import run_study
+from search.runner.options import SearchOptions
 
 
 def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
@@ -30,7 +31,8 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
 
 
 def test_auto_share_fits_memory_and_idle_time():
-    from search.packing import GpuProbe, choose_share
+    from search.runner.packing import choose_share
+    from trainables.measure import GpuProbe
 
     # 80 GB, 6 GB a trial: 11 fit; 25% busy: 4 keep it busy.
     share = choose_share(GpuProbe(total_mb=81_000, footprint_mb=6_000, util=0.25))
@@ -80,7 +82,7 @@ def test_a_trial_out_of_gpu_memory_is_retried_with_a_larger_share(tmp_path, caps
     import torch
     from ray import tune
 
-    from search.packing import out_of_memory_retry
+    from search.runner.packing import out_of_memory_retry
 
     if ray.is_initialized():
         ray.shutdown()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from search.scheduler import ResumableASHA
+from search.runner.scheduler import ResumableASHA
 
 # Two finished trials as epochs.parquet holds them, in the order they were reported.
 FINISHED = [("a", 1, 0.50), ("b", 1, 0.90), ("a", 2, 0.40), ("b", 2, 0.85), ("a", 3, 0.35), ("a", 4, 0.30)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.results import SCHEMA_VERSION
+from search.store.results import SCHEMA_VERSION
 from tests.conftest import ROOT, assert_clean_error, run_cli
 
 SMOKE = ("--preset", "smoke", "--final-top-k", "0")  # the final stage has its own test
@@ -301,7 +301,7 @@ def test_sigterm_stops_cleanly_and_the_study_resumes(runs_dir):
 
 def test_budget_follows_the_dataset_size():
     """A small dataset is trained as much as a large one under the cpu preset; thesis keeps 100 epochs."""
-    from search.driver import PRESETS
+    from search.runner.options import PRESETS
 
     cpu = PRESETS["cpu"]
     assert cpu.epochs_for(1280) == cpu.epochs

@@ -14,16 +14,16 @@ import pytest
 
 from ray.tune.search import Searcher
 
-from search.bohb import RungTPESampler
-from search.budget import EpochBudget
-from search.greedy import GreedySearcher
-from search.optuna_search import open_storage, open_study
+from search.strategies.bohb import RungTPESampler
+from search.strategies.budget import EpochBudget
+from search.strategies.greedy import GreedySearcher
+from search.strategies.optuna_study import OptunaStrategy, open_storage, open_study
 from search.space import load_space
 from search.strategies import STRATEGIES
 from tests.conftest import run_cli
 from tests.test_search import SMOKE, _crash
 
-OPTUNA_STRATEGIES = [name for name, s in STRATEGIES.items() if s.sampler is not None]
+OPTUNA_STRATEGIES = [name for name, s in STRATEGIES.items() if isinstance(s, OptunaStrategy)]
 
 
 def _objective(config: dict, epoch: int) -> float:
@@ -39,8 +39,12 @@ def _key(config: dict) -> str:
 
 def _open(path: Path, strategy: str):
     space = load_space("autoencoder")
-    return space, open_study(open_storage(f"sqlite:///{path}"), "s", space, strategy=strategy, seed=7, samples=30,
-                             key_of=_key, expected=12)
+    return space, open_study(open_storage(f"sqlite:///{path}"), "s", space, sampler=_sampler(strategy, space, 12),
+                             seed=7, samples=30, key_of=_key)
+
+
+def _sampler(strategy: str, space, expected: int):
+    return STRATEGIES[strategy].sampler(expected, len(space.params))
 
 
 def _run_trial(searcher, space, trial_id: str, epochs: int) -> dict:
@@ -74,8 +78,8 @@ def test_a_fresh_searcher_continues_where_the_stored_one_was(strategy, tmp_path)
 
 def test_defaults_come_first_on_the_ranges_too(tmp_path):
     space = load_space("gan")
-    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, strategy="tpe", seed=0, samples=5,
-                       key_of=_key, use_ranges=True)
+    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, sampler=_sampler("tpe", space, 5),
+                       seed=0, samples=5, key_of=_key, use_ranges=True)
     config = study.searcher.suggest("a")
     assert space.canonical(config) == space.defaults()
     assert study.searcher.suggest("b")["p_translation"] not in (0.0, 0.9), "then the continuous range, not the grid"
@@ -123,7 +127,9 @@ def test_a_killed_driver_resumes_the_search(strategy, budget, tmp_path):
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
     kept = [t for t in study.trials if not t.user_attrs.get("interrupted")]
     assert {t.user_attrs["trial_key"] for t in kept} == set(trials["trial_id"])
-    assert kept[0].user_attrs.get("study_defaults")
+    # The study's defaults come first (its trial may have been running at the kill, and run again later).
+    first = study.trials[0]
+    assert first.user_attrs.get("study_defaults") and first.params in [t.params for t in kept]
 
 
 def test_the_epoch_budget_counts_new_epochs_only():
@@ -155,8 +161,8 @@ def test_on_the_grid_no_configuration_is_trained_twice(strategy, tmp_path):
     from search.space import parse_space
 
     space = parse_space(raw)
-    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, strategy=strategy, seed=1,
-                       samples=10, key_of=_key, expected=10)
+    study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, sampler=_sampler(strategy, space, 10),
+                       seed=1, samples=10, key_of=_key)
     seen = []
     for i in range(4):
         config = study.searcher.suggest(f"t{i}")

@@ -9,7 +9,9 @@ import torch
 
 from trainables import FAMILIES, family_parts
 from trainables.config import parse_config
-from trainables.loop import DIVERGED_L1, TrialStore, run_trial
+from trainables.checkpoints import TrialStore
+from trainables.evaluation import DIVERGED_L1
+from trainables.loop import run_trial
 
 TINY = {"epochs": 2, "width_divisor": 16, "train_eval_size": 16}
 FAMILY_EXTRA = {"autoencoder": {}, "gan": {"l1_weight": 100.0},
@@ -100,7 +102,7 @@ def test_same_seed_same_curve(tiny_data):
 
 
 def test_predictions_regenerate_from_checkpoint(tiny_data, tmp_path):
-    from trainables.predict import predict_from_checkpoint
+    from search.predict import predict_from_checkpoint
 
     _, family_cls, config_cls = family_parts("gan")
     config = {**TINY, "epochs": 1, "checkpoint_root": str(tmp_path)}

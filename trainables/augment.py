@@ -6,7 +6,7 @@ cut-out boxes are used for the image and its map, so the pair stays aligned.
 
 What the image loses is *unknown*, not "nothing remembered": pixels that come from outside
 the frame or are cut out become 0 (mid-grey) in the image, and :func:`diff_augment`
-returns a validity mask that is 0 there. The losses (see :func:`masked_l1`) and the GAN's
+returns a validity mask that is 0 there. The losses (see :func:`trainables.losses.masked_l1`) and the GAN's
 discriminator ignore those pixels, so augmentation never teaches a model to paint black
 (writing them into the map as -1, as an earlier version did, turned about a quarter of
 the training-map pixels into black labels).
@@ -104,21 +104,6 @@ def diff_augment(
         image = image * ~box
         valid &= ~box
     return image, vms, valid.to(image.dtype)
-
-
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the valid pixels only (``valid`` is (N, 1, H, W) 0/1)."""
-    return _masked_mean((pred - target).abs(), valid)
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid pixels only."""
-    return _masked_mean((pred - target).square(), valid)
-
-
-def _masked_mean(error: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    weight = valid.expand_as(error)
-    return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def hide_invalid(vms: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

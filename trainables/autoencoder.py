@@ -17,7 +17,8 @@ from models.unet import UNetConfig, build_unet
 from trainables.augment import AugmentConfig
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
-from trainables.loop import Family, run_trial, step
+from trainables.family import Family, step
+from trainables.loop import run_trial
 from trainables.losses import check_map_loss, masked_map_loss
 
 

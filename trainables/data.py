@@ -34,21 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
 from trainables.synthetic import SyntheticSpec, ensure_synthetic, generate
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 IMAGE_DIR_NAMES = ("images", "imgs")
 MAP_DIR_NAMES = ("maps", "vms", "labels")
 MAX_LISTED = 8
 # The two meaningful channels of a VMS map (red: remembered, green: falsely remembered; blue stays black).
 MAP_CHANNELS = {"remembered": 0, "falsely_remembered": 1}
-
-
-class DataError(Exception):
-    """A dataset problem the user must fix; the message says what, where and how."""
 
 
 @dataclass
@@ -180,39 +174,6 @@ def _read_list(path: Path) -> list[str]:
     return stems
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode any supported image file to 8-bit RGB at its own size (16-bit scaled, alpha over black)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                array = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I") and array.max() > 255 else 255.0
-                img = Image.fromarray((array / top * 255.0).clip(0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot be decoded ({err}); the file is corrupt, truncated or not an image. "
-                        "Replace it or move it out of the dataset.") from None
-
-
-def resized_array(img: Image.Image, size: int) -> np.ndarray:
-    """An RGB image as a (3, size, size) uint8 array: box-filtered when shrinking, bilinear when growing."""
-    if img.size != (size, size):
-        shrinking = img.size[0] > size or img.size[1] > size
-        img = img.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
-def decode_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode any supported image file to a (3, size, size) uint8 array; also return its original (w, h)."""
-    img = open_rgb(path)
-    return resized_array(img, size), img.size
-
-
 def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
     def one(pair: tuple[str, Path, Path]) -> tuple[np.ndarray, np.ndarray, str | None]:
         _, image_path, map_path = pair
@@ -242,6 +203,9 @@ def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.nd
     return images, maps
 
 
+Pair = tuple[str, Path, Path]  # (stem, image file, map file)
+
+
 def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
     """Read a dataset folder (see module docstring) into a :class:`VMSDataset`.
 
@@ -258,60 +222,10 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
     image_dir, map_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, MAP_DIR_NAMES)
     train_root, val_root = root / "train", root / "val"
     if image_dir and map_dir:
-        pairs = _pairs(image_dir, map_dir, skipped)
-        if not pairs:
-            raise DataError(f"{root}: no image/map pairs found in {image_dir} and {map_dir}.")
-        by_stem = {stem: (stem, i, m) for stem, i, m in pairs}
-        train_list, val_list = root / "splits" / "train.txt", root / "splits" / "val.txt"
-        test_list = root / "splits" / "test.txt"
-        if test_list.exists() and not (train_list.exists() and val_list.exists()):
-            raise DataError(f"{root / 'splits'}: test.txt needs train.txt and val.txt beside it (the split must be explicit).")
-        if train_list.exists() or val_list.exists():
-            if not (train_list.exists() and val_list.exists()):
-                raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
-            train_stems, val_stems = _read_list(train_list), _read_list(val_list)
-            test_stems = _read_list(test_list) if test_list.exists() else []
-            unknown = [s for s in train_stems + val_stems + test_stems if s not in by_stem]
-            if unknown:
-                raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
-                                f"{_listing(unknown)}. Fix the list files or add the files.")
-            for (a, sa), (b, sb) in [(("train.txt", train_stems), ("val.txt", val_stems)),
-                                     (("train.txt", train_stems), ("test.txt", test_stems)),
-                                     (("val.txt", val_stems), ("test.txt", test_stems))]:
-                both = sorted(set(sa) & set(sb))
-                if both:
-                    raise DataError(f"{root / 'splits'}: {len(both)} stems are in both {a} and {b}: {_listing(both)}.")
-            unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems) - set(test_stems))
-            if unlisted:
-                notes.append(f"{len(unlisted)} pairs are in no split list and were left out: {_listing(unlisted)}")
-            train_pairs = [by_stem[s] for s in train_stems]
-            val_pairs = [by_stem[s] for s in val_stems]
-            test_pairs = [by_stem[s] for s in test_stems]
-            notes.append("split: from splits/train.txt, val.txt" + (" and test.txt" if test_pairs else " (no test.txt: no test split)"))
-        else:
-            order = np.random.default_rng(seed).permutation(len(pairs))
-            n_val = max(1, int(round(len(pairs) * val_fraction)))
-            val_pairs = [pairs[i] for i in sorted(order[:n_val])]
-            train_pairs = [pairs[i] for i in sorted(order[n_val:])]
-            test_pairs = []
-            notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}), "
-                         "no test split; add splits/train.txt, val.txt and test.txt to fix it")
+        train_pairs, val_pairs, test_pairs = _one_folder_splits(root, image_dir, map_dir, skipped, notes,
+                                                                seed=seed, val_fraction=val_fraction)
     elif train_root.is_dir() and val_root.is_dir():
-        found = []
-        for split_root in (train_root, val_root):
-            i_dir, m_dir = _find_dir(split_root, IMAGE_DIR_NAMES), _find_dir(split_root, MAP_DIR_NAMES)
-            if not (i_dir and m_dir):
-                raise DataError(f"{split_root} needs images/ and maps/ sub-folders.")
-            found.append(_pairs(i_dir, m_dir, skipped))
-        train_pairs, val_pairs = found
-        test_pairs = []
-        test_root = root / "test"
-        if test_root.is_dir():
-            i_dir, m_dir = _find_dir(test_root, IMAGE_DIR_NAMES), _find_dir(test_root, MAP_DIR_NAMES)
-            if not (i_dir and m_dir):
-                raise DataError(f"{test_root} needs images/ and maps/ sub-folders (or remove it: the test split is optional).")
-            test_pairs = _pairs(i_dir, m_dir, skipped)
-        notes.append("split: from train/ and val/ folders" + (" and test/" if test_pairs else " (no test/ folder: no test split)"))
+        train_pairs, val_pairs, test_pairs = _split_folders(root, train_root, val_root, skipped, notes)
     else:
         raise DataError(
             f"{root} has no images/ and maps/ folders (nor train/ and val/ folders holding them). "
@@ -333,6 +247,77 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
         source=str(root), size=size, notes=notes,
         test_images=test_images, test_maps=test_maps, test_stems=[s for s, _, _ in test_pairs],
     )
+
+
+def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict[str, list[str]], notes: list[str],
+                       *, seed: int, val_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """The first layout (DIR/images + DIR/maps): (train, val, test) pairs from splits/*.txt, else a seeded split."""
+    pairs = _pairs(image_dir, map_dir, skipped)
+    if not pairs:
+        raise DataError(f"{root}: no image/map pairs found in {image_dir} and {map_dir}.")
+    by_stem = {stem: (stem, i, m) for stem, i, m in pairs}
+    train_list, val_list = root / "splits" / "train.txt", root / "splits" / "val.txt"
+    test_list = root / "splits" / "test.txt"
+    if test_list.exists() and not (train_list.exists() and val_list.exists()):
+        raise DataError(f"{root / 'splits'}: test.txt needs train.txt and val.txt beside it (the split must be explicit).")
+    if train_list.exists() or val_list.exists():
+        return _listed_splits(root, by_stem, train_list, val_list, test_list, notes)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, int(round(len(pairs) * val_fraction)))
+    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+    train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    test_pairs: list[Pair] = []
+    notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}), "
+                 "no test split; add splits/train.txt, val.txt and test.txt to fix it")
+    return train_pairs, val_pairs, test_pairs
+
+
+def _listed_splits(root: Path, by_stem: dict[str, Pair], train_list: Path, val_list: Path, test_list: Path,
+                   notes: list[str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(train, val, test) pairs as splits/train.txt, val.txt and (optional) test.txt list them."""
+    if not (train_list.exists() and val_list.exists()):
+        raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
+    train_stems, val_stems = _read_list(train_list), _read_list(val_list)
+    test_stems = _read_list(test_list) if test_list.exists() else []
+    unknown = [s for s in train_stems + val_stems + test_stems if s not in by_stem]
+    if unknown:
+        raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
+                        f"{_listing(unknown)}. Fix the list files or add the files.")
+    for (a, sa), (b, sb) in [(("train.txt", train_stems), ("val.txt", val_stems)),
+                             (("train.txt", train_stems), ("test.txt", test_stems)),
+                             (("val.txt", val_stems), ("test.txt", test_stems))]:
+        both = sorted(set(sa) & set(sb))
+        if both:
+            raise DataError(f"{root / 'splits'}: {len(both)} stems are in both {a} and {b}: {_listing(both)}.")
+    unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems) - set(test_stems))
+    if unlisted:
+        notes.append(f"{len(unlisted)} pairs are in no split list and were left out: {_listing(unlisted)}")
+    train_pairs = [by_stem[s] for s in train_stems]
+    val_pairs = [by_stem[s] for s in val_stems]
+    test_pairs = [by_stem[s] for s in test_stems]
+    notes.append("split: from splits/train.txt, val.txt" + (" and test.txt" if test_pairs else " (no test.txt: no test split)"))
+    return train_pairs, val_pairs, test_pairs
+
+
+def _split_folders(root: Path, train_root: Path, val_root: Path, skipped: dict[str, list[str]],
+                   notes: list[str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """The second layout (DIR/train, DIR/val, optional DIR/test, each with images/ and maps/): their pairs."""
+    found = []
+    for split_root in (train_root, val_root):
+        i_dir, m_dir = _find_dir(split_root, IMAGE_DIR_NAMES), _find_dir(split_root, MAP_DIR_NAMES)
+        if not (i_dir and m_dir):
+            raise DataError(f"{split_root} needs images/ and maps/ sub-folders.")
+        found.append(_pairs(i_dir, m_dir, skipped))
+    train_pairs, val_pairs = found
+    test_pairs = []
+    test_root = root / "test"
+    if test_root.is_dir():
+        i_dir, m_dir = _find_dir(test_root, IMAGE_DIR_NAMES), _find_dir(test_root, MAP_DIR_NAMES)
+        if not (i_dir and m_dir):
+            raise DataError(f"{test_root} needs images/ and maps/ sub-folders (or remove it: the test split is optional).")
+        test_pairs = _pairs(i_dir, m_dir, skipped)
+    notes.append("split: from train/ and val/ folders" + (" and test/" if test_pairs else " (no test/ folder: no test split)"))
+    return train_pairs, val_pairs, test_pairs
 
 
 def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0) -> VMSDataset:

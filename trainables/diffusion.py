@@ -21,11 +21,12 @@ from torch import nn
 
 from models.diffusion import PREDICTIONS, SAMPLERS, DenoiserConfig, NoiseSchedule, build_denoiser, sample
 from models.layers import scaled_width
-from trainables.augment import AugmentConfig, hide_invalid, masked_l1, masked_mse
+from trainables.augment import AugmentConfig, hide_invalid
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
-from trainables.loop import Family, run_trial, step
-from trainables.losses import masked_map_loss
+from trainables.family import Family, step
+from trainables.loop import run_trial
+from trainables.losses import masked_l1, masked_map_loss, masked_mse
 
 
 DENOISE_LOSSES = ("mse", "l1", "ce", "l1+ce")

@@ -20,11 +20,12 @@ from torch import nn
 from models.layers import scaled_width
 from models.patchgan import GANLoss, PatchGANConfig, build_patchgan
 from models.unet import UNetConfig, build_unet
-from trainables.augment import AugmentConfig, hide_invalid, masked_l1
+from trainables.augment import AugmentConfig, hide_invalid
 from trainables.config import RunSettings, build_optimizer, optimizer_config
 from trainables.data import VMSDataset
-from trainables.loop import Family, run_trial, step
-from trainables.losses import check_map_loss, masked_map_loss
+from trainables.family import Family, step
+from trainables.loop import run_trial
+from trainables.losses import check_map_loss, masked_l1, masked_map_loss
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The map losses of the UNet autoencoder and the GAN's reconstruction term.
+"""The map losses of the UNet autoencoder and the GAN's reconstruction term, and the masked L1 and MSE
+every family takes over the pixels augmentation left known (:func:`masked_l1`, :func:`masked_mse`).
 
 The UNet ends in ``tanh``, so its map is ``tanh(z)`` for a pre-activation ``z``. Trained with
 L1 alone (the report's loss), a sparse channel dies: the "falsely remembered" (green)
@@ -28,8 +29,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainables.augment import _masked_mean
-
 MAP_LOSSES = ("l1", "ce", "l1+ce")
 
 
@@ -37,6 +36,22 @@ def check_map_loss(name: str) -> str:
     if name not in MAP_LOSSES:
         raise ValueError(f"unknown map_loss {name!r}; choose one of {', '.join(MAP_LOSSES)}")
     return name
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the valid pixels only (``valid`` is (N, 1, H, W) 0/1)."""
+    return masked_mean((pred - target).abs(), valid)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the valid pixels only."""
+    return masked_mean((pred - target).square(), valid)
+
+
+def masked_mean(error: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The mean of ``error`` over the valid pixels (``valid`` (N, 1, H, W) 0/1, broadcast over channels)."""
+    weight = valid.expand_as(error)
+    return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def masked_map_loss(name: str, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -48,10 +63,10 @@ def masked_map_loss(name: str, logits: torch.Tensor, target: torch.Tensor, valid
     logits = logits.float()
     loss = logits.new_zeros(())
     if name in ("l1", "l1+ce"):
-        loss = loss + _masked_mean((torch.tanh(logits) - target).abs(), valid)
+        loss = loss + masked_mean((torch.tanh(logits) - target).abs(), valid)
     if name in ("ce", "l1+ce"):
         probability = ((target + 1.0) / 2.0).clamp(0.0, 1.0)
-        loss = loss + _masked_mean(F.binary_cross_entropy_with_logits(2.0 * logits, probability, reduction="none"), valid)
+        loss = loss + masked_mean(F.binary_cross_entropy_with_logits(2.0 * logits, probability, reduction="none"), valid)
     if name not in MAP_LOSSES:
         check_map_loss(name)
     return loss

@@ -1,0 +1,129 @@
+"""Ray: connecting to a cluster (or starting a local one), what a trial asks of it, and GPU sharing.
+
+``--gpus-per-trial auto`` measures one trial alone on a GPU first (:func:`pack`); the first
+line's estimate measures an epoch where trials train (:func:`measure_epochs`). Both run as Ray
+tasks with a trial's resources, so the driver itself never opens a CUDA context.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from search.errors import StudyError
+from search.runner.options import SearchOptions
+from search.runner.plan import StudyPlan, TrialConfigs
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable cluster: Ray itself waits minutes before giving up."""
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address {address!r} is not host:port (for example 10.0.0.5:6379, as `ray start --head` prints).")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise StudyError(f"cannot reach the Ray cluster at --address {address} ({err.strerror or err}); "
+                         "check the address printed by `ray start --head` and that the cluster is up.") from None
+
+
+def init_ray(options: SearchOptions) -> bool:
+    """Connect to (or start) Ray; returns whether this call started it (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # a notebook or a benchmark that set Ray up itself
+        return False
+    kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
+                                  logging_level=logging.INFO if options.verbose else logging.ERROR)
+    if options.address:
+        check_reachable(options.address)
+        import models
+        import search
+        import trainables
+
+        try:
+            # Ship the project's code to the cluster's workers (their Python needs the dependencies).
+            ray.init(address=options.address, runtime_env={"py_modules": [models, search, trainables]}, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise StudyError(f"cannot connect to the Ray cluster at --address {options.address} ({err}); "
+                             "check the address printed by `ray start --head` and that the cluster is up.") from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+    return True
+
+
+def resources(plan: StudyPlan) -> dict[str, float]:
+    return {"cpu": plan.options.cpus_per_trial, "gpu": plan.gpus_per_trial}
+
+
+def concurrency(plan: StudyPlan) -> int:
+    """How many trials can run at once on the cluster's resources."""
+    options = plan.options
+    fits = plan.cpus_available / options.cpus_per_trial
+    if plan.gpus_per_trial:
+        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
+    return max(1, int(min(fits, options.max_concurrent or fits)))
+
+
+def allow_pending_trials(plan: StudyPlan) -> None:
+    """Ray Tune keeps one trial pending at a time with a searcher, so short trials never overlap
+    (each waits for the previous one's worker to start). Allow as many pending trials as can run at once."""
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency(plan))
+
+
+def gpu_callbacks(plan: StudyPlan) -> list[Any]:
+    """Trials sharing a GPU: one that runs out of its memory is retried with a larger share (search.runner.packing)."""
+    from search.runner.packing import out_of_memory_retry
+
+    return [out_of_memory_retry()] if 0 < plan.gpus_per_trial < 1 else []
+
+
+def _last_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[-1][:160]
+
+
+def pack(plan: StudyPlan, configs: TrialConfigs) -> None:
+    """--gpus-per-trial auto: one trial alone on a GPU, measured; then the share per trial (search.runner.packing)."""
+    import ray
+
+    from search.runner.packing import choose_share
+    from trainables.measure import GpuProbe, probe_gpu
+
+    probe = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=1)(probe_gpu)
+    try:
+        measured = ray.get(probe.remote(plan.family, configs.widest(), plan.data), timeout=600)
+    except Exception as err:  # noqa: BLE001 - fall back to a whole GPU per trial, and say why
+        print(f"--gpus-per-trial auto: the measurement failed ({_last_line(err)}); one trial per GPU", flush=True)
+        return
+    if measured is None:
+        print("--gpus-per-trial auto: the GPU worker found no CUDA device; one trial per GPU", flush=True)
+        return
+    plan.probe = GpuProbe(**measured)
+    share = choose_share(plan.probe)
+    plan.gpus_per_trial = share.fraction
+    print(f"--gpus-per-trial auto: {share.fraction:g} ({share.why})", flush=True)
+
+
+def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None, float | None] | None:
+    """Seconds per epoch of the study default and of its widest models, measured where trials train
+    (None, with a line saying why, when it cannot be measured)."""
+    import ray
+
+    from trainables.measure import measure_on_worker
+
+    if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
+        epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
+        return epoch_s, widest_s
+    measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
+    try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
+        epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data), timeout=300)
+    except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
+        print(f"estimate: not available ({_last_line(err)})", flush=True)
+        return None
+    return epoch_s, widest_s

@@ -1,0 +1,136 @@
+"""What the search prints: one line per finished trial, the first line's estimate, and the summary.
+
+The summary is also ``summary.json``: the best trial, its config and val L1 against both dataset
+baselines, counts by status, wall time, and the final stage's numbers to publish (last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from search.runner.final import format_final
+from search.runner.progress import SearchProgress
+from search.store.results import STATUSES, ResultsStore
+from trainables.config import RunSettings
+from trainables.data import MAP_CHANNELS
+
+
+def hp_line(hp: dict[str, Any], only: str | None = None) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    items = [(only, hp[only])] if only and only in hp else list(hp.items())
+    return " ".join(f"{k}={fmt(v)}" for k, v in items)
+
+
+class Printer:
+    """One concise line per finished trial."""
+
+    def __init__(self, start_count: int, progress: SearchProgress | None = None) -> None:
+        self.count = start_count
+        self.best = math.inf
+        self.progress = progress
+
+    def seed_best(self, store: ResultsStore) -> None:
+        for row in store.trials.values():
+            if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
+                self.best = min(self.best, row["best_val_l1"])
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        value = row.get("best_val_l1")
+        if row["status"] in ("completed", "stopped") and value is not None:
+            self.best = min(self.best, value)
+        config = json.loads(row["config_json"]) if row.get("config_json") else {}
+        hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
+        varied = row.get("greedy_param")
+        where = f"block {row['greedy_block']} " if varied else ""
+        shown = f"{value:.4f}" if value is not None else "   -  "
+        suffix, clear = "", ""
+        if self.progress is not None:
+            self.progress.on_trial(row)
+            clear, suffix = self.progress.clear(), f" | {self.progress.line()}"
+        print(f"{clear}[{self.count:3d}] {row['trial_id']} {where}{hp_line(hp, varied)} | val_l1 {shown} "
+              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {self.best:.4f}"
+              + suffix, flush=True)
+
+
+@dataclass
+class Summary:
+    study: str
+    study_dir: str
+    strategy: str
+    family: str
+    preset: str
+    best_trial_id: str | None
+    best_val_l1: float | None
+    best_channel_l1: dict[str, float | None] | None  # the best trial's L1 per map channel (remembered, falsely_remembered)
+    best_config: dict[str, Any] | None
+    baselines: dict[str, float]
+    counts: dict[str, int]
+    trials: int
+    wall_seconds: float
+    total_wall_seconds: float
+    finished: bool
+    driver_peak_rss_mb: float
+    final: dict[str, Any] | None = None  # the top configurations re-trained over seeds (search.runner.final)
+
+
+def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
+              finished: bool, final: dict[str, Any] | None) -> Summary:
+    counts = {status: 0 for status in STATUSES}
+    best_row = None
+    for row in results.trials.values():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
+            if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
+                best_row = row
+    total_wall = sum(s.get("wall_seconds") or 0.0 for s in record.get("segments", []))
+    meta = results.meta
+    return Summary(
+        study=meta["study"], study_dir=study_dir, strategy=meta["strategy"], family=meta["family"], preset=preset,
+        best_trial_id=best_row["trial_id"] if best_row else None,
+        best_val_l1=best_row["best_val_l1"] if best_row else None,
+        best_channel_l1={c: best_row.get(f"best_val_l1_{c}") for c in MAP_CHANNELS} if best_row else None,
+        best_config=json.loads(best_row["config_json"]) if best_row else None,
+        baselines=record["baselines"], counts=counts, trials=len(results.trials), wall_seconds=wall,
+        total_wall_seconds=total_wall, finished=finished,
+        driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, final=final,
+    )
+
+
+def format_summary(summary: Summary) -> str:
+    base = summary.baselines
+    lines = [f"study {summary.study} ({summary.strategy}, {summary.family}, preset {summary.preset}): "
+             f"{summary.trials} trials, " + ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
+             + f"; {summary.wall_seconds:.0f} s this run" + ("" if summary.finished else " (not finished)")]
+    if summary.best_val_l1 is not None:
+        lines += _best_lines(summary)
+    else:
+        lines.append("no trial has finished yet")
+    lines.append(f"results: {summary.study_dir}/trials.parquet, epochs.parquet, summary.json"
+                 + (", final.parquet" if summary.final else "") + "; "
+                 f"dashboard: python -m dashboards.build {summary.study_dir} -o report.html")
+    lines.extend(format_final(summary.final, base))  # last: the numbers to publish
+    return "\n".join(lines)
+
+
+def _best_lines(summary: Summary) -> list[str]:
+    base = summary.baselines
+    better = min(base["black_l1"], base["mean_map_l1"])
+    lines = [f"best val L1 {summary.best_val_l1:.4f} (trial {summary.best_trial_id}) against baselines: "
+             f"all-black {base['black_l1']:.4f}, mean map {base['mean_map_l1']:.4f} "
+             f"({(1 - summary.best_val_l1 / base['mean_map_l1']) * 100:+.0f}% vs mean map, "
+             f"{(1 - summary.best_val_l1 / better) * 100:+.0f}% vs the better baseline)"]
+    channels = summary.best_channel_l1 or {}
+    if all(channels.get(c) is not None and f"black_l1_{c}" in base for c in MAP_CHANNELS):
+        lines.append("per channel, remembered / falsely remembered: "
+                     + " / ".join(f"{channels[c]:.4f}" for c in MAP_CHANNELS) + " against all-black "
+                     + " / ".join(f"{base[f'black_l1_{c}']:.4f}" for c in MAP_CHANNELS))
+    hp = dict(summary.best_config or {})
+    lines.append("best config: " + hp_line({k: hp[k] for k in hp if k not in RunSettings.__dataclass_fields__}))
+    return lines

@@ -1,0 +1,100 @@
+"""Runs one study, top to bottom: options, the study folder, Ray, the strategy, the trials, the final stage.
+
+1. check the options and the study file (:mod:`search.runner.options`, :mod:`search.space`);
+2. hold the study folder (:class:`search.store.study.StudyStore`) and connect to Ray (:mod:`search.runner.cluster`);
+3. plan the run: preset, budget, data, the study's record, created or checked (:mod:`search.runner.plan`);
+4. open (or resume) the strategy's search (:mod:`search.strategies`);
+5. reconcile what a killed driver left half recorded (:mod:`search.runner.reconcile`);
+6. run the trials through Ray Tune, then the final stage (:mod:`search.runner.tuning`);
+7. write ``summary.json`` and return the summary (:mod:`search.runner.console`).
+
+Re-running the same study continues it: finished trials are kept and not re-run, greedy continues
+in its block, TPE continues with its history, and trials that were interrupted resume from their
+last epoch checkpoint. The files of a study are listed in :mod:`search.store.study`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from search.runner import cluster, tuning
+from search.runner.console import Summary, summarize
+from search.runner.options import SearchOptions, resolve_family, study_name, validate_options
+from search.runner.plan import StudyPlan, TrialConfigs, make_plan
+from search.runner.reconcile import reconcile
+from search.space import Space, StudyFileError, load_space
+from search.store.results import ResultsStore, TrialIdentity
+from search.store.study import StudyStore
+from search.strategies.base import OpenSearch, SearchContext
+from search.strategies.budget import EpochBudget
+
+
+def run_study(options: SearchOptions) -> Summary:
+    """Run (or continue) the study the options describe; returns its summary."""
+    import ray
+
+    validate_options(options)
+    family = resolve_family(options)
+    space = load_space(options.space_file or family)
+    if space.family != family:
+        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family}.")
+    store = StudyStore(options.runs_dir, study_name(options))
+    store.create()
+    with store.lock():
+        started = time.perf_counter()
+        owns_ray = cluster.init_ray(options)
+        try:
+            return _run_held(options, family, space, store, started)
+        finally:
+            if owns_ray:
+                ray.shutdown()
+
+
+def _run_held(options: SearchOptions, family: str, space: Space, store: StudyStore, started: float) -> Summary:
+    """The driver's steps, in order, with the study folder held."""
+    plan = make_plan(options, family, space, store)
+    configs = TrialConfigs(plan)
+    if plan.auto_share:
+        cluster.pack(plan, configs)
+    results = ResultsStore(store, strategy=plan.strategy.name, family=family,
+                           hp_kinds={p.name: p.kind for p in space.params})
+    search = plan.strategy.open(_context(plan, configs))
+    try:
+        finished, interrupted, final = _search_and_final(plan, search, results, configs, started)
+    finally:
+        search.close()
+    summary = summarize(results, study_dir=str(store.root), preset=plan.preset.name, record=plan.record,
+                        wall=time.perf_counter() - started, finished=finished and not interrupted, final=final)
+    store.write_summary(asdict(summary))
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _context(plan: StudyPlan, configs: TrialConfigs) -> SearchContext:
+    return SearchContext(store=plan.store, space=plan.space, family=plan.family, options=plan.options,
+                         domain=plan.domain, samples=plan.samples, expected=plan.expected_trials, key_of=configs.key,
+                         max_blocks=plan.preset.max_blocks)
+
+
+def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: TrialConfigs,
+                      started: float) -> tuple[bool, bool, dict | None]:
+    """Reconcile, run what is left of the search within its budget, then the final stage once it has ended.
+
+    Returns (the search has ended, this run was interrupted, summary.json's ``final`` block)."""
+    identity = TrialIdentity(configs.full, configs.key, plan.space.canonical)
+    for line in reconcile(results, identity, search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
+        print(line, flush=True)
+    budget = None
+    if plan.options.budget_epochs:
+        budget = EpochBudget(search.searcher, plan.options.budget_epochs, spent=len(results.epochs))
+        print(f"budget: {plan.options.budget_epochs} epochs in all, {budget.spent} spent so far", flush=True)
+    interrupted = False
+    if search.to_run != 0 and not (budget and budget.reached):
+        interrupted = tuning.fit(plan, search, results, configs, started, budget)
+    finished = not interrupted and (search.reached_end() or bool(budget and budget.reached))
+    final = None
+    if finished:
+        final, interrupted = tuning.final_stage(plan, results, configs)
+    return finished, interrupted, final

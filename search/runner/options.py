@@ -1,0 +1,189 @@
+"""What a search is asked to do: the command line's options, the presets, and their checks.
+
+:class:`SearchOptions` is the search's one shape of its options (``python -m search.run`` fills
+it from the command line, a notebook or a benchmark builds it directly). :func:`validate_options`
+refuses bad input before anything starts, with one message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.errors import StudyError
+from search.strategies import STRATEGIES, Strategy, find_strategy
+from search.strategies.base import DOMAINS
+
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A budget: how long trials train, how big models are, how much data they see.
+
+    ``epochs`` is a floor. With ``min_images`` a trial also sees at least that many training
+    images (epochs x training pairs), so a small dataset is trained as much as a large one:
+    300 pairs under the ``cpu`` preset train for 35 epochs, not 8 (a few epochs of 300 pairs taught
+    an autoencoder nothing but to paint black). ASHA's grace period grows in proportion.
+    """
+
+    name: str
+    epochs: int
+    width_divisor: int
+    samples: int
+    grace_period: int
+    reduction_factor: int
+    n_train: int | None  # None: the whole split
+    n_val: int | None
+    train_eval_size: int
+    max_blocks: int | None = None  # greedy: only the first N parameters of the order
+    description: str = ""
+    min_images: int | None = None  # training images every trial sees at least (None: epochs alone)
+
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs per trial on a training split of ``n_train`` pairs."""
+        if not self.min_images:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_images / max(n_train, 1)))
+
+    def grace_for(self, epochs: int) -> int:
+        """ASHA's grace period, scaled with the epochs a dataset's size asks for."""
+        return max(1, min(epochs, round(self.grace_period * epochs / self.epochs)))
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("thesis", 100, 1, 100, 10, 3, None, None, 320,
+           description="the report's budget: 100 epochs, full widths, all data"),
+    Preset("cpu", 8, 4, 16, 3, 2, None, None, 160, min_images=8 * 1280,
+           description="a whole search on two CPU cores: widths / 4, 8 epochs "
+                       "(at least 10,240 training images per trial)"),
+    Preset("smoke", 2, 16, 4, 1, 2, 64, 32, 32, max_blocks=3,
+           description="about a minute, for tests: widths / 16, 64+32 pairs, 2 epochs, 3 greedy blocks"),
+)}
+
+
+@dataclass
+class SearchOptions:
+    strategy: str | Strategy  # a name of search.strategies.STRATEGIES, or a Strategy object (a benchmark's variant)
+    model: str
+    study: str | None = None
+    space_file: str | None = None
+    data: str | None = None
+    preset: str | Preset | None = None  # a name of PRESETS, or a Preset (a benchmark's size); None: by the hardware
+    epochs: int | None = None
+    samples: int | None = None
+    budget_epochs: int | None = None  # stop proposing trials once this many epochs (all trials together) are spent
+    domain: str | None = None  # grid | ranges (None: the strategy's default, or what the study was started with)
+    gpus_per_trial: float | str | None = None  # a number, "auto" (search.runner.packing), None: auto with GPUs, else 0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage: str | None = None
+    runs_dir: str = "runs"
+    seed: int = 0
+    resume: bool = False
+    scheduler: str = "asha"
+    grace_period: int | None = None
+    reduction_factor: int | None = None
+    max_sweeps: int = 1
+    greedy_margin: float | None = None  # None: the family's measured noise (search.strategies.greedy.default_margin)
+    max_blocks: int | None = None
+    max_failures: int = 1
+    final_top_k: int = 3
+    final_seeds: int = 3
+    size: int = 64
+    verbose: bool = False
+    precision: str = "auto"  # CUDA: trainables/device.py
+    channels_last: str = "auto"
+    compile: str = "auto"
+    cuda_graphs: str = "auto"
+
+    @property
+    def strategy_object(self) -> Strategy:
+        return find_strategy(self.strategy)
+
+    @property
+    def strategy_name(self) -> str:
+        return self.strategy_object.name
+
+
+def find_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise StudyError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    return PRESETS[preset]
+
+
+def resolve_family(options: SearchOptions) -> str:
+    from trainables import ALIASES
+
+    if options.model not in ALIASES:
+        raise StudyError(f"unknown --model {options.model!r}; choose one of {', '.join(sorted(ALIASES))}.")
+    return ALIASES[options.model]
+
+
+def study_name(options: SearchOptions) -> str:
+    return options.study or f"{options.strategy_name}-{resolve_family(options)}"
+
+
+def validate_options(options: SearchOptions) -> None:
+    """Cheap checks before anything starts; raises StudyError."""
+    resolve_family(options)
+    strategy = options.strategy_object
+    if options.preset is not None:
+        find_preset(options.preset)
+    if options.scheduler not in SCHEDULERS:
+        raise StudyError(f"unknown --scheduler {options.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+    if options.domain is not None and options.domain not in DOMAINS:
+        raise StudyError(f"unknown --domain {options.domain!r}; choose one of {', '.join(DOMAINS)}.")
+    strategy.check(options)
+    _check_counts(options)
+    _check_resources(options)
+    if options.size < 16 or options.size % 32:
+        raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
+    if options.resume and not (Path(options.runs_dir) / study_name(options)).is_dir():
+        raise StudyError(f"--resume: no study {study_name(options)!r} in {options.runs_dir}; start it without --resume.")
+
+
+def _check_counts(options: SearchOptions) -> None:
+    for name in ("epochs", "samples", "budget_epochs", "max_concurrent", "grace_period", "max_blocks"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise StudyError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
+    if options.reduction_factor is not None and options.reduction_factor < 2:
+        raise StudyError(f"--reduction-factor must be at least 2, got {options.reduction_factor}.")
+    if options.greedy_margin is not None and not 0.0 <= options.greedy_margin < 1.0:
+        raise StudyError(f"--greedy-margin is a fraction of the held value's L1 in [0, 1) (0.05: 5% lower), "
+                         f"got {options.greedy_margin}.")
+    if options.max_sweeps < 1:
+        raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
+    for name in ("final_top_k", "final_seeds", "max_failures"):
+        if getattr(options, name) < 0:
+            raise StudyError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")
+
+
+def _check_resources(options: SearchOptions) -> None:
+    from trainables.config import DEVICE_SWITCHES
+    from trainables.device import PRECISIONS, SWITCHES
+
+    if options.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial must be positive, got {options.cpus_per_trial}.")
+    if isinstance(options.gpus_per_trial, str) and options.gpus_per_trial != "auto":
+        raise StudyError(f"--gpus-per-trial is a number of GPUs (1, 0.25) or auto, got {options.gpus_per_trial!r}.")
+    gpus = options.gpus_per_trial if not isinstance(options.gpus_per_trial, str) else None
+    if gpus is not None and gpus < 0:
+        raise StudyError(f"--gpus-per-trial must be 0 or more, got {gpus}.")
+    if gpus and gpus > 1 and not float(gpus).is_integer():
+        raise StudyError("--gpus-per-trial above 1 must be a whole number (Ray packs fractions only below one GPU).")
+    if options.precision not in PRECISIONS:
+        raise StudyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}.")
+    for name in DEVICE_SWITCHES:
+        if getattr(options, name) not in SWITCHES:
+            raise StudyError(f"--{name.replace('_', '-')} must be one of {', '.join(SWITCHES)}, "
+                             f"got {getattr(options, name)!r}.")
+
+
+__all__ = ["PRESETS", "SCHEDULERS", "STRATEGIES", "Preset", "SearchOptions", "find_preset", "resolve_family",
+           "study_name", "validate_options"]

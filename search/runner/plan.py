@@ -1,0 +1,185 @@
+"""What one driver run will do: the preset and budget, resources, the data, and the study's record.
+
+The record (``study.json``) says what the study is. A new study writes it; a resumed one must
+match it, field by field, or it is refused before anything is touched: mixing models, spaces,
+data or budgets in one study would corrupt it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from search.errors import StudyError
+from search.runner.options import Preset, SearchOptions, find_preset
+from search.space import Space
+from search.store.study import STUDY_FORMAT, StudyStore
+from search.strategies import Strategy
+from search.strategies.base import UNBOUNDED
+from trainables import family_parts
+from trainables.config import DEVICE_SETTINGS, RunSettings, parse_config, trial_key
+from trainables.data import VMSDataset
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StudyPlan:
+    """What this driver run will do: budget, resources, data and the study's record."""
+
+    options: SearchOptions
+    strategy: Strategy
+    family: str
+    space: Space
+    store: StudyStore
+    preset: Preset
+    epochs: int
+    grace: int
+    samples: int
+    settings: RunSettings
+    data: VMSDataset
+    record: dict[str, Any]
+    cpus_available: float
+    gpus_available: float
+    gpus_per_trial: float
+    auto_share: bool = False  # --gpus-per-trial auto with GPUs: set by packing from a measured trial
+    probe: Any = None  # trainables.measure.GpuProbe of the packing probe (its epoch seconds serve the estimate)
+    domain: str = "grid"  # grid | ranges: what the strategy samples
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
+    def segment(self) -> int:
+        return len(self.record.get("segments", []))
+
+    @property
+    def final_runs(self) -> int:
+        return self.options.final_top_k * self.options.final_seeds
+
+    @property
+    def expected_trials(self) -> int:
+        """Trials the study is expected to run, for the samplers' start-up: --samples, else what
+        --budget-epochs affords at full length, else the preset's."""
+        if self.options.samples:
+            return self.options.samples
+        if self.options.budget_epochs:
+            return max(1, self.options.budget_epochs // self.epochs)
+        return self.preset.samples
+
+
+def make_plan(options: SearchOptions, family: str, space: Space, store: StudyStore) -> StudyPlan:
+    """Resources, preset and budget; the data; the study's record (created, or checked against this run)."""
+    import ray
+
+    from trainables.data import resolve_data
+
+    resources = ray.cluster_resources()
+    gpus_available, cpus_available = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    preset = _preset(options, gpus_available)
+    gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
+    if options.cpus_per_trial > cpus_available:
+        raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
+    data = resolve_data(options.data, size=options.size, seed=options.seed).subset(preset.n_train, preset.n_val)
+    n_train = len(data.train_stems)
+    epochs = options.epochs or preset.epochs_for(n_train)
+    if not options.epochs and epochs != preset.epochs:
+        print(f"budget: {epochs} epochs per trial, so each trial sees at least {preset.min_images:,} training images "
+              f"({n_train} training pairs)", flush=True)
+    grace = preset.grace_period if options.epochs else preset.grace_for(epochs)  # ASHA: scaled with a data-sized budget
+    settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
+                           checkpoint_root=store.checkpoint_root, threads=max(1, int(options.cpus_per_trial)),
+                           train_eval_size=preset.train_eval_size, precision=options.precision,
+                           channels_last=options.channels_last, compile=options.compile,
+                           cuda_graphs=options.cuda_graphs)
+    strategy = options.strategy_object
+    existing = store.read_record()
+    domain = strategy.domain(options.domain, existing)
+    identity = study_identity(strategy, space, settings, preset, domain, data)
+    record = check_or_create_record(store, existing, identity, strategy, data,
+                                    {"space_file": space.source, "preset": preset.name})
+    samples = options.samples or (UNBOUNDED if options.budget_epochs else preset.samples)
+    return StudyPlan(options, strategy, family, space, store, preset, epochs, grace, samples, settings, data, record,
+                     cpus_available, gpus_available, gpus_per_trial, auto_share=auto and bool(gpus_available),
+                     domain=domain)
+
+
+def _preset(options: SearchOptions, gpus_available: float) -> Preset:
+    preset = find_preset(options.preset or ("thesis" if gpus_available else "cpu"))
+    why = "" if options.preset else (" (GPUs found)" if gpus_available
+                                     else " (no GPU found; --preset thesis for the report's full budget)")
+    print(f"preset: {preset.name}{why}: {preset.description}", flush=True)
+    return preset
+
+
+def _gpus_per_trial(options: SearchOptions, gpus_available: float) -> tuple[float, bool]:
+    """The GPU share per trial, and whether it is to be measured (``auto``: a whole GPU until packing measures one)."""
+    auto = options.gpus_per_trial in (None, "auto")
+    if auto and not gpus_available and options.gpus_per_trial == "auto":
+        print("--gpus-per-trial auto: no GPU found; trials train on CPUs", flush=True)
+    gpus_per_trial = (1.0 if gpus_available else 0.0) if auto else float(options.gpus_per_trial)
+    if gpus_per_trial > max(gpus_available, 0) and gpus_per_trial > 0:
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial} asks for more GPUs than the cluster has ({gpus_available:g}); "
+                         "use a fraction such as 0.5 to share a GPU, or 0 for CPU only.")
+    return gpus_per_trial, auto
+
+
+def study_identity(strategy: Strategy, space: Space, settings: RunSettings, preset: Preset, domain: str,
+                   data: VMSDataset) -> dict[str, Any]:
+    """What a study is: a resumed study must match every field."""
+    return {
+        "family": space.family, "strategy": strategy.name, "space_fingerprint": space.fingerprint, "domain": domain,
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)},
+        "data_subset": [preset.n_train, preset.n_val], "data_fingerprint": data.fingerprint,
+    }
+
+
+def check_or_create_record(store: StudyStore, existing: dict[str, Any] | None, identity: dict[str, Any],
+                           strategy: Strategy, data: VMSDataset, extra: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a study whose record differs from this run's identity, or create the study (record, val_data.npz)."""
+    if existing is not None:
+        existing = {"domain": strategy.legacy_domain, **existing}  # a study from before --domain
+        differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items()
+                       if existing.get(k) != v]
+        if differences:
+            raise StudyError(
+                f"study {store.name} in {store.root} was created with other settings, and mixing them would corrupt it ("
+                + "; ".join(differences) + "). Use the same options, or a new --study name.")
+        return existing
+    record = {"format": STUDY_FORMAT, "study": store.name, **identity, **extra, "baselines": data.baselines(),
+              "data_source": data.source, "created_at": now_iso(), "segments": []}
+    store.write_val_data(data.val_images, data.val_maps, data.val_stems)
+    store.write_record(record)
+    return record
+
+
+class TrialConfigs:
+    """A searcher's config completed with the study's fixed values and run settings, and its trial key.
+
+    A class rather than closures: Ray pickles the searcher, which holds :meth:`key`.
+    """
+
+    def __init__(self, plan: StudyPlan) -> None:
+        _, _, self.config_cls = family_parts(plan.family)
+        self.space, self.settings, self.fixed = plan.space, asdict(plan.settings), dict(plan.space.fixed)
+
+    def full(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**self.fixed, **self.space.canonical(config), **self.settings}
+
+    def key(self, config: dict[str, Any]) -> str:
+        return trial_key(*parse_config(self.full(config), self.config_cls))
+
+    def widest(self) -> list[dict[str, Any] | None]:
+        """Full configs of the study default and of the widest models the space allows (None: the same)."""
+        space = self.space
+        defaults = space.defaults()
+        widest = dict(defaults)  # where a search may end up
+        for param in space.params:
+            if param.name.endswith("width") and space.active(param.name, widest):
+                widest = space.with_value(widest, param.name, max(space.choice(param.name, widest).values))
+        return [self.full(defaults), self.full(widest) if widest != defaults else None]

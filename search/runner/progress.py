@@ -1,0 +1,109 @@
+"""How far along a search is and how long it has left, from what this run has measured.
+
+The time left is the epochs still to train (trials still planned, each expected to run as
+many epochs as the finished ones did on average, ASHA's early stops included, plus the
+final stage's runs) divided by the rate at which this run has trained epochs so far
+(all concurrent trials together). The first trial's epochs give the first estimate; it
+settles as trials finish. On a terminal a status line is kept up to date after every epoch;
+in a log each finished trial's line carries the same figures.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class SearchProgress:
+    """Trials done / planned, epochs, elapsed and remaining time of one driver run."""
+
+    def __init__(self, planned: Callable[[], int], *, epochs_per_trial: int, done_trials: int, final_runs: int,
+                 stream: TextIO | None = None, live: bool | None = None, clock: Callable[[], float] = time.monotonic):
+        self.planned = planned  # the search's trial count as now planned (greedy's grows or shrinks with its path)
+        self.epochs_per_trial = epochs_per_trial
+        self.done = done_trials
+        self.final_runs = final_runs
+        self._stream = stream  # None: sys.stdout, looked up when written (Ray pickles the callbacks holding this)
+        self.live = self.stream.isatty() if live is None else live
+        self.clock = clock
+        self.started = clock()
+        self.epochs = 0  # epochs trained by this run (replayed ones are not)
+        self.finished_epochs: list[int] = []  # epochs run by each trial that finished in this run
+        self._shown = False
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stream": None}
+
+    def on_epoch(self, result: dict[str, Any]) -> None:
+        if result.get("replayed"):
+            return
+        self.epochs += 1
+        if self.live:
+            self.stream.write("\r" + self.line() + "\033[K")
+            self.stream.flush()
+            self._shown = True
+
+    def on_trial(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if row.get("epochs_run"):
+            self.finished_epochs.append(int(row["epochs_run"]))
+
+    def clear(self) -> str:
+        """What to print before a normal line so it replaces the live status line."""
+        if self.live and self._shown:
+            self._shown = False
+            return "\r\033[K"
+        return ""
+
+    def remaining_seconds(self) -> float | None:
+        elapsed = self.clock() - self.started
+        if self.epochs == 0 or elapsed <= 0:
+            return None
+        per_trial = (sum(self.finished_epochs) / len(self.finished_epochs) if self.finished_epochs
+                     else self.epochs_per_trial)
+        to_run = max(0, self.planned() - self.done) * per_trial + self.final_runs * self.epochs_per_trial
+        # Epochs of trials still running count against what they have left to run.
+        in_flight = self.epochs - sum(self.finished_epochs)
+        return max(0.0, to_run - in_flight) / (self.epochs / elapsed)
+
+    def line(self) -> str:
+        planned = max(self.planned(), self.done)
+        left = self.remaining_seconds()
+        final = f" + {self.final_runs} final runs" if self.final_runs else ""
+        estimate = f"about {duration(left)} left" if left is not None else "time left: after the first epoch"
+        return (f"{self.done}/{planned} trials{final}, {self.epochs} epochs trained, "
+                f"{duration(self.clock() - self.started)} elapsed, {estimate}")
+
+
+def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
+                  widest_epoch_s: float | None = None, startup_s: float = 15.0) -> str:
+    """The first line's promise: rounds of trials (each block's trials in parallel as far as
+    ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
+    of the study default, and of its widest models (where the search may end up)."""
+    import math
+
+    rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
+    final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
+    low = startup_s + (rounds + final_rounds) * epochs * epoch_s
+    final = f" + {final_runs} final runs" if final_runs else ""
+    line = (f"estimate: {sum(blocks)} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
+            f"the study default measured here at {epoch_s:.1f} s")
+    if widest_epoch_s and widest_epoch_s > epoch_s * 1.05:
+        high = startup_s + (rounds + final_rounds) * epochs * widest_epoch_s
+        return (line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)} "
+                "if every trial ran all its epochs (ASHA's early stops make it shorter)")
+    return line + f": about {duration(low)} if every trial ran all its epochs (ASHA's early stops make it shorter)"

@@ -1,0 +1,194 @@
+"""The two Ray Tune runs of a driver: the search itself, and the final stage's re-training.
+
+The search: the strategy's searcher (wrapped by ``--budget-epochs``), ASHA that resumes
+(:mod:`search.runner.scheduler`), and the results callback that keeps the Parquet files current.
+The final stage: the top configurations trained again with new seeds, measured once on test
+(:mod:`search.runner.final`). Each checkpoints like a search trial, so either resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from typing import Any, Callable
+
+from search.runner import cluster
+from search.runner.console import Printer
+from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
+from search.runner.plan import StudyPlan, TrialConfigs, now_iso
+from search.runner.progress import SearchProgress, estimate_line
+from search.store.results import ResultsCallback, ResultsStore, TrialIdentity
+from search.strategies.base import OpenSearch
+from trainables import family_parts
+from trainables.config import parse_config, trial_key
+from trainables.data import VMSDataset
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def run_tuner(tuner):
+    """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return tuner.fit()
+    except KeyboardInterrupt:
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def make_scheduler(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
+    """ASHA (or none). For a grouped search (greedy's blocks) a trial is judged against earlier
+    groups only, so the path does not depend on which of a group's trials reports first."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.runner.scheduler import ResumableASHA
+
+    options = plan.options
+    if options.scheduler != "asha":
+        return FIFOScheduler()
+    group_of = None
+    if search.block_of is not None:
+        block_of = search.block_of
+
+        def group_of(trial_id: str) -> int | None:
+            block = block_of(trial_id)
+            return None if block is None else block.index
+    scheduler = ResumableASHA(time_attr="epoch", max_t=plan.epochs,
+                              grace_period=min(options.grace_period or plan.grace, plan.epochs),
+                              reduction_factor=options.reduction_factor or plan.preset.reduction_factor,
+                              group_of=group_of)
+    # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
+    scheduler.seed_rungs(results.finished_epochs(), results.greedy_blocks())
+    return scheduler
+
+
+def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs) -> None:
+    """The first promise: this search's size times one epoch measured where trials train, before anything runs."""
+    if search.to_run == 0:
+        return
+    blocks = search.planned_blocks()
+    if not sum(blocks):
+        return
+    measured = cluster.measure_epochs(plan, configs)
+    if measured is None or measured[0] is None:
+        return
+    epoch_s, widest_s = measured
+    print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs,
+                        concurrency=cluster.concurrency(plan), epoch_s=epoch_s, widest_epoch_s=widest_s), flush=True)
+
+
+def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]]):
+    """The family's trainable with the dataset in Ray's object store and a trial's resources."""
+    from ray import tune
+
+    trainable_fn, _, _ = family_parts(plan.family)
+
+    def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
+        trainable_fn(config_of(config), data)
+
+    return tune.with_resources(tune.with_parameters(trial_function, data=plan.data), cluster.resources(plan))
+
+
+def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: bool = False):
+    from ray import tune
+
+    options = plan.options
+    return tune.RunConfig(
+        name=name, storage_path=plan.store.ray_storage, callbacks=[*callbacks, *cluster.gpu_callbacks(plan)],
+        verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
+        failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if checkpoints else None)
+
+
+def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: TrialConfigs, started: float,
+        budget: Any = None) -> bool:
+    """Run the search's trials through Ray Tune (``budget``: the searcher wrapped by --budget-epochs);
+    returns whether the run was interrupted (Ctrl-C, SIGTERM)."""
+    from ray import tune
+
+    options = plan.options
+    print_estimate(plan, search, configs)
+    done = len(results.finished_ids())
+    progress = SearchProgress(search.planned_total() or functools.partial(int, done), epochs_per_trial=plan.epochs,
+                              done_trials=done, final_runs=plan.final_runs)
+    printer = Printer(done, progress)
+    printer.seed_best(results)
+    identity = TrialIdentity(configs.full, configs.key, plan.space.canonical)
+    callback = ResultsCallback(results, identity, segment=plan.segment, epochs_planned=plan.epochs,
+                               block_of=search.block_of, on_finish=printer, on_result=progress.on_epoch)
+    cluster.allow_pending_trials(plan)
+    tuner = tune.Tuner(
+        _trainable(plan, configs.full),
+        tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=budget or search.searcher,
+                                    scheduler=make_scheduler(plan, results, search), num_samples=search.num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=_run_config(plan, f"segment-{plan.segment}", [callback], checkpoints=True),
+    )
+    # Record the segment before it runs, so a killed driver's segment still counts.
+    record = plan.record
+    record.setdefault("segments", []).append({"started_at": now_iso(), "ended_at": None, "preset": plan.preset.name,
+                                              "gpus_per_trial": plan.gpus_per_trial})
+    plan.store.write_record(record)
+    try:
+        interrupted = run_tuner(tuner) is None
+    finally:
+        results.flush()
+    record["segments"][-1].update(ended_at=now_iso(), wall_seconds=time.perf_counter() - started,
+                                   interrupted=interrupted)
+    plan.store.write_record(record)
+    return interrupted
+
+
+def _final_printer(runs):
+    from ray import tune
+
+    class FinalPrinter(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            run, last = runs[trial.config["index"]], trial.last_result or {}
+            test = last.get("test_l1")
+            print(f"final #{run.rank} seed {run.seed}: val L1 {last.get('selected_val_l1', float('nan')):.4f}"
+                  + (f", test L1 {test:.4f}" if test is not None else "") + f" (best epoch {last.get('best_epoch')})",
+                  flush=True)
+
+    return FinalPrinter()
+
+
+def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs) -> tuple[dict[str, Any] | None, bool]:
+    """Re-train the best configurations over new seeds and measure them on the test split (search.runner.final).
+
+    Returns (summary.json's ``final`` block, interrupted). Each run checkpoints like a search
+    trial, so an interrupted stage resumes, and a finished one replays in seconds.
+    """
+    from ray import tune
+
+    options = plan.options
+    top = top_configurations(results, options.final_top_k, [p.name for p in plan.space.params])
+    if not top or not options.final_seeds:
+        return None, False
+    seeds = final_seeds(options.seed, options.final_seeds)
+    runs = plan_runs(top, seeds, configs.full)
+    keys = [trial_key(*parse_config(run.config, configs.config_cls)) for run in runs]
+    print(f"final: re-training the top {len(top)} configurations with seeds {', '.join(map(str, seeds))} "
+          f"({len(runs)} runs of {plan.epochs} epochs, no early stopping); the epoch is chosen on val, "
+          + ("then measured once on the test split" if plan.data.has_test else "and this dataset has no test split"),
+          flush=True)
+    cluster.allow_pending_trials(plan)
+    tuner = tune.Tuner(
+        _trainable(plan, lambda config: runs[config["index"]].config),
+        param_space={"index": tune.grid_search(list(range(len(runs))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=_run_config(plan, f"final-{plan.segment}", [_final_printer(runs)]),
+    )
+    outcome = run_tuner(tuner)
+    if outcome is None:
+        return None, True
+    rows = []
+    for result in outcome:
+        index = result.config["index"]
+        rows.append(final_row(plan.name, runs[index], keys[index], result.metrics, result.error is not None))
+    write_final(rows, plan.store)
+    return aggregate(rows, plan.data, seeds), False

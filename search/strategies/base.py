@@ -1,0 +1,108 @@
+"""What every search strategy is: one object, found by name in ``search.strategies.STRATEGIES``.
+
+A :class:`Strategy` checks the options it is given, says which domain it samples (the study
+file's grid of ``values``, or its continuous ``ranges``), and opens (or resumes) a search on a
+study: an :class:`OpenSearch`, which holds the Ray Tune ``Searcher`` and answers what the
+driver, the final stage and the first line's estimate ask of it. The driver never asks which
+strategy it runs; Ray Tune's ``Searcher`` and Optuna's ``BaseSampler`` are the models followed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from search.errors import StudyError
+
+if TYPE_CHECKING:
+    from search.space import Space
+    from search.store.study import StudyStore
+
+UNBOUNDED = 1_000_000  # trials of an Optuna study that --budget-epochs ends (and no --samples)
+DOMAINS = ("grid", "ranges")  # what a strategy samples: the study's values (greedy's grid) or its ranges
+
+
+@dataclass
+class SearcherRecord:
+    """A trial as the searcher saw it end (start-up reconciliation compares it with the Parquet files)."""
+
+    config: dict[str, Any]  # as the searcher proposed it
+    errored: bool  # the searcher recorded a failure (not a result)
+    block: Any = None  # greedy's block that proposed it
+
+
+@dataclass
+class SearchContext:
+    """What a strategy opens a search with: the study, its space, and the options of this run."""
+
+    store: "StudyStore"
+    space: "Space"
+    family: str
+    options: Any  # search.runner.options.SearchOptions: the strategy reads its own options there
+    domain: str
+    samples: int  # total trials of the study (UNBOUNDED when --budget-epochs alone ends it)
+    expected: int  # trials the study is expected to run, for a sampler's start-up
+    key_of: Callable[[dict[str, Any]], str]  # a searcher's config -> its trial key
+    max_blocks: int | None = None  # the preset's cap on greedy's blocks
+    say: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+
+class OpenSearch(ABC):
+    """A strategy's search on one study, opened or resumed for one driver run."""
+
+    searcher: Any  # the Ray Tune Searcher
+    num_samples: int = -1  # for Tune: -1 (until the searcher says FINISHED) or a count
+    to_run: int | None = None  # trials left: None unknown, 0 nothing
+    done: dict[str, SearcherRecord]  # trial key -> how the searcher saw it end
+    # Ray trial id -> the group it belongs to (greedy: its block, judged after earlier blocks only), where trials
+    # come in groups; None: ASHA judges each trial against all. Ray pickles it with the callbacks: no lease in it.
+    block_of: Callable[[str], Any] | None = None
+
+    def planned_total(self) -> Callable[[], int] | None:
+        """() -> the study's total trial count as now planned (None: unknown), for the progress line.
+
+        Ray pickles the progress line with the callbacks: the callable must not hold a lease or a connection."""
+        return None
+
+    def planned_blocks(self) -> list[int]:
+        """Trials still to train, round by round, for the first line's estimate."""
+        return [self.to_run or 0]
+
+    @abstractmethod
+    def reached_end(self) -> bool:
+        """After an uninterrupted run: whether the search has nothing left to propose (then the final stage runs)."""
+
+    def close(self) -> None:
+        """Release what the search holds (a lease in a shared storage)."""
+
+
+class Strategy(ABC):
+    """One search strategy; subclasses set ``name`` and ``summary`` and implement :meth:`open`."""
+
+    name: str
+    summary: str
+    domains: tuple[str, ...] = DOMAINS
+    legacy_domain = "ranges"  # the domain of a study made before --domain existed
+
+    def check(self, options: Any) -> None:
+        """Refuse options this strategy cannot honour (raises StudyError)."""
+        if options.domain is not None and options.domain not in self.domains:
+            raise StudyError(f"--domain {options.domain}: {self.name} samples {' or '.join(self.domains)} only; "
+                             "drop --domain, or pick another strategy.")
+
+    def domain(self, requested: str | None, record: dict[str, Any] | None) -> str:
+        """What this run samples: --domain, else what the study was started with, else the first of :attr:`domains`."""
+        if requested:
+            return requested
+        if record is not None:
+            return record.get("domain", self.legacy_domain)
+        return self.domains[0]
+
+    @abstractmethod
+    def open(self, context: SearchContext) -> OpenSearch:
+        """Open the search on the study, or resume it from what the study holds."""

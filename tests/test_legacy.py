@@ -1,0 +1,66 @@
+"""Studies made by earlier code resume under this code, with the same trial keys and study identity.
+
+``tests/fixtures/legacy/`` holds two smoke studies made by the code of commit 0352fba (before the
+study store, the strategy objects and the runner existed), each SIGKILLed mid-search at the crash
+point ``searcher-complete`` (the searcher had recorded a trial the Parquet files had not):
+``legacy-greedy`` (greedy, autoencoder, killed at its 4th trial) and ``legacy-tpe`` (tpe,
+autoencoder, 5 samples, killed at its 3rd). Made with::
+
+    MEMSEARCH_CRASH_AT=searcher-complete:4 python -m search.run --strategy greedy --model autoencoder \\
+        --preset smoke --seed 0 --max-concurrent 1 --runs-dir FIXTURES --study legacy-greedy
+    MEMSEARCH_CRASH_AT=searcher-complete:3 python -m search.run --strategy tpe --model autoencoder \\
+        --preset smoke --samples 5 --seed 0 --max-concurrent 1 --runs-dir FIXTURES --study legacy-tpe
+
+Ray's own folder (``ray/``), the ``.lock`` files and the ``previous.pt`` fallbacks were left out to keep
+the fixture small; none is read on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
+IDENTITY = ("family", "strategy", "space_fingerprint", "domain", "settings", "data_subset", "data_fingerprint", "format")
+
+
+@pytest.mark.parametrize("study, args", [
+    ("legacy-greedy", ["--strategy", "greedy"]),
+    ("legacy-tpe", ["--strategy", "tpe", "--samples", "5"]),
+])
+def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, args, tmp_path):
+    shutil.copytree(FIXTURES / study, tmp_path / study)
+    before_record = json.loads((tmp_path / study / "study.json").read_text())
+    before = pd.read_parquet(tmp_path / study / "trials.parquet").set_index("trial_id")
+    before_epochs = pd.read_parquet(tmp_path / study / "epochs.parquet")
+    finished = before[before["status"] != "running"]
+    assert len(finished) >= 2  # the fixture is what it says
+
+    result = run_cli("search.run", *args, "--model", "autoencoder", "--preset", "smoke", "--seed", "0",
+                     "--max-concurrent", "1", "--final-top-k", "0", "--runs-dir", str(tmp_path), "--study", study,
+                     "--resume")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "finished before the driver was killed" in result.stdout, result.stdout  # the searcher's, reconciled
+
+    record = json.loads((tmp_path / study / "study.json").read_text())
+    assert {k: record.get(k) for k in IDENTITY} == {k: before_record.get(k) for k in IDENTITY}
+    after = pd.read_parquet(tmp_path / study / "trials.parquet").set_index("trial_id")
+    for trial_id, row in finished.iterrows():  # every finished trial is kept, with its key and its numbers
+        assert trial_id in after.index, trial_id
+        assert after.loc[trial_id, "status"] == row["status"]
+        assert after.loc[trial_id, "best_val_l1"] == row["best_val_l1"]
+        assert after.loc[trial_id, "segment"] == row["segment"] == 0  # not trained again
+    epochs = pd.read_parquet(tmp_path / study / "epochs.parquet")
+    kept = epochs[epochs["trial_id"].isin(finished.index)].set_index(["trial_id", "epoch"])["val_l1"]
+    assert kept.equals(before_epochs[before_epochs["trial_id"].isin(finished.index)]
+                       .set_index(["trial_id", "epoch"])["val_l1"])
+    assert (after["status"] != "running").all()
+    assert len(after) > len(finished), "the search went on after the resume"
+    summary = json.loads((tmp_path / study / "summary.json").read_text())
+    assert summary["finished"]

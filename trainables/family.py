@@ -1,0 +1,121 @@
+"""What a model family is to the shared training loop: how to take one step and how to predict maps.
+
+:class:`Family` is the interface every family implements (trainables/autoencoder.py, gan.py,
+diffusion.py); :func:`step` is the backward-and-update they share. The loop that runs the
+epochs is :mod:`trainables.loop`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.config import RunSettings
+from trainables.device import FastPath, Precision
+
+
+def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and update through the (possibly disabled) loss scaler."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+class Family(ABC):
+    """One model family inside the shared loop.
+
+    The loop calls, in order: ``__init__`` (build nets and optimizers on ``device``),
+    ``load_state_dict`` when resuming, then each epoch ``train_step`` per batch (in train
+    mode), ``calibration_forward`` on a fixed set of augmented training batches (BatchNorm
+    statistics are re-estimated from them, see :func:`recalibrate_batchnorm`), ``predict`` per validation
+    batch (in eval mode), and ``state_dict`` to checkpoint. ``final_predict`` is used once
+    after the last epoch.
+    """
+
+    def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
+        self.hp, self.settings, self.device = hp, settings, device
+        self.precision = Precision(device, settings.precision)
+        self.fast = FastPath.resolve(device, settings.channels_last, settings.compile)
+
+    @classmethod
+    def build(cls, hp: Any, settings: RunSettings, device: torch.device) -> "Family":
+        """The family with its networks in the device's fast path (memory format, compilation)."""
+        family = cls(hp, settings, device)
+        for module in family.modules.values():
+            family.fast.prepare(module)
+        return family
+
+    @property
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    @property
+    def prediction_modules(self) -> dict[str, nn.Module]:
+        """The networks ``predict`` runs (the GAN's discriminator is not one of them)."""
+        return self.modules
+
+    @abstractmethod
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on an augmented batch; returns detached scalar losses (``train_loss`` at least).
+
+        ``valid`` (N, 1, H, W) is 0 where augmentation hid the image: the map there is unknown
+        and must not enter any loss.
+        """
+
+    def calibration_forward(self, image: torch.Tensor, vms: torch.Tensor) -> None:
+        """Run the prediction networks as training does on one batch (for BatchNorm statistics); no global RNG."""
+        self.predict(image)
+
+    @abstractmethod
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps in [-1, 1] for a batch of images."""
+
+    has_final_mode = False  # True when final_predict differs from predict (diffusion's final sampler)
+
+    def final_predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps from the family's final evaluation mode (only called when ``has_final_mode``)."""
+        return self.predict(image)
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        """The fp16 loss scalers (disabled on CPU and with bf16); their state is checkpointed."""
+        return {}
+
+    def state_dict(self, nets_only: bool = False) -> dict[str, Any]:
+        """Networks, optimizers and loss scalers (``nets_only``: the networks, all a prediction needs)."""
+        state = {f"net.{k}": m.state_dict() for k, m in self.modules.items()}
+        if nets_only:
+            return state
+        state.update({f"opt.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        state.update({f"scaler.{k}": s.state_dict() for k, s in self.scalers().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], nets_only: bool = False) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state[f"net.{name}"])
+        if nets_only:
+            return
+        cuda = self.device.type == "cuda"
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state[f"opt.{name}"])
+            # Saved on another device (a CPU trial resumed on a GPU, or back): the step count lives on the
+            # device exactly when the optimizer is capturable, as CUDA graphs need (trainables/config.py).
+            for group in optimizer.param_groups:
+                if "capturable" in group:
+                    group["capturable"] = cuda
+            for param_state in optimizer.state.values():
+                if isinstance(param_state.get("step"), torch.Tensor):
+                    param_state["step"] = param_state["step"].to(self.device if cuda else "cpu")
+        for name, scaler in self.scalers().items():  # a resumed fp16 trial continues with the same loss scale
+            if f"scaler.{name}" in state:
+                scaler.load_state_dict(state[f"scaler.{name}"])
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules.values():
+            module.train(mode)
