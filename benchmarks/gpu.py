@@ -135,11 +135,10 @@ def section_env(args) -> dict[str, Any]:
 
 
 def _trial(family: str, config: dict[str, Any], data):
-    from trainables import family_parts
+    from trainables.families import find_family
     from trainables.loop import set_up_trial
 
-    _, family_cls, config_cls = family_parts(family)
-    return set_up_trial(config, data, family_cls, config_cls)
+    return set_up_trial(config, data, find_family(family))
 
 
 def _evaluate_epoch(trial) -> None:
@@ -241,11 +240,11 @@ def section_sampling(args) -> dict[str, Any]:
 
 
 def section_trial(args) -> dict[str, Any]:
-    from trainables import family_parts
+    from trainables.families import find_family
     from trainables.loop import run_trial
 
     data = _data()
-    _, family_cls, config_cls = family_parts("gan")
+    family_cls = find_family("gan")
     out = {}
     for label, with_checkpoints in (("with checkpoints", True), ("without checkpoints", False)):
         with tempfile.TemporaryDirectory() as root:
@@ -253,7 +252,7 @@ def section_trial(args) -> dict[str, Any]:
             config = _config("gan", 64, epochs=args.trial_epochs, checkpoint_root=root if with_checkpoints else "")
             _sync()
             start = time.perf_counter()
-            run_trial(config, data, family_cls, config_cls, report=rows.append)
+            run_trial(config, data, family_cls, report=rows.append)
             _sync()
             wall = time.perf_counter() - start
         out[label] = {"epochs": args.trial_epochs, "wall_s": wall, "best_val_l1": rows[-1]["best_val_l1"],
@@ -270,12 +269,13 @@ def section_trial(args) -> dict[str, Any]:
 
 
 def _packed_trial(config: dict[str, Any], data) -> float:
-    from trainables import family_parts
+    from trainables.families import find_family
     from trainables.loop import run_trial
 
-    _, family_cls, config_cls = family_parts("gan")
+    family_cls = find_family("gan")
+
     start = time.perf_counter()
-    run_trial(config, data, family_cls, config_cls, report=lambda row: None)
+    run_trial(config, data, family_cls, report=lambda row: None)
     return time.perf_counter() - start
 
 
@@ -375,7 +375,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def section_checks(args) -> dict[str, Any]:
     """The CUDA paths computed right, not only fast. Each returns (passed, detail)."""
-    from trainables import family_parts
+    from trainables.families import find_family
     from trainables.config import parse_config
     from trainables.evaluation import as_float
     from trainables.loop import run_trial
@@ -385,7 +385,8 @@ def section_checks(args) -> dict[str, Any]:
     image = as_float(torch.from_numpy(data.val_images[:16].copy()).cuda())
 
     def outputs(family: str, **settings: Any) -> torch.Tensor:
-        _, family_cls, config_cls = family_parts(family)
+        family_cls = find_family(family)
+        config_cls = family_cls.config_cls
         settings_, hp = parse_config(_config(family, 64, **settings), config_cls)
         torch.manual_seed(0)
         model = family_cls.build(hp, settings_, torch.device("cuda"))
@@ -403,11 +404,11 @@ def section_checks(args) -> dict[str, Any]:
 
     # Training steps replayed as CUDA graphs against eager ones, from the same start (every family).
     for family in FAMILIES:
-        _, family_cls, config_cls = family_parts(family)
+        family_cls = find_family(family)
         losses, graphed = {}, None
         for graphs in ("off", "on"):
             rows = []
-            run_trial(_config(family, 64, epochs=2, cuda_graphs=graphs), data, family_cls, config_cls, report=rows.append)
+            run_trial(_config(family, 64, epochs=2, cuda_graphs=graphs), data, family_cls, report=rows.append)
             losses[graphs] = [rows[-1]["train_loss"], rows[-1]["val_l1"]]
             if graphs == "on":
                 graphed = not any(r.get("notice") for r in rows)
@@ -428,24 +429,25 @@ def section_checks(args) -> dict[str, Any]:
 
 
 def _resume_check(data, precision: str) -> dict[str, Any]:
-    from trainables import family_parts
+    from trainables.families import find_family
     from trainables.checkpoints import CHECKPOINT_FORMAT
     from trainables.loop import run_trial
 
-    _, family_cls, config_cls = family_parts("autoencoder")
+    family_cls = find_family("autoencoder")
+
     histories = {}
     has_state = False
     for label in ("uninterrupted", "resumed"):
         with tempfile.TemporaryDirectory() as root:
             config = _config("autoencoder", 64, epochs=3, precision=precision, checkpoint_root=root)
             if label == "resumed":
-                run_trial({**config, "epochs": 2}, data, family_cls, config_cls, report=lambda row: None)
+                run_trial({**config, "epochs": 2}, data, family_cls, report=lambda row: None)
                 state = torch.load(next(Path(root).glob("*/latest.pt")), map_location="cpu", weights_only=True)
                 assert state["format"] == CHECKPOINT_FORMAT
                 scaler = state["family"].get("scaler.unet", {})
                 has_state = state.get("cuda_rng") is not None and (precision != "fp16" or scaler.get("scale") is not None)
             rows = []
-            run_trial(config, data, family_cls, config_cls, report=rows.append)
+            run_trial(config, data, family_cls, report=rows.append)
             histories[label] = [r for r in rows if not r.get("replayed")]
     a, b = histories["uninterrupted"][-1], histories["resumed"][-1]
     gap = abs(a["val_l1"] - b["val_l1"]) / a["val_l1"]

@@ -19,7 +19,7 @@ import torch
 
 from search.runner.options import PRESETS
 from search.space import load_space
-from trainables import FAMILIES, family_parts
+from trainables.families import FAMILIES, find_family
 from trainables.data import MAP_CHANNELS, resolve_data
 from trainables.loop import run_trial
 
@@ -33,12 +33,12 @@ def train_default(family: str, change: dict, data, preset, epochs: int, threads:
                   seed: int = 0) -> tuple[list[dict], float]:
     """Train ``family``'s study defaults (with ``change``) at the preset's size: (every reported row, seconds)."""
     space = load_space(family)
-    _, family_cls, config_cls = family_parts(family)
+    family_cls = find_family(family)
     config = {**space.fixed, **space.defaults(), **change, "epochs": epochs, "seed": seed,
               "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size, "threads": threads}
     reported: list[dict] = []
     start = time.perf_counter()
-    run_trial(config, data, family_cls, config_cls, report=reported.append)
+    run_trial(config, data, family_cls, report=reported.append)
     return reported, time.perf_counter() - start
 
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
         kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
-        rows = sorted(kept + rows, key=lambda r: FAMILIES.index(r["family"]))
+        rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": args.preset, "baselines": base, "families": rows}, indent=2) + "\n")
     return 0

@@ -12,6 +12,7 @@ shows.
 
 from __future__ import annotations
 
+import functools
 import argparse
 import json
 import os
@@ -31,12 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.search import bench_search, run_search, shared_ray
-from trainables import FAMILIES, family_parts
+from trainables.families import FAMILIES, find_family
 from trainables.augment import diff_augment, hide_invalid
 from trainables.checkpoints import load_family
 from trainables.data import VMSDataset, resolve_data
 from trainables.evaluation import as_float
-from trainables.loop import run_trial
+from trainables.loop import run_trial, train
 from trainables.losses import masked_l1, masked_mse
 
 RESULTS = Path(__file__).parent / "results"
@@ -161,7 +162,7 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
             hp = _study_defaults(family)
             if family == "diffusion":
                 hp.update(prediction="x0", steps=500)
-            trainable, _, _ = family_parts(family)
+            trainable = functools.partial(train, family=find_family(family))
             rows: list[dict] = []
 
             class Collect(tune.Callback):
@@ -306,12 +307,12 @@ def bench_sampling(data: VMSDataset, quick: bool) -> dict[str, Any]:
 
     steps = 500 if quick else 2000
     n_val = 96 if quick else len(data.val_images)
-    _, family_cls, config_cls = family_parts("diffusion")
+    family_cls = find_family("diffusion")
     config = {"epochs": 4 if quick else 10, "width_divisor": 8, "prediction": "x0", "steps": steps,
               "threads": os.cpu_count() or 1}
     with tempfile.TemporaryDirectory() as tmp:
         config["checkpoint_root"] = tmp
-        run_trial(config, data, family_cls, config_cls, report=lambda row: None)
+        run_trial(config, data, family_cls, report=lambda row: None)
         family = load_family(next(Path(tmp).iterdir()) / "best.pt", "diffusion", torch.device("cpu"))
     images = as_float(torch.from_numpy(data.val_images[:n_val]))
     truth = as_float(torch.from_numpy(data.val_maps[:n_val]))

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.learning import train_default
 from search.runner.options import PRESETS
-from trainables import FAMILIES
+from trainables.families import FAMILIES
 from trainables.data import resolve_data
 
 # The study defaults (where greedy starts), and the GAN at the L1 weight greedy adopts first
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     families = args.families.split(",")
     if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
         kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
-        rows = sorted(kept + rows, key=lambda r: FAMILIES.index(r["family"]))
+        rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
     return 0

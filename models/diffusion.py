@@ -28,18 +28,46 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from models.layers import NORMS, conv_bias, down_block, norm_layer, up_block
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTIONS = ("eps", "x0", "v")
-SAMPLERS = ("ddim", "ancestral")
 LEVELS = 5
 MAX_TERMINAL_SIGNAL = 0.01  # sqrt(alpha-bar) at the last step: above this, sampling from noise starts off-distribution
 EPS_TERMINAL_SIGNAL = 0.005  # where a zero-terminal-SNR schedule ends for the eps target (see the module docstring)
+
+
+def _checked_range(beta_start: float, beta_end: float) -> None:
+    if not 0 < beta_start < beta_end < 1:
+        raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+
+
+def linear_betas(steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    _checked_range(beta_start, beta_end)
+    return torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+
+
+def cosine_betas(steps: int, beta_start: float, beta_end: float) -> torch.Tensor:  # noqa: ARG001 - by design
+    s = 0.008
+    t = torch.linspace(0, steps, steps + 1, dtype=torch.float64) / steps
+    alphas_cumprod = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(0, 0.999)
+
+
+def sigmoid_betas(steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    _checked_range(beta_start, beta_end)
+    x = torch.linspace(-6, 6, steps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+
+
+# The noise schedules a study may name: name -> (steps, beta_start, beta_end) -> betas.
+SCHEDULES: dict[str, Callable[[int, float, float], torch.Tensor]] = {
+    "linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
 
 
 def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -50,22 +78,9 @@ def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> 
     """
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
-    if name == "linear":
-        if not 0 < beta_start < beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
-        return torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
-    if name == "cosine":
-        s = 0.008
-        t = torch.linspace(0, steps, steps + 1, dtype=torch.float64) / steps
-        alphas_cumprod = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-        alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
-        return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(0, 0.999)
-    if name == "sigmoid":
-        if not 0 < beta_start < beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
-        x = torch.linspace(-6, 6, steps, dtype=torch.float64)
-        return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
-    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](steps, beta_start, beta_end)
 
 
 def rescale_terminal_signal(betas: torch.Tensor, signal: float = 0.0) -> torch.Tensor:
@@ -159,7 +174,7 @@ class DenoiserConfig:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
@@ -275,12 +290,14 @@ class AncestralSampler(DDIMSampler):
         return SamplerStep(mean + variance.sqrt() * noise, x0)
 
 
+# The samplers a study may name (``sampler``, ``final_sampler``).
+SAMPLERS: dict[str, type[DDIMSampler]] = {"ddim": DDIMSampler, "ancestral": AncestralSampler}
+
+
 def build_sampler(name: str, schedule: NoiseSchedule) -> DDIMSampler:
-    if name == "ddim":
-        return DDIMSampler(schedule)
-    if name == "ancestral":
-        return AncestralSampler(schedule)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](schedule)
 
 
 @torch.no_grad()

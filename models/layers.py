@@ -10,20 +10,23 @@ from typing import Callable
 
 from torch import nn
 
-NORMS = ("batch", "instance", "none")
 NormFactory = Callable[[int], nn.Module]
+
+
+def _instance_norm(channels: int) -> nn.Module:
+    # affine=False, no running stats: what pix2pix uses for instance norm.
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+# The normalisations a study may name: name -> a factory ``channels -> nn.Module``.
+NORMS: dict[str, NormFactory] = {"batch": nn.BatchNorm2d, "instance": _instance_norm, "none": lambda channels: nn.Identity()}
 
 
 def norm_layer(name: str) -> NormFactory:
     """Return a factory ``channels -> nn.Module`` for the named normalisation."""
-    if name == "batch":
-        return lambda channels: nn.BatchNorm2d(channels)
-    if name == "instance":
-        # affine=False, no running stats: what pix2pix uses for instance norm.
-        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-    if name == "none":
-        return lambda channels: nn.Identity()
-    raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
+    if name not in NORMS:
+        raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
+    return NORMS[name]
 
 
 def conv_bias(norm: str) -> bool:

@@ -15,7 +15,6 @@ from torch import nn
 
 from models.layers import NORMS, conv_bias, down_block, norm_layer
 
-GAN_LOSSES = ("lsgan", "wgan-gp", "vanilla")
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class PatchGANConfig:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
         if self.width < 1:
             raise ValueError(f"width must be positive, got {self.width}")
 
@@ -64,35 +63,62 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 
 
 class GANLoss:
-    """Generator and discriminator adversarial losses for one variant.
+    """Generator and discriminator adversarial losses of one variant (:data:`GAN_LOSSES`, :func:`gan_loss`).
 
     ``lsgan`` is the report's: G minimises MSE(D(G(I), I), 1); D minimises
     0.5 * (MSE(D(G(I), I), 0) + MSE(D(L, I), 1)). ``vanilla`` is the same with binary
     cross-entropy on logits; ``wgan-gp`` is the Wasserstein critic with gradient penalty.
     """
 
-    def __init__(self, kind: str, *, gp_weight: float = 10.0) -> None:
-        if kind not in GAN_LOSSES:
-            raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(GAN_LOSSES)}")
-        self.kind = kind
+    def __init__(self, *, gp_weight: float = 10.0) -> None:
         self.gp_weight = gp_weight
 
-    def _target(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
+    @staticmethod
+    def _target(scores: torch.Tensor, real: bool) -> torch.Tensor:
         return torch.ones_like(scores) if real else torch.zeros_like(scores)
 
     def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
-        if self.kind == "lsgan":
-            return F.mse_loss(fake_scores, self._target(fake_scores, True))
-        if self.kind == "vanilla":
-            return F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, True))
+        raise NotImplementedError
+
+    def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LSGANLoss(GANLoss):
+    def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(fake_scores, self._target(fake_scores, True))
+
+    def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        fake_scores, real_scores = critic(fake, image), critic(real, image)
+        return 0.5 * (F.mse_loss(fake_scores, self._target(fake_scores, False))
+                      + F.mse_loss(real_scores, self._target(real_scores, True)))
+
+
+class VanillaGANLoss(GANLoss):
+    def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, True))
+
+    def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        fake_scores, real_scores = critic(fake, image), critic(real, image)
+        return 0.5 * (F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, False))
+                      + F.binary_cross_entropy_with_logits(real_scores, self._target(real_scores, True)))
+
+
+class WGANGPLoss(GANLoss):
+    def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
         return -fake_scores.mean()
 
     def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         fake_scores, real_scores = critic(fake, image), critic(real, image)
-        if self.kind == "lsgan":
-            return 0.5 * (F.mse_loss(fake_scores, self._target(fake_scores, False))
-                          + F.mse_loss(real_scores, self._target(real_scores, True)))
-        if self.kind == "vanilla":
-            return 0.5 * (F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, False))
-                          + F.binary_cross_entropy_with_logits(real_scores, self._target(real_scores, True)))
         return fake_scores.mean() - real_scores.mean() + self.gp_weight * gradient_penalty(critic, real, fake, image)
+
+
+# The adversarial losses a study may name (``gan_loss``).
+GAN_LOSSES: dict[str, type[GANLoss]] = {"lsgan": LSGANLoss, "wgan-gp": WGANGPLoss, "vanilla": VanillaGANLoss}
+
+
+def gan_loss(kind: str, *, gp_weight: float = 10.0) -> GANLoss:
+    """The adversarial losses of the variant ``kind``."""
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(GAN_LOSSES)}")
+    return GAN_LOSSES[kind](gp_weight=gp_weight)

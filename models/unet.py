@@ -29,7 +29,7 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
         if self.width < 1:
             raise ValueError(f"width must be positive, got {self.width}")
         if not 0.0 <= self.dropout < 1.0:

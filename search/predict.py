@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from search.errors import StudyError
+from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.evaluation import EVAL_BATCH, as_float
 from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
@@ -43,36 +44,37 @@ OVERLAY_ALPHA = 0.65  # how much of the map shows where it is brightest
 def resolve_checkpoint(source: Path, model: str | None) -> tuple[Path, str, int]:
     """(checkpoint, family, working size) for a study folder or a checkpoint file."""
     if source.is_dir():
-        study_dir = source
-        summary_path = study_dir / "summary.json"
-        if not (study_dir / "study.json").is_file():
-            raise DataError(f"{source} is not a study folder (no study.json); give runs/<study> or a trial's best.pt")
-        if not summary_path.is_file():
-            raise DataError(f"{study_dir} has no summary.json yet: its search has not finished a trial; "
-                            "re-run its search command, or give a trial's best.pt")
-        summary = json.loads(summary_path.read_text())
-        trial = summary.get("best_trial_id")
-        if not trial:
-            raise DataError(f"{study_dir}: no trial finished with a val L1, so there is no best model to use")
-        checkpoint = study_dir / "trials" / trial / "best.pt"
-        if not checkpoint.is_file():
-            raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "
-                            "give another trial's best.pt")
+        study = StudyStore.at(source)
+        checkpoint = _best_checkpoint(study, source)
     elif source.is_file():
         checkpoint = source
-        study_dir = source.parent.parent.parent if source.parent.parent.name == "trials" else None
+        study = StudyStore.at(source.parent.parent.parent) if source.parent.parent.name == "trials" else None
     else:
         raise DataError(f"{source} does not exist; give a study folder (runs/<study>) or a checkpoint (best.pt)")
-    family = model
-    if study_dir is not None and (study_dir / "study.json").is_file():
-        family = family or json.loads((study_dir / "study.json").read_text())["family"]
+    record = study.read_record() if study is not None else None
+    family = model or (record["family"] if record else None)
     if family is None:
         raise DataError(f"{checkpoint} is not inside a study folder; say which family it is with --model")
-    size = 64
-    if study_dir is not None and (study_dir / "val_data.npz").is_file():
-        with np.load(study_dir / "val_data.npz") as val:
-            size = int(val["images"].shape[-1])
-    return checkpoint, family, size
+    val = study.read_val_data() if record else None
+    return checkpoint, family, int(val["images"].shape[-1]) if val is not None else 64
+
+
+def _best_checkpoint(study: StudyStore, source: Path) -> Path:
+    """The best.pt of a study's best trial (summary.json), or a message saying why there is none."""
+    if not study.record.exists():
+        raise DataError(f"{source} is not a study folder (no study.json); give runs/<study> or a trial's best.pt")
+    summary = study.read_summary()
+    if summary is None:
+        raise DataError(f"{study.root} has no summary.json yet: its search has not finished a trial; "
+                        "re-run its search command, or give a trial's best.pt")
+    trial = summary.get("best_trial_id")
+    if not trial:
+        raise DataError(f"{study.root}: no trial finished with a val L1, so there is no best model to use")
+    checkpoint = study.best_checkpoint(trial)
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "
+                        "give another trial's best.pt")
+    return checkpoint
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written, errors = predict_images(Path(args.source), [Path(p) for p in args.inputs], Path(args.out),
                                          model=args.model, device=args.device, progress=not args.quiet)
-    except DataError as err:
+    except (DataError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (ValueError, KeyError, RuntimeError) as err:

@@ -18,7 +18,8 @@ import sys
 from search.errors import StudyError
 from search.runner.console import format_summary
 from search.runner.driver import run_study
-from search.runner.options import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions
+from search.runner.options import PRESETS, STRATEGIES, SearchOptions
+from search.runner.tuning import SCHEDULERS
 
 
 def _gpus(value: str) -> float | str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from trainables import ALIASES, family_parts
+from trainables.families import ALIASES, find_family
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -243,8 +243,8 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
     family = raw.get("family")
     if family not in ALIASES:
         raise _fail(source, f"'family' must be one of {sorted(ALIASES)}, got {family!r}.")
-    family = ALIASES[family]
-    _, _, config_cls = family_parts(family)
+    family_cls = find_family(family)
+    family, config_cls = family_cls.name, family_cls.config_cls
     kinds = {f.name: f.type for f in fields(config_cls)}
     params_raw = raw.get("params")
     if not isinstance(params_raw, dict) or not params_raw:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import FAMILIES, family_parts
+from trainables.families import FAMILIES, find_family
 from trainables.augment import AugmentConfig, diff_augment
 from trainables.config import RunSettings
 from trainables.losses import masked_l1
@@ -71,7 +71,8 @@ def test_masked_l1_ignores_invalid_pixels():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hidden_map_pixels_never_enter_a_loss(family):
     """Whatever the map holds where the image was hidden, every family's step is the same."""
-    _, family_cls, config_cls = family_parts(family)
+    family_cls = find_family(family)
+    config_cls = family_cls.config_cls
     extra = {"diffusion": {"steps": 20, "prediction": "x0"}}.get(family, {})
     settings = RunSettings(epochs=1, width_divisor=16)
     image = torch.rand(4, 3, 64, 64) * 2 - 1

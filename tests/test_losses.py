@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.unet import UNetConfig, build_unet
-from trainables import family_parts
+from trainables.families import find_family
 from trainables.config import RunSettings
 from trainables.losses import MAP_LOSSES, masked_map_loss
 
@@ -80,7 +80,8 @@ def test_sparse_channel_is_learned_with_ce_and_stays_black_with_l1():
 
 @pytest.mark.parametrize("family", ["autoencoder", "gan"])
 def test_unknown_map_loss_is_refused(family):
-    _, family_cls, config_cls = family_parts(family)
+    family_cls = find_family(family)
+    config_cls = family_cls.config_cls
     with pytest.raises(ValueError, match="map_loss"):
         family_cls(config_cls(map_loss="l2"), RunSettings(epochs=1, width_divisor=16), torch.device("cpu"))
 

@@ -10,7 +10,7 @@ import itertools
 from models.diffusion import (MAX_TERMINAL_SIGNAL, DDIMSampler, DenoiserConfig, NoiseSchedule, beta_schedule,
                               build_denoiser, sample)
 from models.layers import NORMS, scaled_width
-from models.patchgan import GAN_LOSSES, GANLoss, PatchGANConfig, build_patchgan
+from models.patchgan import GAN_LOSSES, PatchGANConfig, build_patchgan, gan_loss
 from models.unet import UNetConfig, build_unet
 
 
@@ -128,7 +128,7 @@ def test_gan_losses_are_finite_and_differentiable(kind):
     disc = build_patchgan(PatchGANConfig(width=4, norm="instance"))
     image, real = torch.randn(2, 3, 64, 64), torch.rand(2, 3, 64, 64) * 2 - 1
     fake = torch.tanh(torch.randn(2, 3, 64, 64, requires_grad=True))
-    loss = GANLoss(kind)
+    loss = gan_loss(kind)
     g = loss.generator(disc(fake, image))
     d = loss.discriminator(disc, real, fake.detach(), image)
     assert torch.isfinite(g) and torch.isfinite(d)
@@ -153,7 +153,7 @@ def test_gan_losses_reward_the_right_side(kind):
     generator the critic takes for real a lower loss than one it sees through; fails if targets are swapped."""
     image = torch.randn(2, 3, 64, 64)
     real, fake = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
-    loss = GANLoss(kind, gp_weight=0.0)
+    loss = gan_loss(kind, gp_weight=0.0)
     right, swapped = _ScoreByInput(real), _ScoreByInput(fake)
     assert loss.discriminator(right, real, fake, image) < loss.discriminator(swapped, real, fake, image)
     fooled, seen_through = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
-from trainables import FAMILIES, family_parts
+from trainables.families import FAMILIES, find_family
 from trainables.config import parse_config
 from trainables.checkpoints import TrialStore
 from trainables.evaluation import DIVERGED_L1
-from trainables.loop import run_trial
+from trainables.loop import run_trial, train
 
 TINY = {"epochs": 2, "width_divisor": 16, "train_eval_size": 16}
 FAMILY_EXTRA = {"autoencoder": {}, "gan": {"l1_weight": 100.0},
@@ -42,7 +43,7 @@ def _tune(trainable, config, data, storage):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trainable_reports_checkpoints_and_resumes(family, tiny_data, ray_local, tmp_path):
-    trainable, _, _ = family_parts(family)
+    trainable = functools.partial(train, family=find_family(family))
     config = {**TINY, **FAMILY_EXTRA[family], "checkpoint_root": str(tmp_path / "trials")}
     first = _tune(trainable, config, tiny_data, tmp_path / "ray")
     assert list(first["epoch"]) == [1, 2]
@@ -69,7 +70,7 @@ def test_trainable_reports_checkpoints_and_resumes(family, tiny_data, ray_local,
 
 
 def test_unknown_and_mistyped_keys_are_refused():
-    _, _, config_cls = family_parts("gan")
+    config_cls = find_family("gan").config_cls
     with pytest.raises(ValueError, match="unknown config keys.*g_lrr"):
         parse_config({"g_lrr": 0.1}, config_cls)
     with pytest.raises(TypeError, match="g_width must be int"):
@@ -77,7 +78,7 @@ def test_unknown_and_mistyped_keys_are_refused():
 
 
 def test_diverging_trial_ends_as_diverged(tiny_data, ray_local, tmp_path):
-    trainable, _, _ = family_parts("autoencoder")
+    trainable = functools.partial(train, family=find_family("autoencoder"))
     config = {**TINY, "epochs": 3, "optimizer": "sgd", "lr": 1e12, "momentum": 0.9, "norm": "none",
               "checkpoint_root": str(tmp_path / "trials")}
     rows = _tune(trainable, config, tiny_data, tmp_path / "ray")
@@ -85,18 +86,18 @@ def test_diverging_trial_ends_as_diverged(tiny_data, ray_local, tmp_path):
     assert last["status"] == "diverged" and last["best_val_l1"] == DIVERGED_L1
     assert len(rows) < 3 or rows["status"].tolist().count("diverged") == 1
     # Resuming a diverged trial does not train it again.
-    _, family_cls, config_cls = family_parts("autoencoder")
+    family_cls = find_family("autoencoder")
     replayed = []
-    run_trial(config, tiny_data, family_cls, config_cls, report=replayed.append)
+    run_trial(config, tiny_data, family_cls, report=replayed.append)
     assert replayed[-1]["status"] == "diverged" and all(r.get("replayed") for r in replayed)
 
 
 def test_same_seed_same_curve(tiny_data):
-    _, family_cls, config_cls = family_parts("autoencoder")
+    family_cls = find_family("autoencoder")
     curves = []
     for _ in range(2):
         rows = []
-        run_trial({**TINY, "epochs": 1}, tiny_data, family_cls, config_cls, report=rows.append)
+        run_trial({**TINY, "epochs": 1}, tiny_data, family_cls, report=rows.append)
         curves.append(rows[-1]["val_l1"])
     assert curves[0] == curves[1] and math.isfinite(curves[0])
 
@@ -104,9 +105,10 @@ def test_same_seed_same_curve(tiny_data):
 def test_predictions_regenerate_from_checkpoint(tiny_data, tmp_path):
     from search.predict import predict_from_checkpoint
 
-    _, family_cls, config_cls = family_parts("gan")
+    family_cls = find_family("gan")
+
     config = {**TINY, "epochs": 1, "checkpoint_root": str(tmp_path)}
-    run_trial(config, tiny_data, family_cls, config_cls, report=lambda row: None)
+    run_trial(config, tiny_data, family_cls, report=lambda row: None)
     folder = next(tmp_path.iterdir())
     stored = __import__("numpy").load(folder / "predictions.npz")
     again = predict_from_checkpoint(folder / "best.pt", "gan", tiny_data.val_images)
@@ -118,19 +120,20 @@ def test_predictions_regenerate_from_checkpoint(tiny_data, tmp_path):
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tiny_data, tmp_path):
     """A cut-off latest.pt: the trial resumes from previous.pt, says so once, and ends where it would have."""
 
-    _, family_cls, config_cls = family_parts("autoencoder")
+    family_cls = find_family("autoencoder")
+
     config = {**TINY, "epochs": 3, "checkpoint_root": str(tmp_path / "trials")}
     reference = []
-    run_trial({**config, "checkpoint_root": str(tmp_path / "reference")}, tiny_data, family_cls, config_cls,
+    run_trial({**config, "checkpoint_root": str(tmp_path / "reference")}, tiny_data, family_cls,
               report=reference.append)
     first = []
-    run_trial({**config, "epochs": 2}, tiny_data, family_cls, config_cls, report=first.append)
+    run_trial({**config, "epochs": 2}, tiny_data, family_cls, report=first.append)
     folder = next((tmp_path / "trials").iterdir())
     latest = folder / "latest.pt"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # epoch 2 is cut off
 
     resumed = []
-    run_trial(config, tiny_data, family_cls, config_cls, report=resumed.append)
+    run_trial(config, tiny_data, family_cls, report=resumed.append)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]  # epoch 1 replayed, 2 and 3 trained again
     assert "latest.pt is unreadable" in resumed[0]["notice"] and "resumed from previous.pt (epoch 1)" in resumed[0]["notice"]
     assert not any("notice" in r for r in resumed[1:])
@@ -140,6 +143,6 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tiny_data,
     for name in ("latest.pt", "previous.pt"):
         (folder / name).write_bytes(b"not a checkpoint")
     again = []
-    run_trial(config, tiny_data, family_cls, config_cls, report=again.append)
+    run_trial(config, tiny_data, family_cls, report=again.append)
     assert "restarted from epoch 0" in again[0]["notice"] and [r["epoch"] for r in again] == [1, 2, 3]
     assert [r["val_l1"] for r in again] == [r["val_l1"] for r in reference]

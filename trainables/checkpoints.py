@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from search.store.atomic import write_atomic, write_npz_atomic
-from trainables import family_parts
 from trainables.config import parse_config, resolved_config
 from trainables.family import Family
 
@@ -174,8 +173,10 @@ def write_checkpoint(trial: Trial, progress: Progress) -> None:
 def load_family(checkpoint: str | Path, model: str, device: torch.device) -> Family:
     """The family a checkpoint (best.pt or latest.pt) was saved from, restored in eval mode on ``device``."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    _, family_cls, config_cls = family_parts(model)
-    settings, hp = parse_config(state["config"], config_cls)
+    from trainables.families import find_family
+
+    family_cls = find_family(model)
+    settings, hp = parse_config(state["config"], family_cls.config_cls)
     family = family_cls(hp, settings, device)
     family.load_state_dict(state["family"], nets_only=True)
     family.train(False)

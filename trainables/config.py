@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 
 
 @dataclass(frozen=True)
@@ -49,50 +48,56 @@ class RunSettings:
                 raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {getattr(self, name)!r}")
 
 
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
+Option = Callable[[str], Any]  # an optimizer setting of the family config by its plain name ("lr" -> hp.g_lr)
 
 
-def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum), Adam/AdamW (betas), Adadelta: the report's optimizers plus AdamW.
+def _sgd(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=option("lr"), momentum=option("momentum"), weight_decay=option("weight_decay"))
+
+
+def _fast(cuda: bool) -> dict[str, bool]:
+    # On CUDA: fused, and capturable (its step count on the device), so a training step can be a CUDA graph.
+    return {"fused": True, "capturable": True} if cuda else {}
+
+
+def _adam(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=option("lr"), betas=(option("beta1"), option("beta2")),
+                            weight_decay=option("weight_decay"), **_fast(cuda))
+
+
+def _adamw(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=option("lr"), betas=(option("beta1"), option("beta2")),
+                             weight_decay=option("weight_decay"), **_fast(cuda))
+
+
+def _adadelta(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
+    return torch.optim.Adadelta(params, lr=option("lr"), weight_decay=option("weight_decay"), capturable=cuda)
+
+
+# The optimizers a study may name: name -> (parameters, the config's settings, on CUDA) -> optimizer.
+OPTIMIZERS: dict[str, Callable[[list, Option, bool], torch.optim.Optimizer]] = {
+    "sgd": _sgd, "adam": _adam, "adamw": _adamw, "adadelta": _adadelta}
+
+
+def build_optimizer(params, hp: Any, prefix: str = "") -> torch.optim.Optimizer:
+    """The optimizer a family config names in ``{prefix}optimizer``, with its ``{prefix}lr``, ``momentum``,
+    ``beta1``, ``beta2`` and ``weight_decay``: SGD (momentum), Adam/AdamW (betas), Adadelta, the report's
+    optimizers plus AdamW.
 
     On CUDA, Adam and AdamW use PyTorch's fused kernels (one launch per step instead of a
     few per parameter group; the same update up to rounding), and every optimizer keeps its
     step count on the device (``capturable``) so the loop can replay a step as a CUDA graph.
     """
     params = list(params)
-    if cfg.lr <= 0:
-        raise ValueError(f"learning rate must be positive, got {cfg.lr}")
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cuda = bool(params) and all(p.is_cuda for p in params)
-    # On CUDA: capturable (its step count on the device), so a training step can be a CUDA graph.
-    fast = {"fused": True, "capturable": True} if cuda else {}
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **fast)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **fast)
-    if cfg.name == "adadelta":
-        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=cuda)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
+    def option(name: str) -> Any:
+        return getattr(hp, f"{prefix}{name}")
 
-def optimizer_config(hp: Any, prefix: str = "") -> OptimizerConfig:
-    """Collect ``{prefix}optimizer``, ``{prefix}lr``, ... of a family config into an OptimizerConfig."""
-    return OptimizerConfig(
-        name=getattr(hp, f"{prefix}optimizer"),
-        lr=getattr(hp, f"{prefix}lr"),
-        momentum=getattr(hp, f"{prefix}momentum"),
-        beta1=getattr(hp, f"{prefix}beta1"),
-        beta2=getattr(hp, f"{prefix}beta2"),
-        weight_decay=getattr(hp, f"{prefix}weight_decay"),
-    )
+    if option("lr") <= 0:
+        raise ValueError(f"learning rate must be positive, got {option('lr')}")
+    if option("optimizer") not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {option('optimizer')!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[option("optimizer")](params, option, bool(params) and all(p.is_cuda for p in params))
 
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ epochs is :mod:`trainables.loop`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,7 +34,20 @@ class Family(ABC):
     statistics are re-estimated from them, see :func:`recalibrate_batchnorm`), ``predict`` per validation
     batch (in eval mode), and ``state_dict`` to checkpoint. ``final_predict`` is used once
     after the last epoch.
+
+    What the search needs of a family is said here too, so a family is one class: its ``name``
+    and ``aliases`` (``--model``), its config dataclass, its measured seed-to-seed noise (greedy's
+    default margin) and the hyperparameters that set its network widths (its widest configuration:
+    what the estimate and GPU packing measure). Families are listed in :mod:`trainables.families`.
     """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    config_cls: ClassVar[type]  # a frozen dataclass of AugmentConfig: every hyperparameter and fixed setting
+    # Seed-to-seed noise of one run's best val L1, as a fraction of it (sd / mean over seeds at the cpu preset,
+    # benchmarks/seeds.py); greedy adopts a value only when it beats the held one by sqrt(2) x this.
+    noise: ClassVar[float] = 0.0
+    width_params: ClassVar[tuple[str, ...]] = ("width",)  # hyperparameters that set the networks' widths
 
     def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
         self.hp, self.settings, self.device = hp, settings, device

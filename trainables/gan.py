@@ -12,19 +12,15 @@ is ``map_loss`` (``l1+ce`` by default, ``l1`` for the report's; see ``trainables
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
 from models.layers import scaled_width
-from models.patchgan import GANLoss, PatchGANConfig, build_patchgan
+from models.patchgan import PatchGANConfig, build_patchgan, gan_loss
 from models.unet import UNetConfig, build_unet
 from trainables.augment import AugmentConfig, hide_invalid
-from trainables.config import RunSettings, build_optimizer, optimizer_config
-from trainables.data import VMSDataset
+from trainables.config import RunSettings, build_optimizer
 from trainables.family import Family, step
-from trainables.loop import run_trial
 from trainables.losses import check_map_loss, masked_l1, masked_map_loss
 
 
@@ -54,15 +50,21 @@ class GANConfig(AugmentConfig):
 
 
 class GANFamily(Family):
+    name, aliases, config_cls = "gan", ("pix2pix",), GANConfig
+    # l1_weight 100: 0.0485 +- 0.0021 (4.2%); and p_translation 0: 3.9%; at the report's weight 1: 9.8%
+    # (measured 2026-11-24, benchmarks/README.md, "Seed-to-seed noise").
+    noise = 0.042
+    width_params = ("g_width", "d_width")
+
     def __init__(self, hp: GANConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
         g_width = scaled_width(hp.g_width, settings.width_divisor)
         d_width = scaled_width(hp.d_width, settings.width_divisor)
         self.generator = build_unet(UNetConfig(width=g_width, norm=hp.g_norm, dropout=hp.g_dropout)).to(device)
         self.discriminator = build_patchgan(PatchGANConfig(width=d_width, norm=hp.d_norm)).to(device)
-        self.g_opt = build_optimizer(self.generator.parameters(), optimizer_config(hp, "g_"))
-        self.d_opt = build_optimizer(self.discriminator.parameters(), optimizer_config(hp, "d_"))
-        self.loss = GANLoss(hp.gan_loss)
+        self.g_opt = build_optimizer(self.generator.parameters(), hp, "g_")
+        self.d_opt = build_optimizer(self.discriminator.parameters(), hp, "d_")
+        self.loss = gan_loss(hp.gan_loss)
         self.map_loss = check_map_loss(hp.map_loss)
         self.g_scaler, self.d_scaler = self.precision.scaler(), self.precision.scaler()
 
@@ -105,7 +107,3 @@ class GANFamily(Family):
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
 
-
-def train_gan(config: dict[str, Any], data: VMSDataset) -> None:
-    """Ray Tune function trainable for the pix2pix GAN."""
-    run_trial(config, data, GANFamily, GANConfig)

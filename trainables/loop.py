@@ -164,11 +164,15 @@ class Progress:
         return bool(self.history) and self.history[-1]["status"] == "diverged"
 
 
+def train(config: dict[str, Any], data: VMSDataset, family: type[Family]) -> None:
+    """The Ray Tune function trainable of every family: ``tune.with_parameters(train, data=..., family=...)``."""
+    run_trial(config, data, family)
+
+
 def run_trial(
     config: dict[str, Any],
     data: VMSDataset,
     family_cls: type[Family],
-    config_cls: type,
     *,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -180,7 +184,7 @@ def run_trial(
     (:func:`trainables.checkpoints.write_checkpoint`) and report.
     """
     report = report or default_report
-    trial = set_up_trial(config, data, family_cls, config_cls)
+    trial = set_up_trial(config, data, family_cls)
     with trial.store.locked() if trial.store else contextlib.nullcontext():
         progress, report = _resume(trial, report)
         if progress.ended or progress.epoch >= trial.settings.epochs:
@@ -200,9 +204,9 @@ def run_trial(
         return row
 
 
-def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], config_cls: type) -> Trial:
+def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Family]) -> Trial:
     """Parse the config, seed from the trial's key, put the data on the device, build the model."""
-    settings, hp = parse_config(config, config_cls)
+    settings, hp = parse_config(config, family_cls.config_cls)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if settings.threads and device.type == "cpu":
         torch.set_num_threads(settings.threads)

@@ -13,7 +13,10 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainables.family import Family
 
 # A test hook: a JSON GpuProbe that probe_gpu returns instead of measuring (CPU-only machines).
 FAKE_PROBE_ENV = "MEMSEARCH_FAKE_GPU_PROBE"
@@ -29,7 +32,7 @@ class GpuProbe:
     epoch_s: list[float | None] = field(default_factory=list)  # per probed config, as measure_epoch_seconds
 
 
-def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device: str = "cpu",
+def measure_epoch_seconds(family: "type[Family]", config: dict[str, Any], data: Any, device: str = "cpu",
                           steps: int = 3) -> float:
     """Seconds one epoch of ``config`` takes here: a few training steps and one evaluation batch, timed
     (after a warm-up) on the device and with the threads a trial gets, scaled to the data's size.
@@ -40,12 +43,11 @@ def measure_epoch_seconds(family: str, config: dict[str, Any], data: Any, device
     """
     import torch
 
-    from trainables import family_parts
     from trainables.config import parse_config
     from trainables.evaluation import EVAL_BATCH
 
-    _, family_cls, config_cls = family_parts(family)
-    settings, hp = parse_config(config, config_cls)
+    family_cls = family
+    settings, hp = parse_config(config, family_cls.config_cls)
     threads = torch.get_num_threads()
     try:
         if settings.threads and device == "cpu":
@@ -105,21 +107,19 @@ def _time_steps(model: Any, images: Any, maps: Any, batch: int, steps: int, targ
     return step_s, eval_s
 
 
-def measure_trial_epoch(family: str, config: dict[str, Any], data: Any, epochs: int = 2) -> dict[str, Any]:
+def measure_trial_epoch(family: "type[Family]", config: dict[str, Any], data: Any, epochs: int = 2) -> dict[str, Any]:
     """The last epoch's row of a short real trial of ``config`` (no checkpoints): what a search's
     trial does per epoch on this device, evaluation included (on CUDA: graphed steps after the
     first epoch's capture, cuDNN's choices made)."""
-    from trainables import family_parts
     from trainables.loop import run_trial
 
-    _, family_cls, config_cls = family_parts(family)
     rows: list[dict[str, Any]] = []
-    run_trial({**config, "epochs": epochs, "checkpoint_root": "", "evaluate_test": False}, data, family_cls,
-              config_cls, report=rows.append)
+    run_trial({**config, "epochs": epochs, "checkpoint_root": "", "evaluate_test": False}, data, family,
+              report=rows.append)
     return rows[-1]
 
 
-def measure_on_worker(family: str, configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
+def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
     """Seconds per epoch of each config (None: skipped), on the device this process has.
 
     On the CPU, :func:`measure_epoch_seconds` (a few steps, scaled); on a GPU, where the first
@@ -141,7 +141,7 @@ def measure_on_worker(family: str, configs: list[dict[str, Any] | None], data: A
             torch.cuda.empty_cache()
 
 
-def probe_gpu(family: str, configs: list[dict[str, Any] | None], data: Any) -> dict | None:
+def probe_gpu(family: "type[Family]", configs: list[dict[str, Any] | None], data: Any) -> dict | None:
     """Run on a worker holding one whole GPU: each config trains alone for two epochs, a real trial
     without checkpoints (:func:`measure_trial_epoch`); its second epoch is measured.
 

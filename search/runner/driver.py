@@ -28,6 +28,7 @@ from search.store.results import ResultsStore, TrialIdentity
 from search.store.study import StudyStore
 from search.strategies.base import OpenSearch, SearchContext
 from search.strategies.budget import EpochBudget
+from trainables.family import Family
 
 
 def run_study(options: SearchOptions) -> Summary:
@@ -36,9 +37,9 @@ def run_study(options: SearchOptions) -> Summary:
 
     validate_options(options)
     family = resolve_family(options)
-    space = load_space(options.space_file or family)
-    if space.family != family:
-        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family}.")
+    space = load_space(options.space_file or family.name)
+    if space.family != family.name:
+        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
     store = StudyStore(options.runs_dir, study_name(options))
     store.create()
     with store.lock():
@@ -51,13 +52,13 @@ def run_study(options: SearchOptions) -> Summary:
                 ray.shutdown()
 
 
-def _run_held(options: SearchOptions, family: str, space: Space, store: StudyStore, started: float) -> Summary:
+def _run_held(options: SearchOptions, family: type[Family], space: Space, store: StudyStore, started: float) -> Summary:
     """The driver's steps, in order, with the study folder held."""
     plan = make_plan(options, family, space, store)
     configs = TrialConfigs(plan)
     if plan.auto_share:
         cluster.pack(plan, configs)
-    results = ResultsStore(store, strategy=plan.strategy.name, family=family,
+    results = ResultsStore(store, strategy=plan.strategy.name, family=family.name,
                            hp_kinds={p.name: p.kind for p in space.params})
     search = plan.strategy.open(_context(plan, configs))
     try:

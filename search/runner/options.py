@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.errors import StudyError
 from search.strategies import STRATEGIES, Strategy, find_strategy
 from search.strategies.base import DOMAINS
 
-SCHEDULERS = ("asha", "none")
+if TYPE_CHECKING:
+    from trainables.family import Family
 
 
 @dataclass(frozen=True)
@@ -116,20 +118,23 @@ def find_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
-def resolve_family(options: SearchOptions) -> str:
-    from trainables import ALIASES
+def resolve_family(options: SearchOptions) -> type[Family]:
+    """The family --model names (a name or an alias)."""
+    from trainables.families import ALIASES, find_family
 
     if options.model not in ALIASES:
         raise StudyError(f"unknown --model {options.model!r}; choose one of {', '.join(sorted(ALIASES))}.")
-    return ALIASES[options.model]
+    return find_family(options.model)
 
 
 def study_name(options: SearchOptions) -> str:
-    return options.study or f"{options.strategy_name}-{resolve_family(options)}"
+    return options.study or f"{options.strategy_name}-{resolve_family(options).name}"
 
 
 def validate_options(options: SearchOptions) -> None:
     """Cheap checks before anything starts; raises StudyError."""
+    from search.runner.tuning import SCHEDULERS
+
     resolve_family(options)
     strategy = options.strategy_object
     if options.preset is not None:
@@ -185,5 +190,5 @@ def _check_resources(options: SearchOptions) -> None:
                              f"got {getattr(options, name)!r}.")
 
 
-__all__ = ["PRESETS", "SCHEDULERS", "STRATEGIES", "Preset", "SearchOptions", "find_preset", "resolve_family",
+__all__ = ["PRESETS", "STRATEGIES", "Preset", "SearchOptions", "find_preset", "resolve_family",
            "study_name", "validate_options"]

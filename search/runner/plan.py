@@ -17,9 +17,9 @@ from search.space import Space
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy
 from search.strategies.base import UNBOUNDED
-from trainables import family_parts
 from trainables.config import DEVICE_SETTINGS, RunSettings, parse_config, trial_key
 from trainables.data import VMSDataset
+from trainables.family import Family
 
 
 def now_iso() -> str:
@@ -32,14 +32,14 @@ class StudyPlan:
 
     options: SearchOptions
     strategy: Strategy
-    family: str
+    family: type[Family]
     space: Space
     store: StudyStore
     preset: Preset
     epochs: int
     grace: int
     samples: int
-    settings: RunSettings
+    settings: dict[str, Any]  # the run settings every trial's config carries (trainables.config.RunSettings' fields)
     data: VMSDataset
     record: dict[str, Any]
     cpus_available: float
@@ -72,7 +72,7 @@ class StudyPlan:
         return self.preset.samples
 
 
-def make_plan(options: SearchOptions, family: str, space: Space, store: StudyStore) -> StudyPlan:
+def make_plan(options: SearchOptions, family: type[Family], space: Space, store: StudyStore) -> StudyPlan:
     """Resources, preset and budget; the data; the study's record (created, or checked against this run)."""
     import ray
 
@@ -91,11 +91,11 @@ def make_plan(options: SearchOptions, family: str, space: Space, store: StudySto
         print(f"budget: {epochs} epochs per trial, so each trial sees at least {preset.min_images:,} training images "
               f"({n_train} training pairs)", flush=True)
     grace = preset.grace_period if options.epochs else preset.grace_for(epochs)  # ASHA: scaled with a data-sized budget
-    settings = RunSettings(epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor,
-                           checkpoint_root=store.checkpoint_root, threads=max(1, int(options.cpus_per_trial)),
-                           train_eval_size=preset.train_eval_size, precision=options.precision,
-                           channels_last=options.channels_last, compile=options.compile,
-                           cuda_graphs=options.cuda_graphs)
+    settings = asdict(RunSettings(  # checked here as each trial will parse them
+        epochs=epochs, seed=options.seed, width_divisor=preset.width_divisor, checkpoint_root=store.checkpoint_root,
+        threads=max(1, int(options.cpus_per_trial)), train_eval_size=preset.train_eval_size,
+        precision=options.precision, channels_last=options.channels_last, compile=options.compile,
+        cuda_graphs=options.cuda_graphs))
     strategy = options.strategy_object
     existing = store.read_record()
     domain = strategy.domain(options.domain, existing)
@@ -128,12 +128,12 @@ def _gpus_per_trial(options: SearchOptions, gpus_available: float) -> tuple[floa
     return gpus_per_trial, auto
 
 
-def study_identity(strategy: Strategy, space: Space, settings: RunSettings, preset: Preset, domain: str,
+def study_identity(strategy: Strategy, space: Space, settings: dict[str, Any], preset: Preset, domain: str,
                    data: VMSDataset) -> dict[str, Any]:
     """What a study is: a resumed study must match every field."""
     return {
         "family": space.family, "strategy": strategy.name, "space_fingerprint": space.fingerprint, "domain": domain,
-        "settings": {k: v for k, v in asdict(settings).items()
+        "settings": {k: v for k, v in settings.items()
                      if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)},
         "data_subset": [preset.n_train, preset.n_val], "data_fingerprint": data.fingerprint,
     }
@@ -165,8 +165,9 @@ class TrialConfigs:
     """
 
     def __init__(self, plan: StudyPlan) -> None:
-        _, _, self.config_cls = family_parts(plan.family)
-        self.space, self.settings, self.fixed = plan.space, asdict(plan.settings), dict(plan.space.fixed)
+        self.config_cls = plan.family.config_cls
+        self.width_params = plan.family.width_params
+        self.space, self.settings, self.fixed = plan.space, dict(plan.settings), dict(plan.space.fixed)
 
     def full(self, config: dict[str, Any]) -> dict[str, Any]:
         return {**self.fixed, **self.space.canonical(config), **self.settings}
@@ -179,7 +180,7 @@ class TrialConfigs:
         space = self.space
         defaults = space.defaults()
         widest = dict(defaults)  # where a search may end up
-        for param in space.params:
-            if param.name.endswith("width") and space.active(param.name, widest):
-                widest = space.with_value(widest, param.name, max(space.choice(param.name, widest).values))
+        for name in self.width_params:
+            if name in space.by_name and space.active(name, widest):
+                widest = space.with_value(widest, name, max(space.choice(name, widest).values))
         return [self.full(defaults), self.full(widest) if widest != defaults else None]

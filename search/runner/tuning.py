@@ -20,9 +20,10 @@ from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, estimate_line
 from search.store.results import ResultsCallback, ResultsStore, TrialIdentity
 from search.strategies.base import OpenSearch
-from trainables import family_parts
 from trainables.config import parse_config, trial_key
 from trainables.data import VMSDataset
+from trainables.family import Family
+from trainables.loop import run_trial
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -40,30 +41,39 @@ def run_tuner(tuner):
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def make_scheduler(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
-    """ASHA (or none). For a grouped search (greedy's blocks) a trial is judged against earlier
+def asha(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
+    """ASHA that resumes. For a grouped search (greedy's blocks) a trial is judged against earlier
     groups only, so the path does not depend on which of a group's trials reports first."""
-    from ray.tune.schedulers import FIFOScheduler
-
     from search.runner.scheduler import ResumableASHA
 
     options = plan.options
-    if options.scheduler != "asha":
-        return FIFOScheduler()
-    group_of = None
-    if search.block_of is not None:
-        block_of = search.block_of
-
-        def group_of(trial_id: str) -> int | None:
-            block = block_of(trial_id)
-            return None if block is None else block.index
     scheduler = ResumableASHA(time_attr="epoch", max_t=plan.epochs,
                               grace_period=min(options.grace_period or plan.grace, plan.epochs),
                               reduction_factor=options.reduction_factor or plan.preset.reduction_factor,
-                              group_of=group_of)
+                              group_of=_block_index(search.block_of) if search.block_of else None)
     # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
     scheduler.seed_rungs(results.finished_epochs(), results.greedy_blocks())
     return scheduler
+
+
+def no_early_stopping(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
+    """Every trial runs all its epochs."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+# Ray Tune's trial schedulers --scheduler may name: name -> (plan, results, search) -> scheduler.
+SCHEDULERS: dict[str, Callable[[StudyPlan, ResultsStore, OpenSearch], Any]] = {"asha": asha, "none": no_early_stopping}
+
+
+def _block_index(block_of: Callable[[str], Any]) -> Callable[[str], int | None]:
+    """Ray trial id -> the index of its group (greedy's block), for ASHA's per-block decisions."""
+    def group_of(trial_id: str) -> int | None:
+        block = block_of(trial_id)
+        return None if block is None else block.index
+
+    return group_of
 
 
 def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs) -> None:
@@ -85,12 +95,11 @@ def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, 
     """The family's trainable with the dataset in Ray's object store and a trial's resources."""
     from ray import tune
 
-    trainable_fn, _, _ = family_parts(plan.family)
+    def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family]) -> None:
+        run_trial(config_of(config), data, family)
 
-    def trial_function(config: dict[str, Any], data: VMSDataset) -> None:
-        trainable_fn(config_of(config), data)
-
-    return tune.with_resources(tune.with_parameters(trial_function, data=plan.data), cluster.resources(plan))
+    return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family),
+                               cluster.resources(plan))
 
 
 def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: bool = False):
@@ -124,7 +133,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     tuner = tune.Tuner(
         _trainable(plan, configs.full),
         tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=budget or search.searcher,
-                                    scheduler=make_scheduler(plan, results, search), num_samples=search.num_samples,
+                                    scheduler=SCHEDULERS[options.scheduler](plan, results, search), num_samples=search.num_samples,
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=_run_config(plan, f"segment-{plan.segment}", [callback], checkpoints=True),
     )

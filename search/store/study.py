@@ -177,6 +177,10 @@ class StudyStore:
 
         return TrialStore(Path(self.checkpoint_root) / trial_id)
 
+    def best_checkpoint(self, trial_id: str) -> Path:
+        """Where a trial's best.pt is (the networks of its best validation epoch)."""
+        return Path(self.checkpoint_root) / trial_id / "best.pt"
+
     def has_trial_folder(self, trial_id: str) -> bool:
         return (Path(self.checkpoint_root) / trial_id).is_dir()
 

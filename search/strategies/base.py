@@ -17,6 +17,7 @@ from search.errors import StudyError
 
 if TYPE_CHECKING:
     from search.space import Space
+    from trainables.family import Family
     from search.store.study import StudyStore
 
 UNBOUNDED = 1_000_000  # trials of an Optuna study that --budget-epochs ends (and no --samples)
@@ -38,7 +39,7 @@ class SearchContext:
 
     store: "StudyStore"
     space: "Space"
-    family: str
+    family: "type[Family]"
     options: Any  # search.runner.options.SearchOptions: the strategy reads its own options there
     domain: str
     samples: int  # total trials of the study (UNBOUNDED when --budget-epochs alone ends it)

@@ -11,7 +11,7 @@ under the current defaults (Adam's beta1 when the optimizer is SGD) are skipped.
 A challenger replaces the held value only if its L1 is lower by more than ``margin`` (a
 fraction of the held value's L1): one training run per configuration cannot tell apart
 differences smaller than the seed-to-seed noise, and adopting them makes the path a coin
-toss (``NOISE`` holds the measured noise per family; ``benchmarks/seeds.py`` measures it).
+toss (each family's ``Family.noise`` is its measured noise; ``benchmarks/seeds.py`` measures it).
 Each block records its held value, the best challenger's advantage and the decision.
 
 Ray calls ``suggest`` whenever a slot is free; within a block all proposals are made at
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ray.tune.search import Searcher
 
@@ -42,24 +42,18 @@ from search.store.study import JsonFile
 from search.strategies.base import OpenSearch, SearchContext, SearcherRecord, Strategy
 from trainables.evaluation import DIVERGED_L1
 
+if TYPE_CHECKING:
+    from trainables.family import Family
+
 STATE_VERSION = 1
-# Seed-to-seed noise of one run's best val L1, as a fraction of it (sd / mean over 5 seeds of
-# the study default at the cpu preset: benchmarks/README.md, "Seed-to-seed noise").
-# Measured 2026-11-24 with the l1+ce map loss at 8 epochs; the larger of the configurations
-# greedy walks through first is taken.
-NOISE: dict[str, float] = {
-    "autoencoder": 0.041,  # p_translation 0: 0.0393 +- 0.0016 (study defaults: 0.0495 +- 0.0013, 2.6%)
-    "gan": 0.042,  # l1_weight 100: 0.0485 +- 0.0021 (4.2%); and p_translation 0: 3.9%; at the report's weight 1: 9.8%
-    "diffusion": 0.034,  # x0 with l1+ce, p_translation 0: 0.0400 +- 0.0014 (2026-11-24; MSE at 6 epochs had 9.0%)
-}
 # The default margin: the standard deviation of the difference between two single runs of the
-# same configuration, sqrt(2) x the noise of one.
+# same configuration, sqrt(2) x the noise of one (each family's measured noise: Family.noise).
 MARGIN_IN_SDS = math.sqrt(2.0)
 
 
-def default_margin(family: str) -> float:
+def default_margin(family: "type[Family]") -> float:
     """The margin greedy uses unless told otherwise: ``MARGIN_IN_SDS`` x the family's measured noise."""
-    return MARGIN_IN_SDS * NOISE.get(family, 0.0)
+    return MARGIN_IN_SDS * family.noise
 
 
 def config_key(config: dict[str, Any]) -> str:
