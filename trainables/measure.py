@@ -103,7 +103,7 @@ def _time_steps(model: Any, images: Any, maps: Any, batch: int, steps: int, targ
     start = time.perf_counter()
     eval_batch()
     sync()
-    eval_s = (time.perf_counter() - start) * len(images[:EVAL_BATCH]) / EVAL_BATCH
+    eval_s = (time.perf_counter() - start) * EVAL_BATCH / len(images[:EVAL_BATCH])  # scaled to a full batch
     return step_s, eval_s
 
 
