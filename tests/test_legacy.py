@@ -24,17 +24,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 IDENTITY = ("family", "strategy", "space_fingerprint", "domain", "settings", "data_subset", "data_fingerprint", "format")
 
 
-@pytest.mark.parametrize("study, args", [
-    ("legacy-greedy", ["--strategy", "greedy"]),
-    ("legacy-tpe", ["--strategy", "tpe", "--samples", "5"]),
+@pytest.mark.parametrize("study, options", [
+    ("legacy-greedy", {"strategy": "greedy"}),
+    ("legacy-tpe", {"strategy": "tpe", "samples": 5}),
 ])
-def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, args, tmp_path):
+def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, options, tmp_path, ray_local, capsys):
+    """In this process, on the session's Ray (the command line's own path is tested in test_search.py)."""
+    from search.runner.driver import run_study
+    from search.runner.options import SearchOptions
+
     shutil.copytree(FIXTURES / study, tmp_path / study)
     before_record = json.loads((tmp_path / study / "study.json").read_text())
     before = pd.read_parquet(tmp_path / study / "trials.parquet").set_index("trial_id")
@@ -42,11 +45,10 @@ def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, a
     finished = before[before["status"] != "running"]
     assert len(finished) >= 2  # the fixture is what it says
 
-    result = run_cli("search.run", *args, "--model", "autoencoder", "--preset", "smoke", "--seed", "0",
-                     "--max-concurrent", "1", "--final-top-k", "0", "--runs-dir", str(tmp_path), "--study", study,
-                     "--resume")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "finished before the driver was killed" in result.stdout, result.stdout  # the searcher's, reconciled
+    summary = run_study(SearchOptions(**options, model="autoencoder", preset="smoke", seed=0, max_concurrent=1,
+                                      final_top_k=0, runs_dir=str(tmp_path), study=study, resume=True))
+    printed = capsys.readouterr().out
+    assert "finished before the driver was killed" in printed, printed  # the searcher's record, reconciled
 
     record = json.loads((tmp_path / study / "study.json").read_text())
     assert {k: record.get(k) for k in IDENTITY} == {k: before_record.get(k) for k in IDENTITY}
@@ -62,5 +64,4 @@ def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, a
                        .set_index(["trial_id", "epoch"])["val_l1"])
     assert (after["status"] != "running").all()
     assert len(after) > len(finished), "the search went on after the resume"
-    summary = json.loads((tmp_path / study / "summary.json").read_text())
-    assert summary["finished"]
+    assert summary.finished and json.loads((tmp_path / study / "summary.json").read_text())["finished"]

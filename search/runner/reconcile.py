@@ -20,7 +20,7 @@ few seconds). A driver killed between two of these leaves them disagreeing:
 
 from __future__ import annotations
 
-from search.store.results import ResultsStore, TrialIdentity, _now, final_status, trial_metrics
+from search.store.results import ResultsStore, TrialIdentity, utc_now, final_status, trial_metrics
 from search.store.study import StudyStore
 from search.strategies.base import SearcherRecord
 
@@ -49,12 +49,12 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
             store.upsert_trial(tid, **trial_metrics(history[-1]))
         if record.errored and not (history and history[-1].get("status") in ("completed", "diverged")):
             status = "errored"
-            store.upsert_trial(tid, status=status, ended_at=_now(),
+            store.upsert_trial(tid, status=status, ended_at=utc_now(),
                                error="the trial failed; its error text was lost when the driver was killed "
                                      "before recording it (see the worker logs under ray/)")
         else:
             status = final_status(history[-1] if history else {}, epochs_planned)
-            store.upsert_trial(tid, status=status, ended_at=_now())
+            store.upsert_trial(tid, status=status, ended_at=utc_now())
         lines.append(f"trial {tid}: finished before the driver was killed; recorded as {status} "
                      f"after {len(history)} epochs (from its checkpoint)")
 

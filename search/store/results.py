@@ -96,7 +96,7 @@ HP_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool"
 STATUSES = ("running", "completed", "stopped", "diverged", "errored")
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
@@ -132,7 +132,7 @@ class ResultsStore:
 
     def add_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         row = {"schema_version": SCHEMA_VERSION, "study": self.meta["study"], "trial_id": trial_id,
-               "epoch": int(result["epoch"]), "status": result.get("status"), "reported_at": _now()}
+               "epoch": int(result["epoch"]), "status": result.get("status"), "reported_at": utc_now()}
         row.update({m: _finite_or_none(result.get(m)) for m in EPOCH_METRICS})
         previous = self.epochs.get((trial_id, row["epoch"]))
         if previous is not None and result.get("replayed"):
@@ -148,7 +148,7 @@ class ResultsStore:
         existing = self.trials.get(trial_id, {})
         values = dict(
             ray_trial_id=ray_trial_id, segment=segment, status="running", epochs_planned=epochs_planned,
-            started_at=existing.get("started_at") or _now(), ended_at=None, error=None,
+            started_at=existing.get("started_at") or utc_now(), ended_at=None, error=None,
             config_json=json.dumps(identity.full_config(config), sort_keys=True),
             **self.hp_columns(identity.hyperparameters(config)),
         )
@@ -269,14 +269,14 @@ class ResultsCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)
         status = final_status(self._last_result.get(tid) or {}, self.epochs_planned)
-        row = self.store.upsert_trial(tid, status=status, ended_at=_now())
+        row = self.store.upsert_trial(tid, status=status, ended_at=utc_now())
         self._maybe_flush(force=True)
         if self.on_finish:
             self.on_finish(row)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)
-        row = self.store.upsert_trial(tid, status="errored", ended_at=_now(), error=_error_text(trial))
+        row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=_error_text(trial))
         self._maybe_flush(force=True)
         if self.on_finish:
             self.on_finish(row)
