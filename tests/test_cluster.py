@@ -47,17 +47,10 @@ def _start_node(command: list[str], env: dict[str, str], timeout: float = 120.0)
 
 
 def _stop_nodes(nodes: list[subprocess.Popen], temp: Path) -> list[str]:
-    """SIGTERM each node's process group (the node and the processes it started), SIGKILL what lingers;
-    returns the pids of processes of this cluster still alive after that (none, unless something escaped)."""
+    """SIGKILL each node's process group (the node and the processes it started: a test cluster has nothing
+    to save); returns the pids of processes of this cluster still alive after that (none, unless one escaped)."""
     for node in reversed(nodes):
-        _signal_group(node, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    for node in reversed(nodes):
-        try:
-            node.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(node, signal.SIGKILL)  # what the node started outlives it only if it ignored SIGTERM
+        _signal_group(node, signal.SIGKILL)
         node.wait()
     for _ in range(30):  # the raylet's workers notice their raylet is gone within a few seconds
         left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
