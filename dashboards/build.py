@@ -32,6 +32,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from search.runner.baseline import better_baseline
 from search.runner.final import FINAL_TABLE
 from search.store.results import ResultsStore
 from search.store.study import StudyStore
@@ -332,11 +333,38 @@ def section_efficiency(studies: list[Study]) -> str:
     return text + notes + _baseline_legend(studies) + _figure_html(fig, "fig-efficiency")
 
 
+def overfitting_trials(epochs: pd.DataFrame, trial_ids: list[str]) -> list[str]:
+    """The trials whose train/val gap (val L1 - train L1) kept growing, epoch after epoch, for at least two
+    epochs after their best val epoch: they fit the training images better while the maps got no better."""
+    found = []
+    for trial_id in trial_ids:
+        e = epochs[epochs["trial_id"] == trial_id].sort_values("epoch").dropna(subset=["val_l1", "train_l1"])
+        if len(e) < 3:
+            continue
+        best = int(np.argmin(e["val_l1"].to_numpy()))
+        gap = (e["val_l1"] - e["train_l1"]).to_numpy()[best:]
+        if len(gap) >= 3 and bool(np.all(np.diff(gap) > 0)):
+            found.append(trial_id)
+    return found
+
+
+def _overfitting_note(study: Study) -> str:
+    finished = _finished(study)["trial_id"].tolist()
+    flagged = overfitting_trials(study.epochs, finished)
+    if not finished or not flagged:
+        return ""
+    shown = ", ".join(flagged[:12]) + (f" and {len(flagged) - 12} more" if len(flagged) > 12 else "")
+    return (f'<p class="warning">{html.escape(study.label)}: {len(flagged)} of {len(finished)} finished trials '
+            f"overfit: their train/val gap kept growing after their best epoch ({html.escape(shown)}). "
+            "The epoch is chosen on val, so their best is kept; more data or stronger regularisation may help.</p>")
+
+
 def section_curves(studies: list[Study]) -> str:
     parts = []
     for index, study in enumerate(studies):
         if study.epochs.empty:
             continue
+        parts.append(_overfitting_note(study))
         top = _finished(study).nsmallest(TOP_CURVES, "best_val_l1")
         running = study.trials[study.trials["status"] == "running"]["trial_id"].tolist()
         ids = top["trial_id"].tolist() + running[: max(0, TOP_CURVES - len(top))]
@@ -556,11 +584,12 @@ def section_answer(studies: list[Study]) -> str:
     baselines, overall and per channel. Without one, the search's best single run on val,
     said to be optimistic.
     """
-    rows = []
+    rows, beaten = [], []
     for study in studies:
         summary = study.store.read_summary() or {}
         final = summary.get("final") or {}
         configs = [c for c in final.get("configurations", []) if (c.get("val_l1") or {}).get("mean") is not None]
+        verdict = final.get("beats_baseline") if final.get("beats_baseline") is not None else summary.get("beats_baseline")
         cells: list[str]
         if configs:
             chosen = min(configs, key=lambda c: c["val_l1"]["mean"])
@@ -595,10 +624,17 @@ def section_answer(studies: list[Study]) -> str:
                          "(re-run the search command, or drop --final-top-k 0)", "-",
                          f"val L1 {best['best_val_l1']:.4f} (one run, selected on the same val: optimistic)",
                          f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"]
+        if verdict is False:  # the trivial map is the answer: say so where the recommendation was
+            name = better_baseline(final.get("test_baselines") or study.meta.get("baselines", {}))[0]
+            beaten.append(f"No configuration beats {name} on this data in study {study.label}")
+            cells[0] = f"no configuration beats {name} on this data (the best found: {cells[0]})"
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [study.label, *cells]) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in ("study", "configuration to use", "headline (mean ± 95% interval)",
                                                "remembered / falsely remembered", "validation", "baselines on the same split"))
-    return (f'<table class="answer"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    warning = "".join(f'<p class="warning">{html.escape(line)}: that trivial map does as well. Try '
+                      "more data, a smaller model or stronger regularisation (README, 'When nothing beats the "
+                      "baseline').</p>" for line in beaten)
+    return (warning + f'<table class="answer"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             '<p class="legend">The configuration is the re-trained one with the lowest mean val L1 (selection uses '
             'validation only); the headline is its test L1 over the seeds, read once. The evidence follows.</p>')
 
@@ -627,6 +663,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}
 table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 .empty{color:#777;font-style:italic} .legend{color:#555;font-size:.9em}
+.warning{background:#fff3cd;border-left:4px solid #d62728;padding:.5em 1em;font-weight:bold}
 .gallery{display:flex;flex-wrap:wrap;gap:14px}
 figure{margin:0} figcaption{font-size:.85em;color:#444}
 .triple img{width:128px;height:128px;image-rendering:pixelated;margin-right:2px;border:1px solid #ccc}

@@ -70,6 +70,12 @@ def _best_checkpoint(study: StudyStore, source: Path) -> Path:
     trial = summary.get("best_trial_id")
     if not trial:
         raise DataError(f"{study.root}: no trial finished with a val L1, so there is no best model to use")
+    final = summary.get("final") or {}
+    verdict = final.get("beats_baseline") if final.get("beats_baseline") is not None else summary.get("beats_baseline")
+    if verdict is False:
+        print(f"warning: study {study.name}: no configuration beats the better of the all-black and mean maps on its "
+              "data (summary.json, beats_baseline); these maps are no better than that trivial map "
+              "(README, 'When nothing beats the baseline')", file=sys.stderr)
     checkpoint = study.best_checkpoint(trial)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "

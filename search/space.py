@@ -26,6 +26,7 @@ from typing import Any
 from trainables.families import ALIASES, find_family
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+HISTORY_DIR = STUDIES_DIR / "history"  # earlier versions of the study files: <family>-<fingerprint>.toml
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -64,10 +65,16 @@ class Space:
         self.family, self.params, self.fixed, self.source = family, order, fixed, source
         self.by_name = {p.name: p for p in order}
         self._raw = raw
+        self.text: str | None = None  # the study file's text, when it was read from one
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.params]
+
+    def record(self) -> dict[str, Any]:
+        """What study.json keeps of the space, so a study resumes with it whatever becomes of the file:
+        the study file's text (its order intact), else its parsed content."""
+        return {"space_toml": self.text} if self.text is not None else {"space": self._raw}
 
     @property
     def fingerprint(self) -> str:
@@ -183,10 +190,41 @@ def load_space(name_or_path: str) -> Space:
         available = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
         raise StudyFileError(f"study file {path} not found; use one of: {available}, or a path to a .toml file.")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise StudyFileError(f"{path}: not valid TOML ({err}).") from None
-    return parse_space(raw, str(path))
+    space = parse_space(raw, str(path))
+    space.text = text
+    return space
+
+
+def recorded_space(record: dict[str, Any] | None, current: Space, *, explicit: bool,
+                   history: Path = HISTORY_DIR) -> tuple[Space, str | None]:
+    """The space a resumed study continues with, and a line saying so when it is not the study file's.
+
+    A study keeps the space it was made with. When the default study file has changed since, the
+    study goes on with the recorded space: ``study.json``'s ``space``, or, for a study made before
+    spaces were recorded, the earlier version of the study file kept in ``studies/history/`` under
+    its fingerprint. A study file named with ``--space`` (``explicit``) is never replaced: if it
+    differs, the study's identity check refuses it, as before.
+    """
+    if (record is None or explicit or record.get("family") != current.family
+            or record.get("space_fingerprint") in (None, current.fingerprint)):
+        return current, None  # the same space, or another model or file: the identity check decides
+    raw, source = record.get("space"), "recorded in the study's study.json"
+    if record.get("space_toml"):
+        raw = tomllib.loads(record["space_toml"])
+    if raw is None:
+        earlier = history / f"{current.family}-{record['space_fingerprint']}.toml"
+        if not earlier.is_file():
+            return current, None  # unknown: the identity check refuses, naming both fingerprints
+        raw, source = tomllib.loads(earlier.read_text()), str(earlier)
+    space = parse_space(raw, source)
+    if space.fingerprint != record["space_fingerprint"]:
+        return current, None
+    return space, (f"study {record.get('study')}: the study file {current.source} changed since the study was made; "
+                   f"it continues with the space it was made with ({source})")
 
 
 def _fail(source: str, message: str) -> StudyFileError:

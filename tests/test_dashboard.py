@@ -53,6 +53,8 @@ def test_report_has_every_section_with_data(report, greedy_study):  # noqa: F811
         assert "plotly-graph-div" in section or anchor == "galleries", anchor
     assert text.count('data-kind="best"') == 2 and "most informative" in text
     assert "all-black map" in text and "mean training map" in text
+    answer = text.split('<section id="answer">', 1)[1].split("</section>", 1)[0]
+    assert answer.count("o configuration beats the all-black map on this data") == 4  # per study: warning and cell
     final = text.split('<section id="final-results">', 1)[1].split("</section>", 1)[0]
     assert "tpe-ae #1" in final and "error_y" in final and "(test)" in final  # error bars, test baselines
     assert "<script src=" not in text and "<link" not in text  # self-contained: opens offline
@@ -88,6 +90,9 @@ def test_report_renders_in_headless_chromium_without_errors(report):
     assert "test L1" in tpe_row and "±" in tpe_row and "x all-black" in tpe_row and "2 seeds" in tpe_row
     greedy_row = next(line for line in answer.splitlines() if line.startswith("greedy-ref"))
     assert "no test numbers" in greedy_row and "l1_weight=" in greedy_row
+    # Smoke models do not beat the all-black map: the answer says so first, and in place of each recommendation.
+    assert answer.splitlines()[2].startswith("No configuration beats the all-black map on this data in study greedy-ref")
+    assert "no configuration beats the all-black map on this data (the best found:" in tpe_row
     assert plots >= 6
     assert shot.stat().st_size > 50_000
     keep = os.environ.get("DASHBOARD_SCREENSHOT")
@@ -254,3 +259,18 @@ def test_efficiency_section_draws_one_band_per_strategy(tmp_path):
     alone = build(folders[:1] + [_fake_study(tmp_path / "gan", "tpe", 0, family="gan")], tmp_path / "one.html")
     section = alone.read_text().split('<section id="efficiency">', 1)[1].split("</section>", 1)[0]
     assert 'class="empty"' in section and "several studies of one model family" in section and "--seed" in section
+
+
+def test_trials_whose_train_val_gap_keeps_growing_after_their_best_epoch_are_flagged():
+    from dashboards.build import overfitting_trials
+
+    rows = []
+    for epoch, (train, val) in enumerate([(0.20, 0.22), (0.15, 0.18), (0.10, 0.19), (0.06, 0.20)], start=1):
+        rows.append({"trial_id": "fits", "epoch": epoch, "train_l1": train, "val_l1": val})  # gap .03 -> .09 -> .14
+    for epoch, (train, val) in enumerate([(0.20, 0.22), (0.15, 0.18), (0.14, 0.19), (0.14, 0.185)], start=1):
+        rows.append({"trial_id": "steady", "epoch": epoch, "train_l1": train, "val_l1": val})  # gap shrinks at the end
+    for epoch, (train, val) in enumerate([(0.20, 0.22), (0.15, 0.18), (0.10, 0.19)], start=1):
+        rows.append({"trial_id": "short", "epoch": epoch, "train_l1": train, "val_l1": val})  # one epoch after its best
+    import pandas as pd
+
+    assert overfitting_trials(pd.DataFrame(rows), ["fits", "steady", "short"]) == ["fits"]

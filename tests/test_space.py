@@ -95,3 +95,36 @@ def test_cli_refuses_a_bad_study_file(tmp_path):
     result = run_cli("search.run", "--strategy", "greedy", "--model", "autoencoder", "--space", str(broken),
                      "--runs-dir", str(tmp_path / "runs"), timeout=60)
     assert_clean_error(result, "not valid TOML")
+
+
+def _changed(space_text: str) -> str:
+    """The autoencoder's study file with one default changed: another space, another fingerprint."""
+    return space_text.replace('[params.batch_size]\nvalues = [8, 16, 32]\ndefault = 16',
+                              '[params.batch_size]\nvalues = [8, 16, 32]\ndefault = 8')
+
+
+def test_a_study_keeps_the_space_it_was_made_with_when_the_study_file_changes(tmp_path):
+    import tomllib
+
+    from search.space import load_space, parse_space, recorded_space
+
+    current = load_space("autoencoder")
+    before_text = _changed(current.text)
+    assert before_text != current.text
+    before = parse_space(tomllib.loads(before_text), "before.toml")
+    before.text = before_text
+    record = {"study": "s", "family": "autoencoder", "space_fingerprint": before.fingerprint, **before.record()}
+    space, note = recorded_space(record, current, explicit=False, history=tmp_path)
+    assert space.fingerprint == before.fingerprint and space.defaults()["batch_size"] == 8
+    assert note.startswith("study s: the study file") and "continues with the space it was made with" in note
+    # A study file named with --space is never replaced: the identity check refuses it, as before.
+    assert recorded_space(record, current, explicit=True, history=tmp_path) == (current, None)
+    # A study made before spaces were recorded: the earlier study file, kept under its fingerprint.
+    legacy = {"study": "s", "family": "autoencoder", "space_fingerprint": before.fingerprint}
+    assert recorded_space(legacy, current, explicit=False, history=tmp_path) == (current, None)  # not kept: refused
+    (tmp_path / f"autoencoder-{before.fingerprint}.toml").write_text(before_text)
+    space, note = recorded_space(legacy, current, explicit=False, history=tmp_path)
+    assert space.fingerprint == before.fingerprint and str(tmp_path) in note
+    # The same space: nothing to say; another model's study: not this space's to replace (refused by the identity check).
+    assert recorded_space({**record, "space_fingerprint": current.fingerprint}, current, explicit=False) == (current, None)
+    assert recorded_space({**record, "family": "gan"}, current, explicit=False, history=tmp_path) == (current, None)

@@ -7,6 +7,7 @@ epochs is :mod:`trainables.loop`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -48,6 +49,12 @@ class Family(ABC):
     # benchmarks/seeds.py); greedy adopts a value only when it beats the held one by sqrt(2) x this.
     noise: ClassVar[float] = 0.0
     width_params: ClassVar[tuple[str, ...]] = ("width",)  # hyperparameters that set the networks' widths
+
+    @classmethod
+    def noise_margin(cls) -> float:
+        """sqrt(2) x :attr:`noise`: the spread of the difference between two single runs of one configuration,
+        what one run must beat another (or a baseline) by to count as evidence."""
+        return math.sqrt(2.0) * cls.noise
 
     def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
         self.hp, self.settings, self.device = hp, settings, device

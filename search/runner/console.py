@@ -12,6 +12,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
+from search.runner.baseline import beats_on_val, verdict_line
 from search.runner.final import format_final
 from search.runner.progress import SearchProgress
 from search.store.results import STATUSES, ResultsStore
@@ -78,10 +79,12 @@ class Summary:
     finished: bool
     driver_peak_rss_mb: float
     final: dict[str, Any] | None = None  # the top configurations re-trained over seeds (search.runner.final)
+    beats_baseline: bool | None = None  # on val, by more than the noise margin (search.runner.baseline)
+    baseline_margin: float = 0.0  # that margin: sqrt 2 x the family's measured noise
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
-              finished: bool, final: dict[str, Any] | None) -> Summary:
+              finished: bool, final: dict[str, Any] | None, margin: float) -> Summary:
     counts = {status: 0 for status in STATUSES}
     best_row = None
     for row in results.trials.values():
@@ -100,6 +103,8 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
         baselines=record["baselines"], counts=counts, trials=len(results.trials), wall_seconds=wall,
         total_wall_seconds=total_wall, finished=finished,
         driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, final=final,
+        beats_baseline=beats_on_val(best_row["best_val_l1"] if best_row else None, record["baselines"], margin),
+        baseline_margin=margin,
     )
 
 
@@ -116,6 +121,9 @@ def format_summary(summary: Summary) -> str:
                  + (", final.parquet" if summary.final else "") + "; "
                  f"dashboard: python -m dashboards.build {summary.study_dir} -o report.html")
     lines.extend(format_final(summary.final, base))  # last: the numbers to publish
+    verdict = verdict_line(summary.beats_baseline, summary.final, summary.best_val_l1, base, summary.baseline_margin)
+    if verdict:
+        lines.append(verdict)
     return "\n".join(lines)
 
 

@@ -59,14 +59,15 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
     if plan.auto_share:
         cluster.pack(plan, configs)
     results = ResultsStore(store, strategy=plan.strategy.name, family=family.name,
-                           hp_kinds={p.name: p.kind for p in space.params})
+                           hp_kinds={p.name: p.kind for p in plan.space.params})
     search = plan.strategy.open(_context(plan, configs))
     try:
         finished, interrupted, final = _search_and_final(plan, search, results, configs, started)
     finally:
         search.close()
     summary = summarize(results, study_dir=str(store.root), preset=plan.preset.name, record=plan.record,
-                        wall=time.perf_counter() - started, finished=finished and not interrupted, final=final)
+                        wall=time.perf_counter() - started, finished=finished and not interrupted, final=final,
+                        margin=family.noise_margin())
     store.write_summary(asdict(summary))
     if interrupted:
         raise KeyboardInterrupt

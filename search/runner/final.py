@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 
+from search.runner.baseline import beats_on_final, recommended
 from search.store.results import ResultsStore
 from trainables.data import MAP_CHANNELS, VMSDataset
 
@@ -150,8 +151,12 @@ def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int]) ->
         for channel in MAP_CHANNELS:
             entry[f"test_l1_{channel}"] = interval([r[f"test_l1_{channel}"] for r in mine])
         configurations.append(entry)
-    return {"seeds": seeds, "has_test": data.has_test, "test_pairs": len(data.test_stems),
-            "test_baselines": data.baselines("test") if data.has_test else None, "configurations": configurations}
+    final = {"seeds": seeds, "has_test": data.has_test, "test_pairs": len(data.test_stems),
+             "test_baselines": data.baselines("test") if data.has_test else None, "configurations": configurations}
+    chosen = recommended(final)
+    final["recommended_rank"] = chosen["rank"] if chosen else None
+    final["beats_baseline"] = beats_on_final(final, data.baselines())  # on test (search.runner.baseline)
+    return final
 
 
 def format_final(final: dict[str, Any] | None, val_baselines: dict[str, float]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from search.errors import StudyError
 from search.runner.options import Preset, SearchOptions, find_preset
-from search.space import Space
+from search.space import Space, recorded_space
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy
 from search.strategies.base import UNBOUNDED
@@ -98,10 +98,13 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
         cuda_graphs=options.cuda_graphs))
     strategy = options.strategy_object
     existing = store.read_record()
+    space, note = recorded_space(existing, space, explicit=options.space_file is not None)
+    if note:
+        print(note, flush=True)
     domain = strategy.domain(options.domain, existing)
     identity = study_identity(strategy, space, settings, preset, domain, data)
     record = check_or_create_record(store, existing, identity, strategy, data,
-                                    {"space_file": space.source, "preset": preset.name})
+                                    {"space_file": space.source, "preset": preset.name, **space.record()})
     samples = options.samples or (UNBOUNDED if options.budget_epochs else preset.samples)
     return StudyPlan(options, strategy, family, space, store, preset, epochs, grace, samples, settings, data, record,
                      cpus_available, gpus_available, gpus_per_trial, auto_share=auto and bool(gpus_available),

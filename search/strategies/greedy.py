@@ -46,14 +46,12 @@ if TYPE_CHECKING:
     from trainables.family import Family
 
 STATE_VERSION = 1
-# The default margin: the standard deviation of the difference between two single runs of the
-# same configuration, sqrt(2) x the noise of one (each family's measured noise: Family.noise).
-MARGIN_IN_SDS = math.sqrt(2.0)
 
 
 def default_margin(family: "type[Family]") -> float:
-    """The margin greedy uses unless told otherwise: ``MARGIN_IN_SDS`` x the family's measured noise."""
-    return MARGIN_IN_SDS * family.noise
+    """The margin greedy uses unless told otherwise: sqrt(2) x the family's measured noise (the standard
+    deviation of the difference between two single runs of the same configuration)."""
+    return family.noise_margin()
 
 
 def config_key(config: dict[str, Any]) -> str:
