@@ -6,7 +6,7 @@
 The same configuration, the same data, the same epochs (the ``cpu`` preset's size, as
 ``benchmarks.learning``); only the training seed differs (weights, batch order,
 augmentation). The spread of best val L1 across seeds is the noise every single-run
-comparison in a search carries: greedy's decisions (``search/greedy.py``, ``NOISE``) use
+comparison in a search carries: greedy's decisions (``Family.noise``, ``search/strategies/greedy.py``) use
 it as their margin. No Ray: the shared training loop is called directly.
 """
 

@@ -8,6 +8,7 @@ small object so the training loop reads the same for every variant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -84,24 +85,27 @@ class GANLoss:
         raise NotImplementedError
 
 
-class LSGANLoss(GANLoss):
+class TargetGANLoss(GANLoss):
+    """G pushes the scores of its fakes to the 'real' target; D pushes fakes to 0 and real maps to 1,
+    each under ``criterion``."""
+
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
     def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(fake_scores, self._target(fake_scores, True))
+        return self.criterion(fake_scores, self._target(fake_scores, True))
 
     def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         fake_scores, real_scores = critic(fake, image), critic(real, image)
-        return 0.5 * (F.mse_loss(fake_scores, self._target(fake_scores, False))
-                      + F.mse_loss(real_scores, self._target(real_scores, True)))
+        return 0.5 * (self.criterion(fake_scores, self._target(fake_scores, False))
+                      + self.criterion(real_scores, self._target(real_scores, True)))
 
 
-class VanillaGANLoss(GANLoss):
-    def generator(self, fake_scores: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, True))
+class LSGANLoss(TargetGANLoss):
+    criterion = staticmethod(F.mse_loss)  # least squares: the report's
 
-    def discriminator(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        fake_scores, real_scores = critic(fake, image), critic(real, image)
-        return 0.5 * (F.binary_cross_entropy_with_logits(fake_scores, self._target(fake_scores, False))
-                      + F.binary_cross_entropy_with_logits(real_scores, self._target(real_scores, True)))
+
+class VanillaGANLoss(TargetGANLoss):
+    criterion = staticmethod(F.binary_cross_entropy_with_logits)
 
 
 class WGANGPLoss(GANLoss):

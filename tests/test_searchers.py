@@ -1,4 +1,4 @@
-"""Each Optuna-based searcher (search/strategies.py): its state lives in the storage, a fresh driver
+"""Each Optuna-based searcher (search/strategies/): its state lives in the storage, a fresh driver
 proposes what the old one would have, a pending trial survives, and a killed driver's search resumes."""
 
 from __future__ import annotations

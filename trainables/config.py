@@ -140,7 +140,7 @@ def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettin
 # Settings that do not change what a trial computes: a trial resumed with more epochs,
 # another checkpoint folder or another thread count is the same trial.
 # How a trial runs on its device (trainables/device.py): rounding and speed only, so neither in the
-# trial key nor in a study's identity (search/driver.py).
+# trial key nor in a study's identity (search/runner/plan.py).
 DEVICE_SWITCHES = ("channels_last", "compile", "cuda_graphs")  # each auto | on | off
 DEVICE_SETTINGS = ("precision", *DEVICE_SWITCHES)
 _KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)

@@ -317,7 +317,7 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
     utilisation = trial.utilisation.mean()
     if utilisation is not None:
         row["gpu_util"] = utilisation
-    if trial.steps.notice:  # said once, printed by the search (search.results)
+    if trial.steps.notice:  # said once, printed by the search (search.store.results)
         row["notice"], trial.steps.notice = trial.steps.notice, None
     if diverged or epoch == settings.epochs:
         row["status"] = "diverged" if diverged else "completed"
