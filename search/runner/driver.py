@@ -24,7 +24,7 @@ from search.runner.options import SearchOptions, resolve_family, study_name, val
 from search.runner.plan import StudyPlan, TrialConfigs, make_plan
 from search.runner.reconcile import reconcile
 from search.space import Space, StudyFileError, load_space
-from search.store.results import ResultsStore, TrialIdentity
+from search.store.results import ResultsStore
 from search.store.study import StudyStore
 from search.strategies.base import OpenSearch, SearchContext
 from search.strategies.budget import EpochBudget
@@ -85,8 +85,7 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     """Reconcile, run what is left of the search within its budget, then the final stage once it has ended.
 
     Returns (the search has ended, this run was interrupted, summary.json's ``final`` block)."""
-    identity = TrialIdentity(configs.full, configs.key, plan.space.canonical)
-    for line in reconcile(results, identity, search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
+    for line in reconcile(results, configs.identity(), search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
         print(line, flush=True)
     budget = None
     if plan.options.budget_epochs:

@@ -14,6 +14,7 @@ from typing import Any
 from search.errors import StudyError
 from search.runner.options import Preset, SearchOptions, find_preset
 from search.space import Space, recorded_space
+from search.store.results import TrialIdentity
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy
 from search.strategies.base import UNBOUNDED
@@ -146,7 +147,7 @@ def check_or_create_record(store: StudyStore, existing: dict[str, Any] | None, i
                            strategy: Strategy, data: VMSDataset, extra: dict[str, Any]) -> dict[str, Any]:
     """Refuse a study whose record differs from this run's identity, or create the study (record, val_data.npz)."""
     if existing is not None:
-        existing = {"domain": strategy.legacy_domain, **existing}  # a study from before --domain
+        existing = {**existing, "domain": strategy.domain(None, existing)}  # the rule for a study from before --domain
         differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items()
                        if existing.get(k) != v]
         if differences:
@@ -177,6 +178,10 @@ class TrialConfigs:
 
     def key(self, config: dict[str, Any]) -> str:
         return trial_key(*parse_config(self.full(config), self.config_cls))
+
+    def identity(self) -> TrialIdentity:
+        """The results' view of a Ray trial: its trial key, full config and hyperparameters."""
+        return TrialIdentity(self.full, self.key, self.space.canonical)
 
     def widest(self) -> list[dict[str, Any] | None]:
         """Full configs of the study default and of the widest models the space allows (None: the same)."""

@@ -18,7 +18,7 @@ from search.runner.console import Printer
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, estimate_line
-from search.store.results import ResultsCallback, ResultsStore, TrialIdentity
+from search.store.results import ResultsCallback, ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.config import parse_config, trial_key
 from trainables.data import VMSDataset
@@ -126,8 +126,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
                               done_trials=done, final_runs=plan.final_runs)
     printer = Printer(done, progress)
     printer.seed_best(results)
-    identity = TrialIdentity(configs.full, configs.key, plan.space.canonical)
-    callback = ResultsCallback(results, identity, segment=plan.segment, epochs_planned=plan.epochs,
+    callback = ResultsCallback(results, configs.identity(), segment=plan.segment, epochs_planned=plan.epochs,
                                block_of=search.block_of, on_finish=printer, on_result=progress.on_epoch)
     cluster.allow_pending_trials(plan)
     tuner = tune.Tuner(
