@@ -24,11 +24,12 @@ COST = {"norm": {"batch": 0.3, "instance": 0.1}, "width": {32: 0.05, 50: 0.2, 64
 
 
 def report_space():
-    """The autoencoder study without its augmentation block: the report's order, starting at norm (COST's terms)."""
+    """The autoencoder study with the report's parameters only (COST's terms), starting at norm."""
     raw = tomllib.loads(study_path("autoencoder").read_text())
-    raw["order"].remove("p_translation")
-    del raw["params"]["p_translation"]
-    return parse_space(raw, "studies/autoencoder.toml without p_translation")
+    for name in ("map_loss", "p_translation", "dropout", "weight_decay"):
+        raw["order"].remove(name)
+        del raw["params"][name]
+    return parse_space(raw, "studies/autoencoder.toml with the report's parameters only")
 
 
 def objective(config):

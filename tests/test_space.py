@@ -27,10 +27,10 @@ def test_shipped_study_files_hold_the_reports_space(family):
 
 def test_canonical_maps_optuna_names_back():
     space = load_space("autoencoder")
-    config = space.canonical({"p_translation": 0.0, "norm": "instance", "width": 32, "optimizer": "sgd",
-                              "lr@sgd": 0.03, "batch_size": 8})
-    assert config == {"p_translation": 0.0, "norm": "instance", "width": 32, "optimizer": "sgd", "lr": 0.03,
-                      "batch_size": 8}
+    config = space.canonical({"map_loss": "l1", "p_translation": 0.0, "norm": "instance", "width": 32, "dropout": 0.2,
+                              "weight_decay": 0.0, "optimizer": "sgd", "lr@sgd": 0.03, "batch_size": 8})
+    assert config == {"map_loss": "l1", "p_translation": 0.0, "norm": "instance", "width": 32, "dropout": 0.2,
+                      "weight_decay": 0.0, "optimizer": "sgd", "lr": 0.03, "batch_size": 8}
 
 
 BASE = {

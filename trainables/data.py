@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
-from trainables.synthetic import SyntheticSpec, ensure_synthetic, generate
+from trainables.synthetic import MAP_KINDS, SyntheticSpec, ensure_synthetic, generate
 
 IMAGE_DIR_NAMES = ("images", "imgs")
 MAP_DIR_NAMES = ("maps", "vms", "labels")
@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     p_gen.add_argument("--test", type=int, default=320)
     p_gen.add_argument("--size", type=int, default=64)
     p_gen.add_argument("--seed", type=int, default=0)
+    p_gen.add_argument("--maps", choices=MAP_KINDS, default="scene",
+                       help="scene: maps follow a hidden rule on the objects (the default set); independent: random "
+                            "blocks unrelated to the images, data no model can learn")
+    p_gen.add_argument("--lit-share", type=float, default=0.2, help="with --maps independent: share of lit blocks")
     args = parser.parse_args(argv)
     try:
         if args.command == "describe":
@@ -372,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists():
                 raise DataError(f"{out} already exists; choose a new folder.")
             try:
-                spec = SyntheticSpec(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed, n_test=args.test)
+                spec = SyntheticSpec(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed, n_test=args.test,
+                                     maps=args.maps, lit_share=args.lit_share)
             except ValueError as err:
                 raise DataError(str(err)) from None
             generate(out, spec)

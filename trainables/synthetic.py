@@ -16,6 +16,11 @@ The hidden rule (documented here so results can be interpreted, not so models ca
 A block (``size // 8`` pixels square) takes the strongest rule of the objects that cover
 more than a quarter of it, after occlusion. About a quarter of the maps (27% of the default validation set) are all black.
 
+With ``maps="independent"`` the maps are drawn instead from a generator of their own, blocks on
+the same grid lit at random (``lit_share`` of them, in the red or the green channel), so nothing
+in an image tells anything about its map: data a model cannot learn, on which the best answer
+under L1 is the all-black map (``python -m trainables.data generate --maps independent``).
+
 Files are written in the layout the real-data loader reads (``images/``, ``maps/``,
 ``splits/``), so one loader serves both.
 """
@@ -45,6 +50,7 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "ring")
 TEXTURES = ("solid", "stripes", "dots")
 R_MIN, R_MAX = 0.12, 0.27  # object radius as a fraction of the image size
+MAP_KINDS = ("scene", "independent")
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,14 @@ class SyntheticSpec:
     size: int = 64
     seed: int = 0
     n_test: int = 320
+    maps: str = "scene"  # "scene": the hidden rule above; "independent": random blocks, unrelated to the image
+    lit_share: float = 0.2  # with maps="independent": the share of blocks (and so of pixels) that are lit
 
     def __post_init__(self) -> None:
+        if self.maps not in MAP_KINDS:
+            raise ValueError(f"maps must be one of {', '.join(MAP_KINDS)}, got {self.maps!r}")
+        if not 0.0 < self.lit_share < 1.0:
+            raise ValueError(f"lit_share must be between 0 and 1, got {self.lit_share}")
         if self.n_train < 1 or self.n_val < 1 or self.n_test < 0:
             raise ValueError(f"n_train and n_val must be positive and n_test not negative, "
                              f"got {self.n_train}, {self.n_val}, {self.n_test}")
@@ -71,7 +83,8 @@ class SyntheticSpec:
     @property
     def name(self) -> str:
         test = f"x{self.n_test}" if self.n_test else ""
-        return f"synthetic-v{GENERATOR_VERSION}-s{self.seed}-{self.n_train}x{self.n_val}{test}-{self.size}px"
+        kind = "" if self.maps == "scene" else f"-independent{self.lit_share:g}"
+        return f"synthetic-v{GENERATOR_VERSION}-s{self.seed}-{self.n_train}x{self.n_val}{test}-{self.size}px{kind}"
 
 
 def object_rule(shape: str, colour: str, texture: str, size_frac: float) -> tuple[float, float]:
@@ -190,6 +203,24 @@ def render_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return render_scene(random_objects(rng, size), background)
 
 
+def independent_map(rng: np.random.Generator, size: int, lit_share: float) -> np.ndarray:
+    """A map of random blocks on the scene maps' grid, drawn without looking at any image (uint8 HxWx3).
+
+    Each block is lit with probability ``lit_share``, in the red (remembered, 60%) or the green
+    (falsely remembered) channel, at an intensity between 0.5 and 1.
+    """
+    grid = 8
+    block = size // grid
+    lit = rng.random((grid, grid)) < lit_share
+    channel = np.where(rng.random((grid, grid)) < 0.6, 0, 1)
+    level = rng.uniform(0.5, 1.0, (grid, grid))
+    vms = np.zeros((grid, grid, 3), dtype=np.float64)
+    for c in (0, 1):
+        vms[..., c] = np.where(lit & (channel == c), level, 0.0)
+    vms = np.kron(vms, np.ones((block, block, 1)))
+    return np.round(vms * 255).astype(np.uint8)
+
+
 def generate(root: Path, spec: SyntheticSpec) -> Path:
     """Write the dataset described by ``spec`` into ``root`` (which must not exist yet).
 
@@ -204,9 +235,12 @@ def generate(root: Path, spec: SyntheticSpec) -> Path:
         (staging / "maps").mkdir()
         (staging / "splits").mkdir()
         rng = np.random.default_rng(spec.seed)
+        map_rng = np.random.default_rng([spec.seed, 1])  # "independent": the maps' own generator
         stems = [f"syn_{i:05d}" for i in range(spec.n_train + spec.n_val + spec.n_test)]
         for stem in stems:
             image, vms = render_pair(rng, spec.size)
+            if spec.maps == "independent":
+                vms = independent_map(map_rng, spec.size, spec.lit_share)
             Image.fromarray(image).save(staging / "images" / f"{stem}.png", optimize=False)
             Image.fromarray(vms).save(staging / "maps" / f"{stem}.png", optimize=False)
         (staging / "splits" / "train.txt").write_text("\n".join(stems[: spec.n_train]) + "\n")

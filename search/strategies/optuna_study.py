@@ -152,6 +152,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(f"cannot open the Optuna storage {safe_url(url)} ({err}); pass a valid --storage URL.") from None
 
 
+def _requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue an interrupted trial again: its parameters, and what its sampler stored beside them.
+
+    A multivariate TPE reads a running trial's relative parameters (its system attributes), the
+    conditional ones it sampled but the trial never used included; the re-run carries them, so the
+    trials proposed beside it are the ones proposed beside the original.
+    """
+    study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+               if t.user_attrs.get("resumed_from") == trial.number]
+    for key, value in trial.system_attrs.items():
+        if key not in waiting[-1].system_attrs:
+            study._storage.set_trial_system_attr(waiting[-1]._trial_id, key, value)
+
+
 def open_study(storage: optuna.storages.RDBStorage, name: str, space: Space, *,
                sampler: Callable[[int], BaseSampler], seed: int, samples: int,
                key_of: Callable[[dict[str, Any]], str], use_ranges: bool = False) -> OptunaStudy:
@@ -175,7 +190,7 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, space: Space, *,
             storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             if "config" in trial.user_attrs:  # proposed in full: run the same again (it resumes)
-                study.enqueue_trial(trial.params, user_attrs={"resumed_from": trial.number})
+                _requeue(study, trial)
                 requeued += 1
             continue
         if trial.state == TrialState.WAITING or trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(DUPLICATE):

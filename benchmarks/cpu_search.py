@@ -1,0 +1,81 @@
+"""Whole greedy searches at the `cpu` preset, with their final stage: what a user's first search finds.
+
+    python -m benchmarks.cpu_search --case autoencoder-independent   # ~10-20 min on 2 cores
+    python -m benchmarks.cpu_search --case autoencoder-synthetic
+    python -m benchmarks.cpu_search --case gan-synthetic             # ~40 min
+
+Each case runs ``python -m search.run --strategy greedy --preset cpu`` as a user would, on the
+synthetic default or on a set whose maps are drawn independently of their images (300 train,
+100 val and 100 test pairs, a fifth of the blocks lit: nothing can be learned, so the all-black
+map is the answer). It records, in ``results/cpu_search.json`` under the case's name, the
+search's summary (best val L1, both baselines, whether the best beats them, the final stage's
+test L1 over seeds), the last lines it printed, and the commit, command and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.provenance import ROOT, provenance
+from search.store.atomic import write_json_atomic
+from trainables.synthetic import SyntheticSpec, ensure_synthetic
+
+INDEPENDENT = SyntheticSpec(n_train=300, n_val=100, n_test=100, maps="independent", lit_share=0.2)
+CASES = {
+    "autoencoder-independent": ("autoencoder", INDEPENDENT),
+    "autoencoder-synthetic": ("autoencoder", None),
+    "gan-synthetic": ("gan", None),
+}
+KEPT = ("study", "family", "trials", "counts", "best_val_l1", "best_channel_l1", "best_config", "baselines",
+        "beats_baseline", "baseline_margin", "final", "wall_seconds")
+
+
+def run_case(name: str, runs_dir: Path) -> dict:
+    """Run one case's search to its end; its summary, last printed lines and wall time."""
+    model, spec = CASES[name]
+    study = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    command = [sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", model, "--preset", "cpu",
+               "--runs-dir", str(runs_dir), "--study", study]
+    if spec is not None:
+        command += ["--data", str(ensure_synthetic(spec))]
+    start = time.perf_counter()
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    if process.returncode != 0:
+        raise SystemExit(f"error: the search of case {name} failed (exit {process.returncode}); see its output above.")
+    summary = json.loads((runs_dir / study / "summary.json").read_text())
+    return {"model": model, "data": "synthetic default" if spec is None else spec.name,
+            "search_command": " ".join(["python", "-m", "search.run", *command[3:]]),
+            "wall_seconds": round(time.perf_counter() - start, 1), "last_lines": lines[-8:],
+            "summary": {key: summary.get(key) for key in KEPT}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=sorted(CASES), action="append", required=True,
+                        help="which search to run (repeat for several)")
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "benchmarks"),
+                        help="where the studies are kept (each run makes a new one)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_search.json"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    for name in args.case:
+        entry = {**provenance("benchmarks.cpu_search", ["--case", name]), **run_case(name, Path(args.runs_dir))}
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        results[name] = entry
+        write_json_atomic(out, results)
+        print(f"recorded case {name} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
