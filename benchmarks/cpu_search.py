@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.provenance import ROOT, provenance
 from search.store.atomic import write_json_atomic
-from trainables.synthetic import SyntheticSpec, ensure_synthetic
+from trainables.synthetic import SyntheticSpec, cache_root, ensure_synthetic
 
 INDEPENDENT = SyntheticSpec(n_train=300, n_val=100, n_test=100, maps="independent", lit_share=0.2)
 CASES = {
@@ -33,6 +33,11 @@ CASES = {
 }
 KEPT = ("study", "family", "trials", "counts", "best_val_l1", "best_channel_l1", "best_config", "baselines",
         "beats_baseline", "baseline_margin", "final", "wall_seconds")
+
+
+def portable(text: str) -> str:
+    """A recorded line without this machine's folders: the checkout and the dataset cache."""
+    return text.replace(str(cache_root()), "~/.cache/memsearch").replace(f"{ROOT}/", "")
 
 
 def run_case(name: str, runs_dir: Path) -> dict:
@@ -53,8 +58,8 @@ def run_case(name: str, runs_dir: Path) -> dict:
         raise SystemExit(f"error: the search of case {name} failed (exit {process.returncode}); see its output above.")
     summary = json.loads((runs_dir / study / "summary.json").read_text())
     return {"model": model, "data": "synthetic default" if spec is None else spec.name,
-            "search_command": " ".join(["python", "-m", "search.run", *command[3:]]),
-            "wall_seconds": round(time.perf_counter() - start, 1), "last_lines": lines[-8:],
+            "search_command": portable(" ".join(["python", "-m", "search.run", *command[3:]])),
+            "wall_seconds": round(time.perf_counter() - start, 1), "last_lines": [portable(line) for line in lines[-8:]],
             "summary": {key: summary.get(key) for key in KEPT}}
 
 
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     for name in args.case:
-        entry = {**provenance("benchmarks.cpu_search", ["--case", name]), **run_case(name, Path(args.runs_dir))}
+        entry = {"provenance": provenance("benchmarks.cpu_search", ["--case", name]), **run_case(name, Path(args.runs_dir))}
         results = json.loads(out.read_text()) if out.is_file() else {}
         results[name] = entry
         write_json_atomic(out, results)

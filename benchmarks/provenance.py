@@ -30,7 +30,9 @@ def _cpu_model() -> str:
 
 
 def provenance(module: str, argv: list[str]) -> dict:
-    """The record of one benchmark run; ``dirty`` is true when the working tree differed from the commit."""
+    """The ``provenance`` object of one benchmark run; ``dirty`` is true when tracked files differed from the commit."""
+    import optuna
+    import ray
     import torch
 
     return {
@@ -38,7 +40,8 @@ def provenance(module: str, argv: list[str]) -> dict:
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "command": " ".join(["python", "-m", module, *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-                    "torch": torch.__version__,
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "ray": ray.__version__,
+                     "optuna": optuna.__version__},
     }

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
 from search.runner.baseline import beats_on_final, beats_on_val, better_baseline, verdict_line
+from search.runner.options import Preset, SearchOptions
+from trainables.synthetic import SyntheticSpec, generate
 
 VAL = {"black_l1": 0.0700, "mean_map_l1": 0.1200}
 TEST = {"black_l1": 0.0600, "mean_map_l1": 0.0500}  # here the mean map is the stronger one
@@ -47,3 +55,64 @@ def test_the_verdict_line_says_what_lost_and_by_how_much():
     line = verdict_line(False, None, 0.068, VAL, 0.058)
     assert "best val L1 0.0680 is not below the all-black map's 0.0700 by more than the noise margin (5.8%)" in line
     assert verdict_line(True, None, 0.06, VAL, 0.058) is None
+
+
+# A whole (tiny) greedy search on data no model can learn, and on data a model learns in the same
+# budget: the loss block only (map_loss, two trials), 30 epochs of width-4 UNets on 32-pixel pairs.
+TINY = Preset("tiny", epochs=30, width_divisor=16, samples=2, grace_period=30, reduction_factor=2, n_train=None,
+              n_val=None, train_eval_size=16, max_blocks=1, description="the unlearnable-data test's budget")
+
+
+def learnable_set(root: Path, n: int = 96, size: int = 32, seed: int = 5) -> Path:
+    """Blocks of random colour; a block is remembered (red) exactly when its red is above 160."""
+    rng = np.random.default_rng(seed)
+    for name in ("images", "maps"):
+        (root / name).mkdir(parents=True)
+    for i in range(n):
+        blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        vms = np.zeros_like(blocks)
+        vms[..., 0] = np.where(blocks[..., 0] > 160, 255, 0)
+        grow = np.ones((size // 8, size // 8, 1), dtype=np.uint8)
+        Image.fromarray(np.kron(blocks, grow)).save(root / "images" / f"p{i:03d}.png")
+        Image.fromarray(np.kron(vms, grow)).save(root / "maps" / f"p{i:03d}.png")
+    return root
+
+
+def _search(data: Path, runs: Path, study: str) -> tuple[dict, list[str]]:
+    """In this process, on the session's Ray: the study's summary.json and the last lines search.run prints."""
+    from search.runner.console import format_summary
+    from search.runner.driver import run_study
+
+    summary = run_study(SearchOptions(strategy="greedy", model="autoencoder", preset=TINY, data=str(data), size=32,
+                                      seed=0, scheduler="none", final_top_k=0, max_concurrent=2, runs_dir=str(runs),
+                                      study=study))
+    return json.loads((runs / study / "summary.json").read_text()), format_summary(summary).splitlines()
+
+
+def test_on_data_that_cannot_be_learned_the_search_says_the_all_black_map_wins(tmp_path, ray_local):
+    from dashboards.build import build
+    from playwright.sync_api import sync_playwright
+    from tests.test_dashboard import CHROMIUM_ARGS, chromium_path
+
+    independent = generate(tmp_path / "independent", SyntheticSpec(n_train=80, n_val=24, n_test=0, size=32, seed=4,
+                                                                   maps="independent", lit_share=0.2))
+    runs = tmp_path / "runs"
+    summary, printed = _search(independent, runs, "independent")
+    assert summary["beats_baseline"] is False and summary["trials"] == 2
+    assert printed[-1].startswith("no configuration beats the all-black map on this data: the best val L1"), printed[-1]
+    summary, printed = _search(learnable_set(tmp_path / "learnable"), runs, "learnable")
+    assert summary["beats_baseline"] is True, (summary["best_val_l1"], summary["baselines"]["black_l1"])
+    assert summary["best_val_l1"] < 0.9 * summary["baselines"]["black_l1"]
+    assert not any("beats" in line for line in printed[-3:]), printed[-3:]
+
+    report = build([runs / "independent", runs / "learnable"], tmp_path / "report.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(report.as_uri())
+        answer = page.locator("#answer").inner_text()
+        browser.close()
+    assert "No configuration beats the all-black map on this data in study independent" in answer, answer
+    rows = {line.split(" ")[0]: line for line in answer.splitlines() if line.startswith(("independent", "learnable"))}
+    assert "no configuration beats the all-black map on this data (the best found:" in rows.get("independent", ""), answer
+    assert "beats" not in rows["learnable"] and "map_loss=" in rows["learnable"], rows["learnable"]

@@ -67,6 +67,26 @@ def test_default_dataset_is_mostly_black_and_blocky(tmp_path):
     assert data.baselines()["black_l1"] < data.baselines()["mean_map_l1"]
 
 
+def test_independent_maps_share_the_images_but_not_their_rule(tmp_path):
+    """--maps independent: the same images as the default set, maps of random blocks unrelated to them."""
+    scene = load_dataset(generate(tmp_path / "s", SyntheticSpec(n_train=120, n_val=40, seed=2, n_test=0, size=32)), size=32)
+    folder = generate(tmp_path / "i", SyntheticSpec(n_train=120, n_val=40, seed=2, n_test=0, size=32,
+                                                     maps="independent", lit_share=0.2))
+    independent = load_dataset(folder, size=32)
+    assert np.array_equal(independent.train_images, scene.train_images)
+    maps = to_unit_range(np.concatenate([independent.train_maps, independent.val_maps])) + 1
+    lit = maps.max(axis=1) > 0.05
+    assert 0.15 < lit.mean() < 0.25 and maps[:, 2].max() == 0  # a fifth lit; blue stays black
+    blocks = lit.reshape(len(lit), 8, 4, 8, 4)
+    assert (blocks == blocks[:, :, :1, :, :1]).all()  # blocky, on the scene maps' grid
+    scene_lit = (to_unit_range(scene.train_maps) + 1).max(axis=1) > 0.05
+    overlap = (lit[:120] & scene_lit).mean()
+    assert abs(overlap - lit[:120].mean() * scene_lit.mean()) < 0.02  # as often together as chance makes them
+    assert independent.baselines()["black_l1"] < independent.baselines()["mean_map_l1"]
+    with pytest.raises(ValueError, match="maps must be one of"):
+        SyntheticSpec(maps="shuffled")
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

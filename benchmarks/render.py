@@ -1,0 +1,142 @@
+"""Render the measured numbers into the docs, from the result files, between generated markers.
+
+    python -m benchmarks.render           # rewrite every rendered block
+    python -m benchmarks.render --check   # exit 1 when a rendered block differs from what the results give
+
+A block sits between ``<!-- rendered: NAME -->`` and ``<!-- /rendered: NAME -->`` in a doc;
+everything between the markers is replaced, everything outside them is left alone. Each block
+names the commit and the date its numbers were measured on (from the result's ``provenance``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / name
+    if not path.is_file():
+        raise RenderError(f"{path} is missing; run the benchmark that writes it (its docstring says how).")
+    return json.loads(path.read_text())
+
+
+def _measured(prov: dict) -> str:
+    commit = (prov.get("commit") or "unknown")[:7] + (" + uncommitted changes" if prov.get("dirty") else "")
+    machine = prov.get("machine", {})
+    where = machine.get("gpu") or f"{machine.get('cores')} cores, {machine.get('cpu')}"
+    return f"commit {commit}, {prov.get('date', '?')[:10]}, {where}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return "-" if value is None or not base else f"{value:.4f} ({value / base:.2f}x)"
+
+
+def _final_cell(final: dict | None) -> str:
+    if not final or not final.get("configurations"):
+        return "-"
+    chosen = next((c for c in final["configurations"] if c["rank"] == final.get("recommended_rank")),
+                  final["configurations"][0])
+    stat = chosen.get("test_l1") or {}
+    if stat.get("mean") is None:
+        return "-"
+    black = (final.get("test_baselines") or {}).get("black_l1")
+    return f"{stat['mean']:.4f} ± {stat.get('ci95') or 0:.4f} ({stat['mean'] / black:.2f}x), #{chosen['rank']}"
+
+
+def _verdict(value: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "-"}[value]
+
+
+def cpu_search_table() -> str:
+    """benchmarks/README.md: whole greedy searches at the cpu preset (benchmarks/cpu_search.py)."""
+    results = _load("cpu_search.json")
+    lines = ["| case | data | trials | wall (search + final) | best val L1 (x all-black) | all-black val L1 | "
+             "final test L1, recommended (x all-black) | beats the baseline: val / test | measured on |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in sorted(results):
+        case = results[name]
+        s = case["summary"]
+        black = s["baselines"]["black_l1"]
+        final = s.get("final") or {}
+        lines.append(f"| {name} | {case['data']} | {s['trials']} | {case['wall_seconds']:,.0f} s | "
+                     f"{_ratio(s['best_val_l1'], black)} | {black:.4f} | {_final_cell(final)} | "
+                     f"{_verdict(s.get('beats_baseline'))} / {_verdict(final.get('beats_baseline'))} | "
+                     f"{_measured(case['provenance'])} |")
+    commands = sorted({results[name]["provenance"]["command"] for name in results})
+    return "\n".join(lines + ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + " (`results/cpu_search.json`)."])
+
+
+def unlearnable_run() -> str:
+    """README.md: the greedy autoencoder search on data that cannot be learned, as printed."""
+    case = _load("cpu_search.json")["autoencoder-independent"]
+    s = case["summary"]
+    black = s["baselines"]["black_l1"]
+    return "\n".join([
+        f"Measured on {_measured(case['provenance'])}, on a set of 300 train, 100 val and 100 test",
+        "pairs whose maps are random blocks drawn without looking at the images, a fifth of them lit",
+        "(`python -m trainables.data generate DIR --train 300 --val 100 --test 100 --maps independent`;",
+        "`python -m benchmarks.cpu_search --case autoencoder-independent` runs the whole measurement).",
+        f"The greedy autoencoder search ends at val L1 {s['best_val_l1']:.4f}, {s['best_val_l1'] / black:.3f}x the "
+        f"all-black map's {black:.4f},",
+        f"and `summary.json` has `\"beats_baseline\": {json.dumps(s['beats_baseline'])}`. Its last lines:",
+        "", "```", f"$ {case['search_command']}", "...", *case["last_lines"], "```"])
+
+
+BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "cpu-search": ("benchmarks/README.md", cpu_search_table),
+    "unlearnable": ("README.md", unlearnable_run),
+}
+
+
+class RenderError(Exception):
+    """A result file or a marker is missing; the message says which."""
+
+
+def render_doc(text: str, doc: str) -> str:
+    for name, (where, make) in BLOCKS.items():
+        if where != doc:
+            continue
+        pattern = re.compile(rf"(<!-- rendered: {re.escape(name)} -->\n)(.*?)(<!-- /rendered: {re.escape(name)} -->)", re.S)
+        if not pattern.search(text):
+            raise RenderError(f"{doc} has no markers for block {name!r}: add '<!-- rendered: {name} -->' and "
+                              f"'<!-- /rendered: {name} -->' where it belongs.")
+        body = make().rstrip("\n") + "\n"
+        text = pattern.sub(lambda m: m.group(1) + body + m.group(3), text, count=1)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a doc is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    try:
+        for doc in sorted({where for where, _ in BLOCKS.values()}):
+            path = ROOT / doc
+            text = path.read_text()
+            rendered = render_doc(text, doc)
+            if rendered != text:
+                stale.append(doc)
+                if not args.check:
+                    path.write_text(rendered)
+    except RenderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.check and stale:
+        print(f"error: rendered blocks in {', '.join(stale)} differ from benchmarks/results/; "
+              "run python -m benchmarks.render and commit the result.", file=sys.stderr)
+        return 1
+    print(("out of date: " if args.check else "rendered: ") + (", ".join(stale) or "nothing changed"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
