@@ -49,6 +49,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.provenance import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "faults"
 COMMON = ["--preset", "smoke", "--final-top-k", "0", "--model", "autoencoder", "--epochs", "6", "--max-concurrent", "1", "--seed", "3",
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the study folders (printed)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "faults.json"))
     args = parser.parse_args(argv)
+    prov = provenance("benchmarks.faults", sys.argv[1:] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="memsearch-faults-"))
     rng = random.Random(args.seed)
     results = []
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"seed": args.seed, "kills": args.kills, "results": results}, indent=1, default=str) + "\n")
+    Path(args.out).write_text(json.dumps({"provenance": prov, "seed": args.seed, "kills": args.kills, "results": results}, indent=1, default=str) + "\n")
     total = {k: sum(r[k] for r in results) for k in ("kills_survived", "trials_lost", "trials_repeated")}
     ok = all(r["equal"] for r in results) and not total["trials_lost"] and not total["trials_repeated"]
     print(f"faults: {total['kills_survived']} kills survived / {total['trials_lost']} trials lost / "

@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.provenance import provenance
+
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("env", "checks", "train", "sampling", "trial", "packing", "search")
@@ -604,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         _fold(results, section, globals()[f"section_{section}"](args))
         results[section]["_measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results[section]["provenance"] = provenance("benchmarks.gpu", sys.argv[1:] if argv is None else argv)
         results[section]["_section_s"] = time.perf_counter() - start
         _write(results, out, device)  # after each section: a run cut short keeps what it measured
         print(f"[{section}: {time.perf_counter() - start:.0f} s]", flush=True)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import provenance
 from search.runner.options import PRESETS
 from search.space import load_space
 from trainables.families import FAMILIES, find_family
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help="some of the families; the others' rows in --out are kept")
     args = parser.parse_args(argv)
+    prov = provenance("benchmarks.learning", sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     data = resolve_data(None)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"family": family, "changed": change, "epochs": epochs, "width_divisor": preset.width_divisor,
                    "best_val_l1": best["val_l1"], "best_epoch": best["epoch"], "val_spearman": best["val_spearman"],
                    "seconds": seconds, "x_black": best["val_l1"] / base["black_l1"],
-                   "x_mean_map": best["val_l1"] / base["mean_map_l1"]}
+                   "x_mean_map": best["val_l1"] / base["mean_map_l1"], "provenance": prov}
             for c in channels:
                 row[f"val_l1_{c}"] = best[f"val_l1_{c}"]
                 row[f"x_black_{c}"] = best[f"val_l1_{c}"] / base[f"black_l1_{c}"]

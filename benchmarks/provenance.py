@@ -35,9 +35,11 @@ def provenance(module: str, argv: list[str]) -> dict:
     import ray
     import torch
 
+    changed = _git("diff", "--name-only", "HEAD").splitlines()
     return {
         "commit": _git("rev-parse", "HEAD") or None,
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": bool(changed),
+        "changed_files": changed,  # tracked files that differed from the commit
         "command": " ".join(["python", "-m", module, *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
@@ -45,3 +47,13 @@ def provenance(module: str, argv: list[str]) -> dict:
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "ray": ray.__version__,
                      "optuna": optuna.__version__},
     }
+
+
+def this_process() -> dict:
+    """The provenance of the command this process runs (``python -m benchmarks.X ...``), for code several commands share."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        module = ".".join(script.relative_to(ROOT).with_suffix("").parts)
+    except ValueError:
+        module = script.stem
+    return provenance(module, sys.argv[1:])

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from benchmarks.provenance import provenance
 from benchmarks.search import bench_search, run_search, shared_ray
 from trainables.families import FAMILIES, find_family
 from trainables.augment import diff_augment, hide_invalid
@@ -503,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     data = resolve_data(None)
+    prov = provenance("benchmarks.run", sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {
+        "provenance": prov, "section_provenance": {section: prov for section in chosen},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "quick": args.quick,
         "machine": f"{os.cpu_count()} CPU cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
@@ -533,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and previous.exists():  # --only re-measures some sections: keep the others' last results
         merged = json.loads(previous.read_text())
         merged.setdefault("section_dates", {})
+        merged.setdefault("section_provenance", {})
         for section in chosen:
             merged[section] = results[section]
             merged["section_dates"][section] = results["date"]
+            merged["section_provenance"][section] = prov
         results = {**merged, "date": merged.get("date"), "total_seconds": results["total_seconds"]}
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render_table(results)

@@ -41,7 +41,10 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from benchmarks.provenance import this_process
 from search.strategies.optuna_study import OptunaStrategy
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,6 +144,7 @@ def measure(families: list[str], seeds: list[int], strategies: list[str], stored
             rerun: bool = False) -> None:
     """Run the searches, saving each row as it is measured. Greedy (the reference) runs first for each family
     and seed, unless ``stored`` holds its run and it is not to be measured again."""
+    prov = this_process()
     ray = shared_ray()
     try:
         for family in families:
@@ -169,7 +173,9 @@ def measure(families: list[str], seeds: list[int], strategies: list[str], stored
                     row = {"family": family, "seed": seed, "strategy": name, "domain": "grid", "preset": PRESET,
                            "greedy_epochs": budget, "greedy_best": target, "trials": len(points),
                            "epochs_spent": int(points["epochs"].iloc[-1]), "to_target": epochs_to(points, target),
-                           "seconds": seconds, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+                           "seconds": seconds, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                           "commit": prov["commit"], "dirty": prov["dirty"], "command": prov["command"],
+                           "provenance": json.dumps(prov, sort_keys=True)}
                     for fraction in FRACTIONS:
                         row[f"best_at_{fraction:g}"] = read_at(points, fraction * budget)
                     save([row], [{"family": family, "seed": seed, "strategy": name, "epochs": int(e), "best": b}
@@ -247,7 +253,12 @@ def save(rows: list[dict], curves: list[dict]) -> pd.DataFrame:
             done = set(zip(frame["family"], frame["seed"], frame["strategy"]))
             keep = [k not in done for k in zip(old["family"], old["seed"], old["strategy"])]
             frame = pd.concat([old[keep], frame], ignore_index=True)
-        frame.to_parquet(path)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        # Rows are merged over runs, so each row of search_runs carries its own provenance; the file's
+        # metadata names the last run that wrote it.
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"provenance": json.dumps(this_process(), sort_keys=True).encode()})
+        pq.write_table(table, path)
         merged[name] = frame
     return merged["search_runs"]
 

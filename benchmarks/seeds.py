@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
 from benchmarks.learning import train_default
+from benchmarks.provenance import provenance
 from search.runner.options import PRESETS
 from trainables.families import FAMILIES
 from trainables.data import resolve_data
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "seeds.json"))
     args = parser.parse_args(argv)
+    prov = provenance("benchmarks.seeds", sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     data = resolve_data(None)
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             mean, sd = statistics.fmean(values), statistics.stdev(values)
             row = {"family": family, "changed": change, "epochs": epochs, "seeds": list(range(args.seeds)),
                    "best_val_l1": values, "mean": mean, "sd": sd, "cv": sd / mean, "min": min(values),
-                   "max": max(values), "seconds_median": statistics.median(seconds)}
+                   "max": max(values), "seconds_median": statistics.median(seconds), "provenance": prov}
             rows.append(row)
             changed = ",".join(f"{k}={v}" for k, v in change.items()) or "defaults"
             print(f"{family:12} {changed:16} {mean:7.4f} {sd:7.4f} {sd / mean:7.1%} {min(values):7.4f} {max(values):7.4f}  "

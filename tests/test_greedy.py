@@ -11,7 +11,7 @@ from ray import cloudpickle
 from ray.tune.search import Searcher
 
 from search.store.study import JsonFile
-from search.strategies.greedy import GreedySearcher, config_key
+from search.strategies.greedy import GreedySearcher, block_line, config_key
 import tomllib
 
 from search.space import load_space, parse_space, study_path
@@ -116,6 +116,9 @@ def test_a_gain_inside_the_noise_margin_keeps_the_held_value():
     assert width.held == 64 and width.adopted == 64 and width.decision.startswith("kept: within the noise margin")
     assert 0 < width.advantage <= 0.10 and width.values["32"] < width.values["64"]
     assert decided == [norm, width]
+    assert block_line(width).startswith("block 1 (width): kept: within the noise margin (10.0%), now width=64; "
+                                        "the best challenger, 32, had ")
+    assert block_line(norm).endswith("now norm=instance, " + f"{norm.advantage:+.1%} lower L1 than the held batch")
     # Without a margin the same evidence is adopted.
     plain = GreedySearcher(space, max_blocks=2)
     drive(plain)

@@ -320,5 +320,10 @@ class GreedyStrategy(Strategy):
 
 def block_line(block: Block) -> str:
     """One line when a greedy block resolves: what it adopted and by how much."""
-    gain = f", {block.advantage:+.1%} lower L1 than the held {block.held}" if block.advantage is not None else ""
+    gain = ""
+    if block.advantage is not None and block.decision == "adopted":
+        gain = f", {block.advantage:+.1%} lower L1 than the held {block.held}"
+    elif block.advantage is not None:  # kept: name the challenger the margin turned down
+        challenger = min((value, name) for name, value in block.values.items() if name != str(block.held))[1]
+        gain = f"; the best challenger, {challenger}, had {block.advantage:.1%} lower L1"
     return f"block {block.index} ({block.param}): {block.decision}, now {block.param}={block.adopted}{gain}"
