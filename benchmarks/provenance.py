@@ -35,11 +35,11 @@ def provenance(module: str, argv: list[str]) -> dict:
     import ray
     import torch
 
-    changed = _git("diff", "--name-only", "HEAD").splitlines()
+    changed = _git("diff", "--name-only", "HEAD").splitlines() + _git("ls-files", "--others", "--exclude-standard").splitlines()
     return {
         "commit": _git("rev-parse", "HEAD") or None,
         "dirty": bool(changed),
-        "changed_files": changed,  # tracked files that differed from the commit
+        "changed_files": changed,  # files that differed from the commit, new files included
         "command": " ".join(["python", "-m", module, *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),

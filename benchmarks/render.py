@@ -141,11 +141,33 @@ def preset_times() -> str:
             f"{when}): " + ", ".join(parts) + ".")
 
 
+def gpu_floor() -> str:
+    """benchmarks/README.md, section 10: the GAN epoch's floor on the H100 (floor.json over gpu-h100.json's rates)."""
+    floor, gpu = _load("floor.json"), _load("gpu-h100.json")
+    gan = next(row for row in floor["families"] if row["family"] == "gan")
+    env = gpu["env"]
+    epoch_flops = gan["step_flops"] * gan["steps_per_epoch"]
+    compute_s = epoch_flops / (env["bf16_matmul_tflops"] * 1e12)
+    memory_s = gan["adam_bytes_per_step"] * gan["steps_per_epoch"] / (env["copy_gb_s"] * 1e9)
+    return "\n".join([
+        f"**The floor.** One training step of the GAN at c = {gan['width']} (batch {gan['batch']}, "
+        f"{gan['size']}x{gan['size']}) is {gan['step_flops'] / 1e9:.1f} GFLOP",
+        f"(`torch.utils.flop_counter`, `python -m benchmarks.floor`, {_measured(floor['provenance'])}), so an epoch of "
+        f"{gan['steps_per_epoch']} steps is {epoch_flops / 1e12:.1f} TFLOP:",
+        f"{compute_s * 1e3:.0f} ms at the {env['device']}'s measured bf16 matrix rate "
+        f"({env['bf16_matmul_tflops']:.0f} TFLOP/s); Adam's update moves",
+        f"{gan['adam_bytes_per_step'] / 1e9:.2f} GB a step ({gan['parameters'] / 1e6:.1f}M parameters: weights and "
+        f"two moments read and written, gradients read, fp32),",
+        f"{memory_s * 1e3:.0f} ms an epoch at its measured copy rate ({env['copy_gb_s'] / 1e3:.1f} TB/s). "
+        f"An epoch cannot take much under {(compute_s + memory_s):.2f} s."])
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "cpu-search": ("benchmarks/README.md", cpu_search_table),
     "unlearnable": ("README.md", unlearnable_run),
     "strategies": ("README.md", strategy_comparison),
     "preset-times": ("README.md", preset_times),
+    "gpu-floor": ("benchmarks/README.md", gpu_floor),
 }
 
 
