@@ -30,7 +30,7 @@ def _cpu_model() -> str:
 
 
 def provenance(module: str, argv: list[str]) -> dict:
-    """The ``provenance`` object of one benchmark run; ``dirty`` is true when tracked files differed from the commit."""
+    """The ``provenance`` object of one benchmark run; ``dirty``: files differed from the commit (new ones included)."""
     import optuna
     import ray
     import torch

@@ -162,12 +162,77 @@ def gpu_floor() -> str:
         f"An epoch cannot take much under {(compute_s + memory_s):.2f} s."])
 
 
+def _section_measured(results: dict, section: str) -> str:
+    prov = (results.get("section_provenance") or {}).get(section)
+    if prov:
+        return _measured(prov)
+    date = (results.get("section_dates") or {}).get(section) or results.get("date")
+    return f"{date}, {results.get('machine')} (before results recorded their commit)"
+
+
+def overhead_table() -> str:
+    """benchmarks/README.md, section 1: our epoch under Ray Tune against a bare PyTorch loop (benchmarks/run.py)."""
+    results = _load("quick.json")
+    over = results["overhead"]
+    lines = [f"Measured {_section_measured(results, 'overhead')}, `python -m benchmarks.run --quick --only overhead` "
+             f"({over['epochs']} epochs, widths / {over['width_divisor']}, {over['threads']} thread):", "",
+             "| family | ours under Ray Tune (s) | bare PyTorch loop (s) | ratio | Ray's result files per epoch |",
+             "| --- | --- | --- | --- | --- |"]
+    met, missed = [], []
+    for family, row in over["families"].items():
+        lines.append(f"| {family} | {row['ours_s']:.2f} | {row['bare_s']:.2f} | {row['ratio']:.3f} | "
+                     f"{row['ray_logs_ms']:.2f} ms ({row['ray_logs_fraction']:.2%}) |")
+        (met if row["ratio"] <= 1.10 else missed).append(f"{family} {row['ratio']:.2f}")
+    s = over["search"]
+    lines += ["", f"Whole search ({s['trials']} trials, {s['concurrency']} concurrent): wall {s['wall_s']:.1f} s (Ray "
+              f"start-up and data loading included; {s['trials_span_s']:.1f} s from the first trial's start to the last "
+              f"one's end) against {s['train_s_sum']:.1f} s of training / {s['concurrency']}: ratio {s['ratio']:.2f} "
+              f"({s['ratio_span']:.2f} over the trials' span).", "",
+              "The 1.10 target is met by: " + (", ".join(met) or "no family") + "; missed by: "
+              + (", ".join(missed) or "no family") + "."]
+    return "\n".join(lines)
+
+
+def search_efficiency() -> str:
+    """benchmarks/README.md, section 3: every strategy at greedy's budget (benchmarks/search.py's own table)."""
+    from benchmarks.search import load_runs, render as render_search, summarize
+
+    runs = load_runs()
+    if runs.empty:
+        raise RenderError(f"{RESULTS / 'search_runs.parquet'} is missing; run python -m benchmarks.search.")
+    over = runs[runs["epochs_spent"] > 1.05 * runs["greedy_epochs"]]
+    note = []
+    if len(over):
+        note = ["", "", f"**Stale:** {len(over)} of these {len(runs)} runs spent more than 1.05x greedy's B (up to "
+                f"{(over['epochs_spent'] / over['greedy_epochs']).max():.2f}x): they were measured "
+                f"({', '.join(sorted(set(over['measured'].astype(str))))}) before the epoch budget's counter was fixed, "
+                "and are to be re-measured."]
+    return render_search(summarize(runs), runs) + "\n".join(note)
+
+
+def gpu_memory() -> str:
+    """benchmarks/README.md, findings: GPU memory per trial as measured on the H100 (gpu-h100.json's train rows)."""
+    gpu = _load("gpu-h100.json")
+    rows = gpu["train"]["rows"]
+    parts = []
+    for width in sorted({r["width"] for r in rows}):
+        at = [r for r in rows if r["width"] == width]
+        parts.append(f"c = {width}: {min(r['peak_mb'] for r in at) / 1024:.1f}-{max(r['peak_mb'] for r in at) / 1024:.1f} GB "
+                     f"allocated at peak, up to {max(r['reserved_mb'] for r in at) / 1024:.1f} GB reserved")
+    return (f"Measured on the {gpu['env']['device']} ({gpu['train'].get('_measured_at', '?')[:10]}, `python -m "
+            "benchmarks.gpu --only train`, batch 16), per trial, every family and variant: " + "; ".join(parts)
+            + "; each process holds its CUDA context on top of what torch reserves.")
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "cpu-search": ("benchmarks/README.md", cpu_search_table),
     "unlearnable": ("README.md", unlearnable_run),
     "strategies": ("README.md", strategy_comparison),
     "preset-times": ("README.md", preset_times),
     "gpu-floor": ("benchmarks/README.md", gpu_floor),
+    "overhead": ("benchmarks/README.md", overhead_table),
+    "search-efficiency": ("benchmarks/README.md", search_efficiency),
+    "gpu-memory": ("benchmarks/README.md", gpu_memory),
 }
 
 
