@@ -24,7 +24,10 @@ At the end the two studies are compared: the same trials (configurations), the s
 status, epochs and best val L1 per trial, the same val L1 per trial per epoch, bit for bit.
 A trial is *lost* if the reference has it finished and the faulted study does not; it is
 *repeated* if the faulted study has a trial the reference does not, or if a trial recorded
-as finished after one run was started again in a later one. One line per strategy, and the
+as finished after one run was started again in a later one. Epochs count too: the epochs every
+driver run's trials reported (Ray's ``result.json`` per segment) beyond those the study keeps
+were trained twice, after a kill sent a trial back to its last checkpoint (checkpoints are paced,
+so a few are expected). One line per strategy, and the
 whole record in ``benchmarks/results/faults.json``.
 
 Runs one trial at a time on purpose: with two or more at once ASHA's decisions depend on
@@ -150,6 +153,16 @@ def _truncate_newest_unfinished(study: Path) -> str | None:
     return newest.parent.name
 
 
+def epochs_trained(study: Path) -> dict[str, int]:
+    """Epochs every driver run's trials reported (Ray's result.json of each segment, every line one epoch),
+    against the epochs the study keeps: the difference is epochs trained twice (after a kill, a trial
+    resumes from its last checkpoint, which paced checkpoints may leave an epoch or more behind)."""
+    reported = sum(sum(1 for line in path.read_text().splitlines() if line.strip())
+                   for path in (study / "ray").glob("segment-*/*/result.json"))
+    kept = len(pd.read_parquet(study / "epochs.parquet"))
+    return {"epochs_reported": reported, "epochs_kept": kept, "epochs_repeated": max(0, reported - kept)}
+
+
 def _training_time(study: Path) -> dict[str, Any]:
     trials = pd.read_parquet(study / "trials.parquet")
     return {"trials": len(trials), "training_seconds": float(trials["wall_seconds"].sum())}
@@ -244,7 +257,9 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     repeated |= set(diff["extra"])
     worker_kills = sum(1 for r in runs for e in r["events"] if e.startswith("killed worker"))
     summary = {"strategy": name, "kills_survived": survived, "worker_kills": worker_kills, "trials_lost": len(diff["lost"]) + len(diff["still_running"]),
-               "trials_repeated": len(repeated), "equal": diff["trials_equal"] and diff["epoch_curves_equal"],
+               "trials_repeated": len(repeated), **epochs_trained(faulted_dir / STUDY),
+               "reference_epochs": epochs_trained(ref_dir / STUDY),
+               "equal": diff["trials_equal"] and diff["epoch_curves_equal"],
                "comparison": diff, "repeated": sorted(repeated), "checkpoint_notices": notices,
                "truncated": truncate_at, "runs": runs, "seconds": time.monotonic() - started}
     return summary
@@ -267,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_strategy(name, workdir, args.kills, rng)
             results.append(result)
             print(f"faults {name}: {result['kills_survived']} kills survived / {result['trials_lost']} trials lost / "
-                  f"{result['trials_repeated']} trials repeated ({result['worker_kills']} worker killed mid-trial, "
+                  f"{result['trials_repeated']} trials repeated / {result['epochs_repeated']} epochs trained twice "
+                  f"({result['worker_kills']} worker killed mid-trial, "
                   f"{len(result['checkpoint_notices'])} checkpoint fallback lines); final study "
                   f"{'equal to' if result['equal'] else 'DIFFERENT from'} the uninterrupted run "
                   f"({result['comparison']['trials']} trials, {result['comparison']['epoch_rows'][0]} epoch rows)", flush=True)
