@@ -224,6 +224,59 @@ def gpu_memory() -> str:
             + "; each process holds its CUDA context on top of what torch reserves.")
 
 
+def _changed(change: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in change.items()) or "study defaults"
+
+
+def _row_measured(rows: list[dict]) -> str:
+    seen = sorted({_measured(r["provenance"]) for r in rows if r.get("provenance")})
+    undated = sum(1 for r in rows if not r.get("provenance"))
+    return "; ".join(seen + ([f"{undated} rows from before results recorded their commit"] if undated else []))
+
+
+def learning_table() -> str:
+    """benchmarks/README.md, section 7: each family once at its study defaults (benchmarks/learning.py)."""
+    results = _load("learning.json")
+    base = results["baselines"]
+    lines = [f"`python -m benchmarks.learning` ({_row_measured(results['families'])}; `results/learning.json`): "
+             f"each family at its study file's defaults, `{results['preset']}`-preset size, against the all-black map "
+             f"({base['black_l1']:.4f}) and the mean training map ({base['mean_map_l1']:.4f}) on the same val split:", "",
+             "| family | changed | epochs | best val L1 | x all-black | x mean map | remembered (x black) | "
+             "falsely remembered (x black) | rho | seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["families"]:
+        lines.append(f"| {r['family']} | {_changed(r['changed'])} | {r['epochs']} | {r['best_val_l1']:.4f} | "
+                     f"{r['x_black']:.2f} | {r['x_mean_map']:.2f} | {r['val_l1_remembered']:.4f} "
+                     f"({r['x_black_remembered']:.2f}) | {r['val_l1_falsely_remembered']:.4f} "
+                     f"({r['x_black_falsely_remembered']:.2f}) | {r['val_spearman']:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def seeds_table() -> str:
+    """benchmarks/README.md, section 9: one configuration's seed-to-seed noise (benchmarks/seeds.py), and greedy's margins."""
+    from trainables.families import find_family
+
+    results = _load("seeds.json")
+    rows = results["families"]
+    lines = [f"`python -m benchmarks.seeds` ({_row_measured(rows)}; `results/seeds.json`): each configuration at "
+             f"the `{results['preset']}` preset's size, seeds {rows[0]['seeds'][0]} to {rows[0]['seeds'][-1]}, best val L1 "
+             "over the epochs:", "",
+             "| family | configuration | epochs | mean | sd | sd / mean | min | max | margin (sqrt 2 x sd/mean) | per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {_changed(r['changed'])} | {r['epochs']} | {r['mean']:.4f} | {r['sd']:.4f} | "
+                     f"{r['cv']:.1%} | {r['min']:.4f} | {r['max']:.4f} | {r['cv'] * 2 ** 0.5:.1%} | "
+                     + " ".join(f"{v:.4f}" for v in r["best_val_l1"]) + " |")
+    lines.append("")
+    for family in dict.fromkeys(r["family"] for r in rows):
+        noise = find_family(family).noise
+        match = [r for r in rows if r["family"] == family and abs(r["cv"] - noise) < 0.0005]
+        source = (f"the row {_changed(match[0]['changed'])}" if match
+                  else "**no row of this table** (re-measure, or update the figure)")
+        lines.append(f"- {family}: greedy's noise figure (`{find_family(family).__name__}.noise`) is {noise:.1%}, "
+                     f"margin {noise * 2 ** 0.5:.1%}: {source}.")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "cpu-search": ("benchmarks/README.md", cpu_search_table),
     "unlearnable": ("README.md", unlearnable_run),
@@ -233,6 +286,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "overhead": ("benchmarks/README.md", overhead_table),
     "search-efficiency": ("benchmarks/README.md", search_efficiency),
     "gpu-memory": ("benchmarks/README.md", gpu_memory),
+    "learning": ("benchmarks/README.md", learning_table),
+    "seeds": ("benchmarks/README.md", seeds_table),
 }
 
 
