@@ -309,7 +309,8 @@ def bench_sampling(data: VMSDataset, quick: bool) -> dict[str, Any]:
     steps = 500 if quick else 2000
     n_val = 96 if quick else len(data.val_images)
     family_cls = find_family("diffusion")
-    config = {"epochs": 4 if quick else 10, "width_divisor": 8, "prediction": "x0", "steps": steps,
+    # The study's defaults (the x0 target read as the map's logits, trained with l1+ce), fewer steps.
+    config = {**_study_defaults("diffusion"), "epochs": 4 if quick else 10, "width_divisor": 8, "steps": steps,
               "threads": os.cpu_count() or 1}
     with tempfile.TemporaryDirectory() as tmp:
         config["checkpoint_root"] = tmp
@@ -328,7 +329,8 @@ def bench_sampling(data: VMSDataset, quick: bool) -> dict[str, Any]:
         rows.append({"sampler": sampler, "steps": k, "seconds": seconds, "val_l1": l1,
                      "seconds_per_image": seconds / n_val})
         print(f"  sampling {sampler} {k} steps: {seconds:.1f} s for {n_val} images, val L1 {l1:.4f}", flush=True)
-    return {"trained_steps": steps, "images": n_val, "width": "c=8 (64/8)", "rows": rows}
+    return {"trained_steps": steps, "images": n_val, "width": "c=8 (64/8)", "rows": rows,
+            "trained": {k: config[k] for k in ("prediction", "denoise_loss", "schedule", "p_translation")}}
 
 
 # -- 5. memory ------------------------------------------------------------------------------------
