@@ -70,6 +70,8 @@ def cpu_search_table() -> str:
                      f"{_ratio(s['best_val_l1'], black)} | {black:.4f} | {_final_cell(final)} | "
                      f"{_verdict(s.get('beats_baseline'))} / {_verdict(final.get('beats_baseline'))} | "
                      f"{_measured(case['provenance'])} |")
+    notes = [f"- {name}: {results[name]['note']}" for name in sorted(results) if results[name].get("note")]
+    lines += [""] + notes if notes else []
     commands = sorted({results[name]["provenance"]["command"] for name in results})
     return "\n".join(lines + ["", "Made by " + "; ".join(f"`{c}`" for c in commands) + " (`results/cpu_search.json`)."])
 

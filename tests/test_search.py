@@ -86,7 +86,7 @@ def test_greedy_run_prints_lines_and_writes_results(greedy_study):
     trials = pd.read_parquet(greedy_study / "trials.parquet")
     assert (trials["schema_version"] == SCHEMA_VERSION).all()
     # smoke: the first three parameters of the order -> blocks 0, 1, 2 with 3, 1 and 1 new configs
-    assert trials.groupby("greedy_block")["greedy_param"].first().tolist() == ["l1_weight", "map_loss", "p_translation"]
+    assert trials.groupby("greedy_block")["greedy_param"].first().tolist() == ["l1_weight", "p_translation", "map_loss"]
     assert trials["trial_id"].is_unique and len(trials) == 5
     assert trials["hp_g_width"].dtype == "int64" and trials["hp_g_lr"].dtype == "float64"
     assert str(trials["started_at"].dtype) == "datetime64[us, UTC]"
