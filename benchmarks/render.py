@@ -136,9 +136,10 @@ def strategy_comparison() -> str:
 def preset_times() -> str:
     """README.md: how long whole cpu-preset greedy searches took, final stage included."""
     results = _load("cpu_search.json")
+    current = [name for name in sorted(results) if not results[name].get("note")]  # a note marks a superseded file
     parts = [f"{name} {results[name]['wall_seconds'] / 60:.0f} min ({results[name]['summary']['trials']} trials)"
-             for name in sorted(results)]
-    when = "; ".join(sorted({_measured(results[name]["provenance"]) for name in results}))
+             for name in current]
+    when = "; ".join(sorted({_measured(results[name]["provenance"]) for name in current}))
     return (f"Whole greedy searches at `--preset cpu`, final stage included (`benchmarks/README.md`, section 7; "
             f"{when}): " + ", ".join(parts) + ".")
 
