@@ -92,16 +92,11 @@ def unlearnable_run() -> str:
         "", "```", f"$ {case['search_command']}", "...", *case["last_lines"], "```"])
 
 
-def _paired(diffs: list[float]) -> tuple[float, float]:
-    """Mean of paired differences and the half-width of its 95% t-interval."""
-    from benchmarks.search import interval
-
-    return interval(diffs)
-
-
 def strategy_comparison() -> str:
     """README.md: each strategy against greedy on the same seeds, at greedy's budget (benchmarks/search.py's runs)."""
     import pandas as pd
+
+    from benchmarks.search import interval
 
     path = RESULTS / "search_runs.parquet"
     if not path.is_file():
@@ -116,7 +111,7 @@ def strategy_comparison() -> str:
             rows = rows.set_index("seed")
             seeds = sorted(set(rows.index) & set(greedy.index))
             diffs = [float(rows.loc[s, "best_at_1"] - greedy.loc[s]) for s in seeds]
-            mean, half = _paired(diffs)
+            mean, half = interval(diffs)  # of the paired differences
             spent = rows["epochs_spent"] / rows["greedy_epochs"]
             if spent.max() > 1.05:
                 overspent.append(f"{name} on the {family} (up to {spent.max():.2f}x)")

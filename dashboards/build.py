@@ -32,7 +32,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from PIL import Image
 
-from search.runner.baseline import better_baseline
+from search.runner.baseline import better_baseline, recommended, study_verdict
 from search.runner.final import FINAL_TABLE
 from search.store.results import ResultsStore
 from search.store.study import StudyStore
@@ -588,11 +588,10 @@ def section_answer(studies: list[Study]) -> str:
     for study in studies:
         summary = study.store.read_summary() or {}
         final = summary.get("final") or {}
-        configs = [c for c in final.get("configurations", []) if (c.get("val_l1") or {}).get("mean") is not None]
-        verdict = final.get("beats_baseline") if final.get("beats_baseline") is not None else summary.get("beats_baseline")
+        chosen = recommended(final)
+        verdict = study_verdict(summary)
         cells: list[str]
-        if configs:
-            chosen = min(configs, key=lambda c: c["val_l1"]["mean"])
+        if chosen is not None:
             split = "test" if final.get("has_test") else "val"
             base = final.get("test_baselines") if split == "test" else study.meta.get("baselines", {})
             main = chosen.get(f"{split}_l1") if split == "test" else chosen["val_l1"]

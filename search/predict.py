@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from search.errors import StudyError
+from search.runner.baseline import study_verdict
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.evaluation import EVAL_BATCH, as_float
@@ -70,9 +71,7 @@ def _best_checkpoint(study: StudyStore, source: Path) -> Path:
     trial = summary.get("best_trial_id")
     if not trial:
         raise DataError(f"{study.root}: no trial finished with a val L1, so there is no best model to use")
-    final = summary.get("final") or {}
-    verdict = final.get("beats_baseline") if final.get("beats_baseline") is not None else summary.get("beats_baseline")
-    if verdict is False:
+    if study_verdict(summary) is False:
         print(f"warning: study {study.name}: no configuration beats the better of the all-black and mean maps on its "
               "data (summary.json, beats_baseline); these maps are no better than that trivial map "
               "(README, 'When nothing beats the baseline')", file=sys.stderr)

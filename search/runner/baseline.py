@@ -61,6 +61,12 @@ def beats_on_final(final: dict[str, Any] | None, val_baselines: dict[str, float]
     return upper < better_baseline(baselines)[1]
 
 
+def study_verdict(summary: dict[str, Any]) -> bool | None:
+    """A finished study's verdict, as summary.json holds it: the final stage's (test) when it ran, else the search's (val)."""
+    final = summary.get("final") or {}
+    return final["beats_baseline"] if final.get("beats_baseline") is not None else summary.get("beats_baseline")
+
+
 def verdict_line(beats: bool | None, final: dict[str, Any] | None, best_val_l1: float | None,
                  val_baselines: dict[str, float], margin: float) -> str | None:
     """The line the search ends with when its answer does not beat the better baseline (None when it does)."""
