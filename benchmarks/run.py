@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             merged[section] = results[section]
             merged["section_dates"][section] = results["date"]
             merged["section_provenance"][section] = prov
-        results = {**merged, "date": merged.get("date"), "total_seconds": results["total_seconds"]}
+        results = {**merged, "date": merged.get("date"), "total_seconds": results["total_seconds"], "provenance": prov}
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render_table(results)
     (RESULTS / f"{name}.md").write_text(table + "\n")
