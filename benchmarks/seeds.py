@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
         rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"provenance": prov, "preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
     return 0
 
 
