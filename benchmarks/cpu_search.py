@@ -64,7 +64,8 @@ def run_case(name: str, runs_dir: Path) -> dict:
     summary = json.loads((runs_dir / study / "summary.json").read_text())
     return {"model": model, "data": "synthetic default" if spec is None else spec.name,
             "search_command": portable(" ".join(["python", "-m", "search.run", *command[3:]])),
-            "wall_seconds": round(time.perf_counter() - start, 1), "last_lines": [portable(line) for line in lines[-8:]],
+            "wall_seconds": round(time.perf_counter() - start, 1), "first_lines": [portable(line) for line in lines[:16]],
+            "last_lines": [portable(line) for line in lines[-8:]], "lines": len(lines),
             "summary": {key: summary.get(key) for key in KEPT}}
 
 
