@@ -3,7 +3,7 @@
     python -m benchmarks.gpu                                  # every section but search (about 8 minutes on an H100)
     python -m benchmarks.gpu --only train,sampling,checks     # some sections
     python -m benchmarks.gpu --only search --search-limit 540 # the thesis greedy GAN search (resumes if cut short)
-    python -m benchmarks.gpu --merge FILE.json                # fold another run's sections in, re-render the table
+    python -m benchmarks.gpu --merge FILE.json                # fold another run's sections in and print its tables
 
 Sections (each a median over repeats, after a warm-up, with the device synchronised around
 every timed region):
@@ -25,8 +25,9 @@ every timed region):
   and compiled outputs against eager, and a resumed fp16 trial (loss scaler and CUDA RNG from
   its checkpoint) against an uninterrupted one. A failed check makes the script exit 1.
 
-Results: ``benchmarks/results/gpu-<device>.json`` (every number) and ``.md`` (the table
-benchmarks/README.md shows), merged section by section with earlier runs' results.
+Results: ``benchmarks/results/gpu-<device>.json`` (every number, each section with its
+provenance), merged section by section with earlier runs' results; ``python -m
+benchmarks.render`` renders its tables into benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 
 from benchmarks.provenance import provenance
+from benchmarks.tables.gpu import report
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -463,80 +465,6 @@ def _resume_check(data, precision: str) -> dict[str, Any]:
 # -- results -------------------------------------------------------------------------------------
 
 
-def render(results: dict[str, Any]) -> str:
-    lines = [f"# GPU benchmark: {results.get('env', {}).get('device', '?')}", ""]
-    env = results.get("env")
-    if env:
-        lines += [f"torch {env['torch']} (CUDA {env['cuda']}), {env['memory_gib']:.0f} GiB, {env['multiprocessors']} SMs; "
-                  f"measured ceilings: bf16 matrix product {env['bf16_matmul_tflops']:.0f} TFLOP/s, "
-                  f"device copy {env['copy_gb_s']:.0f} GB/s.", ""]
-    train = results.get("train")
-    if train:
-        lines += ["## Training epochs (1,280 pairs, batch 16, 64x64; evaluation = BatchNorm re-estimation + val 320 + train 320)", "",
-                  "| family | c | variant | train s/epoch | images/s | eval s | peak MB (tensors / cache) | GPU util | warm-up s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in train["rows"]:
-            util = "n/a" if r["gpu_util"] is None else f"{r['gpu_util']:.0%}"
-            lines.append(f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['images_per_s']:.0f} | "
-                         f"{r['eval_s']:.3f} | {r['peak_mb']:.0f} / {r['reserved_mb']:.0f} | {util} | {r['warmup_s']:.1f} |")
-        lines.append("")
-    sampling = results.get("sampling")
-    if sampling:
-        lines += ["## Diffusion validation sampling (320 images, bf16)", "", "| c | sampler | seconds |", "|---|---|---|"]
-        lines += [f"| {r['width']} | DDIM-{r['steps']} | {r['seconds']:.2f} |" for r in sampling["rows"]]
-        lines.append("")
-    trial = results.get("trial")
-    if trial:
-        lines += ["## One GAN trial (c = 64, as a search runs it: evaluation every epoch)", "",
-                  "| | epochs | wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |", "|---|---|---|---|---|---|---|"]
-        for label, r in trial.items():
-            if label.startswith("_"):
-                continue
-            lines.append(f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | "
-                         f"{r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |")
-        lines.append("")
-    packing = results.get("packing")
-    if packing:
-        lines += [f"## Trials sharing one GPU (GAN c = 64; auto chose {packing['auto_per_gpu']}: {packing['auto_why']})", "",
-                  "| trials per GPU | trials x epochs | wall s | median trial s | thesis trials per hour | vs one |",
-                  "|---|---|---|---|---|---|"]
-        for r in packing["rows"]:
-            lines.append(f"| {r['per_gpu']} | {r['trials']} x {r['epochs']} | {r['wall_s']:.1f} | {r['median_trial_s']:.1f} | "
-                         f"{r['thesis_trials_per_hour']:.1f} | {r['vs_one']:.2f}x |")
-        lines.append("")
-    search = results.get("search")
-    if search:
-        lines += ["## Thesis-preset greedy GAN search (python -m search.run --strategy greedy --model gan --preset thesis)", "",
-                  f"{'finished' if search['finished'] else 'NOT finished'}: {search['trials']} trials ({search['counts']}), "
-                  f"wall {search['total_s']:.0f} s over {len(search['segments_s'])} segment(s) "
-                  f"({', '.join(f'{s:.0f} s' for s in search['segments_s'] if s)}), GPU share per trial "
-                  f"{search['gpus_per_trial']}, best val L1 {search['best_val_l1']}", ""]
-        if search.get("trials_table"):
-            lines += ["| block | parameter | status | epochs | trial wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['block']} | {r['param']} | {r['status']} | {r['epochs']} | {r['trial_wall_s']:.1f} | "
-                      f"{r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | {r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |"
-                      for r in search["trials_table"]]
-            lines.append("")
-    before = results.get("before")
-    if before:
-        lines += [f"## Before: {before['note']}", "", "| family | c | variant | train s/epoch | eval s | GPU util |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['eval_s']:.3f} | "
-                  f"{r['gpu_util']:.0%} |" for r in before["train"]["rows"]]
-        lines += ["", "| one GAN trial, c = 64 | epochs | wall s | median epoch s |", "|---|---|---|---|"]
-        lines += [f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} |"
-                  for label, r in before["trial"].items() if not label.startswith("_")]
-        lines.append("")
-    checks = results.get("checks")
-    if checks:
-        lines += ["## Checks", ""]
-        for name, r in checks["results"].items():
-            detail = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "passed")
-            lines.append(f"- {'PASS' if r['passed'] else 'FAIL'} {name}: {detail}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def _fold(results: dict[str, Any], section: str, measured: Any) -> None:
     """Put a section's results in; a train run of some cases replaces those cases only."""
     if section == "train" and "train" in results:
@@ -549,14 +477,13 @@ def _fold(results: dict[str, Any], section: str, measured: Any) -> None:
 def _write(results: dict[str, Any], out: Path, device: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"gpu-{device}.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / f"gpu-{device}.md").write_text(render(results))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(s for s in SECTIONS if s != "search"),
                         help=f"comma-separated sections: {', '.join(SECTIONS)}")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for gpu-<device>.json and .md")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for gpu-<device>.json")
     parser.add_argument("--epochs", type=int, default=3, help="train: timed epochs per case (after one warm-up)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"train: some of {', '.join(VARIANTS)}")
     parser.add_argument("--families", default=",".join(FAMILIES), help="train: some of the families")
@@ -567,13 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-runs", default=os.path.join(tempfile.gettempdir(), "gpu-bench-runs"))
     parser.add_argument("--search-limit", type=float, default=3600.0, help="search: seconds before it is stopped (resumable)")
     parser.add_argument("--merge", default=None, help="a gpu-<device>.json whose sections to fold into --out's")
-    parser.add_argument("--render", default=None, help="a gpu-<device>.json: write its .md beside it and print it")
+    parser.add_argument("--render", default=None, help="a gpu-<device>.json: print its tables")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render:
-        results = json.loads(Path(args.render).read_text())
-        _write(results, Path(args.render).parent, results["_device"])
-        print(render(results))
+        print(report(json.loads(Path(args.render).read_text())))
         return 0
     if args.merge:
         other = json.loads(Path(args.merge).read_text())
@@ -583,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         for section, measured in other.items():
             _fold(results, section, measured)
         _write(results, out, device)
-        print(render(results))
+        print(report(results))
         return 0
     if set(args.variants.split(",")) - set(VARIANTS):
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
@@ -610,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         results[section]["_section_s"] = time.perf_counter() - start
         _write(results, out, device)  # after each section: a run cut short keeps what it measured
         print(f"[{section}: {time.perf_counter() - start:.0f} s]", flush=True)
-    print(render(results))
+    print(report(results))
     failed = "checks" in sections and not results["checks"]["passed"]
     return 1 if failed else 0
 

@@ -5,9 +5,10 @@
     python -m benchmarks.run --only overhead,sampling
 
 Every figure is a median over repeats, and ratios are measured within one run (these
-machines are shared and noisy). Raw results go to benchmarks/results/ (JSON, and Parquet
-for the search-efficiency runs and curves, benchmarks/search.py); the printed Markdown table is what benchmarks/README.md
-shows.
+machines are shared and noisy). Results go to benchmarks/results/quick.json (or full.json),
+each section with its provenance; the search-efficiency runs and curves to Parquet
+(benchmarks/search.py). ``python -m benchmarks.render`` writes the quick results' tables into
+benchmarks/README.md, and this command prints them.
 """
 
 from __future__ import annotations
@@ -434,61 +435,6 @@ def bench_scaling(quick: bool) -> dict[str, Any]:
     return out
 
 
-# -- table ---------------------------------------------------------------------------------------------
-
-
-def render_table(results: dict[str, Any]) -> str:
-    lines = [f"Measured {results['date']} on {results['machine']} (`python -m benchmarks.run"
-             f"{' --quick' if results['quick'] else ''}`).", ""]
-    if "overhead" in results:
-        o = results["overhead"]
-        lines += ["### 1. Framework overhead (epoch time, median; target ours/bare <= 1.10)", "",
-                  "| family | ours under Ray Tune (s) | bare PyTorch loop (s) | ratio | Ray's result files per epoch |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {f} | {v['ours_s']:.2f} | {v['bare_s']:.2f} | {v['ratio']:.3f} | "
-                  + (f"{v['ray_logs_ms']:.2f} ms ({v['ray_logs_fraction']:.2%}) |" if "ray_logs_ms" in v else "- |")
-                  for f, v in o["families"].items()]
-        s = o["search"]
-        lines += ["", f"Whole search ({s['trials']} trials, 2 concurrent): wall {s['wall_s']:.1f} s (Ray start-up and "
-                  f"data loading included; {s['trials_span_s']:.1f} s from the first trial's start to the last one's end) "
-                  f"against {s['train_s_sum']:.1f} s of training / 2: ratio {s['ratio']:.2f} ({s['ratio_span']:.2f}).", ""]
-    if "datapath" in results:
-        d = results["datapath"]
-        lines += [f"### 2. Data path (one training epoch over {d['images']} pairs, {d['model']}, median)", "",
-                  "| data path | seconds per epoch | against resident |", "| --- | --- | --- |",
-                  f"| decoded once, resident uint8 tensors (ours) | {d['resident_s']:.2f} | 1.00 |",
-                  f"| DataLoader decoding the 64x64 PNG files every epoch | {d['files_s']:.2f} | "
-                  f"{d['ratio_files_over_resident']:.2f} |",
-                  f"| DataLoader decoding and resizing 384x384 JPEGs every epoch (a real copy's size) | "
-                  f"{d['jpeg384_s']:.2f} | {d['ratio_jpeg384_over_resident']:.2f} |", ""]
-    if "search" in results:
-        lines += ["### 3. Search efficiency at greedy's budget (`python -m benchmarks.search`)", "",
-                  results["search"]["markdown"], ""]
-    if "sampling" in results:
-        s = results["sampling"]
-        lines += [f"### 4. Diffusion evaluation ({s['images']} validation images, trained with {s['trained_steps']} steps,"
-                  f" {s['width']}, CPU)", "", "| sampler | steps | seconds | s/image | val L1 |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['sampler']} | {r['steps']} | {r['seconds']:.1f} | {r['seconds_per_image']:.3f} | {r['val_l1']:.4f} |"
-                  for r in s["rows"]]
-        lines.append("")
-    if "memory" in results:
-        m = results["memory"]
-        lines += ["### 5. Memory (`cpu` preset, 2 trials at once)", "",
-                  "| family | driver peak RSS (MB) | trial peak RSS (MB) | whole search (MB) | "
-                  "GPU per trial, estimate c=64 (MB) | c=100 (MB) |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {f} | {v['driver_peak_rss_mb']:.0f} | {v['trial_peak_rss_mb']:.0f} | {v['whole_search_mb']:.0f} | "
-                  f"{v['gpu_estimate_mb_c64']:.0f} | {v['gpu_estimate_mb_c100']:.0f} |" for f, v in m["families"].items()]
-        lines += ["", f"Decoded dataset: {m['dataset_mb']:.0f} MB, put in Ray's object store once per search and read "
-                  "zero-copy by every trial on the node.", ""]
-    if "scaling" in results:
-        s = results["scaling"]
-        lines += ["### 6. Scaling (CPU)", "", "| concurrent trials | trials/hour |", "| --- | --- |",
-                  f"| 1 | {s['concurrent_1']['trials_per_hour']:.0f} |", f"| 2 | {s['concurrent_2']['trials_per_hour']:.0f} |",
-                  "", f"Speed-up {s['speedup']:.2f}x from 1 to 2 concurrent trials.", ""]
-    return "\n".join(lines)
-
-
 SECTIONS = ("overhead", "datapath", "search", "sampling", "memory", "scaling")
 
 
@@ -545,9 +491,11 @@ def main(argv: list[str] | None = None) -> int:
             merged["section_provenance"][section] = prov
         results = {**merged, "date": merged.get("date"), "total_seconds": results["total_seconds"], "provenance": prov}
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    table = render_table(results)
-    (RESULTS / f"{name}.md").write_text(table + "\n")
-    print(table)
+    if args.quick:  # the docs are rendered from quick.json (python -m benchmarks.render)
+        from benchmarks.tables import cpu
+
+        for section in chosen:
+            print(getattr(cpu, f"{section}_table", lambda: results[section].get("markdown", ""))())
     print(f"total {results['total_seconds'] / 60:.1f} min; raw results in {RESULTS}/{name}.json")
     return 0
 

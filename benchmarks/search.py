@@ -22,7 +22,8 @@ The protocol, the same for every strategy:
   budget, mean and 95% t-interval over seeds.
 
 Runs land in ``benchmarks/results/search_runs.parquet`` (one row per family, seed, strategy) and
-``search_curves.parquet``; the table in ``search.md``.
+``search_curves.parquet``, each row with its provenance; ``python -m benchmarks.render`` puts
+the table in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -272,14 +273,10 @@ def bench_search(quick: bool, families: list[str] | None = None, seeds: list[int
 
 
 def write_table() -> dict[str, Any]:
-    """The table of every stored run, to results/search.md and search.json."""
+    """The table of every stored run (``python -m benchmarks.render`` puts it in benchmarks/README.md)."""
     runs = load_runs()
     table = summarize(runs)
-    text = render(table, runs)
-    (RESULTS / "search.md").write_text(text + "\n")
-    (RESULTS / "search.json").write_text(json.dumps({"table": table, "runs": runs.to_dict(orient="records")},
-                                                    indent=1, default=str) + "\n")
-    return {"table": table, "markdown": text}
+    return {"table": table, "markdown": render(table, runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=None, help="comma-separated: autoencoder, gan")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument("--strategies", default=None, help=f"comma-separated subset of {', '.join(STRATEGIES)}")
-    parser.add_argument("--render", action="store_true", help="only re-render the stored runs (results/search.md)")
+    parser.add_argument("--render", action="store_true", help="only print the table of the stored runs")
     parser.add_argument("--keep", action="store_true",
                         help="keep the stored rows of this family, seed and strategy instead of measuring them again "
                              "(a long run stopped part-way continues)")

@@ -1,0 +1,175 @@
+"""Blocks from the CPU benchmarks: ``benchmarks/run.py`` (quick.json), ``learning.py``, ``seeds.py`` and ``faults.py``."""
+
+from __future__ import annotations
+
+from benchmarks.tables.common import RenderError, changed, load, measured, row_measured, section_measured
+
+
+def overhead_table() -> str:
+    """benchmarks/README.md, section 1: our epoch under Ray Tune against a bare PyTorch loop (benchmarks/run.py)."""
+    results = load("quick.json")
+    over = results["overhead"]
+    lines = [f"Measured {section_measured(results, 'overhead')}, `python -m benchmarks.run --quick --only overhead` "
+             f"({over['epochs']} epochs, widths / {over['width_divisor']}, {over['threads']} thread):", "",
+             "| family | ours under Ray Tune (s) | bare PyTorch loop (s) | ratio | Ray's result files per epoch |",
+             "| --- | --- | --- | --- | --- |"]
+    met, missed = [], []
+    for family, row in over["families"].items():
+        lines.append(f"| {family} | {row['ours_s']:.2f} | {row['bare_s']:.2f} | {row['ratio']:.3f} | "
+                     f"{row['ray_logs_ms']:.2f} ms ({row['ray_logs_fraction']:.2%}) |")
+        (met if row["ratio"] <= 1.10 else missed).append(f"{family} {row['ratio']:.2f}")
+    s = over["search"]
+    lines += ["", f"Whole search ({s['trials']} trials, {s['concurrency']} concurrent): wall {s['wall_s']:.1f} s (Ray "
+              f"start-up and data loading included; {s['trials_span_s']:.1f} s from the first trial's start to the last "
+              f"one's end) against {s['train_s_sum']:.1f} s of training / {s['concurrency']}: ratio {s['ratio']:.2f} "
+              f"({s['ratio_span']:.2f} over the trials' span).", "",
+              "The 1.10 target is met by: " + (", ".join(met) or "no family") + "; missed by: "
+              + (", ".join(missed) or "no family") + "."]
+    return "\n".join(lines)
+
+
+def learning_table() -> str:
+    """benchmarks/README.md, section 7: each family once at its study defaults (benchmarks/learning.py)."""
+    results = load("learning.json")
+    base = results["baselines"]
+    lines = [f"`python -m benchmarks.learning` ({row_measured(results['families'])}; `results/learning.json`): "
+             f"each family at its study file's defaults, `{results['preset']}`-preset size, against the all-black map "
+             f"({base['black_l1']:.4f}) and the mean training map ({base['mean_map_l1']:.4f}) on the same val split:", "",
+             "| family | changed | epochs | best val L1 | x all-black | x mean map | remembered (x black) | "
+             "falsely remembered (x black) | rho | seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["families"]:
+        lines.append(f"| {r['family']} | {changed(r['changed'])} | {r['epochs']} | {r['best_val_l1']:.4f} | "
+                     f"{r['x_black']:.2f} | {r['x_mean_map']:.2f} | {r['val_l1_remembered']:.4f} "
+                     f"({r['x_black_remembered']:.2f}) | {r['val_l1_falsely_remembered']:.4f} "
+                     f"({r['x_black_falsely_remembered']:.2f}) | {r['val_spearman']:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def seeds_table() -> str:
+    """benchmarks/README.md, section 9: one configuration's seed-to-seed noise (benchmarks/seeds.py), and greedy's margins."""
+    from trainables.families import find_family
+
+    results = load("seeds.json")
+    rows = results["families"]
+    lines = [f"`python -m benchmarks.seeds` ({row_measured(rows)}; `results/seeds.json`): each configuration at "
+             f"the `{results['preset']}` preset's size, seeds {rows[0]['seeds'][0]} to {rows[0]['seeds'][-1]}, best val L1 "
+             "over the epochs:", "",
+             "| family | configuration | epochs | mean | sd | sd / mean | min | max | margin (sqrt 2 x sd/mean) | per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {changed(r['changed'])} | {r['epochs']} | {r['mean']:.4f} | {r['sd']:.4f} | "
+                     f"{r['cv']:.1%} | {r['min']:.4f} | {r['max']:.4f} | {r['cv'] * 2 ** 0.5:.1%} | "
+                     + " ".join(f"{v:.4f}" for v in r["best_val_l1"]) + " |")
+    lines.append("")
+    for family in dict.fromkeys(r["family"] for r in rows):
+        noise = find_family(family).noise
+        match = [r for r in rows if r["family"] == family and abs(r["cv"] - noise) < 0.0005]
+        source = (f"the row {changed(match[0]['changed'])}" if match
+                  else "**no row of this table** (re-measure, or update the figure)")
+        lines.append(f"- {family}: greedy's noise figure (`{find_family(family).__name__}.noise`) is {noise:.1%}, "
+                     f"margin {noise * 2 ** 0.5:.1%}: {source}.")
+    return "\n".join(lines)
+
+
+def _quick_section(section: str) -> tuple[dict, str]:
+    results = load("quick.json")
+    if section not in results:
+        raise RenderError(f"results/quick.json has no {section!r} section; run python -m benchmarks.run --quick --only {section}.")
+    return results[section], (f"Measured {section_measured(results, section)}, "
+                              f"`python -m benchmarks.run{' --quick' if results.get('quick') else ''} --only {section}`")
+
+
+def datapath_table() -> str:
+    """benchmarks/README.md, section 2: resident tensors against a DataLoader decoding files every epoch."""
+    d, made = _quick_section("datapath")
+    return "\n".join([
+        f"{made} (one training epoch over {d['images']} pairs, {d['model']}, median):", "",
+        "| data path | seconds per epoch | against resident |", "| --- | --- | --- |",
+        f"| decoded once, resident uint8 tensors (ours) | {d['resident_s']:.2f} | 1.00 |",
+        f"| DataLoader decoding the 64x64 PNG files every epoch | {d['files_s']:.2f} | {d['ratio_files_over_resident']:.2f} |",
+        f"| DataLoader decoding and resizing 384x384 JPEGs every epoch (a real copy's size) | {d['jpeg384_s']:.2f} | "
+        f"{d['ratio_jpeg384_over_resident']:.2f} |"])
+
+
+def sampling_table() -> str:
+    """benchmarks/README.md, section 4: DDIM with k steps against full ancestral sampling, one trained model."""
+    s, made = _quick_section("sampling")
+    rows = s["rows"]
+    trained = s.get("trained") or {"prediction": "x0", "denoise_loss": "mse (before the study default was measured)"}
+    lines = [f"{made}: one diffusion model trained with the study's defaults ("
+             + ", ".join(f"{k} {v}" for k, v in trained.items()) + f"), {s['trained_steps']} diffusion steps, "
+             f"{s['width']}; its first {s['images']} validation images sampled each way (seed 0):", "",
+             "| sampler | steps | seconds | s/image | val L1 | against ancestral |", "| --- | --- | --- | --- | --- | --- |"]
+    full = next((r for r in rows if r["sampler"] == "ancestral"), None)
+    for r in rows:
+        against = "-" if full is None else f"{r['val_l1'] / full['val_l1']:.2f}x L1, {r['seconds'] / full['seconds']:.3f}x time"
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['seconds']:.1f} | {r['seconds_per_image']:.3f} | "
+                     f"{r['val_l1']:.4f} | {against} |")
+    return "\n".join(lines)
+
+
+def memory_table() -> str:
+    """benchmarks/README.md, section 5: what a cpu-preset search holds, and the CPU-side GPU estimate."""
+    m, made = _quick_section("memory")
+    lines = [f"{made} (`cpu` preset, 2 trials at once):", "",
+             "| family | driver peak RSS (MB) | trial peak RSS (MB) | whole search (MB) | "
+             "GPU per trial, estimate c=64 (MB) | c=100 (MB) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {f} | {v['driver_peak_rss_mb']:.0f} | {v['trial_peak_rss_mb']:.0f} | {v['whole_search_mb']:.0f} | "
+              f"{v['gpu_estimate_mb_c64']:.0f} | {v['gpu_estimate_mb_c100']:.0f} |" for f, v in m["families"].items()]
+    whole = [v["whole_search_mb"] for v in m["families"].values()]
+    return "\n".join(lines + ["", f"Decoded dataset: {m['dataset_mb']:.0f} MB, put in Ray's object store once per search "
+                              "and read zero-copy by every trial on the node. A whole search took "
+                              f"{min(whole) / 1024:.1f}-{max(whole) / 1024:.1f} GB of the machine ({m['note']})."])
+
+
+def scaling_table() -> str:
+    """benchmarks/README.md, section 6: trials per hour with 1 and 2 trials at once on the CPU."""
+    s, made = _quick_section("scaling")
+    return "\n".join([f"{made}:", "", "| concurrent trials | trials | wall s | trials/hour |", "| --- | --- | --- | --- |",
+                      *(f"| {n} | {s[f'concurrent_{n}']['trials']} | {s[f'concurrent_{n}']['wall_s']:.0f} | "
+                        f"{s[f'concurrent_{n}']['trials_per_hour']:.0f} |" for n in (1, 2)),
+                      "", f"Speed-up {s['speedup']:.2f}x from 1 to 2 concurrent trials."])
+
+
+def faults_table() -> str:
+    """benchmarks/README.md, section 8: kills at any moment, against the uninterrupted run (benchmarks/faults.py)."""
+    results = load("faults.json")
+    prov = results.get("provenance")
+    lines = [f"Measured {measured(prov) if prov else 'before results recorded their commit'}, "
+             f"`{prov['command'] if prov else 'python -m benchmarks.faults'}` (`results/faults.json`, kill plan seed "
+             f"{results['seed']}, {results['kills']} kills planned per study):", "",
+             "| study | kills survived | worker killed | latest.pt cut, fallback said | trials lost | trials repeated | "
+             "epochs trained twice (of those reported) | the uninterrupted run's epochs | equal to uninterrupted | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    kinds: dict[str, int] = {}
+    for r in results["results"]:
+        c = r["comparison"]
+        twice = f"{r['epochs_repeated']} ({r['epochs_reported']})" if "epochs_repeated" in r else "not counted"
+        reference = (r.get("reference_epochs") or {}).get("epochs_reported", "-")
+        lines.append(f"| {r['strategy']} ({c['trials']} trials, {c['epoch_rows'][0]} epoch rows) | {r['kills_survived']} | "
+                     f"{r['worker_kills']} | {1 if r.get('truncated') else 0}, {len(r['checkpoint_notices'])} | "
+                     f"{r['trials_lost']} | {r['trials_repeated']} | {twice} | {reference} | "
+                     f"{'yes' if r['equal'] else '**no**'} | {r['seconds'] / 60:.0f} min |" if "seconds" in r else
+                     f"| {r['strategy']} | {r['kills_survived']} | {r['worker_kills']} | - | {r['trials_lost']} | "
+                     f"{r['trials_repeated']} | {twice} | {reference} | {'yes' if r['equal'] else '**no**'} | - |")
+        for run in r["runs"]:
+            kind = (run["crash_at"] or "").split(":")[0] or ("timer" if run["kill_after"] is not None else "worker, then driver")
+            if run["killed"]:
+                kinds[kind] = kinds.get(kind, 0) + 1
+    notices = [n.split(" (")[0] + " ... " + n.rsplit(";", 1)[-1].strip() for r in results["results"]
+               for n in r["checkpoint_notices"]]
+    lines += ["", "Kills by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])) + "."]
+    if notices:
+        lines.append("The fallback lines: " + "; ".join(f"`{n}`" for n in notices) + ".")
+    return "\n".join(lines)
+
+
+def test_time() -> str:
+    """README.md's opening: how long the test command took, as CI runs it (benchmarks/suite.py)."""
+    r = load("tests.json")
+    counts = ", ".join(f"{n} {kind}" for kind, n in r["counts"].items())
+    slowest = r["slowest"][0] if r["slowest"] else None
+    return (f"About {r['wall_seconds'] / 60:.0f} minutes on {r['provenance']['machine']['cores']} cores, install "
+            f"included: {counts} in {r['pytest_seconds'] / 60:.1f} minutes of pytest (`python -m benchmarks.suite`: "
+            f"`.ci/run` on a clean clone of {measured(r['provenance'])}); pytest prints its 15 slowest tests"
+            + (f", the slowest {slowest['test']} at {slowest['seconds']:.0f} s." if slowest else "."))
