@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Callable
 
-from benchmarks.tables import cpu, gpu, searches
+from benchmarks.tables import bucket, cpu, gpu, searches
 from benchmarks.tables.common import RESULTS, ROOT, RenderError
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -45,6 +45,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-h100": ("benchmarks/README.md", gpu.gpu_tables),
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
+    "bucket-cost": ("benchmarks/README.md", bucket.bucket_cost),
+    "bucket-search": ("benchmarks/README.md", bucket.bucket_search),
 }
 NOT_MEASURED = "<!-- not measured -->"  # put on the line above a table of settings or meanings, not results
 BLOCK = re.compile(r"<!-- rendered: ([\w-]+) -->\n.*?<!-- /rendered: \1 -->", re.S)

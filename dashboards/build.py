@@ -32,9 +32,11 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from search.errors import StudyError
 from search.runner.baseline import better_baseline, recommended, study_verdict
 from search.runner.final import FINAL_TABLE
 from search.store.results import ResultsStore
+from search.store.location import Location
 from search.store.study import StudyStore
 
 TOP_CURVES = 5
@@ -54,7 +56,7 @@ class Study:
     epochs: pd.DataFrame
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> Location:
         return self.store.root
 
     @property
@@ -71,7 +73,10 @@ class Study:
 
 
 def load_study(folder: str | Path) -> Study:
-    store = StudyStore.at(folder)
+    try:
+        store = StudyStore.at(folder)
+    except StudyError as err:
+        raise DashboardError(str(err)) from None
     if not store.record.exists():
         raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
                              "such as runs/greedy-gan.")
@@ -706,7 +711,7 @@ def build(folders: list[str | Path], output: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("studies", nargs="+", help="study folders (runs/<study>)")
+    parser.add_argument("studies", nargs="+", help="study folders (runs/<study>, or a bucket's s3://BUCKET/PREFIX/<study>)")
     parser.add_argument("-o", "--output", default="report.html")
     args = parser.parse_args(argv)
     try:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from search.errors import StudyError
 from search.runner.baseline import study_verdict
+from search.store.location import Location, open_location
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.evaluation import EVAL_BATCH, as_float
@@ -42,14 +43,16 @@ from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rg
 OVERLAY_ALPHA = 0.65  # how much of the map shows where it is brightest
 
 
-def resolve_checkpoint(source: Path, model: str | None) -> tuple[Path, str, int]:
-    """(checkpoint, family, working size) for a study folder or a checkpoint file."""
-    if source.is_dir():
-        study = StudyStore.at(source)
+def resolve_checkpoint(source: str | Path, model: str | None) -> tuple[Location, str, int]:
+    """(checkpoint, family, working size) for a study folder or a checkpoint file, local or in a bucket."""
+    where = open_location(source, what="the study")
+    if where.is_dir():
+        study = StudyStore(where.parent, where.name)
         checkpoint = _best_checkpoint(study, source)
-    elif source.is_file():
-        checkpoint = source
-        study = StudyStore.at(source.parent.parent.parent) if source.parent.parent.name == "trials" else None
+    elif where.is_file():
+        checkpoint = where
+        study_root = where.parent.parent.parent  # <study>/trials/<key>/best.pt
+        study = StudyStore(study_root.parent, study_root.name) if where.parent.parent.name == "trials" else None
     else:
         raise DataError(f"{source} does not exist; give a study folder (runs/<study>) or a checkpoint (best.pt)")
     record = study.read_record() if study is not None else None
@@ -60,7 +63,7 @@ def resolve_checkpoint(source: Path, model: str | None) -> tuple[Path, str, int]
     return checkpoint, family, int(val["images"].shape[-1]) if val is not None else 64
 
 
-def _best_checkpoint(study: StudyStore, source: Path) -> Path:
+def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
     """The best.pt of a study's best trial (summary.json), or a message saying why there is none."""
     if not study.record.exists():
         raise DataError(f"{source} is not a study folder (no study.json); give runs/<study> or a trial's best.pt")
@@ -132,7 +135,7 @@ def write_outputs(photo: Image.Image, pred: np.ndarray, out_dir: Path, stem: str
     Image.fromarray(overlay.round().clip(0, 255).astype(np.uint8)).save(out_dir / f"{stem}_overlay.png")
 
 
-def predict_images(source: Path, inputs: list[Path], out_dir: Path, *, model: str | None = None,
+def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, model: str | None = None,
                    device: str | None = None, progress: bool = True) -> tuple[int, list[str]]:
     """Write maps, overlays and scores.csv for ``inputs``; returns (images written, error messages)."""
     checkpoint, family_name, size = resolve_checkpoint(source, model)
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        written, errors = predict_images(Path(args.source), [Path(p) for p in args.inputs], Path(args.out),
+        written, errors = predict_images(args.source, [Path(p) for p in args.inputs], Path(args.out),
                                          model=args.model, device=args.device, progress=not args.quiet)
     except (DataError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study", default=None, help="study name: its folder under --runs-dir (default <strategy>-<model>)")
     parser.add_argument("--space", dest="space_file", default=None,
                         help="study file (TOML) with the search space (default studies/<model>.toml)")
-    parser.add_argument("--data", default=None, help="dataset folder (default: the embedded synthetic VMS set)")
+    parser.add_argument("--data", default=None, help="dataset folder or bucket URI (default: the embedded synthetic VMS set)")
     parser.add_argument("--preset", default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                         + " (default: thesis with GPUs, cpu without)")
@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the study folder)")
-    parser.add_argument("--runs-dir", default="runs", help="folder holding the study folders")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL, which also holds the study's lease "
+                        "(default: sqlite file optuna.db in the study folder; a database URL for a study in a bucket)")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="folder holding the study folders, or a bucket URI (s3://BUCKET/PREFIX[?endpoint_override=...])")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue an existing study (refuse to start a new one)")
     parser.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)}")

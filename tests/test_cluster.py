@@ -7,6 +7,7 @@ ends every Ray on the machine, a user's search included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -32,10 +33,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_node(command: list[str], env: dict[str, str], timeout: float = 120.0) -> subprocess.Popen:
-    """``ray start ... --block`` in a session of its own, once it says the node is up."""
+def _start_node(command: list[str], env: dict[str, str], timeout: float = 120.0, cwd: Path | None = None) -> subprocess.Popen:
+    """``ray start ... --block`` in a session of its own (in ``cwd``), once it says the node is up."""
     node = subprocess.Popen([*command, "--block"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, cwd=cwd)
     deadline, said = time.monotonic() + timeout, []
     for line in node.stdout:
         said.append(line)
@@ -67,22 +68,30 @@ def _signal_group(node: subprocess.Popen, signum: int) -> None:
         pass
 
 
-@pytest.fixture
-def two_node_cluster():
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+@contextlib.contextmanager
+def local_cluster(env: dict[str, str], cwds: tuple[Path | None, Path | None] = (None, None)):
+    """Two Ray nodes on loopback (one CPU each), each started in its own working directory:
+    yields (address, Ray's temporary folder); stops exactly those nodes."""
     port = _free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     nodes: list[subprocess.Popen] = []
     try:
         nodes.append(_start_node([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                                  f"--temp-dir={temp}", *common], env))
-        nodes.append(_start_node([RAY, "start", f"--address=127.0.0.1:{port}", *common], env))
-        yield f"127.0.0.1:{port}", env
+                                  f"--temp-dir={temp}", *common], env, cwd=cwds[0]))
+        nodes.append(_start_node([RAY, "start", f"--address=127.0.0.1:{port}", *common], env, cwd=cwds[1]))
+        yield f"127.0.0.1:{port}", temp
     finally:
         left = _stop_nodes(nodes, temp)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"processes of the test's cluster outlived it: {left}"
+
+
+@pytest.fixture
+def two_node_cluster():
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    with local_cluster(env) as (address, _):
+        yield address, env
 
 
 def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):

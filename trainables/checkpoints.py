@@ -2,9 +2,10 @@
 
 ``<checkpoint_root>/<trial key>/`` holds latest.pt (everything needed to continue exactly),
 previous.pt (the latest.pt before it, the fallback), best.pt (the networks of the best
-validation epoch) and predictions.npz (that epoch's validation maps). Every file goes through
-the project's one atomic write (:mod:`search.store.atomic`), in a background thread
-(:meth:`TrialStore.submit`).
+validation epoch) and predictions.npz (that epoch's validation maps). The folder is a
+:class:`~search.store.location.Location`: on the local disk, or in the study's bucket, where
+every node that runs the trial finds it. Every file is written whole (the project's one atomic
+write on a disk, one upload in a bucket), in a background thread (:meth:`TrialStore.submit`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from search.store.atomic import write_atomic, write_npz_atomic
+from search.store.location import Location, location_of
 from trainables.config import parse_config, resolved_config
 from trainables.family import Family
 
@@ -44,8 +45,8 @@ def host_copy(obj: Any) -> Any:
 class TrialStore:
     """A trial's checkpoint folder: latest.pt (every epoch) with previous.pt (the epoch before), best.pt and predictions.npz."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Location | str | Path) -> None:
+        self.folder = folder if isinstance(folder, Location) else location_of(folder)
         self.notice: str | None = None  # what load_latest had to fall back from, for the trial's first report
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -79,9 +80,18 @@ class TrialStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the folder while training: a duplicate config waits, then resumes from it."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as handle:
+        """Hold the folder while training: a duplicate config waits, then resumes from it.
+
+        In a bucket there is no file lock: the search never runs one configuration twice at once
+        (its trial key names the folder), and the background write is awaited all the same."""
+        if not self.folder.is_local:
+            try:
+                yield
+            finally:
+                self.wait()
+            return
+        self.folder.make_dirs()
+        with open(self.folder.local / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -93,8 +103,8 @@ class TrialStore:
 
     def save_latest(self, state: dict[str, Any]) -> None:
         """Write latest.pt; the one it replaces becomes previous.pt, the fallback if latest.pt is ever unreadable."""
-        write_atomic(self.folder / "latest.pt", lambda tmp: torch.save(state, tmp),
-                     keep_previous=self.folder / "previous.pt")
+        (self.folder / "latest.pt").write(lambda handle: torch.save(state, handle),
+                                          keep_previous=self.folder / "previous.pt")
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest readable checkpoint: latest.pt, else previous.pt, else None (start afresh).
@@ -106,10 +116,11 @@ class TrialStore:
         problems = []
         for name in ("latest.pt", "previous.pt"):
             path = self.folder / name
-            if not path.exists():
-                continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                if not path.is_file():
+                    continue
+                with path.reader() as handle:
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O: all mean unreadable
                 problems.append(f"{name} is unreadable ({str(err).splitlines()[0][:120]})")
                 continue
@@ -125,9 +136,16 @@ class TrialStore:
         return None
 
     def save_best(self, state: dict[str, Any], predictions: np.ndarray, per_image_l1: np.ndarray, stems: list[str]) -> None:
-        write_atomic(self.folder / "best.pt", lambda tmp: torch.save(state, tmp))
-        write_npz_atomic(self.folder / "predictions.npz", predictions=predictions, per_image_l1=per_image_l1,
-                         stems=np.array(stems))
+        from search.store.study import write_arrays
+
+        (self.folder / "best.pt").write(lambda handle: torch.save(state, handle))
+        write_arrays(self.folder / "predictions.npz", predictions=predictions, per_image_l1=per_image_l1,
+                     stems=np.array(stems))
+
+    def load_best(self) -> dict[str, Any]:
+        """best.pt: the networks of the best validation epoch (after the background write has landed)."""
+        self.wait()
+        return load_state(self.folder / "best.pt")
 
 
 def write_checkpoint(trial: Trial, progress: Progress) -> None:
@@ -170,9 +188,16 @@ def write_checkpoint(trial: Trial, progress: Progress) -> None:
     store.submit(write)
 
 
-def load_family(checkpoint: str | Path, model: str, device: torch.device) -> Family:
+def load_state(checkpoint: str | Path | Location) -> dict[str, Any]:
+    """A checkpoint's contents (a local path, or a file in a study's bucket), on the CPU."""
+    where = checkpoint if isinstance(checkpoint, Location) else location_of(checkpoint)
+    with where.reader() as handle:
+        return torch.load(handle, map_location="cpu", weights_only=True)
+
+
+def load_family(checkpoint: str | Path | Location, model: str, device: torch.device) -> Family:
     """The family a checkpoint (best.pt or latest.pt) was saved from, restored in eval mode on ``device``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_state(checkpoint)
     from trainables.families import find_family
 
     family_cls = find_family(model)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
-from trainables.synthetic import MAP_KINDS, SyntheticSpec, ensure_synthetic, generate
+from trainables.synthetic import MAP_KINDS, SyntheticSpec, cache_root, ensure_synthetic, generate
 
 IMAGE_DIR_NAMES = ("images", "imgs")
 MAP_DIR_NAMES = ("maps", "vms", "labels")
@@ -321,11 +321,18 @@ def _split_folders(root: Path, train_root: Path, val_root: Path, skipped: dict[s
 
 
 def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0) -> VMSDataset:
-    """The dataset at ``data_dir``, or the embedded synthetic default when it is None."""
+    """The dataset at ``data_dir`` (a folder, or a bucket's URI), or the embedded synthetic default when it is None."""
     if data_dir is None:
         folder = ensure_synthetic(SyntheticSpec(size=size) if size != 64 else SyntheticSpec())
         return load_dataset(folder, size=size, seed=seed)
+    from search.store.location import fetch_folder, is_uri
+
+    if is_uri(data_dir):  # copied once into the driver's cache; trials get the arrays through Ray's object store
+        dataset = load_dataset(fetch_folder(str(data_dir), cache_root() / "remote", what="--data"), size=size, seed=seed)
+        dataset.source = str(data_dir)
+        return dataset
     return load_dataset(data_dir, size=size, seed=seed)
+
 
 
 def describe(dataset: VMSDataset) -> str:

@@ -19,12 +19,12 @@ import resource
 import time
 import warnings
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from search.store.location import location_of
 from trainables.augment import AugmentConfig, diff_augment
 from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy, write_checkpoint
 from trainables.config import RunSettings, parse_config, resolved_config, trial_key
@@ -218,7 +218,7 @@ def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Fami
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
     tensors = DeviceData.from_dataset(data, device)
     family = family_cls.build(hp, settings, device)
-    store = TrialStore(Path(settings.checkpoint_root) / key) if settings.checkpoint_root else None
+    store = TrialStore(location_of(settings.checkpoint_root) / key) if settings.checkpoint_root else None
     # A fixed, evenly spread subset of the training images: train L1 is measured on it, and
     # BatchNorm statistics are re-estimated on it before every evaluation.
     n = len(tensors.train_images)
@@ -333,8 +333,7 @@ def _test_metrics(trial: Trial) -> dict[str, Any]:
     if trial.pending_best is not None:  # this epoch's: not on disk yet
         best = trial.pending_best[0]
     else:
-        trial.store.wait()
-        best = torch.load(trial.store.folder / "best.pt", map_location="cpu", weights_only=True)
+        best = trial.store.load_best()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         images, maps = (torch.from_numpy(a).to(trial.device) for a in trial.test)

@@ -173,3 +173,4 @@ def test_time() -> str:
             f"included: {counts} in {r['pytest_seconds'] / 60:.1f} minutes of pytest (`python -m benchmarks.suite`: "
             f"`.ci/run` on a clean clone of {measured(r['provenance'])}); pytest prints its 15 slowest tests"
             + (f", the slowest {slowest['test']} at {slowest['seconds']:.0f} s." if slowest else "."))
+

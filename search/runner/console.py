@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,9 @@ def format_summary(summary: Summary) -> str:
         lines += _best_lines(summary)
     else:
         lines.append("no trial has finished yet")
-    lines.append(f"results: {summary.study_dir}/trials.parquet, epochs.parquet, summary.json"
-                 + (", final.parquet" if summary.final else "") + "; "
-                 f"dashboard: python -m dashboards.build {summary.study_dir} -o report.html")
+    files = "trials.parquet, epochs.parquet, summary.json" + (", final.parquet" if summary.final else "")
+    where = f"{summary.study_dir}/{files}" if "://" not in summary.study_dir else f"{files} in {summary.study_dir}"
+    lines.append(f"results: {where}; dashboard: python -m dashboards.build {shlex.quote(summary.study_dir)} -o report.html")
     lines.extend(format_final(summary.final, base))  # last: the numbers to publish
     verdict = verdict_line(summary.beats_baseline, summary.final, summary.best_val_l1, base, summary.baseline_margin)
     if verdict:

@@ -42,7 +42,7 @@ def run_study(options: SearchOptions) -> Summary:
         raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
     store = StudyStore(options.runs_dir, study_name(options))
     store.create()
-    with store.lock():
+    with store.lock(options.storage):
         started = time.perf_counter()
         owns_ray = cluster.init_ray(options)
         try:

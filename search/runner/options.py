@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.errors import StudyError
@@ -148,8 +147,18 @@ def validate_options(options: SearchOptions) -> None:
     _check_resources(options)
     if options.size < 16 or options.size % 32:
         raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
-    if options.resume and not (Path(options.runs_dir) / study_name(options)).is_dir():
-        raise StudyError(f"--resume: no study {study_name(options)!r} in {options.runs_dir}; start it without --resume.")
+    from search.store.location import is_database_url, is_uri
+
+    if is_uri(options.runs_dir) and not is_database_url(options.storage):
+        raise StudyError(f"--runs-dir {options.runs_dir} is a bucket, which has no file lock: give --storage with a "
+                         "database URL (postgresql://USER@HOST/DB). Its lease keeps a second driver off the study, and "
+                         "the Optuna strategies keep their study there (SQLite cannot live in a bucket).")
+    if options.resume:
+        from search.store.study import StudyStore
+
+        if not StudyStore(options.runs_dir, study_name(options)).exists():
+            raise StudyError(f"--resume: no study {study_name(options)!r} in {options.runs_dir}; start it without --resume.")
+
 
 
 def _check_counts(options: SearchOptions) -> None:

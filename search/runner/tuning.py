@@ -106,8 +106,10 @@ def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: b
     from ray import tune
 
     options = plan.options
+    storage_path, storage_filesystem = plan.store.ray_storage()
     return tune.RunConfig(
-        name=name, storage_path=plan.store.ray_storage, callbacks=[*callbacks, *cluster.gpu_callbacks(plan)],
+        name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+        callbacks=[*callbacks, *cluster.gpu_callbacks(plan)],
         verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if checkpoints else None)

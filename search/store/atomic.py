@@ -1,6 +1,7 @@
 """The one atomic write: a file is replaced whole or not at all.
 
-Every file of a study (JSON, Parquet, checkpoints, arrays) is written into a temporary file
+Every file of a study on a local disk (JSON, Parquet, checkpoints, arrays; through
+:class:`search.store.location.Location`) is written into a temporary file
 beside its target and moved into place with ``os.replace``, atomic on POSIX: a reader, or a
 driver resumed after a SIGKILL, sees the old version or the new one, never half of one.
 ``crash`` names a fault-injection point (:mod:`search.faults`) between the two steps.
@@ -40,14 +41,3 @@ def write_json_atomic(path: Path, payload: Any, *, crash: str | None = None, fsy
     """``payload`` as indented JSON, written atomically."""
     text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=str) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text), crash=crash, fsync=fsync)
-
-
-def write_npz_atomic(path: Path, **arrays: Any) -> None:
-    """Arrays as a compressed ``.npz``, written atomically (through a handle: NumPy appends ``.npz`` to names)."""
-    import numpy as np
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-
-    write_atomic(path, write)

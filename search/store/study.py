@@ -14,8 +14,14 @@ A study lives in ``<runs dir>/<study>/``::
     trials/<key>/     per trial: latest.pt, previous.pt, best.pt, predictions.npz (trainables.checkpoints)
     ray/              Ray Tune's own files, one folder per driver run
 
-Every write is atomic (:mod:`search.store.atomic`). The lease of a study shared through a
-database is a row of its own (:mod:`search.store.lease`).
+The runs folder may be a bucket (``s3://bucket/prefix``): every file goes through a
+:class:`~search.store.location.Location`, whole or not at all, and every node reads and writes
+the same objects. Ray Tune's own files (``ray/``) go there too (``storage_filesystem``).
+
+Every write is atomic (:mod:`search.store.atomic` on a local disk, one upload in a bucket). The
+driver holds a local study with a lock file; a bucket has no file locks, so a bucket study is
+held by the lease in its ``--storage`` database (:mod:`search.store.lease`), as is every study
+shared through a database.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from search.errors import StudyError
-from search.store.atomic import write_atomic, write_json_atomic, write_npz_atomic
+from search.store.location import Location, is_database_url, location_of, open_location
 
 STUDY_FORMAT = 1
 
@@ -36,8 +42,10 @@ STUDY_FORMAT = 1
 class JsonFile:
     """One JSON file of a study, written atomically (picklable: a searcher that holds one travels with Ray)."""
 
-    def __init__(self, path: Path, *, crash: str | None = None, fsync: bool = False, sort_keys: bool = True) -> None:
-        self.path, self.crash, self.fsync, self.sort_keys = Path(path), crash, fsync, sort_keys
+    def __init__(self, path: Location | str | Path, *, crash: str | None = None, fsync: bool = False,
+                 sort_keys: bool = True) -> None:
+        self.path = path if isinstance(path, Location) else location_of(path)
+        self.crash, self.fsync, self.sort_keys = crash, fsync, sort_keys
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -46,49 +54,68 @@ class JsonFile:
         return json.loads(self.path.read_text())
 
     def write(self, payload: Any) -> None:
-        write_json_atomic(self.path, payload, crash=self.crash, fsync=self.fsync, sort_keys=self.sort_keys)
+        text = json.dumps(payload, indent=2, sort_keys=self.sort_keys, default=str) + "\n"
+        self.path.write_text(text, crash=self.crash, fsync=self.fsync)
 
     def __str__(self) -> str:
         return str(self.path)
 
 
 class StudyStore:
-    """The files of the study ``name`` under ``runs_dir``."""
+    """The files of the study ``name`` under ``runs_dir`` (a local folder, or a bucket's URI)."""
 
-    def __init__(self, runs_dir: str | Path, name: str) -> None:
+    def __init__(self, runs_dir: str | Path | Location, name: str) -> None:
         self.name = name
-        self.root = Path(runs_dir).expanduser().resolve() / name
+        runs = runs_dir if isinstance(runs_dir, Location) else open_location(runs_dir)
+        self.root = runs / name
         self.record = JsonFile(self.root / "study.json", crash="study-json-tmp")
         self.summary = JsonFile(self.root / "summary.json", crash="study-json-tmp")
 
     @classmethod
     def at(cls, folder: str | Path) -> "StudyStore":
-        """The store of an existing study folder (dashboards, predict)."""
-        folder = Path(folder).expanduser().resolve()
-        return cls(folder.parent, folder.name)
+        """The store of an existing study folder or URI (dashboards, predict)."""
+        root = open_location(folder, what="the study")
+        return cls(root.parent, root.name)
 
     def __str__(self) -> str:
         return str(self.root)
+
+    @property
+    def in_bucket(self) -> bool:
+        return not self.root.is_local
 
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def create(self) -> None:
         """Make the folder (if new) and prove it writable; refuse with a clear message otherwise."""
+        probe = self.root / ".write-test"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            self.root.make_dirs()
+            probe.write_bytes(b"ok")
+            probe.delete()
         except OSError as err:
-            raise StudyError(f"cannot write to the study folder {self.root} ({err.strerror}); "
+            raise StudyError(f"cannot write to the study folder {self.root} ({err.strerror or str(err).splitlines()[0]}); "
                              "choose a writable --runs-dir with free space.") from None
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive use of the study folder; released by the OS even if the driver is killed."""
-        handle = open(self.root / ".lock", "a+")
-        try:
+    def lock(self, storage: str | None = None, say: Callable[[str], None] = print) -> Iterator[None]:
+        """Exclusive use of the study: a lock file released by the OS even if the driver is killed, or, for a
+        study in a bucket (which has no file locks), the lease in the ``storage`` database."""
+        if self.in_bucket:
+            if not is_database_url(storage):
+                raise StudyError(f"a study in a bucket ({self.root}) needs --storage with a database URL "
+                                 "(postgresql://USER@HOST/DB): a bucket has no file lock, and the database's lease "
+                                 "keeps a second driver off the study (and holds the Optuna strategies' study).")
+            from search.store.lease import take_lease
+
+            lease = take_lease(storage, f"bucket:{self.root}", say)
+            try:
+                yield
+            finally:
+                lease.release()
+            return
+        with open(self.root.local / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -101,8 +128,6 @@ class StudyStore:
             handle.write(str(os.getpid()))
             handle.flush()
             yield
-        finally:
-            handle.close()
 
     # -- what the study is ------------------------------------------------------------
 
@@ -130,33 +155,21 @@ class StudyStore:
 
     # -- data, tables, checkpoints ------------------------------------------------------
 
-    @property
-    def val_data_path(self) -> Path:
-        return self.root / "val_data.npz"
-
     def write_val_data(self, images: Any, maps: Any, stems: list[str]) -> None:
-        import numpy as np
-
-        write_npz_atomic(self.val_data_path, images=images, maps=maps, stems=np.array(stems))
+        write_arrays(self.root / "val_data.npz", images=images, maps=maps, stems=stems)
 
     def read_val_data(self) -> dict[str, Any] | None:
         """The validation images, maps and stems the study was made with (None if absent)."""
-        import numpy as np
-
-        if not self.val_data_path.is_file():
-            return None
-        with np.load(self.val_data_path) as arrays:
-            return {name: arrays[name] for name in arrays.files}
-
-    def table_path(self, name: str) -> Path:
-        return self.root / name
+        return read_arrays(self.root / "val_data.npz")
 
     def read_table(self, name: str):
         """A Parquet file of the study as a pyarrow Table (None if absent)."""
         import pyarrow.parquet as pq
 
-        path = self.table_path(name)
-        return pq.read_table(path) if path.is_file() else None
+        where = self.root / name
+        if not where.is_file():
+            return None
+        return pq.read_table(where.path, filesystem=where.fs) if not where.is_local else pq.read_table(where.local)
 
     def write_table(self, name: str, rows: list[dict[str, Any]], schema) -> None:
         """Rows as Parquet, replacing the file whole."""
@@ -164,41 +177,56 @@ class StudyStore:
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(rows, schema=schema)
-        write_atomic(self.table_path(name), lambda tmp: pq.write_table(table, tmp), crash="parquet-tmp", fsync=True)
+        (self.root / name).write(lambda handle: pq.write_table(table, handle), crash="parquet-tmp", fsync=True)
 
     @property
     def checkpoint_root(self) -> str:
-        """The folder of the trials' checkpoint folders (a run setting every trial receives)."""
+        """The folder of the trials' checkpoint folders (a run setting every trial receives: a path or a URI)."""
         return str(self.root / "trials")
 
     def trial_checkpoints(self, trial_id: str):
         """A trial's checkpoint folder (trainables.checkpoints.TrialStore)."""
         from trainables.checkpoints import TrialStore
 
-        return TrialStore(Path(self.checkpoint_root) / trial_id)
+        return TrialStore(self.root / "trials" / trial_id)
 
-    def best_checkpoint(self, trial_id: str) -> Path:
+    def best_checkpoint(self, trial_id: str) -> Location:
         """Where a trial's best.pt is (the networks of its best validation epoch)."""
-        return Path(self.checkpoint_root) / trial_id / "best.pt"
+        return self.root / "trials" / trial_id / "best.pt"
 
     def has_trial_folder(self, trial_id: str) -> bool:
-        return (Path(self.checkpoint_root) / trial_id).is_dir()
+        return (self.root / "trials" / trial_id).is_dir()
 
-    @property
-    def ray_storage(self) -> str:
-        """Ray Tune's ``storage_path``: its experiment folders, one per driver run."""
-        return str(self.root / "ray")
+    def ray_storage(self) -> tuple[str, Any]:
+        """Ray Tune's ``storage_path`` and ``storage_filesystem`` (None: the local disk): its experiment
+        folders, one per driver run."""
+        where = self.root / "ray"
+        return (str(where.local), None) if where.is_local else (where.path, where.fs)
 
     def optuna_url(self) -> str:
-        """The default Optuna storage: a SQLite file in the study folder."""
-        return f"sqlite:///{self.root / 'optuna.db'}"
+        """The default Optuna storage: a SQLite file in the study folder (a bucket study must name a database)."""
+        if self.in_bucket:
+            raise StudyError(f"a study in a bucket ({self.root}) keeps its Optuna study in a database: give --storage "
+                             "postgresql://USER@HOST/DB (SQLite cannot live in a bucket).")
+        return f"sqlite:///{self.root.local / 'optuna.db'}"
 
     def read_predictions(self, trial_id: str) -> dict[str, Any] | None:
         """A trial's stored predictions on the validation split (predictions.npz), or None."""
-        import numpy as np
+        return read_arrays(self.root / "trials" / trial_id / "predictions.npz")
 
-        path = Path(self.checkpoint_root) / trial_id / "predictions.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as arrays:
-            return {name: arrays[name] for name in arrays.files}
+
+def write_arrays(where: Location, **arrays: Any) -> None:
+    """Arrays as a compressed ``.npz``, written whole (lists become arrays)."""
+    import numpy as np
+
+    where.write(lambda handle: np.savez_compressed(handle, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def read_arrays(where: Location) -> dict[str, Any] | None:
+    """The arrays of an ``.npz`` (None if absent)."""
+    import numpy as np
+
+    if not where.is_file():
+        return None
+    with where.reader() as handle, np.load(handle) as arrays:
+        return {name: arrays[name] for name in arrays.files}

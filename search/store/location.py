@@ -1,0 +1,390 @@
+"""Where a study's files live: a local folder or a bucket, behind one small interface.
+
+``--runs-dir`` (and ``--data``, the dashboard's and ``search.predict``'s study argument) is a
+local path or a URI that :func:`pyarrow.fs.FileSystem.from_uri` understands: ``s3://bucket/prefix``
+with its query options (``?endpoint_override=host:port&scheme=http&region=...``), ``gs://``,
+``hdfs://``, ``file://``. A :class:`Location` is one file or folder there; the study store
+(:mod:`search.store.study`) and a trial's checkpoints (:mod:`trainables.checkpoints`) read and
+write through it, and nothing else touches a study's files.
+
+Writes are whole or nothing on both kinds. A local file is written beside its target and moved
+into place (:mod:`search.store.atomic`); an object store has no rename, but a PUT (or a multipart
+upload's completion) makes an object appear whole, so each file is one upload. A checkpoint's
+``previous.pt`` is a server-side copy of ``latest.pt`` before the new upload.
+
+Credentials are the filesystem's own: for S3 the ``AWS_*`` variables, ``~/.aws`` or the node's
+role, on the driver and on every node that runs trials. A URI that carries them
+(``s3://KEY:SECRET@bucket``) is refused: the URI is recorded in the study and its trials' configs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from search.errors import StudyError
+
+IO_LOG = "MEMSEARCH_IO_LOG"  # a file: every write and read of a study file appends a line to it (benchmarks/bucket.py)
+PROBE_SECONDS = 5.0  # an endpoint that does not answer within this is refused before Ray starts
+# The S3 query options this accepts (pyarrow's own names); anything else is refused, not ignored.
+S3_OPTIONS = {"endpoint_override", "scheme", "region", "connect_timeout", "request_timeout"}
+_filesystems: dict[str, Any] = {}  # one pyarrow filesystem per (scheme, authority, query), per process
+_lock = threading.Lock()
+
+
+class LocationError(StudyError):
+    """A runs folder, data folder or study URI that cannot be used; the message says why and how to fix it."""
+
+
+def is_uri(text: str | Path) -> bool:
+    return "://" in str(text) and not str(text).startswith("file://")
+
+
+def is_database_url(url: str | None) -> bool:
+    """A URL of a database server (PostgreSQL, MySQL), not a file (SQLite): what holds a bucket study's lease."""
+    return bool(url) and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres", "mysql")
+
+
+@dataclass(frozen=True)
+class Location:
+    """One file or folder: a local path (``fs`` None) or a path in a pyarrow filesystem, with the URI that made it."""
+
+    path: str  # local: absolute path; remote: the path as pyarrow names it ("bucket/prefix/..." for s3 and gs)
+    base: str = ""  # remote: what names the filesystem ("s3://", "gs://", "hdfs://host:port"); local: ""
+    query: str = ""  # remote: the URI's query, carried to every child (the endpoint, the region)
+
+    @property
+    def is_local(self) -> bool:
+        return not self.base
+
+    @property
+    def fs(self):
+        return None if self.is_local else _filesystem(self.base, self.query)
+
+    @property
+    def local(self) -> Path:
+        if not self.is_local:
+            raise TypeError(f"{self} is not on the local disk")
+        return Path(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> "Location":
+        return Location(self.path.rstrip("/").rsplit("/", 1)[0], self.base, self.query)
+
+    def __truediv__(self, part: str) -> "Location":
+        return Location(f"{self.path.rstrip('/')}/{part}", self.base, self.query)
+
+    def __str__(self) -> str:
+        return self.path if self.is_local else f"{self.base}{self.path}" + (f"?{self.query}" if self.query else "")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        if self.is_local:
+            return Path(self.path).exists()
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        if self.is_local:
+            return Path(self.path).is_file()
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path).type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        if self.is_local:
+            return Path(self.path).is_dir()
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes:
+        started = time.perf_counter()
+        if self.is_local:
+            data = Path(self.path).read_bytes()
+        else:
+            with self.fs.open_input_stream(self.path) as handle:
+                data = handle.read()
+        _account("read" if self.is_local else "get", self, len(data), started)
+        return data
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def reader(self):
+        """A binary file object to read from (its bytes, read once)."""
+        return io.BytesIO(self.read_bytes())
+
+    def files(self) -> list["Location"]:
+        """Every file below this folder (recursively), sorted by path."""
+        if self.is_local:
+            root = Path(self.path)
+            return [Location(str(p)) for p in sorted(root.rglob("*")) if p.is_file()] if root.is_dir() else []
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return [Location(i.path, self.base, self.query) for i in sorted(infos, key=lambda i: i.path)
+                if i.type == pafs.FileType.File]
+
+    # -- writing ------------------------------------------------------------------------
+
+    def make_dirs(self) -> None:
+        if self.is_local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)  # an object store has no folders to make
+
+    def write(self, fill: Callable[[Any], None], *, crash: str | None = None, fsync: bool = False,
+              keep_previous: "Location | None" = None) -> None:
+        """Replace the file whole: ``fill(handle)`` writes its bytes into a binary file object.
+
+        ``keep_previous``: the version being replaced is kept there first (a checkpoint's fallback).
+        ``crash`` names a fault-injection point just before the new version becomes visible.
+        """
+        started = time.perf_counter()
+        if self.is_local:
+            from search.store.atomic import write_atomic
+
+            size = 0
+
+            def to_file(tmp: Path) -> None:
+                nonlocal size
+                with open(tmp, "wb") as handle:
+                    fill(handle)
+                    size = handle.tell()
+
+            write_atomic(Path(self.path), to_file, crash=crash, fsync=fsync,
+                         keep_previous=None if keep_previous is None else Path(keep_previous.path))
+            _account("write", self, size, started)
+            return
+        from search.faults import crash_point
+
+        buffer = io.BytesIO()
+        fill(buffer)
+        if crash:
+            crash_point(crash)
+        fs = self.fs
+        if keep_previous is not None and self.is_file():
+            fs.copy_file(self.path, keep_previous.path)
+            _account("head+copy", keep_previous, 0, started)
+            started = time.perf_counter()
+        with fs.open_output_stream(self.path) as handle:  # the object appears whole when the stream closes
+            handle.write(buffer.getbuffer())
+        _account("put", self, buffer.getbuffer().nbytes, started)
+
+    def write_bytes(self, data: bytes, **kwargs: Any) -> None:
+        self.write(lambda handle: handle.write(data), **kwargs)
+
+    def write_text(self, text: str, **kwargs: Any) -> None:
+        self.write_bytes(text.encode("utf-8"), **kwargs)
+
+    def delete(self) -> None:
+        if self.is_local:
+            Path(self.path).unlink(missing_ok=True)
+        elif self.is_file():
+            self.fs.delete_file(self.path)
+
+
+def fetch_folder(text: str, cache: Path, *, what: str) -> Path:
+    """A local copy of the folder at URI ``text`` in ``cache`` (a folder named by the URI's hash), copied
+    again only when the listing (names and sizes) differs from the copy's; written beside it and renamed."""
+    import hashlib
+    import json
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    where = open_location(text, what=what)
+    folder = cache / hashlib.sha1(text.encode()).hexdigest()[:16]
+    infos = where.fs.get_file_info(pafs.FileSelector(where.path, recursive=True, allow_not_found=True))
+    listing = sorted([i.path[len(where.path) + 1:], i.size] for i in infos if i.type == pafs.FileType.File)
+    if not listing:
+        raise LocationError(f"{what} {text}: no files there; it should hold images/ and maps/ (the README's layouts).")
+    manifest = folder / ".listing.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) == listing:
+        return folder
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    pafs.copy_files(where.path, str(staging), source_filesystem=where.fs, destination_filesystem=pafs.LocalFileSystem())
+    (staging / ".listing.json").write_text(json.dumps(listing))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def _account(op: str, where: Location, nbytes: int, started: float) -> None:
+    """One line in the I/O log, when $MEMSEARCH_IO_LOG names one: op, file name, bytes, seconds."""
+    log = os.environ.get(IO_LOG)
+    if log:
+        with open(log, "a") as handle:  # one short line per call: appends from several processes stay whole
+            handle.write(f"{op}\t{where.name}\t{nbytes}\t{time.perf_counter() - started:.6f}\n")
+
+
+def _filesystem(base: str, query: str):
+    """The pyarrow filesystem of a URI's scheme, authority-free part and query (cached per process)."""
+    key = f"{base}?{query}"
+    with _lock:
+        if key not in _filesystems:
+            _filesystems[key] = _make_filesystem(base, dict(parse_qsl(query)), probe=False)
+        return _filesystems[key]
+
+
+BUCKET_SCHEMES = ("s3://", "gs://", "gcs://")  # the bucket is the path's first part, as pyarrow names it
+
+
+def _make_filesystem(base: str, options: dict[str, str], *, probe: bool):
+    import pyarrow.fs as pafs
+
+    if base == "s3://":
+        unknown = sorted(set(options) - S3_OPTIONS)
+        if unknown:
+            raise LocationError(f"unknown S3 option(s) {', '.join(unknown)}; the ones understood: "
+                                f"{', '.join(sorted(S3_OPTIONS))}.")
+        timeouts = {"connect_timeout": float(options.get("connect_timeout", PROBE_SECONDS)),
+                    "request_timeout": PROBE_SECONDS if probe else float(options.get("request_timeout", 60))}
+        return pafs.S3FileSystem(endpoint_override=options.get("endpoint_override"), scheme=options.get("scheme"),
+                                 region=options.get("region"), **timeouts,
+                                 retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1 if probe else 3))
+    uri = base + ("placeholder" if base in BUCKET_SCHEMES else "/") + (f"?{urlencode(options)}" if options else "")
+    return pafs.FileSystem.from_uri(uri)[0]
+
+
+def location_of(text: str | Path) -> Location:
+    """A path or URI recorded by a study (a trial's ``checkpoint_root``), as a :class:`Location`, without
+    asking the bucket anything: it was checked when the study made it."""
+    text = str(text)
+    if not is_uri(text):
+        return Location(str(Path(text[len("file://"):] if text.startswith("file://") else text).expanduser().resolve()))
+    parts = urlsplit(text)
+    if f"{parts.scheme}://" in BUCKET_SCHEMES:
+        return Location((parts.netloc + parts.path).rstrip("/"), f"{parts.scheme}://", parts.query)
+    return Location(parts.path.rstrip("/") or "/", f"{parts.scheme}://{parts.netloc}", parts.query)
+
+
+def open_location(text: str | Path, *, what: str = "--runs-dir") -> Location:
+    """A local path or URI as a :class:`Location`, its bucket checked to answer (URIs only).
+
+    Raises :class:`LocationError`, with what to fix, for: an unknown scheme, credentials in the
+    URI, unknown options, missing or refused credentials, a bucket that does not exist, an
+    endpoint that does not answer within :data:`PROBE_SECONDS`. Nothing is written.
+    """
+    text = str(text)
+    if not is_uri(text):
+        path = text[len("file://"):] if text.startswith("file://") else text
+        return Location(str(Path(path).expanduser().resolve()))
+    parts = urlsplit(text)
+    if parts.username or parts.password:
+        raise LocationError(f"{what} {_redacted(parts)} carries credentials in the URI, which would be recorded in "
+                            "the study; put them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for "
+                            "S3) or give the nodes a role.")
+    bucket_style = f"{parts.scheme}://" in BUCKET_SCHEMES
+    base = f"{parts.scheme}://" if bucket_style else f"{parts.scheme}://{parts.netloc}"
+    path = (parts.netloc + parts.path).rstrip("/") if bucket_style else (parts.path.rstrip("/") or "/")
+    if bucket_style and not parts.netloc:
+        raise LocationError(f"{what} {text} names no bucket; write it as {base}BUCKET/PREFIX.")
+    options = dict(parse_qsl(parts.query))
+    try:
+        if base == "s3://" and "region" not in options and "endpoint_override" not in options:
+            options["region"] = _bucket_region(parts.netloc, text, what)  # AWS: the bucket's own, for every node
+        filesystem = _make_filesystem(base, options, probe=True)
+    except LocationError as err:
+        raise LocationError(f"{what} {text}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - pyarrow says ArrowInvalid/ValueError/OSError for an unknown scheme
+        raise LocationError(f"{what} {text}: {str(err).splitlines()[0]} (a local path, or a URI pyarrow.fs understands: "
+                            "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, hdfs://HOST/PATH, file:///PATH).") from None
+    _probe(filesystem, parts.netloc if bucket_style else path, text, what, must_exist=bucket_style)
+    return Location(path, base, urlencode(options))
+
+
+def _bucket_region(bucket: str, text: str, what: str) -> str:
+    """The AWS region a bucket lives in (pyarrow asks AWS, without credentials), within PROBE_SECONDS."""
+    import pyarrow.fs as pafs
+
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(region=_try(pafs.resolve_s3_region, bucket)), daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    region = found.get("region")
+    if isinstance(region, str):
+        return region
+    if thread.is_alive():
+        raise LocationError(f"{what} {text}: AWS did not answer within {PROBE_SECONDS:.0f} s (asking for bucket "
+                            f"{bucket!r}'s region); check the network, or give ?region=... in the URI.")
+    raise LocationError(f"{what} {text}: bucket {bucket!r} was not found on AWS ({str(region).splitlines()[0][-120:]}); "
+                        "check its name, or give endpoint_override=HOST:PORT for another S3 service.")
+
+
+def _try(function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception as err:  # noqa: BLE001 - returned, and reported by the caller
+        return err
+
+
+def _probe(filesystem: Any, bucket: str, text: str, what: str, *, must_exist: bool) -> None:
+    """Ask for the bucket (or the path) once, within PROBE_SECONDS; a clear message for each way that fails."""
+    import pyarrow.fs as pafs
+
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            answer["info"] = filesystem.get_file_info(bucket)
+        except Exception as err:  # noqa: BLE001 - reported below
+            answer["error"] = err
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS + 2.0)
+    if thread.is_alive() or _timed_out(answer.get("error")):
+        raise LocationError(f"{what} {text}: the endpoint did not answer within {PROBE_SECONDS:.0f} s; check "
+                            "endpoint_override and the network (nothing was written).")
+    error = answer.get("error")
+    if error is not None:
+        message = str(error)
+        if any(word in message for word in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                            "HTTP status 403", "HTTP status 500", "credentials")):
+            found = "" if _have_credentials() else " No credentials were found in the environment."
+            raise LocationError(f"{what} {text}: access to bucket {bucket!r} was refused ({_aws_error(message)})."
+                                f"{found} Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or give "
+                                "the node a role that may read and write the bucket.")
+        if "NETWORK_CONNECTION" in message or "connect" in message.lower():
+            raise LocationError(f"{what} {text}: cannot reach the endpoint ({_aws_error(message)}); check "
+                                "endpoint_override and the network.")
+        raise LocationError(f"{what} {text}: {message.splitlines()[0]}")
+    if must_exist and answer["info"].type == pafs.FileType.NotFound:
+        raise LocationError(f"{what} {text}: bucket {bucket!r} does not exist (or this endpoint does not have it); "
+                            "create it first, or check its name and endpoint_override.")
+
+
+def _aws_error(message: str) -> str:
+    """The telling part of a pyarrow S3 error ("AWS Error ACCESS_DENIED during HeadBucket operation")."""
+    import re
+
+    found = re.search(r"AWS Error [^:]*", message)
+    return found.group(0).strip() if found else message.splitlines()[0][-120:]
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    return error is not None and ("curlCode: 28" in str(error) or "Timeout was reached" in str(error))
+
+
+def _have_credentials() -> bool:
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    return any(os.environ.get(k) for k in keys) or Path("~/.aws/credentials").expanduser().is_file()
+
+
+def _redacted(parts) -> str:
+    return f"{parts.scheme}://***@{parts.hostname or ''}{parts.path}"
