@@ -30,7 +30,8 @@ def _cpu_model() -> str:
 
 
 def provenance(module: str, argv: list[str]) -> dict:
-    """The ``provenance`` object of one benchmark run; ``dirty``: files differed from the commit (new ones included)."""
+    """The ``provenance`` object of one benchmark run; ``dirty``: code differed from the commit (new files included;
+    other benchmarks' result files, written while this one ran, are listed in ``changed_files`` but are not code)."""
     import optuna
     import ray
     import torch
@@ -38,7 +39,7 @@ def provenance(module: str, argv: list[str]) -> dict:
     changed = _git("diff", "--name-only", "HEAD").splitlines() + _git("ls-files", "--others", "--exclude-standard").splitlines()
     return {
         "commit": _git("rev-parse", "HEAD") or None,
-        "dirty": bool(changed),
+        "dirty": any(not name.startswith("benchmarks/results/") for name in changed),
         "changed_files": changed,  # files that differed from the commit, new files included
         "command": " ".join(["python", "-m", module, *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
