@@ -25,8 +25,8 @@ status, epochs and best val L1 per trial, the same val L1 per trial per epoch, b
 A trial is *lost* if the reference has it finished and the faulted study does not; it is
 *repeated* if the faulted study has a trial the reference does not, or if a trial recorded
 as finished after one run was started again in a later one. Epochs count too: the epochs every
-driver run's trials reported (Ray's ``result.json`` per segment) beyond those the study keeps
-were trained twice, after a kill sent a trial back to its last checkpoint (checkpoints are paced,
+driver run's trials reported (each driver appends them to ``$MEMSEARCH_EPOCH_LOG``) beyond those the
+study keeps were trained twice, after a kill sent a trial back to its last checkpoint (checkpoints are paced,
 so a few are expected). One line per strategy, and the
 whole record in ``benchmarks/results/faults.json``.
 
@@ -77,7 +77,7 @@ def _worker_pids(session: int) -> list[int]:
 def _run(runs_dir: Path, args: list[str], *, crash_at: str | None = None, kill_after: float | None = None,
          kill_worker_after: float | None = None, then_kill_driver_after: float | None = None) -> dict[str, Any]:
     """One driver run; returns how it ended. Ray's helpers are cleaned up whatever happens."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEMSEARCH_EPOCH_LOG": str(runs_dir / "epochs-reported.log")}
     env.pop("MEMSEARCH_CRASH_AT", None)
     if crash_at:
         env["MEMSEARCH_CRASH_AT"] = crash_at
@@ -153,12 +153,12 @@ def _truncate_newest_unfinished(study: Path) -> str | None:
     return newest.parent.name
 
 
-def epochs_trained(study: Path) -> dict[str, int]:
-    """Epochs every driver run's trials reported (Ray's result.json of each segment, every line one epoch),
-    against the epochs the study keeps: the difference is epochs trained twice (after a kill, a trial
-    resumes from its last checkpoint, which paced checkpoints may leave an epoch or more behind)."""
-    reported = sum(sum(1 for line in path.read_text().splitlines() if line.strip())
-                   for path in (study / "ray").glob("segment-*/*/result.json"))
+def epochs_trained(study: Path, log: Path) -> dict[str, int]:
+    """Epochs the study's trials reported to its drivers, every run's (the driver appends each live report to
+    ``log``: $MEMSEARCH_EPOCH_LOG), against the epochs the study keeps: the difference is epochs trained twice,
+    after a kill sent a trial back to its last checkpoint (paced checkpoints may leave an epoch or more behind).
+    Epochs trained and lost before their report reached a driver are not seen: a floor, not a ceiling."""
+    reported = len(log.read_text().splitlines()) if log.is_file() else 0
     kept = len(pd.read_parquet(study / "epochs.parquet"))
     return {"epochs_reported": reported, "epochs_kept": kept, "epochs_repeated": max(0, reported - kept)}
 
@@ -257,8 +257,8 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     repeated |= set(diff["extra"])
     worker_kills = sum(1 for r in runs for e in r["events"] if e.startswith("killed worker"))
     summary = {"strategy": name, "kills_survived": survived, "worker_kills": worker_kills, "trials_lost": len(diff["lost"]) + len(diff["still_running"]),
-               "trials_repeated": len(repeated), **epochs_trained(faulted_dir / STUDY),
-               "reference_epochs": epochs_trained(ref_dir / STUDY),
+               "trials_repeated": len(repeated), **epochs_trained(faulted_dir / STUDY, faulted_dir / "epochs-reported.log"),
+               "reference_epochs": epochs_trained(ref_dir / STUDY, ref_dir / "epochs-reported.log"),
                "equal": diff["trials_equal"] and diff["epoch_curves_equal"],
                "comparison": diff, "repeated": sorted(repeated), "checkpoint_notices": notices,
                "truncated": truncate_at, "runs": runs, "seconds": time.monotonic() - started}

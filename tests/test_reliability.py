@@ -71,3 +71,23 @@ default = "none"
     state = json.loads((tmp_path / "nan" / "greedy_state.json").read_text())
     assert state["finished"] and state["blocks"][0]["adopted"] == 1e12  # a bad result, still a result
     assert "2 diverged" in result.stdout
+
+
+def test_a_trial_that_errors_before_it_starts_is_recorded_with_its_config(tmp_path):
+    """Ray can report a trial failed before its start was reported (its worker died as the trial was handed to it):
+    the row still says what the trial was, so the study can be read and the dashboard can draw it."""
+    from types import SimpleNamespace
+
+    from search.store.results import ResultsCallback, ResultsStore, TrialIdentity
+    from search.store.study import StudyStore
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    results = ResultsStore(store, strategy="random", family="autoencoder", hp_kinds={"lr": "float"})
+    identity = TrialIdentity(full_config=dict, key_of=lambda c: f"key-{c['lr']}", hyperparameters=lambda c: {"lr": c["lr"]})
+    callback = ResultsCallback(results, identity, segment=3, epochs_planned=6)
+    trial = SimpleNamespace(trial_id="ray-1", config={"lr": 0.5}, error_file=None, get_error=lambda: "worker died")
+    callback.on_trial_error(0, [], trial)
+    row = results.trials["key-0.5"]
+    assert (row["status"], row["segment"], row["error"]) == ("errored", 3, "worker died")
+    assert '"lr": 0.5' in row["config_json"] and row["hp_lr"] == 0.5

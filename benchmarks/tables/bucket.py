@@ -18,15 +18,17 @@ def bucket_cost() -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in r["rows"]:
         c, f = row["checkpoints"], row["result_flushes"]
-        ops = "; ".join(f"{k} {v:g}" for k, v in c["operations_per_epoch"].items())
-        fops = "; ".join(f"{k} {v:g}" for k, v in f["operations_per_epoch"].items())
-        server = ", ".join(f"{k} {v:g}" for k, v in (row.get("server_requests_per_epoch") or {}).items()) or "-"
+        ops = "; ".join(f"{k} {v:.2f}" for k, v in c["operations_per_epoch"].items())
+        fops = "; ".join(f"{k} {v:.2f}" for k, v in f["operations_per_epoch"].items())
+        server = ", ".join(f"{k} {v:.2f}" for k, v in (row.get("server_requests_per_epoch") or {}).items()) or "-"
         lines.append(f"| {row['store']} | {c['bytes_per_epoch'] / 1e6:.2f} | {ops} | {c['seconds_per_epoch']:.3f} | "
                      f"{f['bytes_per_epoch'] / 1e3:.1f} | {fops} | {f['seconds_per_epoch']:.3f} | {server} |")
-    lines += ["", "The local server's seconds are not S3's: it answers on loopback, without TLS or the service's own "
-              "latency. On S3 the requests are what is billed; a search runs the driver's flushes at most every "
-              "few seconds (`flush_seconds`), not after every epoch as here, and `best.pt` and `predictions.npz` "
-              "are written only when val L1 improves."]
+    lines += ["", "Operations are what the code asked of the store (`head+copy` checks `latest.pt` and copies it to "
+              "`previous.pt` on the server); the server's requests include the multipart uploads' own (POST to "
+              "start and complete one). Checkpoints are paced to at most a tenth of the trial's time, so where a "
+              "write costs more, fewer epochs get one. The local server's seconds are not S3's: it answers on "
+              "loopback, without TLS or the service's own latency. On S3 the requests are what is billed; a search "
+              "flushes its results at most every few seconds (`flush_seconds`), not after every epoch as here."]
     return "\n".join(lines)
 
 

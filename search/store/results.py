@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -228,6 +229,9 @@ except ImportError:  # pragma: no cover - ray is a hard dependency
     Callback = object
 
 
+EPOCH_LOG = "MEMSEARCH_EPOCH_LOG"  # a file: the driver appends "trial<TAB>epoch" for every live report
+
+
 class ResultsCallback(Callback):
     """Ray Tune callback: keeps trials.parquet and epochs.parquet current while the search runs."""
 
@@ -258,6 +262,10 @@ class ResultsCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         tid = self._trial_id(trial)
         self._last_result[tid] = result
+        log = os.environ.get(EPOCH_LOG)
+        if log:  # every epoch a trial reported to this driver, replays excluded (benchmarks/faults.py counts them)
+            with open(log, "a") as handle:
+                handle.write(f"{tid}\t{result.get('epoch')}\n")
         if result.get("notice"):  # the trial's checkpoint could not be used as it was
             print(f"trial {tid}: {result['notice']}", flush=True)
         self.store.add_epoch(tid, result)
@@ -276,6 +284,8 @@ class ResultsCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)
+        if tid not in self.store.trials:  # it failed before it started (its worker died as it was handed the trial)
+            self.on_trial_start(iteration, trials, trial)
         row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=_error_text(trial))
         self._maybe_flush(force=True)
         if self.on_finish:
