@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     database = start_server()
     try:
         with moto_server() as s3, tempfile.TemporaryDirectory(prefix="memsearch-bucket-search-") as tmp:
-            env = {**s3.env(), "RAY_AIR_NEW_OUTPUT": "0"}
+            os.environ.update(s3.credentials())  # this process reads the bucket too (the comparison)
+            env = {**os.environ, "RAY_AIR_NEW_OUTPUT": "0"}
             storage = database.database("memsearch_bucket")
             local_dir, bucket = str(Path(tmp) / "runs"), s3.uri("runs")
             search = [sys.executable, "-m", "search.run", *COMMON]
