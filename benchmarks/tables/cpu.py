@@ -170,7 +170,8 @@ def test_time() -> str:
     counts = ", ".join(f"{n} {kind}" for kind, n in r["counts"].items())
     slowest = r["slowest"][0] if r["slowest"] else None
     return (f"About {r['wall_seconds'] / 60:.0f} minutes on {r['provenance']['machine']['cores']} cores, install "
-            f"included: {counts} in {r['pytest_seconds'] / 60:.1f} minutes of pytest (`python -m benchmarks.suite`: "
-            f"`.ci/run` on a clean clone of {measured(r['provenance'])}); pytest prints its 15 slowest tests"
-            + (f", the slowest {slowest['test']} at {slowest['seconds']:.0f} s." if slowest else "."))
+            f"included: {counts} in {r['pytest_seconds'] / 60:.1f} minutes of pytest (`.ci/run` on a clean clone of "
+            f"{measured(r['provenance'])}, `{r['provenance']['command']}`); pytest prints its 15 slowest tests"
+            + (f", the slowest {slowest['test']} at {slowest['seconds']:.0f} s." if slowest else ".")
+            + (f" {r['provenance']['reconstructed']}" if r["provenance"].get("reconstructed") else ""))
 

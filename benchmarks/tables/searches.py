@@ -104,9 +104,9 @@ def strategy_comparison() -> str:
                          f"{sum(d < 0 for d in diffs)}/{len(diffs)} | {spent.median():.2f}, {spent.max():.2f} | {dates} |")
     lines += ["", "Where the interval excludes 0: " + ("; ".join(claims) if claims else "nowhere") + "."]
     if overspent:
-        lines += ["", "**Not yet a fair comparison:** these runs predate the fix of the epoch budget, and some spent "
-                  "more than greedy's B: " + "; ".join(overspent) + ". No strategy is recommended over greedy on "
-                  "these numbers; they are to be re-measured."]
+        lines += ["", "**Not yet a fair comparison:** these runs predate the fix of the epoch budget (some spent "
+                  "more than greedy's B: " + "; ".join(overspent) + ") and the study files' loss, dropout and weight "
+                  "decay blocks. No strategy is recommended over greedy on these numbers; they are to be re-measured."]
     return "\n".join(lines)
 
 
@@ -134,7 +134,8 @@ def search_efficiency() -> str:
         note = ["", "", f"**Stale:** {len(over)} of these {len(runs)} runs spent more than 1.05x greedy's B (up to "
                 f"{(over['epochs_spent'] / over['greedy_epochs']).max():.2f}x): they were measured "
                 f"({', '.join(sorted(set(over['measured'].astype(str))))}) before the epoch budget's counter was fixed, "
-                "and are to be re-measured."]
+                "and on study files that did not yet search the loss, dropout and weight decay; they are to be "
+                "re-measured (`python -m benchmarks.search --quick`: the autoencoder, 3 seeds, 4 strategies)."]
     return _runs_measured(runs) + "\n\n" + render_search(summarize(runs), runs) + "\n".join(note)
 
 
