@@ -22,7 +22,10 @@ def load(name: str) -> dict:
 
 def measured(prov: dict) -> str:
     """'commit abc1234, 2026-12-01, 2 cores, <cpu>': what a table was measured on."""
-    commit = (prov.get("commit") or "unknown")[:7] + (" + uncommitted changes" if prov.get("dirty") else "")
+    changed = prov.get("changed_files")
+    dirty = (any(not f.startswith("benchmarks/results/") for f in changed) if changed is not None  # results are not code
+             else prov.get("dirty"))
+    commit = (prov.get("commit") or "unknown")[:7] + (" + uncommitted changes" if dirty else "")
     machine = prov.get("machine", {})
     where = machine.get("gpu") or f"{machine.get('cores')} cores, {machine.get('cpu')}"
     return f"commit {commit}, {prov.get('date', '?')[:10]}, {where}"
