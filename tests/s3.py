@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import free_port
+
 BUCKET = "memsearch-test"
 REGION = "us-east-1"
 
@@ -62,12 +64,6 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def moto_server(*, auth: bool = True, log: Path | None = None):
     """moto's S3 server on a free loopback port with the bucket made: yields an :class:`S3Server` and stops
@@ -75,7 +71,7 @@ def moto_server(*, auth: bool = True, log: Path | None = None):
     ``log``: the server's request log (one line per request answered) goes there."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {})}
     sink = open(log, "w") if log else subprocess.DEVNULL
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,

@@ -89,26 +89,18 @@ class Location:
 
     # -- reading ------------------------------------------------------------------------
 
-    def exists(self) -> bool:
-        if self.is_local:
-            return Path(self.path).exists()
-        import pyarrow.fs as pafs
+    def _remote_type(self) -> str:
+        """What the bucket holds at the path: "File", "Directory" (a prefix) or "NotFound"."""
+        return self.fs.get_file_info(self.path).type.name
 
-        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+    def exists(self) -> bool:
+        return Path(self.path).exists() if self.is_local else self._remote_type() != "NotFound"
 
     def is_file(self) -> bool:
-        if self.is_local:
-            return Path(self.path).is_file()
-        import pyarrow.fs as pafs
-
-        return self.fs.get_file_info(self.path).type == pafs.FileType.File
+        return Path(self.path).is_file() if self.is_local else self._remote_type() == "File"
 
     def is_dir(self) -> bool:
-        if self.is_local:
-            return Path(self.path).is_dir()
-        import pyarrow.fs as pafs
-
-        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+        return Path(self.path).is_dir() if self.is_local else self._remote_type() == "Directory"
 
     def read_bytes(self) -> bytes:
         started = time.perf_counter()
@@ -279,18 +271,16 @@ def open_location(text: str | Path, *, what: str = "--runs-dir") -> Location:
     URI, unknown options, missing or refused credentials, a bucket that does not exist, an
     endpoint that does not answer within :data:`PROBE_SECONDS`. Nothing is written.
     """
+    where = location_of(text)
+    if where.is_local:
+        return where
     text = str(text)
-    if not is_uri(text):
-        path = text[len("file://"):] if text.startswith("file://") else text
-        return Location(str(Path(path).expanduser().resolve()))
     parts = urlsplit(text)
     if parts.username or parts.password:
         raise LocationError(f"{what} {_redacted(parts)} carries credentials in the URI, which would be recorded in "
                             "the study; put them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for "
                             "S3) or give the nodes a role.")
-    bucket_style = f"{parts.scheme}://" in BUCKET_SCHEMES
-    base = f"{parts.scheme}://" if bucket_style else f"{parts.scheme}://{parts.netloc}"
-    path = (parts.netloc + parts.path).rstrip("/") if bucket_style else (parts.path.rstrip("/") or "/")
+    base, bucket_style = where.base, where.base in BUCKET_SCHEMES
     if bucket_style and not parts.netloc:
         raise LocationError(f"{what} {text} names no bucket; write it as {base}BUCKET/PREFIX.")
     options = dict(parse_qsl(parts.query))
@@ -303,8 +293,8 @@ def open_location(text: str | Path, *, what: str = "--runs-dir") -> Location:
     except Exception as err:  # noqa: BLE001 - pyarrow says ArrowInvalid/ValueError/OSError for an unknown scheme
         raise LocationError(f"{what} {text}: {str(err).splitlines()[0]} (a local path, or a URI pyarrow.fs understands: "
                             "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, hdfs://HOST/PATH, file:///PATH).") from None
-    _probe(filesystem, parts.netloc if bucket_style else path, text, what, must_exist=bucket_style)
-    return Location(path, base, urlencode(options))
+    _probe(filesystem, parts.netloc if bucket_style else where.path, text, what, must_exist=bucket_style)
+    return Location(where.path, base, urlencode(options))
 
 
 def _bucket_region(bucket: str, text: str, what: str) -> str:
