@@ -55,6 +55,8 @@ class GANFamily(Family):
     # (measured 2026-11-24, benchmarks/README.md, "Seed-to-seed noise").
     noise = 0.042
     width_params = ("g_width", "d_width")
+    loss_weights = ("l1_weight",)
+    retune_prefixes = ("g_", "d_")
 
     def __init__(self, hp: GANConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
@@ -74,6 +76,9 @@ class GANFamily(Family):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.g_opt, "discriminator": self.d_opt}
+
+    def optimizer_prefixes(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g_": self.g_opt, "d_": self.d_opt}
 
     def scalers(self) -> dict[str, torch.amp.GradScaler]:
         return {"generator": self.g_scaler, "discriminator": self.d_scaler}
