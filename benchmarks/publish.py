@@ -134,6 +134,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the autoencoder, greedy against tpe, 3 seeds")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated search seeds")
@@ -142,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
     parser.add_argument("--results", default=str(RESULTS), help="the result file (a smoke check writes elsewhere)")
     args = parser.parse_args(argv)
-    global RESULTS
     RESULTS = Path(args.results)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
         measure(PLANS["quick" if args.quick else "full"], [int(s) for s in args.seeds.split(",")], args.preset, args.keep)
