@@ -6,7 +6,7 @@ Sections: the final numbers (the top configurations re-trained over seeds, test 
 intervals beside the test baselines), L1 comparison across families and strategies (with both dataset baselines),
 search progress (best-so-far against trials, wall time and epochs spent), search efficiency
 (several studies of one family, such as seeds or strategies: best-so-far against epochs spent, one
-median line and min-max band per strategy), learning curves of the top trials (ASHA stops marked), the greedy path, hyperparameter effects
+median line and min-max band per strategy), learning curves of the top trials (ASHA stops marked), the greedy path, population members' schedules (pbt, pb2), hyperparameter effects
 (parallel coordinates and PED-ANOVA importance through Optuna), and galleries of the best,
 worst and most informative validation predictions (image | true map | predicted map).
 A study that is still running renders with what exists so far. The output depends only
@@ -32,6 +32,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from dashboards.schedules import section_schedules
 from search.errors import StudyError
 from search.runner.baseline import better_baseline, recommended, study_verdict
 from search.runner.final import FINAL_TABLE
@@ -456,6 +457,11 @@ def section_greedy(studies: list[Study]) -> str:
     return "\n".join(parts) or _empty("No greedy study among the inputs.")
 
 
+def section_population(studies: list[Study]) -> str:
+    return (section_schedules(studies, _figure_html)
+            or _empty("No population study (--strategy pbt or pb2) among the inputs."))
+
+
 def _importances(done: pd.DataFrame, hp_columns: list[str]) -> dict[str, float]:
     """PED-ANOVA importances via Optuna (no scikit-learn needed), on parameters every finished trial has."""
     import optuna
@@ -680,6 +686,7 @@ SECTIONS = [
     ("efficiency", "Search efficiency: best so far against epochs spent, one band per strategy", section_efficiency),
     ("learning-curves", "Learning curves of the top trials", section_curves),
     ("greedy-path", "Greedy path", section_greedy),
+    ("schedules", "Population-based training: members' schedules", section_population),
     ("hyperparameter-effects", "Hyperparameter effects", section_effects),
     ("galleries", "Galleries: image | true map | predicted map", section_galleries),
 ]

@@ -16,6 +16,7 @@ Points (the names ``MEMSEARCH_CRASH_AT`` accepts):
 ``parquet-tmp``              a ``trials.parquet``/``epochs.parquet`` temporary file is written, not moved
 ``results-flushed``          both Parquet files are written
 ``study-json-tmp``           ``study.json``/``summary.json``'s temporary file is written, not moved
+``schedule-flushed``         a population member's epoch is in ``schedules.parquet`` (pbt, pb2)
 ===========================  ===============================================================
 """
 
@@ -24,7 +25,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp")
+POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp",
+          "schedule-flushed")
 _counts: dict[str, int] = {}
 
 

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)}")
     parser.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
     parser.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1/factor of trials at each rung")
+    _population_options(parser)
     parser.add_argument("--max-sweeps", type=int, default=1, help="greedy: walk the parameter order up to this many times")
     parser.add_argument("--greedy-margin", type=float, default=None,
                         help="greedy: adopt a value only if it lowers the held value's L1 by more than this fraction "
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CUDA: replay each training step as one CUDA graph (auto|on|off; auto: on, except with fp16's loss scaler)")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser
+
+
+def _population_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--population", type=int, default=None,
+                        help="pbt/pb2: members trained at once (default: what --budget-epochs affords, else 4)")
+    parser.add_argument("--perturbation-interval", type=int, default=None,
+                        help="pbt/pb2: epochs between exploit/explore decisions (default: a quarter of a member's epochs)")
+    parser.add_argument("--from-study", default=None,
+                        help="pbt/pb2: start every member from this study's best configuration (same --runs-dir)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,7 @@ class Space:
         self.by_name = {p.name: p for p in order}
         self._raw = raw
         self.text: str | None = None  # the study file's text, when it was read from one
+        self.perturb: tuple[str, ...] = ()  # [pbt] perturb: what population-based training changes as members train
 
     @property
     def names(self) -> list[str]:
@@ -227,6 +228,25 @@ def recorded_space(record: dict[str, Any] | None, current: Space, *, explicit: b
                    f"it continues with the space it was made with ({source})")
 
 
+def _parse_pbt(source: str, family_cls: Any, table: dict[str, Any], params: dict[str, Param]) -> tuple[str, ...]:
+    """``[pbt] perturb = [...]``: what population-based training changes while members train
+    (search/strategies/population.py). Each must be a parameter of the study that can change during
+    training (a loss weight or an optimizer setting: ``Family.retunable``)."""
+    unknown = set(table) - {"perturb"}
+    if unknown:
+        raise _fail(source, f"[pbt]: unknown keys {sorted(unknown)}; allowed: perturb.")
+    names = table.get("perturb", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _fail(source, "[pbt] perturb must be a list of parameter names without repeats.")
+    for name in names:
+        if name not in params:
+            raise _fail(source, f"[pbt] perturb names {name!r}, which has no [params.{name}] table.")
+        if not family_cls.retunable(name):
+            raise _fail(source, f"[pbt] perturb names {name!r}, which cannot change while a {family_cls.name} model "
+                                f"trains; what can: {', '.join(n for n in family_cls.retunable_names() if n in params)}.")
+    return tuple(names)
+
+
 def _fail(source: str, message: str) -> StudyFileError:
     return StudyFileError(f"{source}: {message}")
 
@@ -275,9 +295,10 @@ def _parse_choice(source: str, where: str, kind: str, table: dict[str, Any]) -> 
 
 
 def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
-    unknown = set(raw) - {"family", "description", "order", "params", "fixed"}
+    unknown = set(raw) - {"family", "description", "order", "params", "fixed", "pbt"}
     if unknown:
-        raise _fail(source, f"unknown top-level keys {sorted(unknown)}; allowed: family, description, order, params, fixed.")
+        raise _fail(source, f"unknown top-level keys {sorted(unknown)}; "
+                            "allowed: family, description, order, params, fixed, pbt.")
     family = raw.get("family")
     if family not in ALIASES:
         raise _fail(source, f"'family' must be one of {sorted(ALIASES)}, got {family!r}.")
@@ -301,6 +322,7 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
         seen[name] = _parse_param(source, name, kinds[name], dict(params_raw[name]), seen)
     fixed = _parse_fixed(source, family, dict(raw.get("fixed", {})), kinds, seen)
     space = Space(family, list(seen.values()), fixed, source, raw)
+    space.perturb = _parse_pbt(source, family_cls, dict(raw.get("pbt", {})), seen)
     try:  # the defaults must make a valid config of the family
         config_cls(**{**fixed, **space.defaults()})
     except (TypeError, ValueError) as err:

@@ -6,7 +6,7 @@ import io
 
 from ray.tune.search import Searcher
 
-from search.runner.progress import SearchProgress, duration, estimate_line
+from search.runner.progress import SearchProgress, asha_epochs, duration, estimate_line, within_budget
 from search.strategies.greedy import GreedySearcher
 from tests.test_greedy import report_space
 from trainables.families import find_family
@@ -43,6 +43,25 @@ def test_time_left_follows_the_measured_rate_and_the_finished_trials_length():
     progress.on_epoch({"epoch": 1, "replayed": True})  # a resumed trial's replayed epoch trains nothing
     assert progress.epochs == 10
     assert stream.getvalue() == "" and progress.clear() == ""  # not a terminal: no live line
+
+
+def test_under_a_budget_the_plan_and_the_time_left_stop_at_the_budget():
+    # The issue's case: 26 trials of 40 epochs planned, --budget-epochs 80: two trials, not 26.
+    assert within_budget([26], 40, 80) == [2]
+    assert within_budget([4, 3, 3], 8, 50) == [4, 3]  # greedy's blocks: 7 trials of 8 epochs reach 50
+    assert within_budget([4, 3], 8, None) == [4, 3] and within_budget([4], 8, 0) == []
+    assert within_budget([0], 2, 8) == [4]  # an Optuna study the budget alone ends
+    # Under ASHA (grace 1, factor 2, 2 epochs) half the trials stop after one epoch: 1.5 epochs a trial.
+    assert asha_epochs(2, 1, 2) == 1.5 and within_budget([0], asha_epochs(2, 1, 2), 8) == [6]
+    assert asha_epochs(8, 1, 2) == 1 + 1 / 2 + 2 / 4 + 4 / 8 and asha_epochs(8, 8, 3) == 8
+    clock = Clock()
+    progress = SearchProgress(lambda: 26, epochs_per_trial=40, done_trials=0, final_runs=0, live=False, clock=clock,
+                              budget_left=80)
+    assert progress.line().startswith("0/2 trials")
+    for _ in range(10):  # 10 epochs in 50 s: 0.2 epochs a second
+        clock.now += 5
+        progress.on_epoch({"epoch": 1})
+    assert progress.remaining_seconds() == (80 - 10) / 0.2  # to the budget, not to 26 trials' 1040 epochs
 
 
 def test_a_terminal_gets_a_live_line_that_the_next_printed_line_replaces():

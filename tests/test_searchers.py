@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def test_a_killed_driver_resumes_the_search(strategy, budget, tmp_path):
         assert len(trials) == 4
     else:  # stops starting trials at 8 epochs; the 2 running and 2 queued (as many as run at once) add 2 each at most
         assert 8 <= len(epochs) <= 8 + 4 * 2, len(epochs)
+        # The resumed run's estimate plans what the budget left affords: its trial count is what it then started
+        # (the trials the kill interrupted run again besides), within one round of trials (2 at a time).
+        estimate = re.search(r"estimate: (\d+) trials", result.stdout)
+        assert estimate, result.stdout
+        planned = int(estimate.group(1))
+        interrupted = re.search(r"(\d+) interrupted by a stopped driver", result.stdout)
+        rerun = int(interrupted.group(1)) if interrupted else 0
+        assert abs(planned - (int((trials["segment"] == 1).sum()) - rerun)) <= 2, (planned, rerun, result.stdout)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
     kept = [t for t in study.trials if not t.user_attrs.get("interrupted")]
     assert {t.user_attrs["trial_key"] for t in kept} == set(trials["trial_id"])

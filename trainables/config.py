@@ -34,6 +34,10 @@ class RunSettings:
     channels_last: str = "auto"  # auto | on | off
     compile: str = "auto"  # torch.compile the networks: auto | on | off
     cuda_graphs: str = "auto"  # replay each training step as one CUDA graph: auto | on | off
+    # Population-based training (trainables/population.py, search/strategies/population.py).
+    member: int = -1  # the population member this trial is (-1: not one)
+    snapshots: int = 2  # a member keeps its newest this many epoch snapshots (donors' weights are read from them)
+    replay: str = ""  # JSON [[epoch, {hyperparameter: value}], ...]: changes applied before those epochs (a replay)
 
     def __post_init__(self) -> None:
         from trainables.device import PRECISIONS, SWITCHES
@@ -143,12 +147,17 @@ def parse_config(config: dict[str, Any], family_cls: type[T]) -> tuple[RunSettin
 # trial key nor in a study's identity (search/runner/plan.py).
 DEVICE_SWITCHES = ("channels_last", "compile", "cuda_graphs")  # each auto | on | off
 DEVICE_SETTINGS = ("precision", *DEVICE_SWITCHES)
-_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)
+_KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", "snapshots", *DEVICE_SETTINGS)
+# Run settings a trial's own config may set (the study's settings give the rest): a population member's index.
+PER_TRIAL_SETTINGS = ("member", "snapshots", "replay")
 
 
 def trial_key(settings: RunSettings, hp: Any) -> str:
     """A stable 12-hex-digit identity of what a trial trains, used for its checkpoint folder."""
     payload = {k: v for k, v in asdict(settings).items() if k not in _KEY_EXCLUDED}
+    for name in PER_TRIAL_SETTINGS:  # at their defaults, keys stay what they were before population-based training
+        if name in payload and payload[name] == getattr(RunSettings, name):
+            del payload[name]
     payload.update(asdict(hp))
     payload["family"] = type(hp).__name__
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -7,6 +7,7 @@ epochs is :mod:`trainables.loop`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -135,6 +136,54 @@ class Family(ABC):
         for name, scaler in self.scalers().items():  # a resumed fp16 trial continues with the same loss scale
             if f"scaler.{name}" in state:
                 scaler.load_state_dict(state[f"scaler.{name}"])
+
+    # Hyperparameters that may change while a model trains (population-based training, search/strategies/population.py):
+    # the optimizers' settings, by prefix (optimizer_prefixes), and the loss weights a family names here.
+    OPTIMIZER_SETTINGS: ClassVar[tuple[str, ...]] = ("lr", "beta1", "beta2", "momentum", "weight_decay")
+    loss_weights: ClassVar[tuple[str, ...]] = ()
+    retune_prefixes: ClassVar[tuple[str, ...]] = ("",)  # the prefixes optimizer_prefixes returns
+
+    def optimizer_prefixes(self) -> dict[str, torch.optim.Optimizer]:
+        """Config prefix -> the optimizer its settings configure (``"g_"`` -> the generator's); ``""`` for one optimizer."""
+        optimizers = list(self.optimizers().values())
+        return {"": optimizers[0]} if len(optimizers) == 1 else {}
+
+    @classmethod
+    def retunable(cls, name: str) -> bool:
+        """Whether ``name`` can change while a model trains (:meth:`retune`): a loss weight or an optimizer setting."""
+        if name in cls.loss_weights:
+            return True
+        return name in cls.retunable_names()
+
+    def retune(self, changes: dict[str, Any]) -> None:
+        """Change hyperparameters of a model in training: its config, and the optimizers' parameter groups.
+
+        Only what :meth:`retunable` allows (the architecture, the optimizer's kind and the data stay
+        fixed): a new learning rate or beta takes effect at the next step, with the optimizer's
+        moments kept, as population-based training expects.
+        """
+        wrong = sorted(name for name in changes if not self.retunable(name))
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} cannot change while a {self.name} model trains; "
+                             f"what can: {', '.join(self.retunable_names())}")
+        self.hp = dataclasses.replace(self.hp, **changes)
+        for prefix, optimizer in self.optimizer_prefixes().items():
+            for group in optimizer.param_groups:
+                for setting in self.OPTIMIZER_SETTINGS:
+                    if f"{prefix}{setting}" not in changes:
+                        continue
+                    value = changes[f"{prefix}{setting}"]
+                    if setting in ("beta1", "beta2"):
+                        if "betas" in group:
+                            betas = list(group["betas"])
+                            betas[setting == "beta2"] = value
+                            group["betas"] = tuple(betas)
+                    elif setting in group:
+                        group[setting] = value
+
+    @classmethod
+    def retunable_names(cls) -> list[str]:
+        return [*cls.loss_weights, *(f"{p}{s}" for p in cls.retune_prefixes for s in cls.OPTIMIZER_SETTINGS)]
 
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():

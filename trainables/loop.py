@@ -32,6 +32,7 @@ from trainables.data import VMSDataset
 from trainables.device import GpuUtilisation, cuda_context_mb
 from trainables.evaluation import DIVERGED_L1, as_float, evaluate, recalibrate_batchnorm
 from trainables.family import Family
+from trainables.schedule import Schedule
 
 
 @dataclass
@@ -78,6 +79,10 @@ class TrainSteps:
         self.outputs: dict[str, torch.Tensor] = {}
         self.warm = 0
         self.notice: str | None = None
+
+    def reset(self) -> None:
+        """Capture the step again at the next batch: the hyperparameters it was captured with have changed."""
+        self.graph, self.index, self.outputs, self.warm = None, None, {}, 0
 
     def _step(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         image, vms = as_float(self.images[index]), as_float(self.maps[index])
@@ -191,7 +196,9 @@ def run_trial(
             return progress.history[-1]
         progress.wall_start = time.perf_counter() - (progress.history[-1]["wall_seconds"] if progress.history else 0.0)
         row: dict[str, Any] = {}
+        schedule = Schedule.parse(trial.settings.replay)  # a replayed population member's schedule, if any
         for epoch in range(progress.epoch + 1, trial.settings.epochs + 1):
+            retune(trial, schedule.in_effect(epoch) if epoch == progress.epoch + 1 else schedule.at(epoch))
             epoch_start = time.perf_counter()
             trial.utilisation.start()
             losses = train_epoch(trial)
@@ -202,6 +209,14 @@ def run_trial(
             if row["status"] == "diverged":
                 break
         return row
+
+
+def retune(trial: Trial, changes: dict[str, Any]) -> None:
+    """Change hyperparameters of the trial's model in training (a schedule's step); a captured step is captured again."""
+    if changes:
+        trial.family.retune(changes)
+        trial.hp = trial.family.hp
+        trial.steps.reset()
 
 
 def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Family]) -> Trial:

@@ -77,7 +77,7 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
 def _context(plan: StudyPlan, configs: TrialConfigs) -> SearchContext:
     return SearchContext(store=plan.store, space=plan.space, family=plan.family, options=plan.options,
                          domain=plan.domain, samples=plan.samples, expected=plan.expected_trials, key_of=configs.key,
-                         max_blocks=plan.preset.max_blocks)
+                         max_blocks=plan.preset.max_blocks, epochs=plan.epochs)
 
 
 def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: TrialConfigs,
@@ -85,10 +85,10 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     """Reconcile, run what is left of the search within its budget, then the final stage once it has ended.
 
     Returns (the search has ended, this run was interrupted, summary.json's ``final`` block)."""
-    for line in reconcile(results, configs.identity(), search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
+    for line in reconcile(results, search.identity(configs), search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
         print(line, flush=True)
     budget = None
-    if plan.options.budget_epochs:
+    if plan.options.budget_epochs and search.searcher is not None:  # a population is sized by the budget instead
         budget = EpochBudget(search.searcher, plan.options.budget_epochs, spent=len(results.epochs))
         print(f"budget: {plan.options.budget_epochs} epochs in all, {budget.spent} spent so far", flush=True)
     interrupted = False
@@ -97,5 +97,5 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     finished = not interrupted and (search.reached_end() or bool(budget and budget.reached))
     final = None
     if finished:
-        final, interrupted = tuning.final_stage(plan, results, configs)
+        final, interrupted = tuning.final_stage(plan, results, configs, search)
     return finished, interrupted, final

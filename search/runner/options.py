@@ -88,6 +88,9 @@ class SearchOptions:
     grace_period: int | None = None
     reduction_factor: int | None = None
     max_sweeps: int = 1
+    population: int | None = None  # pbt/pb2: members (None: what --budget-epochs affords, else 4)
+    perturbation_interval: int | None = None  # pbt/pb2: epochs between decisions (None: a quarter of the epochs)
+    from_study: str | None = None  # pbt/pb2: start the members from this study's best configuration
     greedy_margin: float | None = None  # None: the family's measured noise (search.strategies.greedy.default_margin)
     max_blocks: int | None = None
     max_failures: int = 1

@@ -18,7 +18,7 @@ from search.store.results import TrialIdentity
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy
 from search.strategies.base import UNBOUNDED
-from trainables.config import DEVICE_SETTINGS, RunSettings, parse_config, trial_key
+from trainables.config import DEVICE_SETTINGS, PER_TRIAL_SETTINGS, RunSettings, parse_config, trial_key
 from trainables.data import VMSDataset
 from trainables.family import Family
 
@@ -138,7 +138,7 @@ def study_identity(strategy: Strategy, space: Space, settings: dict[str, Any], p
     return {
         "family": space.family, "strategy": strategy.name, "space_fingerprint": space.fingerprint, "domain": domain,
         "settings": {k: v for k, v in settings.items()
-                     if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS)},
+                     if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS, *PER_TRIAL_SETTINGS)},
         "data_subset": [preset.n_train, preset.n_val], "data_fingerprint": data.fingerprint,
     }
 
@@ -174,7 +174,9 @@ class TrialConfigs:
         self.space, self.settings, self.fixed = plan.space, dict(plan.settings), dict(plan.space.fixed)
 
     def full(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {**self.fixed, **self.space.canonical(config), **self.settings}
+        """The searcher's config with the study's fixed values and run settings (a member's index kept)."""
+        own = {k: config[k] for k in PER_TRIAL_SETTINGS if k in config}
+        return {**self.fixed, **self.space.canonical(config), **self.settings, **own}
 
     def key(self, config: dict[str, Any]) -> str:
         return trial_key(*parse_config(self.full(config), self.config_cls))

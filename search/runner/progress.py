@@ -10,6 +10,7 @@ in a log each finished trial's line carries the same figures.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -28,8 +29,10 @@ class SearchProgress:
     """Trials done / planned, epochs, elapsed and remaining time of one driver run."""
 
     def __init__(self, planned: Callable[[], int], *, epochs_per_trial: int, done_trials: int, final_runs: int,
-                 stream: TextIO | None = None, live: bool | None = None, clock: Callable[[], float] = time.monotonic):
+                 stream: TextIO | None = None, live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 budget_left: int | None = None):
         self.planned = planned  # the search's trial count as now planned (greedy's grows or shrinks with its path)
+        self.budget_left = budget_left  # --budget-epochs: epochs this run may still train (None: no budget)
         self.epochs_per_trial = epochs_per_trial
         self.done = done_trials
         self.final_runs = final_runs
@@ -69,19 +72,31 @@ class SearchProgress:
             return "\r\033[K"
         return ""
 
+    def _per_trial(self) -> float:
+        return sum(self.finished_epochs) / len(self.finished_epochs) if self.finished_epochs else self.epochs_per_trial
+
+    def planned_trials(self) -> int:
+        """Trials as now planned; under --budget-epochs, no more than the epochs left afford at the mean trial's length."""
+        planned = self.planned()
+        if self.budget_left is not None:
+            in_flight = self.epochs - sum(self.finished_epochs)
+            left = max(0, self.budget_left - self.epochs + in_flight)  # running trials' epochs are theirs already
+            planned = min(planned, self.done + math.ceil(left / max(self._per_trial(), 1)))
+        return max(planned, self.done)
+
     def remaining_seconds(self) -> float | None:
         elapsed = self.clock() - self.started
         if self.epochs == 0 or elapsed <= 0:
             return None
-        per_trial = (sum(self.finished_epochs) / len(self.finished_epochs) if self.finished_epochs
-                     else self.epochs_per_trial)
-        to_run = max(0, self.planned() - self.done) * per_trial + self.final_runs * self.epochs_per_trial
         # Epochs of trials still running count against what they have left to run.
         in_flight = self.epochs - sum(self.finished_epochs)
-        return max(0.0, to_run - in_flight) / (self.epochs / elapsed)
+        search = max(0.0, max(0, self.planned() - self.done) * self._per_trial() - in_flight)
+        if self.budget_left is not None:  # the search stops proposing at the budget
+            search = min(search, max(0, self.budget_left - self.epochs))
+        return (search + self.final_runs * self.epochs_per_trial) / (self.epochs / elapsed)
 
     def line(self) -> str:
-        planned = max(self.planned(), self.done)
+        planned = self.planned_trials()
         left = self.remaining_seconds()
         final = f" + {self.final_runs} final runs" if self.final_runs else ""
         estimate = f"about {duration(left)} left" if left is not None else "time left: after the first epoch"
@@ -89,13 +104,40 @@ class SearchProgress:
                 f"{duration(self.clock() - self.started)} elapsed, {estimate}")
 
 
+def asha_epochs(epochs: int, grace: int, reduction_factor: int) -> float:
+    """Epochs a trial trains on average under ASHA: all reach the grace period, 1 / factor of them each next rung."""
+    expected, rung, share = float(min(grace, epochs)), min(grace, epochs), 1.0
+    while rung < epochs:
+        share /= reduction_factor
+        following = min(rung * reduction_factor, epochs)
+        expected += (following - rung) * share
+        rung = following
+    return expected
+
+
+def within_budget(blocks: list[int], epochs: float, budget_left: int | None) -> list[int]:
+    """The rounds of trials a search plans, cut to what ``budget_left`` epochs afford at ``epochs`` a trial
+    (trials running when the budget is reached finish, so the last round may overshoot it); for a search
+    whose plan is open-ended (no round known), what the budget affords."""
+    if budget_left is None:
+        return blocks
+    afford = math.ceil(max(0, budget_left) / max(epochs, 1))
+    if not any(blocks):  # a search the budget alone ends (an Optuna study without --samples): what it affords
+        return [afford] if afford else []
+    kept = []
+    for n in blocks:
+        if afford <= 0:
+            break
+        kept.append(min(n, afford))
+        afford -= kept[-1]
+    return kept
+
+
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
-                  widest_epoch_s: float | None = None, startup_s: float = 15.0) -> str:
+                  widest_epoch_s: float | None = None, startup_s: float = 15.0, early_stops: bool = True) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
     ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
     of the study default, and of its widest models (where the search may end up)."""
-    import math
-
     rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
     final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
     low = startup_s + (rounds + final_rounds) * epochs * epoch_s
@@ -104,6 +146,10 @@ def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrenc
             f"the study default measured here at {epoch_s:.1f} s")
     if widest_epoch_s and widest_epoch_s > epoch_s * 1.05:
         high = startup_s + (rounds + final_rounds) * epochs * widest_epoch_s
-        return (line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)} "
-                "if every trial ran all its epochs (ASHA's early stops make it shorter)")
-    return line + f": about {duration(low)} if every trial ran all its epochs (ASHA's early stops make it shorter)"
+        return (line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)}"
+                + _all_epochs(early_stops))
+    return line + f": about {duration(low)}" + _all_epochs(early_stops)
+
+
+def _all_epochs(early_stops: bool) -> str:
+    return " if every trial ran all its epochs (ASHA's early stops make it shorter)" if early_stops else ""

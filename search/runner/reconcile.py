@@ -33,13 +33,16 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
         row = store.trials.get(tid)
         if row is not None and row["status"] != "running":
             continue
-        if row is None and not study.has_trial_folder(tid):
-            continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
-        trial_store = study.trial_checkpoints(tid)
-        checkpoint = trial_store.load_latest()
-        history = checkpoint["history"] if checkpoint else []
-        if trial_store.notice:  # its newest checkpoint was unreadable: the record may miss its last epochs
-            lines.append(f"trial {tid}: {trial_store.notice}; its record may miss the epochs after that")
+        if record.history is not None:  # the strategy read it from its own checkpoints (population members)
+            history = record.history
+        else:
+            if row is None and not study.has_trial_folder(tid):
+                continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
+            trial_store = study.trial_checkpoints(tid)
+            checkpoint = trial_store.load_latest()
+            history = checkpoint["history"] if checkpoint else []
+            if trial_store.notice:  # its newest checkpoint was unreadable: the record may miss its last epochs
+                lines.append(f"trial {tid}: {trial_store.notice}; its record may miss the epochs after that")
         if row is None:
             store.record_start(tid, identity, record.config, ray_trial_id=None, segment=segment,
                                epochs_planned=epochs_planned, block=record.block)

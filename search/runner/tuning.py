@@ -17,7 +17,7 @@ from search.runner import cluster
 from search.runner.console import Printer
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
-from search.runner.progress import SearchProgress, estimate_line
+from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.store.results import ResultsCallback, ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.config import parse_config, trial_key
@@ -76,11 +76,18 @@ def _block_index(block_of: Callable[[str], Any]) -> Callable[[str], int | None]:
     return group_of
 
 
-def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs) -> None:
-    """The first promise: this search's size times one epoch measured where trials train, before anything runs."""
+def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, budget_left: int | None = None) -> None:
+    """The first promise: this search's size times one epoch measured where trials train, before anything runs.
+    Under --budget-epochs (``budget_left``: epochs still to spend), only the trials the budget affords."""
     if search.to_run == 0:
         return
-    blocks = search.planned_blocks()
+    early_stops = plan.options.scheduler == "asha" and not search.replaces_scheduler
+    per_trial = plan.epochs
+    if early_stops:  # under a budget, the trials it affords are as long as ASHA lets them be on average
+        options = plan.options
+        per_trial = asha_epochs(plan.epochs, min(options.grace_period or plan.grace, plan.epochs),
+                                options.reduction_factor or plan.preset.reduction_factor)
+    blocks = within_budget(search.planned_blocks(), per_trial, budget_left)
     if not sum(blocks):
         return
     measured = cluster.measure_epochs(plan, configs)
@@ -88,21 +95,26 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs) -
         return
     epoch_s, widest_s = measured
     print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs,
-                        concurrency=cluster.concurrency(plan), epoch_s=epoch_s, widest_epoch_s=widest_s), flush=True)
+                        concurrency=cluster.concurrency(plan), epoch_s=epoch_s, widest_epoch_s=widest_s,
+                        early_stops=early_stops), flush=True)
 
 
-def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]]):
-    """The family's trainable with the dataset in Ray's object store and a trial's resources."""
+def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]], train: Callable | None = None):
+    """The family's trainable (``train``: the strategy's, else the shared loop) with the dataset in Ray's
+    object store and a trial's resources."""
     from ray import tune
 
+    train = train or run_trial
+
     def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family]) -> None:
-        run_trial(config_of(config), data, family)
+        train(config_of(config), data, family)
 
     return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family),
                                cluster.resources(plan))
 
 
-def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: bool = False):
+def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: int = 0):
+    """``checkpoints``: how many of each trial's Ray checkpoints Ray keeps (0: no checkpoint config)."""
     from ray import tune
 
     options = plan.options
@@ -112,7 +124,7 @@ def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: b
         callbacks=[*callbacks, *cluster.gpu_callbacks(plan)],
         verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if checkpoints else None)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints) if checkpoints else None)
 
 
 def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: TrialConfigs, started: float,
@@ -122,21 +134,26 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     from ray import tune
 
     options = plan.options
-    print_estimate(plan, search, configs)
+    budget_left = budget.budget - budget.spent if budget is not None else None
+    print_estimate(plan, search, configs, budget_left)
     done = len(results.finished_ids())
     progress = SearchProgress(search.planned_total() or functools.partial(int, done), epochs_per_trial=plan.epochs,
-                              done_trials=done, final_runs=plan.final_runs)
+                              done_trials=done, final_runs=plan.final_runs, budget_left=budget_left)
     printer = Printer(done, progress)
     printer.seed_best(results)
-    callback = ResultsCallback(results, configs.identity(), segment=plan.segment, epochs_planned=plan.epochs,
+    callback = ResultsCallback(results, search.identity(configs), segment=plan.segment, epochs_planned=plan.epochs,
                                block_of=search.block_of, on_finish=printer, on_result=progress.on_epoch)
     cluster.allow_pending_trials(plan)
+    scheduler = search.scheduler(plan, results) or SCHEDULERS[options.scheduler](plan, results, search)
+    space = search.param_space()
     tuner = tune.Tuner(
-        _trainable(plan, configs.full),
-        tune_config=tune.TuneConfig(metric="best_val_l1", mode="min", search_alg=budget or search.searcher,
-                                    scheduler=SCHEDULERS[options.scheduler](plan, results, search), num_samples=search.num_samples,
-                                    max_concurrent_trials=options.max_concurrent, reuse_actors=True),
-        run_config=_run_config(plan, f"segment-{plan.segment}", [callback], checkpoints=True),
+        _trainable(plan, configs.full, search.train_function()),
+        **({"param_space": space} if space is not None else {}),
+        tune_config=tune.TuneConfig(metric=search.metric, mode="min", search_alg=budget or search.searcher,
+                                    scheduler=scheduler, num_samples=search.num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=search.reuse_actors),
+        run_config=_run_config(plan, f"segment-{plan.segment}", [callback, *search.callbacks(plan)],
+                               checkpoints=search.ray_checkpoints_kept),
     )
     # Record the segment before it runs, so a killed driver's segment still counts.
     record = plan.record
@@ -167,7 +184,8 @@ def _final_printer(runs):
     return FinalPrinter()
 
 
-def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs) -> tuple[dict[str, Any] | None, bool]:
+def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
+                search: OpenSearch | None = None) -> tuple[dict[str, Any] | None, bool]:
     """Re-train the best configurations over new seeds and measure them on the test split (search.runner.final).
 
     Returns (summary.json's ``final`` block, interrupted). Each run checkpoints like a search
@@ -176,7 +194,9 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs) -
     from ray import tune
 
     options = plan.options
-    top = top_configurations(results, options.final_top_k, [p.name for p in plan.space.params])
+    top = search.final_configurations(results, options.final_top_k) if search else None
+    if top is None:
+        top = top_configurations(results, options.final_top_k, [p.name for p in plan.space.params])
     if not top or not options.final_seeds:
         return None, False
     seeds = final_seeds(options.seed, options.final_seeds)

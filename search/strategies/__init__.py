@@ -1,6 +1,7 @@
 """The search strategies ``--strategy`` accepts: one object each, found by name here and only here.
 
-``greedy`` is the report's coordinate descent (``greedy.py``); every other strategy is an Optuna
+``greedy`` is the report's coordinate descent (``greedy.py``); ``pbt`` and ``pb2`` are population-based
+training on Ray Tune's schedulers (``population.py``); every other strategy is an Optuna
 sampler behind Ray Tune's ``OptunaSearch`` (``optuna_study.py`` holds what they share: the
 persistent storage, per-trial seeds, repair after a killed driver), each in its own file.
 ``base.py`` says what a strategy is. To add one: write its module with a :class:`Strategy`
@@ -15,6 +16,7 @@ from search.strategies.base import Strategy
 from search.strategies.bohb import BOHBStrategy
 from search.strategies.gp import GPStrategy
 from search.strategies.greedy import GreedyStrategy
+from search.strategies.population import PB2Strategy, PopulationStrategy
 from search.strategies.random_sampling import RandomStrategy
 from search.strategies.tpe import TPEStrategy
 
@@ -24,6 +26,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     BOHBStrategy(),
     GPStrategy(),
     RandomStrategy(),
+    PopulationStrategy(),
+    PB2Strategy(),
 )}
 
 

@@ -31,6 +31,7 @@ class SearcherRecord:
     config: dict[str, Any]  # as the searcher proposed it
     errored: bool  # the searcher recorded a failure (not a result)
     block: Any = None  # greedy's block that proposed it
+    history: list[dict[str, Any]] | None = None  # its reported epochs, where the strategy keeps its own checkpoints
 
 
 @dataclass
@@ -46,6 +47,7 @@ class SearchContext:
     expected: int  # trials the study is expected to run, for a sampler's start-up
     key_of: Callable[[dict[str, Any]], str]  # a searcher's config -> its trial key
     max_blocks: int | None = None  # the preset's cap on greedy's blocks
+    epochs: int = 1  # epochs per trial (a population member's whole run)
     say: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
 
     @property
@@ -63,6 +65,35 @@ class OpenSearch(ABC):
     # Ray trial id -> the group it belongs to (greedy: its block, judged after earlier blocks only), where trials
     # come in groups; None: ASHA judges each trial against all. Ray pickles it with the callbacks: no lease in it.
     block_of: Callable[[str], Any] | None = None
+    metric = "best_val_l1"  # what Ray Tune's scheduler ranks trials by
+    ray_checkpoints_kept = 1  # Ray checkpoints kept per trial (trials checkpoint in the study store: trainables.loop)
+    reuse_actors = True  # Ray Tune runs a new trial in a finished trial's worker process (no start-up per trial)
+    replaces_scheduler = False  # the strategy brings its own trial scheduler (then --scheduler does not apply)
+
+    def identity(self, configs: Any) -> Any:
+        """The results' view of a trial (search.store.results.TrialIdentity): by default, what its config trains."""
+        return configs.identity()
+
+    def param_space(self) -> dict[str, Any] | None:
+        """Ray Tune's ``param_space``, for a search without a searcher (population-based training); None: the searcher's."""
+        return None
+
+    def train_function(self) -> Callable | None:
+        """The trainable's function (config, data, family) -> None; None: the shared loop (trainables.loop.run_trial)."""
+        return None
+
+    def scheduler(self, plan: Any, results: Any) -> Any:
+        """The strategy's own Ray Tune trial scheduler (population-based training); None: ``--scheduler``'s."""
+        return None
+
+    def callbacks(self, plan: Any) -> list[Any]:
+        """More Ray Tune callbacks for the search's run."""
+        return []
+
+    def final_configurations(self, results: Any, k: int) -> list[tuple[str, dict[str, Any]]] | None:
+        """The final stage's configurations, as (trial id, config) best first; None: the ``k`` best trials'
+        hyperparameters (search.runner.final.top_configurations)."""
+        return None
 
     def planned_total(self) -> Callable[[], int] | None:
         """() -> the study's total trial count as now planned (None: unknown), for the progress line.

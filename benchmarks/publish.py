@@ -1,0 +1,159 @@
+"""Strategies judged by what a user publishes: the final stage's test L1 of the configuration each search selects.
+
+    python -m benchmarks.publish --quick      # the autoencoder, greedy against tpe, 3 seeds (one sitting)
+    python -m benchmarks.publish              # autoencoder: greedy, tpe, bohb, random; gan: greedy, tpe, pbt; 3 seeds
+    python -m benchmarks.publish --keep       # continue a run stopped part-way (rows already measured are kept)
+
+Section 3 (``benchmarks.search``) asks which strategy reaches greedy's best *val* L1 sooner, at a
+size where models barely learn; that best is the luckiest of a dozen single runs. This asks what a
+researcher publishes. For each family and seed, at the ``cpu`` preset's size:
+
+- greedy without ASHA runs to its end; the epochs its trials trained are the budget B;
+- every other strategy runs with ``--budget-epochs B`` and again with ``B / 2`` (ASHA for the
+  Optuna strategies; pbt sizes its population from the budget);
+- each search ends with its final stage: its best configuration (top 1) re-trained with 2 new
+  seeds, the epoch chosen on validation, measured once on the test split.
+
+Reported per strategy and budget: the test L1 of the selected configuration (mean over the two
+final seeds, then mean ± 95% interval over the search seeds), the paired difference against
+greedy on the same seed (mean ± 95% interval, and the seeds it is lower), and the epochs spent.
+A strategy is better than greedy only where the paired interval excludes 0.
+
+Rows land in ``benchmarks/results/publish.json`` (one per family, seed, strategy and budget, each
+with its provenance), written as they are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.provenance import this_process
+from benchmarks.search import interval, shared_ray
+
+RESULTS = Path(__file__).parent / "results" / "publish.json"
+PLANS = {
+    "quick": {"autoencoder": ["greedy", "tpe"]},
+    "full": {"autoencoder": ["greedy", "tpe", "bohb", "random"], "gan": ["greedy", "tpe", "pbt"]},
+}
+SEEDS = [0, 1, 2]
+FRACTIONS = (1.0, 0.5)
+
+
+def run(strategy: str, family: str, seed: int, preset: str, budget: int | None) -> dict[str, Any]:
+    """One search with its final stage (top 1, 2 seeds) in a temporary folder: what it selected and its test L1."""
+    import pandas as pd
+
+    from search.runner.driver import run_study
+    from search.runner.options import SearchOptions
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as runs:
+        summary = run_study(SearchOptions(
+            strategy=strategy, model=family, preset=preset, seed=seed, runs_dir=runs, study="publish",
+            scheduler="none" if strategy in ("greedy", "pbt") else "asha", budget_epochs=budget,
+            final_top_k=1, final_seeds=2))
+        epochs = len(pd.read_parquet(Path(runs) / "publish" / "epochs.parquet"))
+    final = (summary.final or {}).get("configurations") or [{}]
+    test = (final[0].get("test_l1") or {}).get("mean")
+    return {"test_l1": test, "val_l1": (final[0].get("val_l1") or {}).get("mean"),
+            "selected_trial": final[0].get("source_trial_id"), "epochs_spent": epochs,
+            "test_black_l1": ((summary.final or {}).get("test_baselines") or {}).get("black_l1"),
+            "seconds": time.perf_counter() - started}
+
+
+def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: bool) -> list[dict[str, Any]]:
+    rows = load() if keep else []
+    done = {(r["family"], r["seed"], r["strategy"], r["budget"]) for r in rows}
+    prov = this_process()
+    ray = shared_ray()
+    try:
+        for family, strategies in plan.items():
+            for seed in seeds:
+                greedy = next((r for r in rows if (r["family"], r["seed"], r["strategy"]) == (family, seed, "greedy")),
+                              None)
+                if greedy is None:
+                    greedy = {"family": family, "seed": seed, "strategy": "greedy", "budget": 1.0,
+                              **run("greedy", family, seed, preset, None), "provenance": prov}
+                    rows.append(greedy)
+                    save(rows)
+                budget = greedy["epochs_spent"]
+                for strategy in strategies:
+                    for fraction in (() if strategy == "greedy" else FRACTIONS):
+                        if (family, seed, strategy, fraction) in done:
+                            continue
+                        row = {"family": family, "seed": seed, "strategy": strategy, "budget": fraction,
+                               **run(strategy, family, seed, preset, max(1, int(budget * fraction))), "provenance": prov}
+                        rows.append(row)
+                        save(rows)
+                        print(f"  {family} seed {seed} {strategy} at {fraction:g}B: test L1 {row['test_l1']}, "
+                              f"{row['epochs_spent']} epochs (B = {budget})", flush=True)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def load() -> list[dict[str, Any]]:
+    return json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+
+
+def save(rows: list[dict[str, Any]]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"provenance": this_process(), "rows": rows}, indent=1, sort_keys=True))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Per family, strategy and budget: test L1 over seeds, and the paired difference against greedy."""
+    lines = ["| family | strategy | budget | seeds | test L1 of the selection, mean ± 95% | minus greedy's, paired: "
+             "mean ± 95% | seeds below greedy | epochs spent (x B), median |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    greedy = {(r["family"], r["seed"]): r for r in rows if r["strategy"] == "greedy"}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["family"], r["strategy"], r["budget"]), []).append(r)
+    for (family, strategy, budget), mine in groups.items():
+        tests = [r["test_l1"] for r in mine if r["test_l1"] is not None]
+        mean, half = interval(tests) if tests else (float("nan"), float("nan"))
+        pairs = [r["test_l1"] - greedy[(family, r["seed"])]["test_l1"] for r in mine
+                 if r["test_l1"] is not None and (family, r["seed"]) in greedy]
+        spent = sorted(r["epochs_spent"] / greedy[(family, r["seed"])]["epochs_spent"] for r in mine
+                       if (family, r["seed"]) in greedy)
+        if strategy == "greedy":
+            diff, below = "-", "-"
+        else:
+            d, h = interval(pairs) if pairs else (float("nan"), float("nan"))
+            diff, below = f"{d:+.4f} ± {h:.4f}", f"{sum(p < 0 for p in pairs)}/{len(pairs)}"
+        lines.append(f"| {family} | {strategy} | {budget:g}B | {len(mine)} | {mean:.4f} ± {half:.4f} | {diff} | {below} | "
+                     f"{spent[len(spent) // 2]:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the autoencoder, greedy against tpe, 3 seeds")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated search seeds")
+    parser.add_argument("--preset", default="cpu", help="the search size (default cpu, as the issue asks)")
+    parser.add_argument("--keep", action="store_true", help="keep rows already measured (continue a stopped run)")
+    parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
+    parser.add_argument("--results", default=str(RESULTS), help="the result file (a smoke check writes elsewhere)")
+    args = parser.parse_args(argv)
+    RESULTS = Path(args.results)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not args.render:
+        measure(PLANS["quick" if args.quick else "full"], [int(s) for s in args.seeds.split(",")], args.preset, args.keep)
+    rows = load()
+    if not rows:
+        print(f"error: no rows in {RESULTS} yet; run without --render first", file=sys.stderr)
+        return 2
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

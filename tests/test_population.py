@@ -1,0 +1,194 @@
+"""Population-based training end to end: a smoke GAN population through Ray, killed and resumed, with its final stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from search.store.schedules import lineage
+from tests.conftest import ROOT, assert_clean_error, run_cli
+from trainables.schedule import Schedule
+
+PERTURBED = ["l1_weight", "g_lr", "d_lr", "g_beta1", "d_beta1"]
+
+
+def _args(runs, study: str, *more: str) -> list[str]:
+    return ["search.run", "--runs-dir", str(runs), "--preset", "smoke", "--strategy", "pbt", "--model", "gan",
+            "--epochs", "4", "--population", "4", "--perturbation-interval", "2", "--final-top-k", "1",
+            "--final-seeds", "2", "--study", study, *more]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """A population of 4 members of 4 epochs, deciding at epoch 2; SIGKILLed once 10 member-epochs are recorded
+    (every member at epoch 2, the decision made, two members into epoch 3), then run again to its end."""
+    runs = tmp_path_factory.mktemp("pbt")
+    log_killed, log_resumed = runs / "epochs-killed.tsv", runs / "epochs-resumed.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", *_args(runs, "pop")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "MEMSEARCH_CRASH_AT": "schedule-flushed:10",
+                                 "MEMSEARCH_EPOCH_LOG": str(log_killed)})
+    try:
+        assert proc.wait(timeout=400) == -signal.SIGKILL, "the driver did not reach its crash point"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray's helpers left behind by the dead driver
+        except ProcessLookupError:
+            pass
+    before = pd.read_parquet(runs / "pop" / "schedules.parquet")
+    result = run_cli(*_args(runs, "pop"), timeout=400, env={"MEMSEARCH_EPOCH_LOG": str(log_resumed)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs / "pop", before, log_resumed, result.stdout
+
+
+def _reported(log) -> pd.DataFrame:
+    return pd.read_csv(log, sep="\t", names=["trial_id", "epoch"])
+
+
+def test_a_member_takes_a_donors_weights_with_changed_hyperparameters(killed_and_resumed):
+    study, _, _, stdout = killed_and_resumed
+    rows = pd.read_parquet(study / "schedules.parquet")
+    assert sorted(rows["member"].unique()) == [0, 1, 2, 3] and rows.groupby("member")["epoch"].max().eq(4).all()
+    exploits = rows[rows["donor_member"].notna()]
+    assert len(exploits) >= 1, rows
+    changed = 0
+    for _, row in exploits.iterrows():
+        assert row["donor_member"] != row["member"]
+        donor = rows[(rows["member"] == row["donor_member"]) & (rows["epoch"] == row["donor_epoch"])].iloc[0]
+        assert row["epoch"] == row["donor_epoch"] + 1
+        changed += any(row[f"hp_{n}"] != donor[f"hp_{n}"] for n in PERTURBED)
+    assert changed, "an exploit kept every hyperparameter of its donor: nothing was explored"
+    # Members are one trial each in the study's tables, whatever their hyperparameters became.
+    trials = pd.read_parquet(study / "trials.parquet")
+    assert len(trials) == 4 and set(trials["trial_id"]) == set(rows["trial_id"])
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 4).all()
+    assert "pbt: 4 members of 4 epochs" in stdout
+
+
+def test_after_a_sigkill_no_member_restarts_from_epoch_0(killed_and_resumed):
+    study, before, log_resumed, _ = killed_and_resumed
+    reached = before.groupby("trial_id")["epoch"].max()
+    assert (reached >= 2).all(), before  # the kill came after every member had trained two epochs
+    first = _reported(log_resumed).groupby("trial_id")["epoch"].min()
+    for trial_id, epoch in first.items():
+        assert epoch > 1 and epoch <= reached[trial_id] + 1, (trial_id, epoch, reached[trial_id])
+
+
+def test_the_final_stage_replays_the_best_members_schedule_on_test(killed_and_resumed):
+    study = killed_and_resumed[0]
+    final = pd.read_parquet(study / "final.parquet")
+    assert len(final) == 2 and (final["status"] == "completed").all() and final["test_l1"].notna().all()
+    config = json.loads(final["config_json"].iloc[0])
+    schedule = Schedule.parse(config["replay"])
+    trials = pd.read_parquet(study / "trials.parquet")
+    best = trials.sort_values("best_val_l1").iloc[0]
+    member = json.loads(best["config_json"])["member"]
+    rows = pd.read_parquet(study / "schedules.parquet").to_dict("records")
+    path = lineage(rows, member, PERTURBED)
+    assert [e for e, _ in path] == [1, 2, 3, 4]
+    for epoch, values in path:  # the replay trains each epoch with the values the lineage had then
+        assert schedule.in_effect(epoch) == pytest.approx(values)
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["final"]["configurations"][0]["test_l1"]["n"] == 2
+
+
+def test_the_dashboard_draws_the_schedules(killed_and_resumed, tmp_path):
+    from dashboards.build import build
+
+    page = build([killed_and_resumed[0]], tmp_path / "report.html").read_text()
+    assert "fig-schedules-0" in page and "took another member" in page
+
+
+def test_pb2_runs_a_population_with_its_final_stage(tmp_path):
+    """PB2: the same population, values chosen by its Gaussian-process bandit inside the study's ranges."""
+    args = _args(tmp_path, "pb2", "--final-seeds", "1")
+    args[args.index("pbt")] = "pb2"
+    result = run_cli(*args, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pd.read_parquet(tmp_path / "pb2" / "schedules.parquet")
+    assert len(rows) == 16 and rows["donor_member"].notna().any()
+    for name, (low, high) in {"l1_weight": (1.0, 200.0), "g_beta1": (0.0, 0.95)}.items():
+        assert rows[f"hp_{name}"].between(low, high).all()
+    final = pd.read_parquet(tmp_path / "pb2" / "final.parquet")
+    assert len(final) == 1 and final["test_l1"].notna().all()
+
+
+def test_lineage_follows_donors_back_to_epoch_1():
+    def row(member, epoch, lr, donor=None):
+        return {"member": member, "epoch": epoch, "hp_g_lr": lr,
+                "donor_member": None if donor is None else donor[0], "donor_epoch": None if donor is None else donor[1]}
+
+    rows = [row(0, 1, 0.1), row(0, 2, 0.1), row(0, 3, 0.1), row(0, 4, 0.1),
+            row(1, 1, 0.5), row(1, 2, 0.5), row(1, 3, 0.2, donor=(0, 2)), row(1, 4, 0.2)]
+    assert lineage(rows, 1, ["g_lr"]) == [(1, {"g_lr": 0.1}), (2, {"g_lr": 0.1}), (3, {"g_lr": 0.2}), (4, {"g_lr": 0.2})]
+    assert Schedule.from_epochs(lineage(rows, 1, ["g_lr"])).steps == ((1, {"g_lr": 0.1}), (3, {"g_lr": 0.2}))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--strategy", "pbt", "--model", "autoencoder"], "no [pbt] perturb list"),
+    (["--strategy", "pbt", "--model", "gan", "--population", "1"], "at least 2 members"),
+    (["--strategy", "pbt", "--model", "gan", "--epochs", "4", "--perturbation-interval", "4"], "is not below"),
+])
+def test_bad_population_options_get_one_clear_message(tmp_path, args, needle):
+    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", *args, timeout=240)
+    assert_clean_error(result, needle)
+
+
+def test_a_gan_in_training_takes_new_rates_betas_and_l1_weight_but_not_a_new_architecture():
+    import torch
+
+    from trainables.config import RunSettings
+    from trainables.gan import GANConfig, GANFamily
+
+    family = GANFamily(GANConfig(g_width=32, d_width=32), RunSettings(width_divisor=16), torch.device("cpu"))
+    family.retune({"g_lr": 0.005, "d_beta1": 0.5, "l1_weight": 10.0})
+    assert family.g_opt.param_groups[0]["lr"] == 0.005 and family.d_opt.param_groups[0]["lr"] == 0.001
+    assert family.d_opt.param_groups[0]["betas"] == (0.5, 0.999) and family.hp.l1_weight == 10.0
+    with pytest.raises(ValueError, match="g_width cannot change while a gan model trains"):
+        family.retune({"g_width": 64})
+
+
+def test_a_replayed_schedule_changes_values_before_its_epochs(tiny_data, tmp_path):
+    from trainables.gan import GANFamily
+    from trainables.loop import run_trial
+
+    schedule = Schedule(((1, {"g_lr": 0.002}), (2, {"g_lr": 0.0005, "l1_weight": 5.0})))
+    seen = []
+
+    def report(row):
+        seen.append(row["epoch"])
+
+    config = {"epochs": 2, "width_divisor": 16, "train_eval_size": 16, "checkpoint_root": str(tmp_path),
+              "replay": schedule.dumps(), "g_lr": 0.002}
+    applied = []
+    original = GANFamily.retune
+
+    def spy(self, changes):
+        applied.append(dict(changes))
+        original(self, changes)
+
+    GANFamily.retune = spy
+    try:
+        run_trial(config, tiny_data, GANFamily, report=report)
+    finally:
+        GANFamily.retune = original
+    assert seen == [1, 2] and applied == [{"g_lr": 0.002}, {"g_lr": 0.0005, "l1_weight": 5.0}]
+
+
+def test_no_run_setting_shares_a_name_with_a_hyperparameter():
+    """parse_config splits a trial's config by name: a run setting named like a family's hyperparameter (the
+    diffusion's noise ``schedule``) would take its value."""
+    from dataclasses import fields
+
+    from trainables.config import RunSettings
+    from trainables.families import FAMILIES
+
+    settings = {f.name for f in fields(RunSettings)}
+    for family in FAMILIES.values():
+        assert not settings & {f.name for f in fields(family.config_cls)}, family.name

@@ -1,0 +1,179 @@
+"""A member of population-based training: one model whose hyperparameters change while it trains.
+
+Ray Tune's ``PopulationBasedTraining`` (or ``PB2``) scheduler, every perturbation interval, sends
+each member of the bottom quantile back to work from a top member's weights (exploit) with
+perturbed hyperparameters (explore): Ray restarts the member's trial with the new config and the
+donor's checkpoint (``tune.get_checkpoint()``). The strategy is search/strategies/population.py.
+
+Where the weights live: the study store's checkpoints, not Ray's. Each member has a folder,
+``<checkpoint_root>/member-<i>/``, with ``epoch-<e>.pt`` after every epoch (everything needed to
+continue exactly, as a trial's latest.pt; the newest ``snapshots`` kept, since a donor keeps
+training while the members that copy it restart), ``best.pt`` and ``predictions.npz``. The checkpoint
+a member reports to Ray with every epoch is only a pointer, ``member.json``:
+``{"member": i, "epoch": e}``. So a member starts from:
+
+- a pointer to another member: that donor's ``epoch-<e>.pt`` (an exploit), with the config's
+  hyperparameters (the explored ones); its first new epoch's row names the donor (a kill before
+  that epoch is written loses the exploit, not the member: it resumes from its own snapshot with
+  the hyperparameters it had, and the schedule stays true);
+- its own pointer, or none (a new driver after a kill, whose searcher hands each member the
+  hyperparameters it last had): its own newest snapshot, so no member restarts from epoch 0;
+- nothing: epoch 0.
+
+Every reported row carries ``member``, ``member_hp`` (the hyperparameters it trained with) and, on the
+first epoch after an exploit, ``donor_member`` and ``donor_epoch``; the search's schedule callback writes them, with the hyperparameters in
+effect, to ``schedules.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from search.store.location import Location, location_of
+from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy
+from trainables.config import parse_config, resolved_config
+from trainables.data import VMSDataset
+from trainables.family import Family
+from trainables.loop import Progress, Trial, _measure, retune, set_up_trial, train_epoch
+
+POINTER = "member.json"
+
+
+class MemberStore(TrialStore):
+    """A member's folder: ``epoch-<e>.pt`` per epoch (its newest ``keep``), best.pt and predictions.npz."""
+
+    def __init__(self, root: Location, member: int, keep: int) -> None:
+        super().__init__(root / f"member-{member}")
+        self.member, self.keep = member, max(2, keep)
+
+    def epochs(self) -> list[int]:
+        found = [re.fullmatch(r"epoch-(\d+)\.pt", f.name) for f in self.folder.files()]
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save_epoch(self, state: dict[str, Any]) -> None:
+        """Write this epoch's snapshot, then drop those older than the newest ``keep``."""
+        (self.folder / f"epoch-{state['epoch']:04d}.pt").write(lambda handle: torch.save(state, handle))
+        for epoch in self.epochs()[:-self.keep]:
+            (self.folder / f"epoch-{epoch:04d}.pt").delete()
+
+    def load_epoch(self, epoch: int | None = None) -> dict[str, Any] | None:
+        """Snapshot ``epoch`` (None: the newest readable one); None when there is none."""
+        candidates = [epoch] if epoch is not None else list(reversed(self.epochs()))
+        for candidate in candidates:
+            path = self.folder / f"epoch-{candidate:04d}.pt"
+            try:
+                with path.reader() as handle:
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - unreadable or gone: an older one, or a clear error
+                if epoch is not None:
+                    raise RuntimeError(f"member {self.member}'s snapshot of epoch {epoch} ({path}) cannot be read: "
+                                       f"{str(err).splitlines()[0][:160]}; it is kept for {self.keep} epochs") from None
+                self.notice = f"{path.name} is unreadable; resumed from an older snapshot"
+                continue
+            if state.get("format") == CHECKPOINT_FORMAT:
+                return state
+        return None
+
+
+def read_pointer(checkpoint: Any) -> dict[str, int] | None:
+    """The member and epoch a Ray checkpoint of a member points to (None: no checkpoint)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / POINTER).read_text())
+
+
+def report_with_pointer(row: dict[str, Any], member: int) -> None:
+    """Report an epoch to Ray Tune with a checkpoint that points at this member's snapshot of it."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / POINTER).write_text(json.dumps({"member": member, "epoch": int(row["epoch"])}))
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], *,
+               pointer: dict[str, int] | None = None,
+               report: Callable[[dict[str, Any], int], None] = report_with_pointer) -> dict[str, Any]:
+    """Train one member from where it stands to its last epoch; returns the last row.
+
+    ``pointer``: where to start (see the module's docstring); None inside Ray reads ``tune.get_checkpoint()``.
+    """
+    settings, _ = parse_config(config, family_cls.config_cls)
+    if settings.member < 0 or not settings.checkpoint_root:
+        raise ValueError("a population member needs its index (member >= 0) and a checkpoint_root")
+    if pointer is None:
+        from ray import tune
+
+        pointer = read_pointer(tune.get_checkpoint())
+    trial = set_up_trial(config, data, family_cls)
+    root = location_of(settings.checkpoint_root)
+    store = MemberStore(root, settings.member, settings.snapshots)
+    trial.store = store
+    wanted = {name: getattr(trial.hp, name) for name in family_cls.retunable_names() if hasattr(trial.hp, name)}
+    with store.locked():
+        progress, donor = _start(trial, store, root, pointer)
+        retune(trial, wanted)  # the config's hyperparameters, over what the snapshot's optimizers held
+        row: dict[str, Any] = progress.history[-1] if progress.history else {}
+        if progress.ended or progress.epoch >= settings.epochs:  # finished, and the search has recorded it
+            return row
+        for epoch in range(progress.epoch + 1, settings.epochs + 1):
+            started = time.perf_counter()
+            trial.utilisation.start()
+            row = _measure(trial, progress, epoch, train_epoch(trial), started)
+            progress.history.append(row)
+            best, trial.pending_best = trial.pending_best, None
+            if best is not None:
+                store.save_best(*best)
+            store.save_epoch(_snapshot(trial, progress))
+            extra = {"member": settings.member, "member_hp": dict(wanted)}
+            if donor is not None:
+                extra.update(donor_member=donor[0], donor_epoch=donor[1])
+                donor = None
+            report({**row, **extra}, settings.member)
+            if row["status"] == "diverged":
+                break
+        return row
+
+
+def _start(trial: Trial, store: MemberStore, root: Location,
+           pointer: dict[str, int] | None) -> tuple[Progress, tuple[int, int] | None]:
+    """Load where the member starts: a donor's snapshot, its own newest, or nothing (epoch 0).
+    Returns its progress and the donor (member, epoch) when it took another member's weights."""
+    donor = None
+    if pointer is not None and pointer["member"] != store.member:
+        state = MemberStore(root, pointer["member"], store.keep).load_epoch(pointer["epoch"])
+        donor = (pointer["member"], pointer["epoch"])
+    else:
+        state = store.load_epoch()
+    if state is None:
+        return Progress([]), None
+    trial.family.load_state_dict(state["family"])
+    trial.batch_gen.set_state(state["batch_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if trial.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], trial.device)
+    history = list(state["history"])
+    best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
+    progress = Progress(history, state["best_val_l1"], best_channels)
+    progress.wall_start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
+    return progress, donor
+
+
+def _snapshot(trial: Trial, progress: Progress) -> dict[str, Any]:
+    device = trial.device
+    return host_copy({
+        "format": CHECKPOINT_FORMAT, "epoch": progress.epoch,
+        "status": progress.history[-1]["status"] if progress.history else "running",
+        "history": progress.history, "best_val_l1": progress.best,
+        "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
+        "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    })
