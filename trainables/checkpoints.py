@@ -166,14 +166,7 @@ def write_checkpoint(trial: Trial, progress: Progress) -> None:
     now = time.perf_counter()
     if not ended and store.last_cost is not None and now - store.last_started < store.last_cost / CHECKPOINT_SHARE:
         return
-    device = trial.device
-    latest = host_copy({
-        "format": CHECKPOINT_FORMAT, "epoch": progress.epoch, "status": progress.history[-1]["status"],
-        "history": progress.history, "best_val_l1": progress.best,
-        "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
-        "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    })
+    latest = checkpoint_state(trial, progress)
     best, trial.pending_best = trial.pending_best, None
     snapshot = time.perf_counter() - now
 
@@ -186,6 +179,18 @@ def write_checkpoint(trial: Trial, progress: Progress) -> None:
 
     store.last_started = now
     store.submit(write)
+
+
+def checkpoint_state(trial: Trial, progress: Progress) -> dict[str, Any]:
+    """Everything needed to continue a trial exactly (model, optimizers, scalers, every RNG), copied to the host."""
+    device = trial.device
+    return host_copy({
+        "format": CHECKPOINT_FORMAT, "epoch": progress.epoch, "status": progress.history[-1]["status"],
+        "history": progress.history, "best_val_l1": progress.best,
+        "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
+        "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    })
 
 
 def load_state(checkpoint: str | Path | Location) -> dict[str, Any]:

@@ -267,17 +267,24 @@ def _resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Pro
 
     if previous is None:
         return Progress([]), report
-    trial.family.load_state_dict(previous["family"])
-    trial.batch_gen.set_state(previous["batch_rng"])
-    torch.set_rng_state(previous["torch_rng"])
-    if trial.device.type == "cuda" and previous.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(previous["cuda_rng"], trial.device)
-    history = previous["history"]
-    best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
-    for row in history:  # replay, so Ray, ASHA and the searcher see the whole curve
+    progress = restore(trial, previous)
+    for row in progress.history:  # replay, so Ray, ASHA and the searcher see the whole curve
         if row["epoch"] <= trial.settings.epochs:
             report(dict(row, replayed=True))
-    return Progress(history, previous["best_val_l1"], best_channels), report
+    return progress, report
+
+
+def restore(trial: Trial, state: dict[str, Any]) -> Progress:
+    """Put a checkpoint (trainables.checkpoints.checkpoint_state) into the trial: model, optimizers, every RNG;
+    returns the progress it had."""
+    trial.family.load_state_dict(state["family"])
+    trial.batch_gen.set_state(state["batch_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if trial.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], trial.device)
+    history = list(state["history"])
+    best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
+    return Progress(history, state["best_val_l1"], best_channels)
 
 
 def train_epoch(trial: Trial) -> dict[str, float]:

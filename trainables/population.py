@@ -37,11 +37,11 @@ from typing import Any, Callable
 import torch
 
 from search.store.location import Location, location_of
-from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy
-from trainables.config import parse_config, resolved_config
+from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, checkpoint_state
+from trainables.config import parse_config
 from trainables.data import VMSDataset
 from trainables.family import Family
-from trainables.loop import Progress, Trial, _measure, retune, set_up_trial, train_epoch
+from trainables.loop import Progress, Trial, _measure, restore, retune, set_up_trial, train_epoch
 
 POINTER = "member.json"
 
@@ -132,7 +132,7 @@ def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family
             best, trial.pending_best = trial.pending_best, None
             if best is not None:
                 store.save_best(*best)
-            store.save_epoch(_snapshot(trial, progress))
+            store.save_epoch(checkpoint_state(trial, progress))
             extra = {"member": settings.member, "member_hp": dict(wanted)}
             if donor is not None:
                 extra.update(donor_member=donor[0], donor_epoch=donor[1])
@@ -155,25 +155,6 @@ def _start(trial: Trial, store: MemberStore, root: Location,
         state = store.load_epoch()
     if state is None:
         return Progress([]), None
-    trial.family.load_state_dict(state["family"])
-    trial.batch_gen.set_state(state["batch_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if trial.device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], trial.device)
-    history = list(state["history"])
-    best_channels = {k: v for k, v in history[-1].items() if k.startswith("best_val_l1_")} if history else {}
-    progress = Progress(history, state["best_val_l1"], best_channels)
-    progress.wall_start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
+    progress = restore(trial, state)
+    progress.wall_start = time.perf_counter() - (progress.history[-1]["wall_seconds"] if progress.history else 0.0)
     return progress, donor
-
-
-def _snapshot(trial: Trial, progress: Progress) -> dict[str, Any]:
-    device = trial.device
-    return host_copy({
-        "format": CHECKPOINT_FORMAT, "epoch": progress.epoch,
-        "status": progress.history[-1]["status"] if progress.history else "running",
-        "history": progress.history, "best_val_l1": progress.best,
-        "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
-        "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    })

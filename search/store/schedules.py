@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pyarrow as pa
 
 from search.faults import crash_point
-from search.store.results import HP_TYPES
+from search.store.results import HP_TYPES, _finite_or_none
 
 if TYPE_CHECKING:
     from search.store.results import ResultsStore
@@ -69,7 +69,7 @@ class ScheduleCallback(Callback):
         member, epoch = int(result["member"]), int(result["epoch"])
         row = {"schema_version": SCHEMA_VERSION, "study": self.store.name, "member": member,
                "trial_id": self.keys.get(member), "epoch": epoch, "donor_member": result.get("donor_member"),
-               "donor_epoch": result.get("donor_epoch"), "val_l1": _number(result.get("val_l1"))}
+               "donor_epoch": result.get("donor_epoch"), "val_l1": _finite_or_none(result.get("val_l1"))}
         held = result.get("member_hp") or {}  # what the epoch trained with (an exploit may have changed the config since)
         row.update({f"hp_{name}": held.get(name, trial.config.get(name)) for name in self.kinds})
         self.rows[(member, epoch)] = row
@@ -81,14 +81,6 @@ class ScheduleCallback(Callback):
     def flush(self) -> None:
         self.store.write_table(TABLE, [self.rows[k] for k in sorted(self.rows)], schema(self.kinds))
         crash_point("schedule-flushed")
-
-
-def _number(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if value == value and abs(value) != float("inf") else None
 
 
 def _present(value: Any) -> bool:
