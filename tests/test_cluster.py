@@ -68,6 +68,18 @@ def _signal_group(node: subprocess.Popen, signum: int) -> None:
         pass
 
 
+def _wait_for_cpus(address: str, cpus: int, env: dict[str, str], timeout: float = 60.0) -> None:
+    """Until the cluster's resources count both nodes: a search that connected earlier plans its
+    concurrency on the head's one CPU, runs its short trials one after another, and may never use the worker."""
+    deadline, said = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        said = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, env=env).stdout
+        if f"/{cpus:.1f} CPU" in said:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster at {address} never showed {cpus} CPUs:\n{said[-2000:]}")
+
+
 @contextlib.contextmanager
 def local_cluster(env: dict[str, str], cwds: tuple[Path | None, Path | None] = (None, None)):
     """Two Ray nodes on loopback (one CPU each), each started in its own working directory:
@@ -80,6 +92,7 @@ def local_cluster(env: dict[str, str], cwds: tuple[Path | None, Path | None] = (
         nodes.append(_start_node([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
                                   f"--temp-dir={temp}", *common], env, cwd=cwds[0]))
         nodes.append(_start_node([RAY, "start", f"--address=127.0.0.1:{port}", *common], env, cwd=cwds[1]))
+        _wait_for_cpus(f"127.0.0.1:{port}", 2, env)
         yield f"127.0.0.1:{port}", temp
     finally:
         left = _stop_nodes(nodes, temp)
