@@ -57,7 +57,7 @@ def run(strategy: str, family: str, seed: int, preset: str, budget: int | None) 
     with tempfile.TemporaryDirectory() as runs:
         summary = run_study(SearchOptions(
             strategy=strategy, model=family, preset=preset, seed=seed, runs_dir=runs, study="publish",
-            scheduler="none" if strategy in ("greedy", "pbt") else "asha", budget_epochs=budget,
+            scheduler="none" if strategy == "greedy" else "asha", budget_epochs=budget,  # pbt: its own scheduler
             final_top_k=1, final_seeds=2))
         epochs = len(pd.read_parquet(Path(runs) / "publish" / "epochs.parquet"))
     final = (summary.final or {}).get("configurations") or [{}]
