@@ -547,7 +547,7 @@ def section_galleries(studies: list[Study]) -> str:
         if done.empty or val is None:
             continue
         best = done.nsmallest(1, "best_val_l1").iloc[0]
-        pred = study.store.read_predictions(best["trial_id"])
+        pred = study.store.read_predictions(best["trial_id"], json.loads(best["config_json"]))
         if pred is None:
             continue
         images, truth, stems = val["images"], val["maps"], val["stems"]

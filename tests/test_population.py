@@ -103,6 +103,20 @@ def test_the_dashboard_draws_the_schedules(killed_and_resumed, tmp_path):
 
     page = build([killed_and_resumed[0]], tmp_path / "report.html").read_text()
     assert "fig-schedules-0" in page and "took another member" in page
+    assert "best trial" in page  # the gallery: the best member's predictions, read from its member folder
+
+
+def test_predict_uses_the_best_members_networks(killed_and_resumed, tmp_path):
+    """A population study's best trial keeps best.pt in its member's folder (member-<i>), not in its trial's."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(photos / "a.png")
+    result = run_cli("search.predict", str(killed_and_resumed[0]), str(photos), "--out", str(tmp_path / "maps"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "maps" / "a_map.png").is_file()
 
 
 def test_pb2_runs_a_population_with_its_final_stage(tmp_path):

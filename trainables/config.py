@@ -152,6 +152,18 @@ _KEY_EXCLUDED = ("epochs", "checkpoint_root", "threads", "evaluate_test", "snaps
 PER_TRIAL_SETTINGS = ("member", "snapshots", "replay")
 
 
+def member_folder(member: int) -> str:
+    """The checkpoint folder of population member ``member`` (under the study's checkpoint root)."""
+    return f"member-{member}"
+
+
+def checkpoint_folder(trial_id: str, config: dict[str, Any] | None) -> str:
+    """Where (under the checkpoint root) the trial ``trial_id`` with this flat config keeps best.pt and
+    predictions.npz: a population member in its member's folder (its weights pass between trials), else its key."""
+    member = int((config or {}).get("member", -1))
+    return member_folder(member) if member >= 0 else trial_id
+
+
 def trial_key(settings: RunSettings, hp: Any) -> str:
     """A stable 12-hex-digit identity of what a trial trains, used for its checkpoint folder."""
     payload = {k: v for k, v in asdict(settings).items() if k not in _KEY_EXCLUDED}

@@ -38,7 +38,7 @@ import torch
 
 from search.store.location import Location, location_of
 from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, checkpoint_state
-from trainables.config import parse_config
+from trainables.config import member_folder, parse_config
 from trainables.data import VMSDataset
 from trainables.family import Family
 from trainables.loop import Progress, Trial, _measure, restore, retune, set_up_trial, train_epoch
@@ -50,7 +50,7 @@ class MemberStore(TrialStore):
     """A member's folder: ``epoch-<e>.pt`` per epoch (its newest ``keep``), best.pt and predictions.npz."""
 
     def __init__(self, root: Location, member: int, keep: int) -> None:
-        super().__init__(root / f"member-{member}")
+        super().__init__(root / member_folder(member))
         self.member, self.keep = member, max(2, keep)
 
     def epochs(self) -> list[int]:

@@ -190,9 +190,12 @@ class StudyStore:
 
         return TrialStore(self.root / "trials" / trial_id)
 
-    def best_checkpoint(self, trial_id: str) -> Location:
-        """Where a trial's best.pt is (the networks of its best validation epoch)."""
-        return self.root / "trials" / trial_id / "best.pt"
+    def best_checkpoint(self, trial_id: str, config: dict[str, Any] | None = None) -> Location:
+        """Where a trial's best.pt is (the networks of its best validation epoch); ``config``, the trial's flat
+        config, names a population member's folder (trainables.config.checkpoint_folder)."""
+        from trainables.config import checkpoint_folder
+
+        return self.root / "trials" / checkpoint_folder(trial_id, config) / "best.pt"
 
     def has_trial_folder(self, trial_id: str) -> bool:
         return (self.root / "trials" / trial_id).is_dir()
@@ -210,9 +213,12 @@ class StudyStore:
                              "postgresql://USER@HOST/DB (SQLite cannot live in a bucket).")
         return f"sqlite:///{self.root.local / 'optuna.db'}"
 
-    def read_predictions(self, trial_id: str) -> dict[str, Any] | None:
-        """A trial's stored predictions on the validation split (predictions.npz), or None."""
-        return read_arrays(self.root / "trials" / trial_id / "predictions.npz")
+    def read_predictions(self, trial_id: str, config: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """A trial's stored predictions on the validation split (predictions.npz), or None (``config`` as for
+        best_checkpoint)."""
+        from trainables.config import checkpoint_folder
+
+        return read_arrays(self.root / "trials" / checkpoint_folder(trial_id, config) / "predictions.npz")
 
 
 def write_arrays(where: Location, **arrays: Any) -> None:
