@@ -108,28 +108,49 @@ def save(rows: list[dict[str, Any]]) -> None:
     RESULTS.write_text(json.dumps({"provenance": this_process(), "rows": rows}, indent=1, sort_keys=True))
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Per family, strategy and budget: test L1 over seeds, and the paired difference against greedy."""
-    lines = ["| family | strategy | budget | seeds | test L1 of the selection, mean ± 95% | minus greedy's, paired: "
-             "mean ± 95% | seeds below greedy | epochs spent (x B), median |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    greedy = {(r["family"], r["seed"]): r for r in rows if r["strategy"] == "greedy"}
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family, strategy and budget: the test L1 over seeds and the paired difference against greedy
+    (``diff``/``half`` NaN for greedy itself, or with fewer than two paired seeds)."""
+    greedy = {(r["family"], r["seed"]): r for r in rows if r["strategy"] == "greedy" and r["test_l1"] is not None}
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["family"], r["strategy"], r["budget"]), []).append(r)
-    for (family, strategy, budget), mine in groups.items():
+    out = []
+    for (family, strategy, budget), mine in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "greedy",
+                                                                                     kv[0][1], -kv[0][2])):
         tests = [r["test_l1"] for r in mine if r["test_l1"] is not None]
-        mean, half = interval(tests) if tests else (float("nan"), float("nan"))
         pairs = [r["test_l1"] - greedy[(family, r["seed"])]["test_l1"] for r in mine
-                 if r["test_l1"] is not None and (family, r["seed"]) in greedy]
+                 if r["test_l1"] is not None and (family, r["seed"]) in greedy and strategy != "greedy"]
         spent = sorted(r["epochs_spent"] / greedy[(family, r["seed"])]["epochs_spent"] for r in mine
                        if (family, r["seed"]) in greedy)
-        if strategy == "greedy":
-            diff, below = "-", "-"
-        else:
-            d, h = interval(pairs) if pairs else (float("nan"), float("nan"))
-            diff, below = f"{d:+.4f} ± {h:.4f}", f"{sum(p < 0 for p in pairs)}/{len(pairs)}"
-        lines.append(f"| {family} | {strategy} | {budget:g}B | {len(mine)} | {mean:.4f} ± {half:.4f} | {diff} | {below} | "
-                     f"{spent[len(spent) // 2]:.2f} |")
+        mean, half = interval(tests) if tests else (float("nan"), float("nan"))
+        diff, dhalf = interval(pairs) if pairs else (float("nan"), float("nan"))
+        out.append({"family": family, "strategy": strategy, "budget": budget, "seeds": len(mine),
+                    "failed": len(mine) - len(tests), "mean": mean, "half": half, "diff": diff, "diff_half": dhalf,
+                    "below": sum(p < 0 for p in pairs), "pairs": len(pairs),
+                    "spent": spent[len(spent) // 2] if spent else float("nan"),
+                    "black": interval([r["test_black_l1"] for r in mine if r.get("test_black_l1")])[0]
+                    if any(r.get("test_black_l1") for r in mine) else float("nan")})
+    return out
+
+
+def excludes_zero(row: dict[str, Any]) -> bool:
+    return row["diff_half"] == row["diff_half"] and abs(row["diff"]) > row["diff_half"]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Per family, strategy and budget: test L1 over seeds, and the paired difference against greedy."""
+    lines = ["| family | strategy | budget | seeds | test L1 of the selection, mean ± 95% (x all-black) | minus greedy's, "
+             "paired: mean ± 95% | seeds below greedy | epochs spent (x B), median |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in summarize(rows):
+        greedy = row["strategy"] == "greedy"
+        diff = "-" if greedy else f"{row['diff']:+.4f} ± {row['diff_half']:.4f}" + (" **excludes 0**" if excludes_zero(row) else "")
+        failed = f" ({row['failed']} without a test L1)" if row["failed"] else ""
+        below = "-" if greedy else f"{row['below']}/{row['pairs']}"
+        lines.append(f"| {row['family']} | {row['strategy']} | {row['budget']:g}B | {row['seeds']}{failed} | "
+                     f"{row['mean']:.4f} ± {row['half']:.4f} ({row['mean'] / row['black']:.2f}x) | {diff} | {below} | "
+                     f"{row['spent']:.2f} |")
     return "\n".join(lines)
 
 

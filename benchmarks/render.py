@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Callable
 
-from benchmarks.tables import bucket, cpu, gpu, searches
+from benchmarks.tables import bucket, cpu, gpu, publish, searches
 from benchmarks.tables.common import RESULTS, ROOT, RenderError
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -24,6 +24,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "main-job": ("README.md", searches.main_job_time),
     "preset-times": ("README.md", searches.preset_times),
     "strategies": ("README.md", searches.strategy_comparison),
+    "publish-recommendation": ("README.md", publish.recommendation),
     "unlearnable": ("README.md", searches.unlearnable_run),
     "test-time": ("README.md", cpu.test_time),
     "example-run": ("README.md", searches.example_run),
@@ -34,6 +35,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "overhead": ("benchmarks/README.md", cpu.overhead_table),
     "datapath": ("benchmarks/README.md", cpu.datapath_table),
     "search-efficiency": ("benchmarks/README.md", searches.search_efficiency),
+    "publish": ("benchmarks/README.md", publish.publish_table),
     "sampling": ("benchmarks/README.md", cpu.sampling_table),
     "memory": ("benchmarks/README.md", cpu.memory_table),
     "scaling": ("benchmarks/README.md", cpu.scaling_table),

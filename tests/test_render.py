@@ -48,3 +48,19 @@ def test_a_result_file_without_provenance_is_named(tmp_path, monkeypatch):
         "cases.json entry 'two' has a provenance without command",
         "runs.parquet has no provenance object",
         "table.md is neither JSON nor Parquet (the docs are rendered from those by python -m benchmarks.render)"]
+
+
+def test_the_publish_table_claims_only_where_the_paired_interval_excludes_0():
+    from benchmarks import publish
+    from benchmarks.tables.publish import claims
+
+    rows = []
+    for seed, (greedy, tpe, bohb) in enumerate([(0.040, 0.036, 0.030), (0.050, 0.046, 0.058), (0.045, 0.041, 0.044)]):
+        for strategy, value in (("greedy", greedy), ("tpe", tpe), ("bohb", bohb)):
+            rows.append({"family": "autoencoder", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value,
+                         "epochs_spent": 60, "test_black_l1": 0.065})
+    found = claims(rows)  # tpe is 0.004 below greedy on every seed; bohb goes both ways
+    assert [family for family, _ in found] == ["autoencoder"] and found[0][1].startswith("`tpe` at 1B selects")
+    table = publish.table(rows)
+    assert "| autoencoder | tpe | 1B | 3 | 0.0410" in table and "-0.0040 ± 0.0000 **excludes 0** | 3/3 |" in table
+    assert "| autoencoder | bohb |" in table and table.count("excludes 0") == 1

@@ -109,7 +109,7 @@ def strategy_comparison() -> str:
                   "trials' epochs, and its 1.0x row had those epochs to spend."]
     lines += ["", "This compares best val L1, the luckiest single run of each search, at a size where models barely "
               "learn; what a user publishes is the final stage's test L1 of the configuration a search selects "
-              "(`python -m benchmarks.publish`, not run yet)."]
+              "(`python -m benchmarks.publish`: below)."]
     return "\n".join(lines)
 
 

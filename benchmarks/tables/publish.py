@@ -1,0 +1,70 @@
+"""Blocks from ``benchmarks/publish.py`` (publish.json): strategies judged by the final stage's test L1 of the
+configuration each search selects, paired against greedy on the same seeds."""
+
+from __future__ import annotations
+
+from benchmarks.tables.common import RESULTS, load, row_measured
+
+
+def _rows() -> list[dict]:
+    return load("publish.json")["rows"] if (RESULTS / "publish.json").is_file() else []
+
+
+def _unmeasured(rows: list[dict]) -> list[str]:
+    """The full plan's family and strategy pairs without a row yet."""
+    from benchmarks.publish import PLANS
+
+    have = {(r["family"], r["strategy"]) for r in rows}
+    return [f"{strategy} on the {family}" for family, strategies in PLANS["full"].items() for strategy in strategies
+            if (family, strategy) not in have]
+
+
+def claims(rows: list[dict]) -> list[tuple[str, str]]:
+    """(family, '`tpe` at 0.5B selects ... on the autoencoder (...)') for each row whose paired interval excludes 0."""
+    from benchmarks.publish import excludes_zero, summarize
+
+    return [(r["family"], f"`{r['strategy']}` at {r['budget']:g}B selects a configuration {'below' if r['diff'] < 0 else 'above'} "
+            f"greedy's test L1 on the {r['family']} ({r['diff']:+.4f} ± {r['diff_half']:.4f}, {r['below']}/{r['pairs']} "
+            "seeds below)") for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
+
+
+def publish_table() -> str:
+    """benchmarks/README.md, section 3b: the table, when and how it was measured, what is not measured yet."""
+    from benchmarks.publish import table
+
+    rows = _rows()
+    if not rows:
+        return "**Not measured yet**: `benchmarks/results/publish.json` has no row, so no claim is made."
+    commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance")})
+    found = claims(rows)
+    missing = _unmeasured(rows)
+    return "\n".join([
+        f"Measured {row_measured(rows)}, with " + "; ".join(f"`{c}`" for c in commands) + " (`results/publish.json`):",
+        "", table(rows), "",
+        "Where the paired interval excludes 0: " + ("; ".join(text for _, text in found) if found else "nowhere") + ".",
+        *(["", "Not measured yet: " + ", ".join(missing) + " (`python -m benchmarks.publish --keep` adds them)."]
+          if missing else [])])
+
+
+def recommendation() -> str:
+    """README.md, "Which strategy": what the publish table supports, per family, and nothing more."""
+    rows = _rows()
+    families = sorted({r["family"] for r in rows})
+    found = claims(rows)
+    measured_on = f"; measured {row_measured(rows)}" if rows else ""
+    lines = [f"Judged by what a researcher publishes, the final stage's test L1 of the configuration each search "
+             f"selects (`benchmarks/README.md`, section 3b{measured_on}):"]
+    if not rows:
+        lines.append("not measured yet, so nothing is recommended over greedy.")
+    for family in families:
+        mine = [text for where, text in found if where == family]
+        strategies = sorted({r["strategy"] for r in rows if r["family"] == family} - {"greedy"})
+        lines.append(f"- the {family}: " + ("; ".join(mine) if mine else
+                     f"no strategy ({', '.join(strategies)}) selects a configuration whose test L1 differs from "
+                     "greedy's by more than its paired interval, so none is recommended over greedy") + ".")
+    missing = _unmeasured(rows)
+    if missing:
+        lines.append(f"- not measured: {', '.join(missing)}. Whether population-based training beats greedy is "
+                     "not known; nothing here says it does." if any(m.startswith("pbt") for m in missing) else
+                     f"- not measured: {', '.join(missing)}.")
+    return "\n".join(lines)
