@@ -46,8 +46,9 @@ SEEDS = [0, 1, 2]
 FRACTIONS = (1.0, 0.5)
 
 
-def run(strategy: str, family: str, seed: int, preset: str, budget: int | None) -> dict[str, Any]:
-    """One search with its final stage (top 1, 2 seeds) in a temporary folder: what it selected and its test L1."""
+def run(strategy: str, family: str, seed: int, preset: str, budget: int | None, **options: Any) -> dict[str, Any]:
+    """One search with its final stage (top 1, 2 seeds) in a temporary folder: what it selected and its test L1.
+    ``options``: more of ``SearchOptions`` (``population``, ``epochs``, ...)."""
     import pandas as pd
 
     from search.runner.driver import run_study
@@ -58,7 +59,7 @@ def run(strategy: str, family: str, seed: int, preset: str, budget: int | None) 
         summary = run_study(SearchOptions(
             strategy=strategy, model=family, preset=preset, seed=seed, runs_dir=runs, study="publish",
             scheduler="none" if strategy == "greedy" else "asha", budget_epochs=budget,  # pbt: its own scheduler
-            final_top_k=1, final_seeds=2))
+            final_top_k=1, final_seeds=2, **options))
         epochs = len(pd.read_parquet(Path(runs) / "publish" / "epochs.parquet"))
     final = (summary.final or {}).get("configurations") or [{}]
     test = (final[0].get("test_l1") or {}).get("mean")

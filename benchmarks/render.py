@@ -36,6 +36,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "datapath": ("benchmarks/README.md", cpu.datapath_table),
     "search-efficiency": ("benchmarks/README.md", searches.search_efficiency),
     "publish": ("benchmarks/README.md", publish.publish_table),
+    "population": ("benchmarks/README.md", publish.population_table),
     "sampling": ("benchmarks/README.md", cpu.sampling_table),
     "memory": ("benchmarks/README.md", cpu.memory_table),
     "scaling": ("benchmarks/README.md", cpu.scaling_table),

@@ -68,3 +68,16 @@ def recommendation() -> str:
                      "not known; nothing here says it does." if any(m.startswith("pbt") for m in missing) else
                      f"- not measured: {', '.join(missing)}.")
     return "\n".join(lines)
+
+
+def population_table() -> str:
+    """benchmarks/README.md, section 3c: population size and perturbation interval at one budget (population.json)."""
+    from benchmarks.population import table
+
+    if not (RESULTS / "population.json").is_file():
+        return ("**Not measured yet**: `benchmarks/results/population.json` has no row, so the defaults of "
+                "`--population` and `--perturbation-interval` are not measured, and nothing is claimed for them.")
+    rows = load("population.json")["rows"]
+    commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance")})
+    return "\n".join([f"Measured {row_measured(rows)}, with " + "; ".join(f"`{c}`" for c in commands)
+                      + " (`results/population.json`):", "", table(rows)])

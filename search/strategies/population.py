@@ -52,8 +52,8 @@ class _MemberValue:
     def __init__(self, name: str, values: dict[int, Any]) -> None:
         self.name, self.values = name, values
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[int(spec.config["member"])]
+    def __call__(self, config: dict[str, Any]) -> Any:  # the config, its member already resolved by the grid
+        return self.values[int(config["member"])]
 
 
 class _KeepsMember:
