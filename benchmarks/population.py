@@ -20,14 +20,12 @@ where that interval excludes 0. Rows land in ``benchmarks/results/population.jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import this_process
-from benchmarks.publish import run
+from benchmarks.publish import RowFile, run
 from benchmarks.search import interval, shared_ray
 
 RESULTS = Path(__file__).parent / "results" / "population.json"
@@ -42,8 +40,9 @@ def settings(budget: int) -> list[tuple[int, int]]:
             if budget // population >= share]
 
 
-def measure(budget: int, seeds: list[int], preset: str, strategy: str, keep: bool) -> list[dict[str, Any]]:
-    rows = load() if keep else []
+def measure(budget: int, seeds: list[int], preset: str, strategy: str, keep: bool,
+            file: RowFile) -> list[dict[str, Any]]:
+    rows = file.load() if keep else []
     done = {(r["seed"], r["population"], r["interval_share"]) for r in rows}
     prov = this_process()
     ray = shared_ray()
@@ -59,21 +58,12 @@ def measure(budget: int, seeds: list[int], preset: str, strategy: str, keep: boo
                              perturbation_interval=max(1, epochs // share)),
                        "provenance": prov}
                 rows.append(row)
-                save(rows)
+                file.save(rows)
                 print(f"  seed {seed}: population {population} x {epochs} epochs, a decision every {row['interval']}: "
                       f"test L1 {row['test_l1']}", flush=True)
     finally:
         ray.shutdown()
     return rows
-
-
-def load() -> list[dict[str, Any]]:
-    return json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
-
-
-def save(rows: list[dict[str, Any]]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"provenance": this_process(), "rows": rows}, indent=1, sort_keys=True))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -103,7 +93,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
     parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=BUDGET, help=f"member-epochs per run (default {BUDGET})")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds")
@@ -113,16 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
     parser.add_argument("--results", default=str(RESULTS), help="the result file (a smoke check writes elsewhere)")
     args = parser.parse_args(argv)
-    RESULTS = Path(args.results)
+    file = RowFile(args.results)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
-        measure(args.budget, [int(s) for s in args.seeds.split(",")], args.preset, args.strategy, args.keep)
-    rows = load()
-    if not rows:
-        print(f"error: no rows in {RESULTS} yet; run without --render first", file=sys.stderr)
-        return 2
-    print(table(rows))
-    return 0
+        measure(args.budget, [int(s) for s in args.seeds.split(",")], args.preset, args.strategy, args.keep, file)
+    return file.print_table(table)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.provenance import this_process
 from benchmarks.search import interval, shared_ray
@@ -69,8 +69,8 @@ def run(strategy: str, family: str, seed: int, preset: str, budget: int | None, 
             "seconds": time.perf_counter() - started}
 
 
-def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: bool) -> list[dict[str, Any]]:
-    rows = load() if keep else []
+def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: bool, file: RowFile) -> list[dict[str, Any]]:
+    rows = file.load() if keep else []
     done = {(r["family"], r["seed"], r["strategy"], r["budget"]) for r in rows}
     prov = this_process()
     ray = shared_ray()
@@ -83,7 +83,7 @@ def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: boo
                     greedy = {"family": family, "seed": seed, "strategy": "greedy", "budget": 1.0,
                               **run("greedy", family, seed, preset, None), "provenance": prov}
                     rows.append(greedy)
-                    save(rows)
+                    file.save(rows)
                 budget = greedy["epochs_spent"]
                 for strategy in strategies:
                     for fraction in (() if strategy == "greedy" else FRACTIONS):
@@ -92,7 +92,7 @@ def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: boo
                         row = {"family": family, "seed": seed, "strategy": strategy, "budget": fraction,
                                **run(strategy, family, seed, preset, max(1, int(budget * fraction))), "provenance": prov}
                         rows.append(row)
-                        save(rows)
+                        file.save(rows)
                         print(f"  {family} seed {seed} {strategy} at {fraction:g}B: test L1 {row['test_l1']}, "
                               f"{row['epochs_spent']} epochs (B = {budget})", flush=True)
     finally:
@@ -100,13 +100,28 @@ def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: boo
     return rows
 
 
-def load() -> list[dict[str, Any]]:
-    return json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+class RowFile:
+    """A result file of rows measured one at a time, each with its provenance, saved after every row (``--keep``
+    continues a run stopped part-way)."""
 
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
 
-def save(rows: list[dict[str, Any]]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"provenance": this_process(), "rows": rows}, indent=1, sort_keys=True))
+    def load(self) -> list[dict[str, Any]]:
+        return json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+
+    def save(self, rows: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"provenance": this_process(), "rows": rows}, indent=1, sort_keys=True))
+
+    def print_table(self, table: Callable[[list[dict[str, Any]]], str]) -> int:
+        """Print ``table`` of the stored rows: the exit status (2, with a message, when there is none)."""
+        rows = self.load()
+        if not rows:
+            print(f"error: no rows in {self.path} yet; run without --render first", file=sys.stderr)
+            return 2
+        print(table(rows))
+        return 0
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,7 +171,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
     parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the autoencoder, greedy against tpe, 3 seeds")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated search seeds")
@@ -165,16 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
     parser.add_argument("--results", default=str(RESULTS), help="the result file (a smoke check writes elsewhere)")
     args = parser.parse_args(argv)
-    RESULTS = Path(args.results)
+    file = RowFile(args.results)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
-        measure(PLANS["quick" if args.quick else "full"], [int(s) for s in args.seeds.split(",")], args.preset, args.keep)
-    rows = load()
-    if not rows:
-        print(f"error: no rows in {RESULTS} yet; run without --render first", file=sys.stderr)
-        return 2
-    print(table(rows))
-    return 0
+        measure(PLANS["quick" if args.quick else "full"], [int(s) for s in args.seeds.split(",")], args.preset, args.keep, file)
+    return file.print_table(table)
 
 
 if __name__ == "__main__":
