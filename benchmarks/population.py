@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import this_process
-from benchmarks.publish import RowFile, run
+from benchmarks.publish import RowFile, plus_minus, run
 from benchmarks.search import interval, shared_ray
 
 RESULTS = Path(__file__).parent / "results" / "population.json"
@@ -66,12 +66,17 @@ def measure(budget: int, seeds: list[int], preset: str, strategy: str, keep: boo
     return rows
 
 
+def _minutes(rows: list[dict[str, Any]]) -> str:
+    seconds = sorted(r["seconds"] for r in rows if r.get("seconds"))
+    return f"{seconds[len(seconds) // 2] / 60:.1f}" if seconds else "-"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Per setting: test L1 over seeds, and the paired difference against the defaults' setting."""
     reference = {r["seed"]: r["test_l1"] for r in rows
                  if (r["population"], r["interval_share"]) == DEFAULT and r["test_l1"] is not None}
     lines = ["| population x epochs | decision every | seeds | test L1, mean ± 95% (x all-black) | minus the default's, "
-             "paired: mean ± 95% | seeds below the default |", "| --- | --- | --- | --- | --- | --- |"]
+             "paired: mean ± 95% | seeds below the default | minutes a run, median |", "| --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["population"], r["interval_share"]), []).append(r)
@@ -85,10 +90,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         else:
             pairs = [r["test_l1"] - reference[r["seed"]] for r in mine if r["test_l1"] is not None and r["seed"] in reference]
             d, h = interval(pairs) if pairs else (float("nan"), float("nan"))
-            diff = f"{d:+.4f} ± {h:.4f}" + (" **excludes 0**" if h == h and abs(d) > h else "")
-            below = f"{sum(p < 0 for p in pairs)}/{len(pairs)}"
+            diff = plus_minus(d, h, signed=True) + (" **excludes 0**" if h == h and abs(d) > h else "")
+            below = f"{sum(p < 0 for p in pairs)}/{len(pairs)}" if pairs else "-"
         lines.append(f"| {population} x {mine[0]['epochs']} | {mine[0]['interval']} epochs (1/{share}) | {len(mine)} | "
-                     f"{mean:.4f} ± {half:.4f}{x} | {diff} | {below} |")
+                     f"{plus_minus(mean, half)}{x} | {diff} | {below} | {_minutes(mine)} |")
     return "\n".join(lines)
 
 

@@ -150,6 +150,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def plus_minus(mean: float, half: float, signed: bool = False) -> str:
+    """'0.0387 ± 0.0130'; without an interval (one seed) the mean alone, said so; '-' without a value."""
+    if mean != mean:
+        return "-"
+    value = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return f"{value} ± {half:.4f}" if half == half else f"{value}, one seed"
+
+
 def excludes_zero(row: dict[str, Any]) -> bool:
     return row["diff_half"] == row["diff_half"] and abs(row["diff"]) > row["diff_half"]
 
@@ -161,11 +169,12 @@ def table(rows: list[dict[str, Any]]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in summarize(rows):
         greedy = row["strategy"] == "greedy"
-        diff = "-" if greedy else f"{row['diff']:+.4f} ± {row['diff_half']:.4f}" + (" **excludes 0**" if excludes_zero(row) else "")
+        diff = "-" if greedy else plus_minus(row["diff"], row["diff_half"], signed=True) + (
+            " **excludes 0**" if excludes_zero(row) else "")
         failed = f" ({row['failed']} without a test L1)" if row["failed"] else ""
         below = "-" if greedy else f"{row['below']}/{row['pairs']}"
         lines.append(f"| {row['family']} | {row['strategy']} | {row['budget']:g}B | {row['seeds']}{failed} | "
-                     f"{row['mean']:.4f} ± {row['half']:.4f} ({row['mean'] / row['black']:.2f}x) | {diff} | {below} | "
+                     f"{plus_minus(row['mean'], row['half'])} ({row['mean'] / row['black']:.2f}x) | {diff} | {below} | "
                      f"{row['spent']:.2f} |")
     return "\n".join(lines)
 
