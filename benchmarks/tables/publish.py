@@ -79,5 +79,9 @@ def population_table() -> str:
                 "`--population` and `--perturbation-interval` are not measured, and nothing is claimed for them.")
     rows = load("population.json")["rows"]
     commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance")})
+    seeds = sorted({r["seed"] for r in rows})
+    partial = ([f"Seeds measured: {', '.join(map(str, seeds))}. With fewer than two there is no interval, and no "
+                "default is said to be better or worse (`python -m benchmarks.population --keep` continues)."]
+               if len(seeds) < 2 else [])
     return "\n".join([f"Measured {row_measured(rows)}, with " + "; ".join(f"`{c}`" for c in commands)
-                      + " (`results/population.json`):", "", table(rows)])
+                      + " (`results/population.json`):", "", table(rows), *([""] + partial if partial else [])])
