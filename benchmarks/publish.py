@@ -69,7 +69,8 @@ def run(strategy: str, family: str, seed: int, preset: str, budget: int | None, 
             "seconds": time.perf_counter() - started}
 
 
-def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: bool, file: RowFile) -> list[dict[str, Any]]:
+def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: bool, file: RowFile,
+            fractions: tuple[float, ...] = FRACTIONS) -> list[dict[str, Any]]:
     rows = file.load() if keep else []
     done = {(r["family"], r["seed"], r["strategy"], r["budget"]) for r in rows}
     prov = this_process()
@@ -86,7 +87,7 @@ def measure(plan: dict[str, list[str]], seeds: list[int], preset: str, keep: boo
                     file.save(rows)
                 budget = greedy["epochs_spent"]
                 for strategy in strategies:
-                    for fraction in (() if strategy == "greedy" else FRACTIONS):
+                    for fraction in (() if strategy == "greedy" else fractions):
                         if (family, seed, strategy, fraction) in done:
                             continue
                         row = {"family": family, "seed": seed, "strategy": strategy, "budget": fraction,
@@ -179,11 +180,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def part(plan: dict[str, list[str]], families: str | None, strategies: str | None) -> dict[str, list[str]]:
+    """The plan restricted to some families and strategies (``None``: all), so a long run can go in parts with --keep."""
+    chosen = plan if families is None else {f: plan[f] for f in families.split(",") if f in plan}
+    if not chosen:
+        raise SystemExit(f"error: --families {families}: the plan has {', '.join(plan)}")
+    if strategies is None:
+        return chosen
+    wanted = set(strategies.split(","))
+    return {f: [s for s in names if s in wanted or s == "greedy"] for f, names in chosen.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the autoencoder, greedy against tpe, 3 seeds")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated search seeds")
     parser.add_argument("--preset", default="cpu", help="the search size (default cpu, as the issue asks)")
+    parser.add_argument("--families", help="comma-separated: only these families of the plan (a run in parts)")
+    parser.add_argument("--strategies", help="comma-separated: only these strategies of the plan (greedy always runs, "
+                        "as every other strategy's budget and pair)")
+    parser.add_argument("--budgets", default=",".join(f"{f:g}" for f in FRACTIONS),
+                        help="comma-separated fractions of B (default 1,0.5)")
     parser.add_argument("--keep", action="store_true", help="keep rows already measured (continue a stopped run)")
     parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
     parser.add_argument("--results", default=str(RESULTS), help="the result file (a smoke check writes elsewhere)")
@@ -191,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     file = RowFile(args.results)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
-        measure(PLANS["quick" if args.quick else "full"], [int(s) for s in args.seeds.split(",")], args.preset, args.keep, file)
+        plan = part(PLANS["quick" if args.quick else "full"], args.families, args.strategies)
+        fractions = tuple(float(f) for f in args.budgets.split(","))
+        measure(plan, [int(s) for s in args.seeds.split(",")], args.preset, args.keep, file, fractions)
     return file.print_table(table)
 
 
