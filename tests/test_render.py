@@ -64,3 +64,19 @@ def test_the_publish_table_claims_only_where_the_paired_interval_excludes_0():
     table = publish.table(rows)
     assert "| autoencoder | tpe | 1B | 3 | 0.0410" in table and "-0.0040 ± 0.0000 **excludes 0** | 3/3 |" in table
     assert "| autoencoder | bohb |" in table and table.count("excludes 0") == 1
+
+
+def test_the_recommendation_says_whether_pbt_beats_greedy():
+    from benchmarks.tables.publish import _population_verdict, _unmeasured
+
+    rows = [{"family": "gan", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value, "epochs_spent": 60,
+             "test_black_l1": 0.065}
+            for seed, (greedy, pbt) in enumerate([(0.040, 0.043), (0.050, 0.046), (0.045, 0.047)])
+            for strategy, value in (("greedy", greedy), ("pbt", pbt))]
+    assert _population_verdict(rows) == ["- population-based training does not beat greedy on the gan at 1B: the "
+                                         "paired difference +0.0003 ± 0.0094 includes 0 (1/3 seeds below greedy)."]
+    assert "pbt on the gan at 0.5B" in _unmeasured(rows) and "tpe on the gan" in _unmeasured(rows)
+    assert _population_verdict(rows[:2])[0].endswith("1 paired seed, no interval, so whether it beats greedy is "
+                                                      "not known yet.")
+    assert _population_verdict(rows[:0]) == ["- whether population-based training beats greedy is not known: it is "
+                                             "not measured yet."]

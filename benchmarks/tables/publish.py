@@ -11,12 +11,20 @@ def _rows() -> list[dict]:
 
 
 def _unmeasured(rows: list[dict]) -> list[str]:
-    """The full plan's family and strategy pairs without a row yet."""
-    from benchmarks.publish import PLANS
+    """The full plan's family, strategy and budget without a row yet ('pbt on the gan', or 'at 0.5B' when only
+    that budget is missing)."""
+    from benchmarks.publish import FRACTIONS, PLANS
 
-    have = {(r["family"], r["strategy"]) for r in rows}
-    return [f"{strategy} on the {family}" for family, strategies in PLANS["full"].items() for strategy in strategies
-            if (family, strategy) not in have]
+    have = {(r["family"], r["strategy"], r["budget"]) for r in rows}
+    out = []
+    for family, strategies in PLANS["full"].items():
+        for strategy in strategies:
+            budgets = [1.0] if strategy == "greedy" else list(FRACTIONS)
+            missing = [b for b in budgets if (family, strategy, b) not in have]
+            if missing:
+                out.append(f"{strategy} on the {family}" + ("" if len(missing) == len(budgets) else
+                                                             " at " + ", ".join(f"{b:g}B" for b in missing)))
+    return out
 
 
 def claims(rows: list[dict]) -> list[tuple[str, str]]:
@@ -62,12 +70,35 @@ def recommendation() -> str:
         lines.append(f"- the {family}: " + ("; ".join(mine) if mine else
                      f"no strategy ({', '.join(strategies)}) selects a configuration whose test L1 differs from "
                      "greedy's by more than its paired interval, so none is recommended over greedy") + ".")
+    lines += _population_verdict(rows)
     missing = _unmeasured(rows)
     if missing:
-        lines.append(f"- not measured: {', '.join(missing)}. Whether population-based training beats greedy is "
-                     "not known; nothing here says it does." if any(m.startswith("pbt") for m in missing) else
-                     f"- not measured: {', '.join(missing)}.")
+        lines.append(f"- not measured: {', '.join(missing)}.")
     return "\n".join(lines)
+
+
+def _population_verdict(rows: list[dict]) -> list[str]:
+    """Whether population-based training beats greedy, per budget measured, in words the table supports."""
+    from benchmarks.publish import excludes_zero, summarize
+
+    pbt = [r for r in summarize(rows) if r["strategy"] == "pbt"]
+    if not pbt:
+        return ["- whether population-based training beats greedy is not known: it is not measured yet."]
+    out = []
+    for r in pbt:
+        where = f"on the {r['family']} at {r['budget']:g}B"
+        if r["pairs"] < 2:
+            out.append(f"- population-based training {where}: {r['pairs']} paired seed, no interval, so whether it "
+                       "beats greedy is not known yet.")
+        elif excludes_zero(r):
+            verdict = "beats greedy" if r["diff"] < 0 else "does worse than greedy"
+            out.append(f"- population-based training {verdict} {where} ({r['diff']:+.4f} ± {r['diff_half']:.4f}, "
+                       f"{r['below']}/{r['pairs']} seeds below greedy).")
+        else:
+            out.append(f"- population-based training does not beat greedy {where}: the paired difference "
+                       f"{r['diff']:+.4f} ± {r['diff_half']:.4f} includes 0 ({r['below']}/{r['pairs']} seeds below "
+                       "greedy).")
+    return out
 
 
 def population_table() -> str:
