@@ -184,21 +184,25 @@ class StudyStore:
         """The folder of the trials' checkpoint folders (a run setting every trial receives: a path or a URI)."""
         return str(self.root / "trials")
 
+    def trial_folder(self, trial_id: str, config: dict[str, Any] | None = None) -> Location:
+        """A trial's folder under ``trials/``; ``config``, the trial's flat config, names a population member's
+        folder instead (trainables.config.checkpoint_folder)."""
+        from trainables.config import checkpoint_folder
+
+        return self.root / "trials" / checkpoint_folder(trial_id, config)
+
     def trial_checkpoints(self, trial_id: str):
         """A trial's checkpoint folder (trainables.checkpoints.TrialStore)."""
         from trainables.checkpoints import TrialStore
 
-        return TrialStore(self.root / "trials" / trial_id)
+        return TrialStore(self.trial_folder(trial_id))
 
     def best_checkpoint(self, trial_id: str, config: dict[str, Any] | None = None) -> Location:
-        """Where a trial's best.pt is (the networks of its best validation epoch); ``config``, the trial's flat
-        config, names a population member's folder (trainables.config.checkpoint_folder)."""
-        from trainables.config import checkpoint_folder
-
-        return self.root / "trials" / checkpoint_folder(trial_id, config) / "best.pt"
+        """Where a trial's best.pt is (the networks of its best validation epoch); ``config`` as for trial_folder."""
+        return self.trial_folder(trial_id, config) / "best.pt"
 
     def has_trial_folder(self, trial_id: str) -> bool:
-        return (self.root / "trials" / trial_id).is_dir()
+        return self.trial_folder(trial_id).is_dir()
 
     def ray_storage(self) -> tuple[str, Any]:
         """Ray Tune's ``storage_path`` and ``storage_filesystem`` (None: the local disk): its experiment
@@ -215,10 +219,8 @@ class StudyStore:
 
     def read_predictions(self, trial_id: str, config: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """A trial's stored predictions on the validation split (predictions.npz), or None (``config`` as for
-        best_checkpoint)."""
-        from trainables.config import checkpoint_folder
-
-        return read_arrays(self.root / "trials" / checkpoint_folder(trial_id, config) / "predictions.npz")
+        trial_folder)."""
+        return read_arrays(self.trial_folder(trial_id, config) / "predictions.npz")
 
 
 def write_arrays(where: Location, **arrays: Any) -> None:
