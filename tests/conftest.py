@@ -11,6 +11,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Under pytest-xdist (``-n 2``, pyproject's addopts) each test file goes whole to one worker, so its module fixtures
+# are built once; files that share session fixtures (the studies of test_search, one PostgreSQL server) share one.
+SHARED_WORKER = {"test_dashboard": "test_search", "test_lease": "postgres", "test_postgres_search": "postgres"}
+
+
+@pytest.hookimpl(optionalhook=True)  # a known hook only where pytest-xdist is installed
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's per-file scheduling with SHARED_WORKER's files joined (its --dist loadgroup sets the group through
+    ``item._nodeid``, which pytest 9.2's items no longer read)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtures(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(Path(path).stem, path)
+
+    return SharedFixtures(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
