@@ -129,3 +129,22 @@ def test_a_short_trial_measures_an_epoch_as_search_trials_run_it(tiny_data):
     row = measure_trial_epoch(find_family("autoencoder"), config, tiny_data)
     assert row["epoch"] == 2 and row["status"] == "completed"  # its own 2 epochs, not the config's 100
     assert 0 < row["epoch_seconds"] < 60 and row["device"] == "cpu"
+
+
+def test_a_log_gets_a_progress_line_when_none_was_printed_for_five_minutes():
+    # A population's members all end at once: without this a log says nothing for the whole search.
+    clock, stream = Clock(), io.StringIO()
+    progress = SearchProgress(lambda: 8, epochs_per_trial=8, done_trials=0, final_runs=2, stream=stream, live=False,
+                              clock=clock)
+    for _ in range(10):  # 10 epochs, 30 s each: the 10th ends at 300 s
+        clock.now += 30
+        progress.on_epoch({"epoch": 1})
+    assert stream.getvalue() == "progress: 0/8 trials + 2 final runs, 10 epochs trained, 5m00s elapsed, about 35m00s left\n"
+    clock.now += 30
+    progress.on_epoch({"epoch": 1})
+    assert stream.getvalue().count("progress:") == 1  # the next after another five quiet minutes
+    clock.now += 200
+    progress.line()  # a finished trial's line carries the figures, and counts as one
+    clock.now += 200
+    progress.on_epoch({"epoch": 1})
+    assert stream.getvalue().count("progress:") == 1

@@ -5,7 +5,9 @@ many epochs as the finished ones did on average, ASHA's early stops included, pl
 final stage's runs) divided by the rate at which this run has trained epochs so far
 (all concurrent trials together). The first trial's epochs give the first estimate; it
 settles as trials finish. On a terminal a status line is kept up to date after every epoch;
-in a log each finished trial's line carries the same figures.
+in a log each finished trial's line carries the same figures, and when no line has been
+printed for QUIET_S (a population's members all end together, a GAN's trials are long) the
+next epoch prints one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import math
 import sys
 import time
 from typing import Any, Callable, TextIO
+
+QUIET_S = 300.0  # in a log, the longest stretch without a progress line
 
 
 def duration(seconds: float) -> str:
@@ -43,6 +47,7 @@ class SearchProgress:
         self.epochs = 0  # epochs trained by this run (replayed ones are not)
         self.finished_epochs: list[int] = []  # epochs run by each trial that finished in this run
         self._shown = False
+        self._last_line = self.started  # when a line with these figures was last written
 
     @property
     def stream(self) -> TextIO:
@@ -59,6 +64,9 @@ class SearchProgress:
             self.stream.write("\r" + self.line() + "\033[K")
             self.stream.flush()
             self._shown = True
+        elif self.clock() - self._last_line >= QUIET_S:
+            self.stream.write(f"progress: {self.line()}\n")
+            self.stream.flush()
 
     def on_trial(self, row: dict[str, Any]) -> None:
         self.done += 1
@@ -100,6 +108,7 @@ class SearchProgress:
         left = self.remaining_seconds()
         final = f" + {self.final_runs} final runs" if self.final_runs else ""
         estimate = f"about {duration(left)} left" if left is not None else "time left: after the first epoch"
+        self._last_line = self.clock()
         return (f"{self.done}/{planned} trials{final}, {self.epochs} epochs trained, "
                 f"{duration(self.clock() - self.started)} elapsed, {estimate}")
 
