@@ -3,7 +3,7 @@ configuration each search selects, paired against greedy on the same seeds."""
 
 from __future__ import annotations
 
-from benchmarks.tables.common import RESULTS, load, row_measured
+from benchmarks.tables.common import RESULTS, load, measured, row_measured
 
 
 def _rows() -> list[dict]:
@@ -43,11 +43,11 @@ def publish_table() -> str:
     rows = _rows()
     if not rows:
         return "**Not measured yet**: `benchmarks/results/publish.json` has no row, so no claim is made."
-    commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance")})
+    runs = sorted({(measured(r["provenance"]), r["provenance"]["command"]) for r in rows if r.get("provenance")})
     found = claims(rows)
     missing = _unmeasured(rows)
     return "\n".join([
-        f"Measured {row_measured(rows)}, with " + "; ".join(f"`{c}`" for c in commands) + " (`results/publish.json`):",
+        "Measured " + "; ".join(f"{where}, with `{command}`" for where, command in runs) + " (`results/publish.json`):",
         "", table(rows), "",
         "Where the paired interval excludes 0: " + ("; ".join(text for _, text in found) if found else "nowhere") + ".",
         *(["", "Not measured yet: " + ", ".join(missing) + " (`python -m benchmarks.publish --keep` adds them)."]
@@ -56,6 +56,8 @@ def publish_table() -> str:
 
 def recommendation() -> str:
     """README.md, "Which strategy": what the publish table supports, per family, and nothing more."""
+    from benchmarks.publish import summarize
+
     rows = _rows()
     families = sorted({r["family"] for r in rows})
     found = claims(rows)
@@ -64,12 +66,14 @@ def recommendation() -> str:
              f"selects (`benchmarks/README.md`, section 3b{measured_on}):"]
     if not rows:
         lines.append("not measured yet, so nothing is recommended over greedy.")
+    summary = [r for r in summarize(rows) if r["strategy"] != "greedy"]
     for family in families:
         mine = [text for where, text in found if where == family]
-        strategies = sorted({r["strategy"] for r in rows if r["family"] == family} - {"greedy"})
+        paired = sorted({r["strategy"] for r in summary if r["family"] == family and r["pairs"] >= 2})
         lines.append(f"- the {family}: " + ("; ".join(mine) if mine else
-                     f"no strategy ({', '.join(strategies)}) selects a configuration whose test L1 differs from "
-                     "greedy's by more than its paired interval, so none is recommended over greedy") + ".")
+                     f"no strategy ({', '.join(paired)}) selects a configuration whose test L1 differs from "
+                     "greedy's by more than its paired interval, so none is recommended over greedy" if paired else
+                     "no strategy has two seeds paired with greedy's yet, so none is recommended over greedy") + ".")
     lines += _population_verdict(rows)
     missing = _unmeasured(rows)
     if missing:
