@@ -181,13 +181,26 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def part(plan: dict[str, list[str]], families: str | None, strategies: str | None) -> dict[str, list[str]]:
-    """The plan restricted to some families and strategies (``None``: all), so a long run can go in parts with --keep."""
-    chosen = plan if families is None else {f: plan[f] for f in families.split(",") if f in plan}
-    if not chosen:
-        raise SystemExit(f"error: --families {families}: the plan has {', '.join(plan)}")
+    """The plan restricted to some families and strategies (``None``: all), so a long run can go in parts with --keep.
+
+    A name the plan lacks is an error, not a silent skip: a typo would otherwise spend hours measuring greedy only.
+    """
+    chosen = plan
+    if families is not None:
+        wanted = families.split(",")
+        unknown = [f for f in wanted if f not in plan]
+        if unknown:
+            raise SystemExit(f"error: --families {families}: {', '.join(unknown)} not in the plan, "
+                             f"which has {', '.join(plan)}")
+        chosen = {f: plan[f] for f in wanted}
     if strategies is None:
         return chosen
-    wanted = set(strategies.split(","))
+    wanted = strategies.split(",")
+    known = sorted({s for names in chosen.values() for s in names})
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise SystemExit(f"error: --strategies {strategies}: {', '.join(unknown)} not in the plan of "
+                         f"{', '.join(chosen)}, which has {', '.join(known)}")
     return {f: [s for s in names if s in wanted or s == "greedy"] for f, names in chosen.items()}
 
 

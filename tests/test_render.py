@@ -80,3 +80,14 @@ def test_the_recommendation_says_whether_pbt_beats_greedy():
                                                       "not known yet.")
     assert _population_verdict(rows[:0]) == ["- whether population-based training beats greedy is not known: it is "
                                              "not measured yet."]
+
+
+def test_a_part_of_the_publish_plan_refuses_names_it_lacks():
+
+    from benchmarks.publish import PLANS, part
+
+    assert part(PLANS["full"], "gan", "pbt") == {"gan": ["greedy", "pbt"]}
+    with pytest.raises(SystemExit, match="--strategies pbd: pbd not in the plan of gan, which has greedy, pbt, tpe"):
+        part(PLANS["full"], "gan", "pbd")
+    with pytest.raises(SystemExit, match="autoencodr not in the plan"):
+        part(PLANS["full"], "gan,autoencodr", None)
