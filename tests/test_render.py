@@ -83,7 +83,6 @@ def test_the_recommendation_says_whether_pbt_beats_greedy():
 
 
 def test_a_part_of_the_publish_plan_refuses_names_it_lacks():
-
     from benchmarks.publish import PLANS, part
 
     assert part(PLANS["full"], "gan", "pbt") == {"gan": ["greedy", "pbt"]}
