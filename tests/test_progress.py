@@ -63,6 +63,20 @@ def test_under_a_budget_the_plan_and_the_time_left_stop_at_the_budget():
         progress.on_epoch({"epoch": 1})
     assert progress.remaining_seconds() == (80 - 10) / 0.2  # to the budget, not to 26 trials' 1040 epochs
 
+    # An Optuna study without --samples plans as many trials as the budget affords, and counts down to it.
+    clock = Clock()
+    progress = SearchProgress(None, epochs_per_trial=8, done_trials=0, final_runs=2, live=False, clock=clock,
+                              budget_left=232)
+    assert progress.line().startswith("0/29 trials + 2 final runs")
+    for epochs_run in (8, 3, 3, 2):  # 16 epochs in 80 s, four trials of 4 epochs on average
+        for _ in range(epochs_run):
+            clock.now += 5
+            progress.on_epoch({"epoch": 1})
+        progress.on_trial({"epochs_run": epochs_run})
+    assert progress.planned_trials() == 4 + (232 - 16) // 4
+    assert progress.remaining_seconds() == (232 - 16 + 2 * 8) / 0.2
+    assert SearchProgress(None, epochs_per_trial=8, done_trials=3, final_runs=0, live=False).planned_trials() == 3
+
 
 def test_a_terminal_gets_a_live_line_that_the_next_printed_line_replaces():
     stream = io.StringIO()

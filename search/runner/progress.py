@@ -32,10 +32,12 @@ def duration(seconds: float) -> str:
 class SearchProgress:
     """Trials done / planned, epochs, elapsed and remaining time of one driver run."""
 
-    def __init__(self, planned: Callable[[], int], *, epochs_per_trial: int, done_trials: int, final_runs: int,
+    def __init__(self, planned: Callable[[], int] | None, *, epochs_per_trial: int, done_trials: int, final_runs: int,
                  stream: TextIO | None = None, live: bool | None = None, clock: Callable[[], float] = time.monotonic,
                  budget_left: int | None = None):
-        self.planned = planned  # the search's trial count as now planned (greedy's grows or shrinks with its path)
+        # The search's trial count as now planned (greedy's grows or shrinks with its path); None: open-ended
+        # (an Optuna study without --samples), as many trials as --budget-epochs affords.
+        self.planned = planned
         self.budget_left = budget_left  # --budget-epochs: epochs this run may still train (None: no budget)
         self.epochs_per_trial = epochs_per_trial
         self.done = done_trials
@@ -83,14 +85,19 @@ class SearchProgress:
     def _per_trial(self) -> float:
         return sum(self.finished_epochs) / len(self.finished_epochs) if self.finished_epochs else self.epochs_per_trial
 
+    def _planned(self) -> int | float:
+        if self.planned is not None:
+            return self.planned()
+        return math.inf if self.budget_left is not None else self.done
+
     def planned_trials(self) -> int:
         """Trials as now planned; under --budget-epochs, no more than the epochs left afford at the mean trial's length."""
-        planned = self.planned()
+        planned = self._planned()
         if self.budget_left is not None:
             in_flight = self.epochs - sum(self.finished_epochs)
             left = max(0, self.budget_left - self.epochs + in_flight)  # running trials' epochs are theirs already
             planned = min(planned, self.done + math.ceil(left / max(self._per_trial(), 1)))
-        return max(planned, self.done)
+        return int(max(planned, self.done))
 
     def remaining_seconds(self) -> float | None:
         elapsed = self.clock() - self.started
@@ -98,7 +105,8 @@ class SearchProgress:
             return None
         # Epochs of trials still running count against what they have left to run.
         in_flight = self.epochs - sum(self.finished_epochs)
-        search = max(0.0, max(0, self.planned() - self.done) * self._per_trial() - in_flight)
+        trials_left = self._planned() - self.done
+        search = max(0.0, trials_left * self._per_trial() - in_flight) if trials_left > 0 else 0.0
         if self.budget_left is not None:  # the search stops proposing at the budget
             search = min(search, max(0, self.budget_left - self.epochs))
         return (search + self.final_runs * self.epochs_per_trial) / (self.epochs / elapsed)

@@ -8,7 +8,6 @@ The final stage: the top configurations trained again with new seeds, measured o
 
 from __future__ import annotations
 
-import functools
 import signal
 import time
 from typing import Any, Callable
@@ -137,7 +136,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     budget_left = budget.budget - budget.spent if budget is not None else None
     print_estimate(plan, search, configs, budget_left)
     done = len(results.finished_ids())
-    progress = SearchProgress(search.planned_total() or functools.partial(int, done), epochs_per_trial=plan.epochs,
+    progress = SearchProgress(search.planned_total(), epochs_per_trial=plan.epochs,
                               done_trials=done, final_runs=plan.final_runs, budget_left=budget_left)
     printer = Printer(done, progress)
     printer.seed_best(results)
