@@ -66,6 +66,22 @@ def test_the_publish_table_claims_only_where_the_paired_interval_excludes_0():
     assert "| autoencoder | bohb |" in table and table.count("excludes 0") == 1
 
 
+def test_the_recommendation_recommends_only_a_strategy_below_greedy(monkeypatch):
+    from benchmarks.tables import publish as tables
+
+    rows = []
+    for seed, (greedy, tpe, pbt) in enumerate([(0.040, 0.036, 0.050), (0.050, 0.046, 0.061), (0.045, 0.041, 0.054)]):
+        rows += [{"family": "autoencoder", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value,
+                  "epochs_spent": 60, "test_black_l1": 0.065} for strategy, value in (("greedy", greedy), ("tpe", tpe))]
+        rows += [{"family": "gan", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value,
+                  "epochs_spent": 60, "test_black_l1": 0.065} for strategy, value in (("greedy", greedy), ("pbt", pbt))]
+    monkeypatch.setattr(tables, "_rows", lambda: rows)
+    text = tables.recommendation()
+    assert "- the autoencoder: recommended over greedy: `tpe` at 1B selects a configuration below" in text
+    assert "- the gan: none is recommended over greedy: `pbt` at 1B selects a configuration above" in text
+    assert "- population-based training does worse than greedy on the gan at 1B" in text
+
+
 def test_the_recommendation_says_whether_pbt_beats_greedy():
     from benchmarks.tables.publish import _population_verdict, _unmeasured
 

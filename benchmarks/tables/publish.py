@@ -68,12 +68,19 @@ def recommendation() -> str:
         lines.append("not measured yet, so nothing is recommended over greedy.")
     summary = [r for r in summarize(rows) if r["strategy"] != "greedy"]
     for family in families:
-        mine = [text for where, text in found if where == family]
+        better = [text for where, text in found if where == family and " below greedy's" in text]
+        worse = [text for where, text in found if where == family and " above greedy's" in text]
         paired = sorted({r["strategy"] for r in summary if r["family"] == family and r["pairs"] >= 2})
-        lines.append(f"- the {family}: " + ("; ".join(mine) if mine else
-                     f"no strategy ({', '.join(paired)}) selects a configuration whose test L1 differs from "
-                     "greedy's by more than its paired interval, so none is recommended over greedy" if paired else
-                     "no strategy has two seeds paired with greedy's yet, so none is recommended over greedy") + ".")
+        if better:
+            verdict = "recommended over greedy: " + "; ".join(better + worse)
+        elif worse:
+            verdict = "none is recommended over greedy: " + "; ".join(worse)
+        elif paired:
+            verdict = (f"no strategy ({', '.join(paired)}) selects a configuration whose test L1 differs from "
+                       "greedy's by more than its paired interval, so none is recommended over greedy")
+        else:
+            verdict = "no strategy has two seeds paired with greedy's yet, so none is recommended over greedy"
+        lines.append(f"- the {family}: {verdict}.")
     lines += _population_verdict(rows)
     missing = _unmeasured(rows)
     if missing:
