@@ -151,21 +151,37 @@ def within_budget(blocks: list[int], epochs: float, budget_left: int | None) -> 
 
 
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
-                  widest_epoch_s: float | None = None, startup_s: float = 15.0, early_stops: bool = True) -> str:
+                  widest_epoch_s: float | None = None, startup_s: float = 15.0, early_stops: bool = True,
+                  budget_epochs: int | None = None, fewest: int | None = None) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
     ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
-    of the study default, and of its widest models (where the search may end up)."""
+    of the study default, and of its widest models (where the search may end up).
+
+    Under --budget-epochs (``budget_epochs``: epochs left to spend) the search trains no more than
+    the budget, ``concurrency`` epochs at a time, however early stops divide it among trials; with
+    early stops the trials it affords are a range: ``fewest`` (none stopped) to ``sum(blocks)``
+    (as many stopped as ASHA's rungs allow). How many ASHA stops depends on the values the
+    searcher finds (a sampler that improves sends more trials past the rungs), so no single count
+    can be promised."""
     rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
     final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
-    low = startup_s + (rounds + final_rounds) * epochs * epoch_s
+    search_epochs = rounds * epochs  # epochs one after another, every trial running all its epochs
+    # Without early stops the rounds are already cut to the budget (idle slots of odd blocks included).
+    capped = early_stops and budget_epochs is not None and math.ceil(budget_epochs / concurrency) < search_epochs
+    if capped:
+        search_epochs = math.ceil(budget_epochs / concurrency)
+    low = startup_s + (search_epochs + final_rounds * epochs) * epoch_s
     final = f" + {final_runs} final runs" if final_runs else ""
-    line = (f"estimate: {sum(blocks)} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
+    trials = f"{fewest} to {sum(blocks)}" if fewest is not None and fewest < sum(blocks) else f"{sum(blocks)}"
+    line = (f"estimate: {trials} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
             f"the study default measured here at {epoch_s:.1f} s")
+    suffix = (f" for the budget's {budget_epochs} epochs" + (" (the more ASHA stops early, the more trials)"
+                                                               if fewest is not None and fewest < sum(blocks) else "")
+              if capped else _all_epochs(early_stops))
     if widest_epoch_s and widest_epoch_s > epoch_s * 1.05:
-        high = startup_s + (rounds + final_rounds) * epochs * widest_epoch_s
-        return (line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)}"
-                + _all_epochs(early_stops))
-    return line + f": about {duration(low)}" + _all_epochs(early_stops)
+        high = startup_s + (search_epochs + final_rounds * epochs) * widest_epoch_s
+        return line + f", of its widest models {widest_epoch_s:.1f} s: about {duration(low)} to {duration(high)}" + suffix
+    return line + f": about {duration(low)}" + suffix
 
 
 def _all_epochs(early_stops: bool) -> str:

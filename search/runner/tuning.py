@@ -87,6 +87,8 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
         per_trial = asha_epochs(plan.epochs, min(options.grace_period or plan.grace, plan.epochs),
                                 options.reduction_factor or plan.preset.reduction_factor)
     blocks = within_budget(search.planned_blocks(), per_trial, budget_left)
+    # With early stops, the budget buys between this many trials (none stopped) and ``blocks``.
+    fewest = sum(within_budget(search.planned_blocks(), plan.epochs, budget_left)) if early_stops else None
     if not sum(blocks):
         return
     measured = cluster.measure_epochs(plan, configs)
@@ -95,7 +97,7 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
     epoch_s, widest_s = measured
     print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs,
                         concurrency=cluster.concurrency(plan), epoch_s=epoch_s, widest_epoch_s=widest_s,
-                        early_stops=early_stops), flush=True)
+                        early_stops=early_stops, budget_epochs=budget_left, fewest=fewest), flush=True)
 
 
 def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]], train: Callable | None = None):
