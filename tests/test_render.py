@@ -74,11 +74,14 @@ def test_the_recommendation_recommends_only_a_strategy_below_greedy(monkeypatch)
         rows += [{"family": "autoencoder", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value,
                   "epochs_spent": 60, "test_black_l1": 0.065} for strategy, value in (("greedy", greedy), ("tpe", tpe))]
         rows += [{"family": "gan", "seed": seed, "strategy": strategy, "budget": 1.0, "test_l1": value,
-                  "epochs_spent": 60, "test_black_l1": 0.065} for strategy, value in (("greedy", greedy), ("pbt", pbt))]
+                  "epochs_spent": 60, "test_black_l1": 0.065}
+                 for strategy, value in (("greedy", greedy), ("pbt", pbt), ("tpe", greedy + (-1) ** seed * 0.001))]
     monkeypatch.setattr(tables, "_rows", lambda: rows)
     text = tables.recommendation()
     assert "- the autoencoder: recommended over greedy: `tpe` at 1B selects a configuration below" in text
     assert "- the gan: none is recommended over greedy: `pbt` at 1B selects a configuration above" in text
+    assert "seeds below); `tpe` at 1B within its paired interval of greedy's." in text
+    assert "- the autoencoder: recommended over greedy: `tpe` at 1B" in text and "interval of greedy's" not in text
     assert "- population-based training does worse than greedy on the gan at 1B" in text
 
 

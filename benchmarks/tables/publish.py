@@ -56,7 +56,7 @@ def publish_table() -> str:
 
 def recommendation() -> str:
     """README.md, "Which strategy": what the publish table supports, per family, and nothing more."""
-    from benchmarks.publish import summarize
+    from benchmarks.publish import excludes_zero, summarize
 
     rows = _rows()
     families = sorted({r["family"] for r in rows})
@@ -71,10 +71,14 @@ def recommendation() -> str:
         better = [text for where, text in found if where == family and " below greedy's" in text]
         worse = [text for where, text in found if where == family and " above greedy's" in text]
         paired = sorted({r["strategy"] for r in summary if r["family"] == family and r["pairs"] >= 2})
+        undecided = [f"`{r['strategy']}` at {r['budget']:g}B" for r in summary
+                     if r["family"] == family and r["pairs"] >= 2 and not excludes_zero(r)]
+        rest = [f"{', '.join(undecided)} within {'their' if len(undecided) > 1 else 'its'} paired interval of "
+                "greedy's"] if undecided else []
         if better:
-            verdict = "recommended over greedy: " + "; ".join(better + worse)
+            verdict = "recommended over greedy: " + "; ".join(better + worse + rest)
         elif worse:
-            verdict = "none is recommended over greedy: " + "; ".join(worse)
+            verdict = "none is recommended over greedy: " + "; ".join(worse + rest)
         elif paired:
             verdict = (f"no strategy ({', '.join(paired)}) selects a configuration whose test L1 differs from "
                        "greedy's by more than its paired interval, so none is recommended over greedy")
