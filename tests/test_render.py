@@ -81,7 +81,8 @@ def test_the_recommendation_recommends_only_a_strategy_below_greedy(monkeypatch)
     assert "- the autoencoder: recommended over greedy: `tpe` at 1B selects a configuration below" in text
     assert "- the gan: none is recommended over greedy: `pbt` at 1B selects a configuration above" in text
     assert "seeds below); `tpe` at 1B within its paired interval of greedy's." in text
-    assert "- the autoencoder: recommended over greedy: `tpe` at 1B" in text and "interval of greedy's" not in text
+    autoencoder = next(line for line in text.splitlines() if line.startswith("- the autoencoder: "))
+    assert "interval of greedy's" not in autoencoder  # its only strategy is claimed
     assert "- population-based training does worse than greedy on the gan at 1B" in text
 
 
