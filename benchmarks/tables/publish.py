@@ -27,13 +27,18 @@ def _unmeasured(rows: list[dict]) -> list[str]:
     return out
 
 
+def _claim(r: dict) -> str:
+    """'`tpe` at 0.5B selects ... on the autoencoder (...)': one summary row whose paired interval excludes 0."""
+    return (f"`{r['strategy']}` at {r['budget']:g}B selects a configuration {'below' if r['diff'] < 0 else 'above'} "
+            f"greedy's test L1 on the {r['family']} ({r['diff']:+.4f} ± {r['diff_half']:.4f}, {r['below']}/{r['pairs']} "
+            "seeds below)")
+
+
 def claims(rows: list[dict]) -> list[tuple[str, str]]:
-    """(family, '`tpe` at 0.5B selects ... on the autoencoder (...)') for each row whose paired interval excludes 0."""
+    """(family, :func:`_claim`) for each row whose paired interval excludes 0."""
     from benchmarks.publish import excludes_zero, summarize
 
-    return [(r["family"], f"`{r['strategy']}` at {r['budget']:g}B selects a configuration {'below' if r['diff'] < 0 else 'above'} "
-            f"greedy's test L1 on the {r['family']} ({r['diff']:+.4f} ± {r['diff_half']:.4f}, {r['below']}/{r['pairs']} "
-            "seeds below)") for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
+    return [(r["family"], _claim(r)) for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
 
 
 def publish_table() -> str:
@@ -60,7 +65,6 @@ def recommendation() -> str:
 
     rows = _rows()
     families = sorted({r["family"] for r in rows})
-    found = claims(rows)
     measured_on = f"; measured {row_measured(rows)}" if rows else ""
     lines = [f"Judged by what a researcher publishes, the final stage's test L1 of the configuration each search "
              f"selects (`benchmarks/README.md`, section 3b{measured_on}):"]
@@ -68,11 +72,10 @@ def recommendation() -> str:
         lines.append("not measured yet, so nothing is recommended over greedy.")
     summary = [r for r in summarize(rows) if r["strategy"] != "greedy"]
     for family in families:
-        better = [text for where, text in found if where == family and " below greedy's" in text]
-        worse = [text for where, text in found if where == family and " above greedy's" in text]
-        paired = sorted({r["strategy"] for r in summary if r["family"] == family and r["pairs"] >= 2})
-        undecided = [f"`{r['strategy']}` at {r['budget']:g}B" for r in summary
-                     if r["family"] == family and r["pairs"] >= 2 and not excludes_zero(r)]
+        paired = [r for r in summary if r["family"] == family and r["pairs"] >= 2]
+        better = [_claim(r) for r in paired if excludes_zero(r) and r["diff"] < 0]
+        worse = [_claim(r) for r in paired if excludes_zero(r) and r["diff"] > 0]
+        undecided = [f"`{r['strategy']}` at {r['budget']:g}B" for r in paired if not excludes_zero(r)]
         rest = [f"{', '.join(undecided)} within {'their' if len(undecided) > 1 else 'its'} paired interval of "
                 "greedy's"] if undecided else []
         if better:
@@ -80,8 +83,9 @@ def recommendation() -> str:
         elif worse:
             verdict = "none is recommended over greedy: " + "; ".join(worse + rest)
         elif paired:
-            verdict = (f"no strategy ({', '.join(paired)}) selects a configuration whose test L1 differs from "
-                       "greedy's by more than its paired interval, so none is recommended over greedy")
+            verdict = (f"no strategy ({', '.join(sorted({r['strategy'] for r in paired}))}) selects a configuration "
+                       "whose test L1 differs from greedy's by more than its paired interval, so none is recommended "
+                       "over greedy")
         else:
             verdict = "no strategy has two seeds paired with greedy's yet, so none is recommended over greedy"
         lines.append(f"- the {family}: {verdict}.")

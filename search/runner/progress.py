@@ -172,11 +172,12 @@ def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrenc
         search_epochs = math.ceil(budget_epochs / concurrency)
     low = startup_s + (search_epochs + final_rounds * epochs) * epoch_s
     final = f" + {final_runs} final runs" if final_runs else ""
-    trials = f"{fewest} to {sum(blocks)}" if fewest is not None and fewest < sum(blocks) else f"{sum(blocks)}"
+    ranged = fewest is not None and fewest < sum(blocks)
+    trials = f"{fewest} to {sum(blocks)}" if ranged else f"{sum(blocks)}"
     line = (f"estimate: {trials} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
             f"the study default measured here at {epoch_s:.1f} s")
     suffix = (f" for the budget's {budget_epochs} epochs" + (" (the more ASHA stops early, the more trials)"
-                                                               if fewest is not None and fewest < sum(blocks) else "")
+                                                               if ranged else "")
               if capped else _all_epochs(early_stops))
     if widest_epoch_s and widest_epoch_s > epoch_s * 1.05:
         high = startup_s + (search_epochs + final_rounds * epochs) * widest_epoch_s

@@ -86,9 +86,10 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
         options = plan.options
         per_trial = asha_epochs(plan.epochs, min(options.grace_period or plan.grace, plan.epochs),
                                 options.reduction_factor or plan.preset.reduction_factor)
-    blocks = within_budget(search.planned_blocks(), per_trial, budget_left)
+    planned = search.planned_blocks()
+    blocks = within_budget(planned, per_trial, budget_left)
     # With early stops, the budget buys between this many trials (none stopped) and ``blocks``.
-    fewest = sum(within_budget(search.planned_blocks(), plan.epochs, budget_left)) if early_stops else None
+    fewest = sum(within_budget(planned, plan.epochs, budget_left)) if early_stops else None
     if not sum(blocks):
         return
     measured = cluster.measure_epochs(plan, configs)
