@@ -115,7 +115,7 @@ def run_search(strategy: str, model: str, *, seed: int, scheduler: str = "asha",
 
 def curve(trials: pd.DataFrame) -> pd.DataFrame:
     """Best val L1 so far against epochs spent, trials in the order they finished (as the dashboard draws it)."""
-    from dashboards.build import best_so_far_by_epochs
+    from dashboards.efficiency import best_so_far_by_epochs
 
     spent, best = best_so_far_by_epochs(trials)
     return pd.DataFrame({"epochs": spent.astype(int), "best": best})

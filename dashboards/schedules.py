@@ -8,13 +8,13 @@ scheduler ranked members by.
 
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from dashboards.study import Study, empty, figure_html
 from search.store.schedules import TABLE
 
 
@@ -48,11 +48,11 @@ def schedule_figure(label: str, rows: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def section_schedules(studies: list[Any], figure_html) -> str:
+def section_population(studies: list[Study]) -> str:
     parts = []
     for index, study in enumerate(studies):
         table = study.store.read_table(TABLE)
         if table is None or table.num_rows == 0:
             continue
         parts.append(figure_html(schedule_figure(study.label, table.to_pandas()), f"fig-schedules-{index}"))
-    return "\n".join(parts)
+    return "\n".join(parts) or empty("No population study (--strategy pbt or pb2) among the inputs.")

@@ -171,7 +171,7 @@ def test_best_gallery_skips_all_black_truths():
     """An all-black map predicted black has the lowest L1 and says nothing: it is not a 'best' example."""
     import numpy as np
 
-    from dashboards.build import gallery_selection
+    from dashboards.galleries import gallery_selection
 
     truth = np.zeros((6, 3, 8, 8), np.uint8)
     truth[3:, 0, :4] = 200  # images 3, 4, 5 have something to remember
@@ -196,7 +196,7 @@ def _fake_trials(rows: list[tuple[str, str, float | None, int, int]]) -> pd.Data
 def test_efficiency_curve_is_a_step_function_that_stops_at_the_last_epoch():
     import numpy as np
 
-    from dashboards.build import best_so_far_by_epochs, best_so_far_on_grid, efficiency_band
+    from dashboards.efficiency import best_so_far_by_epochs, best_so_far_on_grid, efficiency_band
 
     # Listed out of order on purpose: the curve follows the order trials ended in.
     trials = _fake_trials([("c", "completed", 0.30, 4, 3), ("a", "errored", None, 2, 1),
@@ -262,7 +262,7 @@ def test_efficiency_section_draws_one_band_per_strategy(tmp_path):
 
 
 def test_trials_whose_train_val_gap_keeps_growing_after_their_best_epoch_are_flagged():
-    from dashboards.build import overfitting_trials
+    from dashboards.trials import overfitting_trials
 
     rows = []
     for epoch, (train, val) in enumerate([(0.20, 0.22), (0.15, 0.18), (0.10, 0.19), (0.06, 0.20)], start=1):

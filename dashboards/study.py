@@ -1,0 +1,106 @@
+"""What every dashboard section reads: a study folder loaded once (its record, trials and epochs
+tables), and the pieces the sections share (the finished trials, the baseline lines, the figure HTML)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from search.errors import StudyError
+from search.store.location import Location
+from search.store.results import ResultsStore
+from search.store.study import StudyStore
+
+FINISHED = ("completed", "stopped")
+
+
+class DashboardError(Exception):
+    """Bad input to the builder; the message says what and how to fix it."""
+
+
+@dataclass
+class Study:
+    store: StudyStore
+    meta: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+
+    @property
+    def folder(self) -> Location:
+        return self.store.root
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("study", self.folder.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.meta['strategy']}, {self.meta['family']})"
+
+    @property
+    def hp_columns(self) -> list[str]:
+        return [c for c in self.trials.columns if c.startswith("hp_")]
+
+
+def load_study(folder: str | Path) -> Study:
+    try:
+        store = StudyStore.at(folder)
+    except StudyError as err:
+        raise DashboardError(str(err)) from None
+    if not store.record.exists():
+        raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
+                             "such as runs/greedy-gan.")
+    meta = store.record.read()
+    trials, epochs = (_frame(store.read_table(name)) for name in (ResultsStore.TRIALS, ResultsStore.EPOCHS))
+    if trials.empty:
+        trials = pd.DataFrame(columns=["trial_id", "status", "best_val_l1", "epochs_run", "started_at", "ended_at"])
+    return Study(store, meta, trials, epochs)
+
+
+def _frame(table) -> pd.DataFrame:
+    return table.to_pandas() if table is not None else pd.DataFrame()
+
+
+def finished(study: Study) -> pd.DataFrame:
+    t = study.trials
+    return t[t["status"].isin(FINISHED) & t["best_val_l1"].notna()]
+
+
+def empty(message: str) -> str:
+    return f'<p class="empty">{html.escape(message)}</p>'
+
+
+def figure_html(fig: go.Figure, div_id: str) -> str:
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 50
+    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=top, b=50))
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+
+
+BASELINES = (("black_l1", "all-black map", "dot"), ("mean_map_l1", "mean training map", "dash"))
+
+
+def baseline_lines(fig: go.Figure, studies: list[Study], *, label: bool = True, **where: Any) -> None:
+    """Both dataset baselines as horizontal lines (labelled in the plot unless ``label`` is False:
+    plotly misplaces line annotations on log axes, so those plots explain the lines in text)."""
+    seen = set()
+    for study in studies:
+        base = study.meta.get("baselines") or {}
+        for key, name, dash in BASELINES:
+            if key in base and (key, round(base[key], 6)) not in seen:
+                seen.add((key, round(base[key], 6)))
+                text = {"annotation_text": f"{name} {base[key]:.4f}", "annotation_position": "top left"} if label else {}
+                fig.add_hline(y=base[key], line_dash=dash, line_color="#888", **text, **where)
+
+
+def baseline_legend(studies: list[Study]) -> str:
+    parts = []
+    for study in studies[:1]:
+        base = study.meta.get("baselines") or {}
+        parts += [f"{'dotted' if dash == 'dot' else 'dashed'}: {name} {base[key]:.4f}"
+                  for key, name, dash in BASELINES if key in base]
+    return f'<p class="legend">Reference lines, {"; ".join(parts)}.</p>' if parts else ""
