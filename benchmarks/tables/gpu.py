@@ -42,78 +42,95 @@ def gpu_memory() -> str:
             + "; each process holds its CUDA context on top of what torch reserves.")
 
 
+def _env(env: dict[str, Any], level: str) -> list[str]:
+    return [f"torch {env['torch']} (CUDA {env['cuda']}), {env['memory_gib']:.0f} GiB, {env['multiprocessors']} SMs; "
+            f"measured ceilings: bf16 matrix product {env['bf16_matmul_tflops']:.0f} TFLOP/s, "
+            f"device copy {env['copy_gb_s']:.0f} GB/s.", ""]
+
+
+def _train(train: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Training epochs (1,280 pairs, batch 16, 64x64; evaluation = BatchNorm re-estimation + val 320 + train 320)", "",
+             "| family | c | variant | train s/epoch | images/s | eval s | peak MB (tensors / cache) | GPU util | warm-up s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in train["rows"]:
+        util = "n/a" if r["gpu_util"] is None else f"{r['gpu_util']:.0%}"
+        lines.append(f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{r['eval_s']:.3f} | {r['peak_mb']:.0f} / {r['reserved_mb']:.0f} | {util} | {r['warmup_s']:.1f} |")
+    return [*lines, ""]
+
+
+def _sampling(sampling: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Diffusion validation sampling (320 images, bf16)", "", "| c | sampler | seconds |", "|---|---|---|"]
+    lines += [f"| {r['width']} | DDIM-{r['steps']} | {r['seconds']:.2f} |" for r in sampling["rows"]]
+    return [*lines, ""]
+
+
+def _trial(trial: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} One GAN trial (c = 64, as a search runs it: evaluation every epoch)", "",
+             "| | epochs | wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |", "|---|---|---|---|---|---|---|"]
+    for label, r in trial.items():
+        if label.startswith("_"):
+            continue
+        lines.append(f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | "
+                     f"{r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |")
+    return [*lines, ""]
+
+
+def _packing(packing: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Trials sharing one GPU (GAN c = 64; auto chose {packing['auto_per_gpu']}: {packing['auto_why']})", "",
+             "| trials per GPU | trials x epochs | wall s | median trial s | thesis trials per hour | vs one |",
+             "|---|---|---|---|---|---|"]
+    for r in packing["rows"]:
+        lines.append(f"| {r['per_gpu']} | {r['trials']} x {r['epochs']} | {r['wall_s']:.1f} | {r['median_trial_s']:.1f} | "
+                     f"{r['thesis_trials_per_hour']:.1f} | {r['vs_one']:.2f}x |")
+    return [*lines, ""]
+
+
+def _search(search: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Thesis-preset greedy GAN search (python -m search.run --strategy greedy --model gan --preset thesis)", "",
+             f"{'finished' if search['finished'] else 'NOT finished'}: {search['trials']} trials ({search['counts']}), "
+             f"wall {search['total_s']:.0f} s over {len(search['segments_s'])} segment(s) "
+             f"({', '.join(f'{s:.0f} s' for s in search['segments_s'] if s)}), GPU share per trial "
+             f"{search['gpus_per_trial']}, best val L1 {search['best_val_l1']}", ""]
+    if search.get("trials_table"):
+        lines += ["| block | parameter | status | epochs | trial wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['block']} | {r['param']} | {r['status']} | {r['epochs']} | {r['trial_wall_s']:.1f} | "
+                  f"{r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | {r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |"
+                  for r in search["trials_table"]]
+        lines.append("")
+    return lines
+
+
+def _before(before: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Before: {before['note']}", "", "| family | c | variant | train s/epoch | eval s | GPU util |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['eval_s']:.3f} | "
+              f"{r['gpu_util']:.0%} |" for r in before["train"]["rows"]]
+    lines += ["", "| one GAN trial, c = 64 | epochs | wall s | median epoch s |", "|---|---|---|---|"]
+    lines += [f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} |"
+              for label, r in before["trial"].items() if not label.startswith("_")]
+    return [*lines, ""]
+
+
+def _checks(checks: dict[str, Any], level: str) -> list[str]:
+    lines = [f"{level} Checks", ""]
+    for name, r in checks["results"].items():
+        detail = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "passed")
+        lines.append(f"- {'PASS' if r['passed'] else 'FAIL'} {name}: {detail}")
+    return [*lines, ""]
+
+
+# The sections of a result file, in the order they are printed.
+SECTIONS = (("env", _env), ("train", _train), ("sampling", _sampling), ("trial", _trial), ("packing", _packing),
+            ("search", _search), ("before", _before), ("checks", _checks))
+
+
 def report(results: dict[str, Any], level: str = "##") -> str:
     """Every table of a gpu-<device>.json, headed at ``level`` (printed by benchmarks.gpu, rendered into the README)."""
     lines = [] if level != "##" else [f"# GPU benchmark: {results.get('env', {}).get('device', '?')}", ""]
-    env = results.get("env")
-    if env:
-        lines += [f"torch {env['torch']} (CUDA {env['cuda']}), {env['memory_gib']:.0f} GiB, {env['multiprocessors']} SMs; "
-                  f"measured ceilings: bf16 matrix product {env['bf16_matmul_tflops']:.0f} TFLOP/s, "
-                  f"device copy {env['copy_gb_s']:.0f} GB/s.", ""]
-    train = results.get("train")
-    if train:
-        lines += [f"{level} Training epochs (1,280 pairs, batch 16, 64x64; evaluation = BatchNorm re-estimation + val 320 + train 320)", "",
-                  "| family | c | variant | train s/epoch | images/s | eval s | peak MB (tensors / cache) | GPU util | warm-up s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in train["rows"]:
-            util = "n/a" if r["gpu_util"] is None else f"{r['gpu_util']:.0%}"
-            lines.append(f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['images_per_s']:.0f} | "
-                         f"{r['eval_s']:.3f} | {r['peak_mb']:.0f} / {r['reserved_mb']:.0f} | {util} | {r['warmup_s']:.1f} |")
-        lines.append("")
-    sampling = results.get("sampling")
-    if sampling:
-        lines += [f"{level} Diffusion validation sampling (320 images, bf16)", "", "| c | sampler | seconds |", "|---|---|---|"]
-        lines += [f"| {r['width']} | DDIM-{r['steps']} | {r['seconds']:.2f} |" for r in sampling["rows"]]
-        lines.append("")
-    trial = results.get("trial")
-    if trial:
-        lines += [f"{level} One GAN trial (c = 64, as a search runs it: evaluation every epoch)", "",
-                  "| | epochs | wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |", "|---|---|---|---|---|---|---|"]
-        for label, r in trial.items():
-            if label.startswith("_"):
-                continue
-            lines.append(f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | "
-                         f"{r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |")
-        lines.append("")
-    packing = results.get("packing")
-    if packing:
-        lines += [f"{level} Trials sharing one GPU (GAN c = 64; auto chose {packing['auto_per_gpu']}: {packing['auto_why']})", "",
-                  "| trials per GPU | trials x epochs | wall s | median trial s | thesis trials per hour | vs one |",
-                  "|---|---|---|---|---|---|"]
-        for r in packing["rows"]:
-            lines.append(f"| {r['per_gpu']} | {r['trials']} x {r['epochs']} | {r['wall_s']:.1f} | {r['median_trial_s']:.1f} | "
-                         f"{r['thesis_trials_per_hour']:.1f} | {r['vs_one']:.2f}x |")
-        lines.append("")
-    search = results.get("search")
-    if search:
-        lines += [f"{level} Thesis-preset greedy GAN search (python -m search.run --strategy greedy --model gan --preset thesis)", "",
-                  f"{'finished' if search['finished'] else 'NOT finished'}: {search['trials']} trials ({search['counts']}), "
-                  f"wall {search['total_s']:.0f} s over {len(search['segments_s'])} segment(s) "
-                  f"({', '.join(f'{s:.0f} s' for s in search['segments_s'] if s)}), GPU share per trial "
-                  f"{search['gpus_per_trial']}, best val L1 {search['best_val_l1']}", ""]
-        if search.get("trials_table"):
-            lines += ["| block | parameter | status | epochs | trial wall s | median epoch s | GPU util | process on GPU, MB | best val L1 |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['block']} | {r['param']} | {r['status']} | {r['epochs']} | {r['trial_wall_s']:.1f} | "
-                      f"{r['median_epoch_s']:.3f} | {r['gpu_util']:.0%} | {r['gpu_reserved_mb']:.0f} | {r['best_val_l1']:.4f} |"
-                      for r in search["trials_table"]]
-            lines.append("")
-    before = results.get("before")
-    if before:
-        lines += [f"{level} Before: {before['note']}", "", "| family | c | variant | train s/epoch | eval s | GPU util |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['family']} | {r['width']} | {r['variant']} | {r['train_epoch_s']:.3f} | {r['eval_s']:.3f} | "
-                  f"{r['gpu_util']:.0%} |" for r in before["train"]["rows"]]
-        lines += ["", "| one GAN trial, c = 64 | epochs | wall s | median epoch s |", "|---|---|---|---|"]
-        lines += [f"| {label} | {r['epochs']} | {r['wall_s']:.1f} | {r['median_epoch_s']:.3f} |"
-                  for label, r in before["trial"].items() if not label.startswith("_")]
-        lines.append("")
-    checks = results.get("checks")
-    if checks:
-        lines += [f"{level} Checks", ""]
-        for name, r in checks["results"].items():
-            detail = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "passed")
-            lines.append(f"- {'PASS' if r['passed'] else 'FAIL'} {name}: {detail}")
-        lines.append("")
+    for key, section in SECTIONS:
+        if results.get(key):
+            lines += section(results[key], level)
     return "\n".join(lines)
 
 
