@@ -190,6 +190,27 @@ def compare(reference: Path, faulted: Path) -> dict[str, Any]:
             "epoch_rows": [len(ref_e), len(got_e)]}
 
 
+def _kill_spec(i: int, kills: int, total: int, per_trial: float, points: list[str], worker_kill_at: int, study: Path,
+               rng: random.Random) -> dict[str, Any]:
+    """How run i of the faulted search is killed: by a timer, at a named crash point, or (once) a worker, then
+    the driver."""
+    # Spread the kills over the whole search: kill i comes once about (i + 1) / (kills + 1)
+    # of the reference's trials have finished, at a point drawn around there.
+    ahead = max(0, round((i + 1) * total / (kills + 1)) - len(_finished(study)))
+    if rng.random() < 0.35:
+        spec: dict[str, Any] = {"kill_after": round(STARTUP_SECONDS + (ahead + rng.random()) * per_trial, 1)}
+    else:
+        point = rng.choice(points)
+        # How often each point comes round per finished trial (two Parquet files per flush,
+        # a flush when a trial starts and when it ends).
+        per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4}.get(point, 0)
+        spec = {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
+    if i == worker_kill_at:  # a trial's worker dies mid-epoch; the driver is killed later, by a timer
+        spec = {"kill_worker_after": round(rng.uniform(0.5, 2.0), 2),
+                "then_kill_driver_after": round((1 + rng.random()) * per_trial, 1)}
+    return spec
+
+
 def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> dict[str, Any]:
     args = STRATEGIES[name]
     ref_dir, faulted_dir = workdir / f"{name}-reference", workdir / f"{name}-faulted"
@@ -209,20 +230,7 @@ def run_strategy(name: str, workdir: Path, kills: int, rng: random.Random) -> di
     repeated: set[str] = set()
     survived = 0
     for i in range(kills):
-        # Spread the kills over the whole search: kill i comes once about (i + 1) / (kills + 1)
-        # of the reference's trials have finished, at a point drawn around there.
-        ahead = max(0, round((i + 1) * total / (kills + 1)) - len(_finished(faulted_dir / STUDY)))
-        if rng.random() < 0.35:
-            spec: dict[str, Any] = {"kill_after": round(STARTUP_SECONDS + (ahead + rng.random()) * per_trial, 1)}
-        else:
-            point = rng.choice(points)
-            # How often each point comes round per finished trial (two Parquet files per flush,
-            # a flush when a trial starts and when it ends).
-            per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4}.get(point, 0)
-            spec = {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
-        if i == worker_kill_at:  # a trial's worker dies mid-epoch; the driver is killed later, by a timer
-            spec = {"kill_worker_after": round(rng.uniform(0.5, 2.0), 2),
-                    "then_kill_driver_after": round((1 + rng.random()) * per_trial, 1)}
+        spec = _kill_spec(i, kills, total, per_trial, points, worker_kill_at, faulted_dir / STUDY, rng)
         result = _run(faulted_dir, args, **spec)
         study = faulted_dir / STUDY
         if result["killed"]:
