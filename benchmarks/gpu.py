@@ -50,12 +50,12 @@ import torch
 
 from benchmarks.provenance import provenance
 from benchmarks.tables.gpu import report
+from trainables.families import FAMILIES, find_family
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("env", "checks", "train", "sampling", "trial", "packing", "search")
 WIDTHS = (64, 100)
-FAMILIES = ("autoencoder", "gan", "diffusion")
 VARIANTS = {  # name -> run settings
     "fp32": {"precision": "fp32", "channels_last": "off", "compile": "off", "cuda_graphs": "off"},
     "bf16": {"precision": "bf16", "channels_last": "off", "compile": "off", "cuda_graphs": "off"},
@@ -87,9 +87,8 @@ def _config(family: str, width: int, **settings: Any) -> dict[str, Any]:
 
     space = load_space(family)
     config = {**space.fixed, **space.defaults()}
-    for key in ("width", "g_width", "d_width"):
-        if key in config:
-            config[key] = width
+    for key in find_family(family).width_params:
+        config[key] = width
     return {**config, "train_eval_size": 320, "epochs": 100, **settings}
 
 
