@@ -8,7 +8,6 @@ scheduler ranked members by.
 
 from __future__ import annotations
 
-
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
