@@ -136,14 +136,21 @@ def test_estimate_gives_a_range_up_to_the_widest_models():
 
 def test_under_a_budget_with_early_stops_the_estimate_gives_the_trials_range_and_the_budgets_time():
     # The GAN's tpe search of benchmarks.publish: 232 epochs, trials of 8 epochs, ASHA from epoch 3 halving:
-    # 29 trials if none is stopped, 47 at ASHA's 5 epochs a trial (it ran 40); the time is the budget's
-    # epochs, 2 at a time (116 x 9.4 s), plus a round of final runs, whatever the trial count.
+    # 29 trials if none is stopped, 47 at ASHA's 5 epochs a trial (it ran 40), 78 + a round running and one
+    # queued if every trial stopped at epoch 3; the time is the budget's epochs, 2 at a time (116 x 9.4 s),
+    # plus a round of final runs, whatever the trial count.
     blocks = within_budget([0], asha_epochs(8, 3, 2), 232)
     line = estimate_line(blocks=blocks, epochs=8, final_runs=2, concurrency=2, epoch_s=9.4, startup_s=0.0,
-                         budget_epochs=232, fewest=sum(within_budget([0], 8, 232)))
-    assert line.startswith("estimate: 29 to 47 trials + 2 final runs of up to 8 epochs")
+                         budget_epochs=232, fewest=sum(within_budget([0], 8, 232)),
+                         most=sum(within_budget([0], 3, 232)) + 4)
+    assert line.startswith("estimate: 29 to 82 trials (about 47 if ASHA stops its usual share) + 2 final runs of up "
+                           "to 8 epochs")
     assert line.endswith(f"about {duration((116 + 8) * 9.4)} for the budget's 232 epochs (the more ASHA stops early, "
                          "the more trials)")
+    # Its tpe search at B/2 (120 epochs) planned about 24 and ran 27: within the range's top.
+    half = estimate_line(blocks=within_budget([0], asha_epochs(8, 3, 2), 120), epochs=8, final_runs=2, concurrency=2,
+                         epoch_s=9.4, budget_epochs=120, fewest=15, most=sum(within_budget([0], 3, 120)) + 4)
+    assert half.startswith("estimate: 15 to 44 trials (about 24 ")
     # Without early stops the rounds, already cut to the budget, give the time.
     line = estimate_line(blocks=[3], epochs=8, final_runs=0, concurrency=2, epoch_s=10.0, startup_s=0.0,
                          early_stops=False, budget_epochs=20)

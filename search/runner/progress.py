@@ -152,17 +152,19 @@ def within_budget(blocks: list[int], epochs: float, budget_left: int | None) -> 
 
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
                   widest_epoch_s: float | None = None, startup_s: float = 15.0, early_stops: bool = True,
-                  budget_epochs: int | None = None, fewest: int | None = None) -> str:
+                  budget_epochs: int | None = None, fewest: int | None = None, most: int | None = None) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
     ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
     of the study default, and of its widest models (where the search may end up).
 
     Under --budget-epochs (``budget_epochs``: epochs left to spend) the search trains no more than
     the budget, ``concurrency`` epochs at a time, however early stops divide it among trials; with
-    early stops the trials it affords are a range: ``fewest`` (none stopped) to ``sum(blocks)``
-    (as many stopped as ASHA's rungs allow). How many ASHA stops depends on the values the
-    searcher finds (a sampler that improves sends more trials past the rungs), so no single count
-    can be promised."""
+    early stops the trials it affords are a range: ``fewest`` (none stopped) to ``most`` (every
+    trial stopped at the grace period, and a round running and one queued when the budget is
+    reached), with ``sum(blocks)`` (ASHA stopping its usual share at each rung) in between. How
+    many ASHA stops depends on the values the searcher finds (a sampler that improves sends more
+    trials past the rungs; a small study's rungs stop more or fewer than their share by chance), so
+    no single count can be promised: a GAN tpe search planned at about 24 trials ran 27."""
     rounds = sum(math.ceil(n / concurrency) for n in blocks if n)
     final_rounds = math.ceil(final_runs / concurrency) if final_runs else 0
     search_epochs = rounds * epochs  # epochs one after another, every trial running all its epochs
@@ -172,9 +174,13 @@ def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrenc
         search_epochs = math.ceil(budget_epochs / concurrency)
     low = startup_s + (search_epochs + final_rounds * epochs) * epoch_s
     final = f" + {final_runs} final runs" if final_runs else ""
-    ranged = fewest is not None and fewest < sum(blocks)
-    trials = f"{fewest} to {sum(blocks)}" if ranged else f"{sum(blocks)}"
-    line = (f"estimate: {trials} trials{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
+    typical = sum(blocks)
+    most = max(most or typical, typical)
+    ranged = fewest is not None and fewest < most
+    trials = f"{fewest} to {most} trials" if ranged else f"{typical} trials"
+    if ranged and fewest < typical < most:
+        trials += f" (about {typical} if ASHA stops its usual share)"
+    line = (f"estimate: {trials}{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
             f"the study default measured here at {epoch_s:.1f} s")
     suffix = (f" for the budget's {budget_epochs} epochs" + (" (the more ASHA stops early, the more trials)"
                                                                if ranged else "")

@@ -81,24 +81,30 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
     if search.to_run == 0:
         return
     early_stops = plan.options.scheduler == "asha" and not search.replaces_scheduler
-    per_trial = plan.epochs
+    per_trial, grace = plan.epochs, plan.epochs
     if early_stops:  # under a budget, the trials it affords are as long as ASHA lets them be on average
         options = plan.options
-        per_trial = asha_epochs(plan.epochs, min(options.grace_period or plan.grace, plan.epochs),
-                                options.reduction_factor or plan.preset.reduction_factor)
+        grace = min(options.grace_period or plan.grace, plan.epochs)
+        per_trial = asha_epochs(plan.epochs, grace, options.reduction_factor or plan.preset.reduction_factor)
     planned = search.planned_blocks()
     blocks = within_budget(planned, per_trial, budget_left)
-    # With early stops, the budget buys between this many trials (none stopped) and ``blocks``.
-    fewest = sum(within_budget(planned, plan.epochs, budget_left)) if early_stops else None
     if not sum(blocks):
         return
+    concurrency = cluster.concurrency(plan)
+    fewest = most = None
+    if early_stops and budget_left is not None:
+        # The budget buys from this many trials (none stopped) to ``most``: every one stopped at the grace period,
+        # and the trials running or queued (a round of each) when the budget is reached start all the same.
+        fewest = sum(within_budget(planned, plan.epochs, budget_left))
+        most = sum(within_budget(planned, grace, budget_left)) + 2 * concurrency
+        most = min(most, sum(planned)) if any(planned) else most
     measured = cluster.measure_epochs(plan, configs)
     if measured is None or measured[0] is None:
         return
     epoch_s, widest_s = measured
-    print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs,
-                        concurrency=cluster.concurrency(plan), epoch_s=epoch_s, widest_epoch_s=widest_s,
-                        early_stops=early_stops, budget_epochs=budget_left, fewest=fewest), flush=True)
+    print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs, concurrency=concurrency,
+                        epoch_s=epoch_s, widest_epoch_s=widest_s, early_stops=early_stops,
+                        budget_epochs=budget_left, fewest=fewest, most=most), flush=True)
 
 
 def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]], train: Callable | None = None):
