@@ -35,7 +35,7 @@ def count(family: str) -> dict:
     space = load_space(family)
     family_cls = find_family(family)
     fields = set(family_cls.config_cls.__dataclass_fields__)
-    chosen = {k: v for k, v in {**space.fixed, **space.defaults()}.items() if k in fields}
+    chosen = {k: v for k, v in space.default_config().items() if k in fields}
     chosen.update({k: WIDTH for k in family_cls.width_params})
     model = family_cls(family_cls.config_cls(**chosen), RunSettings(epochs=1, width_divisor=1), torch.device("cpu"))
     image = torch.rand(BATCH, 3, SIZE, SIZE) * 2 - 1

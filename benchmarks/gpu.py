@@ -86,7 +86,7 @@ def _config(family: str, width: int, **settings: Any) -> dict[str, Any]:
     from search.space import load_space
 
     space = load_space(family)
-    config = {**space.fixed, **space.defaults()}
+    config = space.default_config()
     for key in find_family(family).width_params:
         config[key] = width
     return {**config, "train_eval_size": 320, "epochs": 100, **settings}

@@ -36,7 +36,7 @@ def train_default(family: str, change: dict, data, preset, epochs: int, threads:
     """Train ``family``'s study defaults (with ``change``) at the preset's size: (every reported row, seconds)."""
     space = load_space(family)
     family_cls = find_family(family)
-    config = {**space.fixed, **space.defaults(), **change, "epochs": epochs, "seed": seed,
+    config = {**space.default_config(), **change, "epochs": epochs, "seed": seed,
               "width_divisor": preset.width_divisor, "train_eval_size": preset.train_eval_size, "threads": threads}
     reported: list[dict] = []
     start = time.perf_counter()

@@ -31,7 +31,7 @@ def study_defaults(family: str) -> dict[str, Any]:
     from search.space import load_space
 
     space = load_space(family)
-    return {**space.fixed, **space.defaults()}
+    return space.default_config()
 
 
 def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor: int) -> callable:

@@ -110,6 +110,10 @@ class Space:
     def defaults(self) -> dict[str, Any]:
         return self.resolve({})
 
+    def default_config(self) -> dict[str, Any]:
+        """The study default as a model's whole config: the fixed values and each parameter's default."""
+        return {**self.fixed, **self.defaults()}
+
     def dependents(self, name: str) -> set[str]:
         """Parameters whose existence or candidates follow (transitively) from ``name``."""
         found: set[str] = set()
@@ -324,7 +328,7 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
     space = Space(family, list(seen.values()), fixed, source, raw)
     space.perturb = _parse_pbt(source, family_cls, dict(raw.get("pbt", {})), seen)
     try:  # the defaults must make a valid config of the family
-        config_cls(**{**fixed, **space.defaults()})
+        config_cls(**space.default_config())
     except (TypeError, ValueError) as err:
         raise _fail(source, f"the defaults do not form a valid {family} config: {err}") from None
     return space

@@ -123,7 +123,7 @@ def test_one_epoch_is_measured_on_this_machine(tiny_data):
     from trainables.config import RunSettings
 
     space = load_space("autoencoder")
-    config = {**space.fixed, **space.defaults(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
+    config = {**space.default_config(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
     seconds = measure_epoch_seconds(find_family("autoencoder"), config, tiny_data)
     assert 0 < seconds < 60
 
@@ -162,7 +162,7 @@ def test_a_short_trial_measures_an_epoch_as_search_trials_run_it(tiny_data):
     from trainables.measure import measure_trial_epoch
 
     space = load_space("autoencoder")
-    config = {**space.fixed, **space.defaults(), "width_divisor": 16, "train_eval_size": 16, "epochs": 100}
+    config = {**space.default_config(), "width_divisor": 16, "train_eval_size": 16, "epochs": 100}
     row = measure_trial_epoch(find_family("autoencoder"), config, tiny_data)
     assert row["epoch"] == 2 and row["status"] == "completed"  # its own 2 epochs, not the config's 100
     assert 0 < row["epoch_seconds"] < 60 and row["device"] == "cpu"
