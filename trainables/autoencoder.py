@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import torch
-from torch import nn
 
 from models.layers import scaled_width
 from models.unet import UNetConfig, build_unet
 from trainables.augment import AugmentConfig
 from trainables.config import RunSettings, build_optimizer
-from trainables.family import Family, step
+from trainables.family import OneNetworkFamily, step
 from trainables.losses import check_map_loss, masked_map_loss
 
 
@@ -33,8 +32,9 @@ class AutoencoderConfig(AugmentConfig):
     map_loss: str = "l1+ce"  # "l1" (the report's), "ce", "l1+ce": see trainables/losses.py
 
 
-class AutoencoderFamily(Family):
+class AutoencoderFamily(OneNetworkFamily):
     name, aliases, config_cls = "autoencoder", ("unet",), AutoencoderConfig
+    net_key = "unet"
     # The largest row of benchmarks/results/seeds.json among what greedy holds once its first block is decided
     # (benchmarks/README.md, section 9): p_translation 0, 0.0392 +- 0.0016 (4.0%; measured 2026-12-01 on 85cddc4).
     noise = 0.040
@@ -46,16 +46,6 @@ class AutoencoderFamily(Family):
         self.opt = build_optimizer(self.net.parameters(), hp)
         self.scaler = self.precision.scaler()
         self.map_loss = check_map_loss(hp.map_loss)
-
-    @property
-    def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.net}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"unet": self.opt}
-
-    def scalers(self) -> dict[str, torch.amp.GradScaler]:
-        return {"unet": self.scaler}
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():

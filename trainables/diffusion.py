@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import torch
-from torch import nn
 
 from models.diffusion import PREDICTIONS, SAMPLERS, DenoiserConfig, NoiseSchedule, build_denoiser, sample
 from models.layers import scaled_width
 from trainables.augment import AugmentConfig, hide_invalid
 from trainables.config import RunSettings, build_optimizer
-from trainables.family import Family, step
+from trainables.family import OneNetworkFamily, step
 from trainables.losses import MAP_LOSSES, masked_l1, masked_mse
 
 MAP_LOSSES_ON_X0 = ("ce", "l1+ce")  # the autoencoder's map losses (trainables/losses.py), on the x0 estimate
@@ -69,8 +68,9 @@ class DiffusionConfig(AugmentConfig):
             raise ValueError("sampling_steps and final_sampling_steps must be at least 1")
 
 
-class DiffusionFamily(Family):
+class DiffusionFamily(OneNetworkFamily):
     name, aliases, config_cls = "diffusion", ("palette",), DiffusionConfig
+    net_key = "denoiser"
     # x0 with l1+ce, p_translation 0: 0.0397 +- 0.0014 (3.5%; benchmarks/results/seeds.json, 2026-12-01 on 85cddc4).
     noise = 0.035
 
@@ -87,16 +87,6 @@ class DiffusionFamily(Family):
         # Sampling noise is seeded, so a config's validation L1 is reproducible.
         self.sample_seed = settings.seed
         self.has_final_mode = (hp.final_sampler, hp.final_sampling_steps) != (hp.sampler, hp.sampling_steps)
-
-    @property
-    def modules(self) -> dict[str, nn.Module]:
-        return {"denoiser": self.net}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"denoiser": self.opt}
-
-    def scalers(self) -> dict[str, torch.amp.GradScaler]:
-        return {"denoiser": self.scaler}
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         # Pixels augmentation hid carry no known map: they enter neither the network's noisy

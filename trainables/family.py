@@ -188,3 +188,23 @@ class Family(ABC):
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():
             module.train(mode)
+
+
+class OneNetworkFamily(Family):
+    """A family that trains one network (``net``) with one optimizer (``opt``) and one loss scaler (``scaler``),
+    checkpointed under ``net_key`` (``net.<key>``, ``opt.<key>``, ``scaler.<key>``)."""
+
+    net_key: ClassVar[str]
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {self.net_key: self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {self.net_key: self.opt}
+
+    def scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {self.net_key: self.scaler}
