@@ -11,14 +11,13 @@ called directly, so the numbers are the models', not the scheduler's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import provenance
+from benchmarks.provenance import provenance, write_family_rows
 from search.runner.options import PRESETS
 from search.space import load_space
 from trainables.families import FAMILIES, find_family
@@ -81,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   + f" {row['val_spearman']:5.2f} {seconds:7.0f}", flush=True)
     print(f"baselines: all-black map {base['black_l1']:.4f} (remembered {base['black_l1_remembered']:.4f}, "
           f"falsely remembered {base['black_l1_falsely_remembered']:.4f}); mean training map {base['mean_map_l1']:.4f}")
-    out = Path(args.out)
-    if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
-        kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
-        rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"provenance": prov, "preset": args.preset, "baselines": base, "families": rows}, indent=2) + "\n")
+    write_family_rows(args.out, {"provenance": prov, "preset": args.preset, "baselines": base}, rows, list(FAMILIES))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -58,3 +59,15 @@ def this_process() -> dict:
     except ValueError:
         module = script.stem
     return provenance(module, sys.argv[1:])
+
+
+def write_family_rows(out: str | Path, header: dict, rows: list[dict], order: list[str]) -> None:
+    """Write ``header`` and ``rows`` (one per family, ``family`` in ``order``) to the result file ``out``, keeping
+    the earlier rows of the families this run did not measure (a run for some families updates only theirs)."""
+    out = Path(out)
+    measured = {r["family"] for r in rows}
+    if out.exists():
+        rows = [r for r in json.loads(out.read_text())["families"] if r["family"] not in measured] + rows
+    rows = sorted(rows, key=lambda r: order.index(r["family"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**header, "families": rows}, indent=2) + "\n")

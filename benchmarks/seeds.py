@@ -13,7 +13,6 @@ it as their margin. No Ray: the shared training loop is called directly.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning import train_default
-from benchmarks.provenance import provenance
+from benchmarks.provenance import provenance, write_family_rows
 from search.runner.options import PRESETS
 from trainables.families import FAMILIES
 from trainables.data import resolve_data
@@ -36,12 +35,14 @@ VARIANTS = {"autoencoder": [{}, {"p_translation": 0.0}],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="runs per configuration, at least 2 (default 5)")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "seeds.json"))
     args = parser.parse_args(argv)
+    if args.seeds < 2:
+        parser.error(f"--seeds {args.seeds}: a spread over seeds needs at least 2 runs")
     prov = provenance("benchmarks.seeds", sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
@@ -64,13 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             changed = ",".join(f"{k}={v}" for k, v in change.items()) or "defaults"
             print(f"{family:12} {changed:16} {mean:7.4f} {sd:7.4f} {sd / mean:7.1%} {min(values):7.4f} {max(values):7.4f}  "
                   + " ".join(f"{v:.4f}" for v in values), flush=True)
-    out = Path(args.out)
-    families = args.families.split(",")
-    if out.exists() and set(families) != set(FAMILIES):  # keep the other families' earlier rows
-        kept = [r for r in json.loads(out.read_text())["families"] if r["family"] not in families]
-        rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"provenance": prov, "preset": args.preset, "epochs": epochs, "families": rows}, indent=2) + "\n")
+    write_family_rows(args.out, {"provenance": prov, "preset": args.preset, "epochs": epochs}, rows, list(FAMILIES))
     return 0
 
 
