@@ -18,18 +18,15 @@ def section_progress(studies: list[Study]) -> str:
                         shared_yaxes=True)
     any_data = False
     for index, study in enumerate(studies):
-        t = study.trials[study.trials["ended_at"].notna()].sort_values("ended_at")
+        t = ended_in_order(study.trials)
         if t.empty:
             continue
         any_data = True
-        value = t["best_val_l1"].where(t["status"].isin(FINISHED))
-        best = value.cummin().ffill()
         start = pd.to_datetime(study.trials["started_at"]).min()
         wall = (pd.to_datetime(t["ended_at"]) - start).dt.total_seconds()
-        spent = t["epochs_run"].fillna(0).cumsum()
         colour = f"hsl({(index * 67) % 360}, 65%, 45%)"
-        for col, x in enumerate((np.arange(1, len(t) + 1), wall, spent), start=1):
-            fig.add_trace(go.Scatter(x=x, y=best, mode="lines+markers", line_shape="hv", name=study.label,
+        for col, x in enumerate((np.arange(1, len(t) + 1), wall, t["spent"]), start=1):
+            fig.add_trace(go.Scatter(x=x, y=t["best_so_far"], mode="lines+markers", line_shape="hv", name=study.label,
                                      legendgroup=study.label, showlegend=col == 1, line=dict(color=colour)),
                           row=1, col=col)
     if not any_data:
@@ -41,17 +38,19 @@ def section_progress(studies: list[Study]) -> str:
     return baseline_legend(studies) + figure_html(fig, "fig-progress")
 
 
+def ended_in_order(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ended, in the order they ended (ties by trial id), with ``spent``: the epochs run
+    up to and with each, and ``best_so_far``: the best val L1 of the finished trials so far (NaN until the
+    first one finished)."""
+    t = trials[trials["ended_at"].notna()].sort_values(["ended_at", "trial_id"], kind="stable")
+    return t.assign(spent=t["epochs_run"].fillna(0).astype(float).cumsum(),
+                    best_so_far=t["best_val_l1"].where(t["status"].isin(FINISHED)).astype(float).cummin().ffill())
+
+
 def best_so_far_by_epochs(trials: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """One study's best val L1 so far against epochs spent, as in the progress section: the trials that
-    ended, in the order they ended; after each, the cumulative epochs run and the best val L1 of the
-    finished trials so far (NaN until the first one finished)."""
-    t = trials[trials["ended_at"].notna()]
-    if t.empty:
-        return np.empty(0), np.empty(0)
-    t = t.sort_values(["ended_at", "trial_id"], kind="stable")
-    best = t["best_val_l1"].where(t["status"].isin(FINISHED)).astype(float).cummin().ffill()
-    spent = t["epochs_run"].fillna(0).astype(float).cumsum()
-    return spent.to_numpy(), best.to_numpy()
+    """One study's best val L1 so far against epochs spent, as in the progress section."""
+    t = ended_in_order(trials)
+    return t["spent"].to_numpy(), t["best_so_far"].to_numpy()
 
 
 def best_so_far_on_grid(trials: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
