@@ -2,7 +2,7 @@
 
 On CUDA a trial trains in bf16 autocast (fp16 with a loss scaler where bf16 is missing),
 with fused Adam, each training step replayed as one CUDA graph (``trainables.loop.TrainSteps``),
-and with the memory format that ``benchmarks/gpu.py`` measured fastest at the thesis sizes
+and with the memory format that ``benchmarks/gpu/`` measured fastest at the thesis sizes
 (see :func:`FastPath.resolve`). On the CPU everything is fp32, eager and contiguous: the CPU
 path is what the tests and the ``cpu`` preset run.
 
@@ -73,7 +73,7 @@ class FastPath:
     def resolve(cls, device: torch.device, channels_last: str = "auto", compile: str = "auto") -> "FastPath":
         """The settings' choices, with ``auto`` resolved for this device.
 
-        ``auto`` is off on the CPU. On CUDA it follows what benchmarks/gpu.py measured on an
+        ``auto`` is off on the CPU. On CUDA it follows what benchmarks/gpu/ measured on an
         H100 at the thesis sizes (64x64 maps, batch 16, c = 64 and 100; benchmarks/README.md,
         section 10): with CUDA graphs, channels-last trained every family 13-21% faster (the
         GAN at c = 64: 0.230 s an epoch against 0.268), so it is on. ``torch.compile`` has not
