@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import this_process
-from benchmarks.publish import RowFile, plus_minus, run
+from benchmarks.publish import RowFile, comma_separated, plus_minus, run
 from benchmarks.search import interval, shared_ray
 
 RESULTS = Path(__file__).parent / "results" / "population.json"
@@ -100,7 +100,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=BUDGET, help=f"member-epochs per run (default {BUDGET})")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds")
+    parser.add_argument("--seeds", type=comma_separated(int), default=[0, 1, 2], help="comma-separated search seeds")
     parser.add_argument("--preset", default="cpu", help="the search size (default cpu)")
     parser.add_argument("--strategy", default="pbt", help="pbt or pb2")
     parser.add_argument("--keep", action="store_true", help="keep rows already measured (continue a stopped run)")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     file = RowFile(args.results)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
-        measure(args.budget, [int(s) for s in args.seeds.split(",")], args.preset, args.strategy, args.keep, file)
+        measure(args.budget, args.seeds, args.preset, args.strategy, args.keep, file)
     return file.print_table(table)
 
 

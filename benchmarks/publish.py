@@ -180,6 +180,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comma_separated(kind: type, positive: bool = False) -> Callable[[str], list[Any]]:
+    """An argparse type: a comma-separated list of ``kind`` (argparse names the option in its message)."""
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+        if positive and any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be above 0")
+        return values
+
+    return parse
+
+
 def part(plan: dict[str, list[str]], families: str | None, strategies: str | None) -> dict[str, list[str]]:
     """The plan restricted to some families and strategies (``None``: all), so a long run can go in parts with --keep.
 
@@ -207,12 +221,12 @@ def part(plan: dict[str, list[str]], families: str | None, strategies: str | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the autoencoder, greedy against tpe, 3 seeds")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated search seeds")
+    parser.add_argument("--seeds", type=comma_separated(int), default=SEEDS, help="comma-separated search seeds")
     parser.add_argument("--preset", default="cpu", help="the search size (default cpu, as the issue asks)")
     parser.add_argument("--families", help="comma-separated: only these families of the plan (a run in parts)")
     parser.add_argument("--strategies", help="comma-separated: only these strategies of the plan (greedy always runs, "
                         "as every other strategy's budget and pair)")
-    parser.add_argument("--budgets", default=",".join(f"{f:g}" for f in FRACTIONS),
+    parser.add_argument("--budgets", type=comma_separated(float, positive=True), default=list(FRACTIONS),
                         help="comma-separated fractions of B (default 1,0.5)")
     parser.add_argument("--keep", action="store_true", help="keep rows already measured (continue a stopped run)")
     parser.add_argument("--render", action="store_true", help="only print the table of the stored rows")
@@ -222,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not args.render:
         plan = part(PLANS["quick" if args.quick else "full"], args.families, args.strategies)
-        fractions = tuple(float(f) for f in args.budgets.split(","))
-        measure(plan, [int(s) for s in args.seeds.split(",")], args.preset, args.keep, file, fractions)
+        measure(plan, args.seeds, args.preset, args.keep, file, tuple(args.budgets))
     return file.print_table(table)
 
 
