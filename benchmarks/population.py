@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import this_process
-from benchmarks.publish import RowFile, comma_separated, plus_minus, run
+from benchmarks.cli import comma_separated
+from benchmarks.publish import RowFile, plus_minus, run
 from benchmarks.search import interval, shared_ray
 
 RESULTS = Path(__file__).parent / "results" / "population.json"

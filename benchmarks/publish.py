@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.cli import comma_separated
 from benchmarks.provenance import this_process
 from benchmarks.search import interval, shared_ray
 
@@ -178,20 +179,6 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{plus_minus(row['mean'], row['half'])} ({row['mean'] / row['black']:.2f}x) | {diff} | {below} | "
                      f"{row['spent']:.2f} |")
     return "\n".join(lines)
-
-
-def comma_separated(kind: type, positive: bool = False) -> Callable[[str], list[Any]]:
-    """An argparse type: a comma-separated list of ``kind`` (argparse names the option in its message)."""
-    def parse(text: str) -> list[Any]:
-        try:
-            values = [kind(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
-        if positive and any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: every value must be above 0")
-        return values
-
-    return parse
 
 
 def part(plan: dict[str, list[str]], families: str | None, strategies: str | None) -> dict[str, list[str]]:

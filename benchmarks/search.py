@@ -45,6 +45,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.cli import comma_separated
 from benchmarks.provenance import this_process
 from search.strategies.optuna_study import OptunaStrategy
 
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="autoencoder, 3 seeds; greedy, bohb, tpe and random: about 20 minutes on 2 cores")
     parser.add_argument("--families", default=None, help="comma-separated: autoencoder, gan")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds")
+    parser.add_argument("--seeds", type=comma_separated(int), default=None, help="comma-separated seeds")
     parser.add_argument("--strategies", default=None, help=f"comma-separated subset of {', '.join(STRATEGIES)}")
     parser.add_argument("--render", action="store_true", help="only print the table of the stored runs")
     parser.add_argument("--keep", action="store_true",
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(write_table()["markdown"])
         return 0
     out = bench_search(args.quick, args.families.split(",") if args.families else None,
-                       [int(s) for s in args.seeds.split(",")] if args.seeds else None, strategies, rerun=not args.keep)
+                       args.seeds, strategies, rerun=not args.keep)
     print(out["markdown"])
     return 0
 
