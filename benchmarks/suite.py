@@ -5,13 +5,16 @@
 ``.ci/run`` makes its own virtual environment, installs the project with its test extras, runs
 pytest, checks the rendered docs and that no Ray or PostgreSQL process is left behind. This
 records in ``results/tests.json`` the whole run's wall time (install included), pytest's counts,
-its own seconds and its slowest tests, with the provenance of the commit tested. The tree must
+its own seconds, its slowest tests and each test file's seconds (setup, calls and teardown summed:
+where the suite's time goes; pytest is asked for every duration through ``PYTEST_ADDOPTS``), with
+the provenance of the commit tested. The tree must
 be clean: what is timed is the clone of HEAD, so uncommitted changes would not be in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from search.store.atomic import write_json_atomic
 
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed).*) in ([\d.]+)s")
+SLOWEST = 15  # tests recorded by name
 SLOW = re.compile(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)")
 
 
@@ -33,9 +37,15 @@ def parse(lines: list[str]) -> dict:
     if summary is None:
         raise SystemExit("error: pytest printed no summary line; see the output above.")
     counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(summary.group(1))}
-    slowest = [{"seconds": float(m.group(1)), "phase": m.group(2), "test": m.group(3)}
-               for m in map(SLOW.match, lines) if m]
-    return {"counts": counts, "pytest_seconds": float(summary.group(2)), "slowest": slowest}
+    durations = [{"seconds": float(m.group(1)), "phase": m.group(2), "test": m.group(3)}
+                 for m in map(SLOW.match, lines) if m]
+    files: dict[str, float] = {}
+    for row in durations:
+        path = row["test"].split("::", 1)[0]
+        files[path] = files.get(path, 0.0) + row["seconds"]
+    return {"counts": counts, "pytest_seconds": float(summary.group(2)),
+            "slowest": sorted(durations, key=lambda r: -r["seconds"])[:SLOWEST],
+            "files": {path: round(seconds, 1) for path, seconds in sorted(files.items(), key=lambda kv: -kv[1])}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         start = time.perf_counter()
         lines: list[str] = []
-        with subprocess.Popen([str(clone / ".ci" / "run")], cwd=clone, stdout=subprocess.PIPE,
+        env = {**os.environ, "PYTEST_ADDOPTS": (os.environ.get("PYTEST_ADDOPTS", "") + " --durations=0").strip()}
+        with subprocess.Popen([str(clone / ".ci" / "run")], cwd=clone, stdout=subprocess.PIPE, env=env,
                               stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
             for line in process.stdout:
                 print(line, end="", flush=True)
