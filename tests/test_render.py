@@ -84,6 +84,12 @@ def test_the_recommendation_recommends_only_a_strategy_below_greedy(monkeypatch)
     autoencoder = next(line for line in text.splitlines() if line.startswith("- the autoencoder: "))
     assert "interval of greedy's" not in autoencoder  # its only strategy is claimed
     assert "- population-based training does worse than greedy on the gan at 1B" in text
+    assert "too few seeds" not in text
+    # A strategy with one seed so far is named as such, not left out.
+    rows.append({"family": "autoencoder", "seed": 0, "strategy": "bohb", "budget": 0.5, "test_l1": 0.03,
+                 "epochs_spent": 30, "test_black_l1": 0.065})
+    assert ("- too few seeds paired with greedy's for an interval yet: bohb at 0.5B on the autoencoder (1 seed)."
+            in tables.recommendation())
 
 
 def test_the_recommendation_says_whether_pbt_beats_greedy():

@@ -90,6 +90,10 @@ def recommendation() -> str:
             verdict = "no strategy has two seeds paired with greedy's yet, so none is recommended over greedy"
         lines.append(f"- the {family}: {verdict}.")
     lines += _population_verdict(rows)
+    few = [f"{r['strategy']} at {r['budget']:g}B on the {r['family']} ({r['pairs']} seed{'s' * (r['pairs'] != 1)})"
+           for r in summary if r["pairs"] < 2]
+    if few:
+        lines.append(f"- too few seeds paired with greedy's for an interval yet: {', '.join(few)}.")
     missing = _unmeasured(rows)
     if missing:
         lines.append(f"- not measured: {', '.join(missing)}.")
