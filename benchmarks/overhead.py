@@ -12,10 +12,16 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from models.diffusion import DenoiserConfig, NoiseSchedule, build_denoiser, sample
+from models.layers import scaled_width
+from models.patchgan import PatchGANConfig, build_patchgan
+from models.unet import UNetConfig, build_unet
 
 from trainables.augment import diff_augment, hide_invalid
 from trainables.data import VMSDataset
@@ -34,30 +40,77 @@ def study_defaults(family: str) -> dict[str, Any]:
     return space.default_config()
 
 
-def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor: int) -> callable:
-    """A plain PyTorch loop for the same model on the same tensors: train, then one val pass."""
-    from models.diffusion import DenoiserConfig, NoiseSchedule, build_denoiser, sample
-    from models.layers import scaled_width
-    from models.patchgan import PatchGANConfig, build_patchgan
-    from models.unet import UNetConfig, build_unet
+# A family's bare loop: its model (train/eval mode), one optimisation step on an augmented batch, and its prediction.
+Bare = tuple[nn.Module, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None], Callable[[torch.Tensor], torch.Tensor]]
 
+
+def _bare_gan(hp: dict[str, Any], width_divisor: int) -> Bare:
+    """pix2pix by hand: the generator's least-squares and L1 step, then the discriminator's."""
+    gen = build_unet(UNetConfig(width=scaled_width(hp["g_width"], width_divisor), norm=hp["g_norm"]))
+    disc = build_patchgan(PatchGANConfig(width=scaled_width(hp["d_width"], width_divisor), norm=hp["d_norm"]))
+    g_opt = torch.optim.Adam(gen.parameters(), lr=hp["g_lr"], betas=(hp["g_beta1"], 0.999))
+    d_opt = torch.optim.Adam(disc.parameters(), lr=hp["d_lr"], betas=(hp["d_beta1"], 0.999))
+
+    def step(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> None:
+        disc.requires_grad_(False)
+        fake = gen(x)
+        g_loss = (F.mse_loss(disc(hide_invalid(fake, valid), x), torch.ones(len(x), 1, 4, 4))
+                  + hp["l1_weight"] * masked_l1(fake, y, valid))
+        g_opt.zero_grad()
+        g_loss.backward()
+        g_opt.step()
+        disc.requires_grad_(True)
+        fake_s, real_s = disc(hide_invalid(fake.detach(), valid), x), disc(hide_invalid(y, valid), x)
+        d_loss = 0.5 * (F.mse_loss(fake_s, torch.zeros_like(fake_s)) + F.mse_loss(real_s, torch.ones_like(real_s)))
+        d_opt.zero_grad()
+        d_loss.backward()
+        d_opt.step()
+
+    return gen, step, gen
+
+
+def _bare_diffusion(hp: dict[str, Any], width_divisor: int) -> Bare:
+    """The denoiser's noise-prediction step; validation samples maps with the few-step sampler."""
+    model = build_denoiser(DenoiserConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]), hp["steps"])
+    schedule = NoiseSchedule(hp["schedule"], hp["steps"], hp["beta_start"], hp["beta_end"], prediction=hp["prediction"])
+    opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+    def step(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> None:
+        y = hide_invalid(y, valid)
+        t = torch.randint(0, hp["steps"], (len(x),))
+        noise = torch.randn_like(y)
+        loss = masked_mse(model(x, schedule.add_noise(y, noise, t), t), schedule.target(y, noise, t), valid)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return model, step, lambda x: sample(model, schedule, x, sampling_steps=hp["sampling_steps"])
+
+
+def _bare_autoencoder(hp: dict[str, Any], width_divisor: int) -> Bare:
+    model = build_unet(UNetConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]))
+    opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+    def step(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> None:
+        loss = masked_l1(model(x), y, valid)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return model, step, model
+
+
+# The bare loops are written by hand per family on purpose: they are what our loop's overhead is measured against.
+BARE = {"autoencoder": _bare_autoencoder, "gan": _bare_gan, "diffusion": _bare_diffusion}
+
+
+def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor: int) -> Callable[[], None]:
+    """A plain PyTorch loop for the same model on the same tensors: train, then one val pass."""
     images, maps = torch.from_numpy(data.train_images), torch.from_numpy(data.train_maps)
     val_images, val_maps = torch.from_numpy(data.val_images), torch.from_numpy(data.val_maps)
     batch = hp["batch_size"]
     train_eval = torch.linspace(0, len(images) - 1, min(TRAIN_EVAL, len(images))).long()
-    if family == "gan":
-        gen = build_unet(UNetConfig(width=scaled_width(hp["g_width"], width_divisor), norm=hp["g_norm"]))
-        disc = build_patchgan(PatchGANConfig(width=scaled_width(hp["d_width"], width_divisor), norm=hp["d_norm"]))
-        g_opt = torch.optim.Adam(gen.parameters(), lr=hp["g_lr"], betas=(hp["g_beta1"], 0.999))
-        d_opt = torch.optim.Adam(disc.parameters(), lr=hp["d_lr"], betas=(hp["d_beta1"], 0.999))
-        model = gen
-    elif family == "diffusion":
-        model = build_denoiser(DenoiserConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]), hp["steps"])
-        schedule = NoiseSchedule(hp["schedule"], hp["steps"], hp["beta_start"], hp["beta_end"], prediction=hp["prediction"])
-        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
-    else:
-        model = build_unet(UNetConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]))
-        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+    model, step, predict = BARE[family](hp, width_divisor)
 
     def epoch() -> None:
         model.train()
@@ -66,42 +119,13 @@ def _bare_epoch(family: str, hp: dict[str, Any], data: VMSDataset, width_divisor
             idx = order[first : first + batch]
             if len(idx) < 2:
                 continue
-            x, y, valid = diff_augment(as_float(images[idx]), as_float(maps[idx]))
-            if family == "gan":
-                disc.requires_grad_(False)
-                fake = gen(x)
-                g_loss = (F.mse_loss(disc(hide_invalid(fake, valid), x), torch.ones(len(x), 1, 4, 4))
-                          + hp["l1_weight"] * masked_l1(fake, y, valid))
-                g_opt.zero_grad()
-                g_loss.backward()
-                g_opt.step()
-                disc.requires_grad_(True)
-                fake_s, real_s = disc(hide_invalid(fake.detach(), valid), x), disc(hide_invalid(y, valid), x)
-                d_loss = 0.5 * (F.mse_loss(fake_s, torch.zeros_like(fake_s)) + F.mse_loss(real_s, torch.ones_like(real_s)))
-                d_opt.zero_grad()
-                d_loss.backward()
-                d_opt.step()
-            elif family == "diffusion":
-                y = hide_invalid(y, valid)
-                t = torch.randint(0, hp["steps"], (len(x),))
-                noise = torch.randn_like(y)
-                loss = masked_mse(model(x, schedule.add_noise(y, noise, t), t), schedule.target(y, noise, t), valid)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            else:
-                loss = masked_l1(model(x), y, valid)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            step(*diff_augment(as_float(images[idx]), as_float(maps[idx])))
         model.eval()
         with torch.no_grad():  # the same measurements our loop makes: val L1, and train L1 on a fixed subset
             for split_images, split_maps in ((val_images, val_maps), (images[train_eval], maps[train_eval])):
                 for first in range(0, len(split_images), 64):
                     x = as_float(split_images[first : first + 64])
-                    pred = (sample(model, schedule, x, sampling_steps=hp["sampling_steps"]) if family == "diffusion"
-                            else model(x))
-                    F.l1_loss(pred, as_float(split_maps[first : first + 64]))
+                    F.l1_loss(predict(x), as_float(split_maps[first : first + 64]))
 
     return epoch
 
