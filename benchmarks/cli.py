@@ -13,8 +13,8 @@ def comma_separated(kind: type, positive: bool = False) -> Callable[[str], list[
             values = [kind(v) for v in text.split(",")]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
-        if positive and any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: every value must be above 0")
+        if positive and not all(0 < v < float("inf") for v in values):  # nan fails every comparison
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number above 0")
         return values
 
     return parse

@@ -1,4 +1,4 @@
-"""Blocks from the lent GPU's results (``benchmarks/gpu.py``: gpu-<device>.json) and the FLOP floor (floor.json)."""
+"""Blocks from the lent GPU's results (``benchmarks/gpu/``: gpu-<device>.json) and the FLOP floor (floor.json)."""
 
 from __future__ import annotations
 
