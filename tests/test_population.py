@@ -215,19 +215,3 @@ def test_no_run_setting_shares_a_name_with_a_hyperparameter():
     settings = {f.name for f in fields(RunSettings)}
     for family in FAMILIES.values():
         assert not settings & {f.name for f in fields(family.config_cls)}, family.name
-
-
-def test_no_decision_at_a_members_last_epoch():
-    """Ray's schedulers would pause every member at its last epoch when the interval divides it, then start a worker
-    for each again only to find it finished."""
-    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
-
-    from search.strategies.population import _scheduler_class
-
-    scheduler = _scheduler_class(PopulationBasedTraining, 4)(
-        time_attr="epoch", metric="val_l1", mode="min", perturbation_interval=2,
-        hyperparam_mutations={"g_lr": [0.001, 0.002]}, synch=True)
-    member = object()  # a trial the scheduler has not seen: Ray's own decision would look its state up and fail
-    assert scheduler.on_trial_result(None, member, {"epoch": 4, "val_l1": 0.1}) == TrialScheduler.CONTINUE
-    with pytest.raises(KeyError):  # before the last epoch, Ray's decision runs
-        scheduler.on_trial_result(None, member, {"epoch": 2, "val_l1": 0.1})

@@ -2,8 +2,8 @@
 
 A population of members trains at once, each from the study's defaults (or ``--from-study``'s
 best configuration) with the study file's ``[pbt] perturb`` hyperparameters drawn afresh (member 0
-keeps the defaults). Every ``--perturbation-interval`` epochs (but not at a member's last epoch, where
-nothing is left to train) Ray Tune's scheduler ranks the members by their current val L1: each member of the bottom quarter takes the weights of one of the top
+keeps the defaults). Every ``--perturbation-interval`` epochs Ray Tune's scheduler ranks the members
+by their current val L1: each member of the bottom quarter takes the weights of one of the top
 quarter (exploit) and goes on with that member's hyperparameters perturbed (explore). PBT perturbs
 by a factor of 0.8 or 1.2, or draws the value again (one time in four), within the study's range
 (values without a range move to a neighbouring value); PB2 chooses the new values with a
@@ -59,18 +59,7 @@ class _MemberValue:
 
 class _KeepsMember:
     """Mixed into Ray's schedulers: an exploit copies the donor's whole config, and the recipient keeps its own
-    member index (Ray's ``_get_new_config`` would hand it the donor's, and two trials would train one member).
-    No decision at a member's last epoch (``last_epoch``): Ray's would pause every member there, then start a
-    worker for each again only to find it finished (an exploited one after loading its donor's weights)."""
-
-    last_epoch: int
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        from ray.tune.schedulers import TrialScheduler
-
-        if result.get("epoch", 0) >= self.last_epoch:  # the member's function returns after this epoch
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+    member index (Ray's ``_get_new_config`` would hand it the donor's, and two trials would train one member)."""
 
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         config, operations = super()._get_new_config(trial, trial_to_clone)
@@ -80,8 +69,8 @@ class _KeepsMember:
         return config, operations
 
 
-def _scheduler_class(base: type, last_epoch: int) -> type:
-    return type(f"Member{base.__name__}", (_KeepsMember, base), {"last_epoch": last_epoch})
+def _scheduler_class(base: type) -> type:
+    return type(f"Member{base.__name__}", (_KeepsMember, base), {})
 
 
 class _Clip:
@@ -281,10 +270,9 @@ class PopulationStrategy(Strategy):
         from ray.tune.schedulers import PopulationBasedTraining
 
         mutations, bounds = self.mutations(search)
-        scheduler = _scheduler_class(PopulationBasedTraining, search.context.epochs)
-        return scheduler(time_attr="epoch", perturbation_interval=search.interval, hyperparam_mutations=mutations,
-                         quantile_fraction=QUANTILE, resample_probability=0.25, custom_explore_fn=_Clip(bounds),
-                         synch=True)
+        return _scheduler_class(PopulationBasedTraining)(time_attr="epoch", perturbation_interval=search.interval,
+                                       hyperparam_mutations=mutations, quantile_fraction=QUANTILE,
+                                       resample_probability=0.25, custom_explore_fn=_Clip(bounds), synch=True)
 
 
 class PB2Strategy(PopulationStrategy):
@@ -301,9 +289,8 @@ class PB2Strategy(PopulationStrategy):
         from ray.tune.schedulers.pb2 import PB2
 
         bounds = {name: list(search.bounds(name)[:2]) for name in search.perturb}
-        scheduler = _scheduler_class(PB2, search.context.epochs)
-        return scheduler(time_attr="epoch", perturbation_interval=search.interval, hyperparam_bounds=bounds,
-                         quantile_fraction=QUANTILE, synch=True)
+        return _scheduler_class(PB2)(time_attr="epoch", perturbation_interval=search.interval, hyperparam_bounds=bounds,
+                   quantile_fraction=QUANTILE, synch=True)
 
 
 def from_study(options: Any, space: Any, context: SearchContext) -> dict[str, Any]:
