@@ -30,21 +30,40 @@ def killed_and_resumed(tmp_path_factory):
     (every member at epoch 2, the decision made, two members into epoch 3), then run again to its end."""
     runs = tmp_path_factory.mktemp("pbt")
     log_killed, log_resumed = runs / "epochs-killed.tsv", runs / "epochs-resumed.tsv"
-    proc = subprocess.Popen([sys.executable, "-m", *_args(runs, "pop")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "MEMSEARCH_CRASH_AT": "schedule-flushed:10",
-                                 "MEMSEARCH_EPOCH_LOG": str(log_killed)})
-    try:
-        assert proc.wait(timeout=400) == -signal.SIGKILL, "the driver did not reach its crash point"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # Ray's helpers left behind by the dead driver
-        except ProcessLookupError:
-            pass
+    _kill(_args(runs, "pop"), "schedule-flushed:10", {"MEMSEARCH_EPOCH_LOG": str(log_killed)})
     before = pd.read_parquet(runs / "pop" / "schedules.parquet")
     result = run_cli(*_args(runs, "pop"), timeout=400, env={"MEMSEARCH_EPOCH_LOG": str(log_resumed)})
     assert result.returncode == 0, result.stderr[-3000:]
     return runs / "pop", before, log_resumed, result.stdout
+
+
+def _kill(args: list[str], crash_at: str, env: dict[str, str] | None = None) -> None:
+    """Run the driver until it SIGKILLs itself at ``crash_at``, then kill what it left behind (Ray's helpers)."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "MEMSEARCH_CRASH_AT": crash_at, **(env or {})})
+    try:
+        assert proc.wait(timeout=400) == -signal.SIGKILL, "the driver did not reach its crash point"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_members_killed_at_different_epochs_resume_to_the_end(tmp_path):
+    """Two members, killed once one is into epoch 3 and the other at epoch 2: the resumed run's new scheduler
+    decides with them out of step. Ray's set the next decision to the latest member's epoch, where no member
+    was ever chosen to run again (3 resumes hung of 3; search/strategies/population.py, _KeepsMember)."""
+    args = _args(tmp_path, "two", "--final-top-k", "0")
+    args[args.index("--population") + 1] = "2"
+    _kill(args, "schedule-flushed:5")
+    result = run_cli(*args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "two" / "trials.parquet")
+    # A member that took its donor's weights at the last decision ends there, short of its last epoch.
+    assert len(trials) == 2 and trials["status"].isin(["completed", "stopped"]).all(), trials
+    assert (trials["epochs_run"] >= 3).all() and (trials["epochs_run"] == 4).any(), trials
 
 
 def _explored(rows: pd.DataFrame) -> int:

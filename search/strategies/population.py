@@ -59,7 +59,21 @@ class _MemberValue:
 
 class _KeepsMember:
     """Mixed into Ray's schedulers: an exploit copies the donor's whole config, and the recipient keeps its own
-    member index (Ray's ``_get_new_config`` would hand it the donor's, and two trials would train one member)."""
+    member index (Ray's ``_get_new_config`` would hand it the donor's, and two trials would train one member).
+
+    A resumed population (a new driver after a kill) starts a fresh scheduler while its members stand at different
+    epochs. Ray's synchronous decision then sets the next decision to the latest member's epoch when that is past
+    the usual step, and a member already there is never chosen to run again: every member waits, for ever. The next
+    decision is kept past the latest member's epoch (in an uninterrupted run it always is)."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        before = self._next_perturbation_sync
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self._synch and self._next_perturbation_sync != before:  # a decision was made
+            latest = max(state.last_train_time for state in self._trial_state.values())
+            if self._next_perturbation_sync <= latest:
+                self._next_perturbation_sync = latest + self._perturbation_interval
+        return decision
 
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         config, operations = super()._get_new_config(trial, trial_to_clone)
