@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,8 @@ def measure(budget: int, seeds: list[int], preset: str, strategy: str, keep: boo
 
 
 def _minutes(rows: list[dict[str, Any]]) -> str:
-    seconds = sorted(r["seconds"] for r in rows if r.get("seconds"))
-    return f"{seconds[len(seconds) // 2] / 60:.1f}" if seconds else "-"
+    seconds = [r["seconds"] for r in rows if r.get("seconds")]
+    return f"{statistics.median(seconds) / 60:.1f}" if seconds else "-"
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import sys
 import tempfile
@@ -139,14 +140,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tests = [r["test_l1"] for r in mine if r["test_l1"] is not None]
         pairs = [r["test_l1"] - greedy[(family, r["seed"])]["test_l1"] for r in mine
                  if r["test_l1"] is not None and (family, r["seed"]) in greedy and strategy != "greedy"]
-        spent = sorted(r["epochs_spent"] / greedy[(family, r["seed"])]["epochs_spent"] for r in mine
-                       if (family, r["seed"]) in greedy)
+        spent = [r["epochs_spent"] / greedy[(family, r["seed"])]["epochs_spent"] for r in mine
+                 if (family, r["seed"]) in greedy]
         mean, half = interval(tests) if tests else (float("nan"), float("nan"))
         diff, dhalf = interval(pairs) if pairs else (float("nan"), float("nan"))
         out.append({"family": family, "strategy": strategy, "budget": budget, "seeds": len(mine),
                     "failed": len(mine) - len(tests), "mean": mean, "half": half, "diff": diff, "diff_half": dhalf,
                     "below": sum(p < 0 for p in pairs), "pairs": len(pairs),
-                    "spent": spent[len(spent) // 2] if spent else float("nan"),
+                    "spent": statistics.median(spent) if spent else float("nan"),
                     "black": interval([r["test_black_l1"] for r in mine if r.get("test_black_l1")])[0]
                     if any(r.get("test_black_l1") for r in mine) else float("nan")})
     return out
