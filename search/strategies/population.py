@@ -8,9 +8,10 @@ quarter (exploit) and goes on with that member's hyperparameters perturbed (expl
 by a factor of 0.8 or 1.2, or draws the value again (one time in four), within the study's range
 (values without a range move to a neighbouring value); PB2 chooses the new values with a
 Gaussian-process bandit inside the ranges, fitted to the change of each member's val L1 between
-decisions (so at the first decision, with one result per member, it copies the donor's values). Both are Ray Tune's own schedulers
-(``PopulationBasedTraining``, ``PB2``), in synchronous mode: decisions wait until every member has
-reached the interval, so they do not depend on which member reports first.
+decisions (so at the first decision, with one result per member, it copies the donor's values).
+Both are Ray Tune's own schedulers (``PopulationBasedTraining``, ``PB2``), in synchronous mode:
+decisions wait until every member has reached the interval, so they do not depend on which member
+reports first.
 
 Members are trials of one Ray Tune run whose configs change at each exploit. Their identity is
 their index (``member``): a member's trial key (``trials.parquet``'s ``trial_id``) hashes the
