@@ -91,3 +91,24 @@ def test_a_trial_that_errors_before_it_starts_is_recorded_with_its_config(tmp_pa
     row = results.trials["key-0.5"]
     assert (row["status"], row["segment"], row["error"]) == ("errored", 3, "worker died")
     assert '"lr": 0.5' in row["config_json"] and row["hp_lr"] == 0.5
+
+
+def test_a_population_members_unflushed_epochs_are_recorded_from_its_snapshot(tmp_path):
+    """A member resumes from its snapshot without replaying its epochs to Ray (PBT would decide on them again):
+    the epochs the killed driver trained but never flushed to epochs.parquet come from the snapshot's history."""
+    from search.runner.reconcile import reconcile
+    from search.store.results import ResultsStore, TrialIdentity
+    from search.store.study import StudyStore
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    results = ResultsStore(store, strategy="pbt", family="gan", hp_kinds={})
+    results.add_epoch("m0", {"epoch": 1, "val_l1": 0.5, "status": "running"})
+    history = [{"epoch": e, "val_l1": 0.5 - e / 10, "status": "running"} for e in (1, 2, 3)]
+    identity = TrialIdentity(full_config=dict, key_of=str, hyperparameters=lambda c: {})
+    lines = reconcile(results, identity, {}, store, segment=1, epochs_planned=4, continuing={"m0": history})
+    assert lines == ["trial m0: 2 epoch rows restored from its snapshot"]
+    assert sorted(e for (_, e) in results.epochs) == [1, 2, 3] and results.epochs[("m0", 1)]["val_l1"] == 0.5
+    reopened = ResultsStore(store, strategy="pbt", family="gan", hp_kinds={})
+    assert sorted(e for (_, e) in reopened.epochs) == [1, 2, 3], "flushed to epochs.parquet"
+    assert reconcile(reopened, identity, {}, store, segment=2, epochs_planned=4, continuing={"m0": history}) == []

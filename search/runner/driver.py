@@ -85,7 +85,8 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     """Reconcile, run what is left of the search within its budget, then the final stage once it has ended.
 
     Returns (the search has ended, this run was interrupted, summary.json's ``final`` block)."""
-    for line in reconcile(results, search.identity(configs), search.done, plan.store, segment=plan.segment, epochs_planned=plan.epochs):
+    for line in reconcile(results, search.identity(configs), search.done, plan.store, segment=plan.segment,
+                          epochs_planned=plan.epochs, continuing=search.continuing()):
         print(line, flush=True)
     budget = None
     if plan.options.budget_epochs and search.searcher is not None:  # a population is sized by the budget instead

@@ -20,15 +20,27 @@ few seconds). A driver killed between two of these leaves them disagreeing:
 
 from __future__ import annotations
 
+from typing import Any
+
 from search.store.results import ResultsStore, TrialIdentity, utc_now, final_status, trial_metrics
 from search.store.study import StudyStore
 from search.strategies.base import SearcherRecord
 
 
 def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[str, SearcherRecord],
-              study: StudyStore, *, segment: int, epochs_planned: int) -> list[str]:
-    """Bring ``store`` in line with the searcher and the checkpoints; returns one line per repair."""
+              study: StudyStore, *, segment: int, epochs_planned: int,
+              continuing: dict[str, list[dict[str, Any]]] | None = None) -> list[str]:
+    """Bring ``store`` in line with the searcher and the checkpoints; returns one line per repair.
+
+    ``continuing``: trial key -> the epochs in the checkpoint it resumes from, for trials that will not replay
+    them (population members, search/strategies/population.py); the ones ``store`` lacks are recorded here."""
     lines: list[str] = []
+    for tid, history in (continuing or {}).items():
+        missing = [r for r in history if (tid, int(r["epoch"])) not in store.epochs]
+        for result in missing:
+            store.add_epoch(tid, dict(result, replayed=True))
+        if missing:
+            lines.append(f"trial {tid}: {len(missing)} epoch rows restored from its snapshot")
     for tid, record in searcher_done.items():
         row = store.trials.get(tid)
         if row is not None and row["status"] != "running":

@@ -95,6 +95,12 @@ class OpenSearch(ABC):
         hyperparameters (search.runner.final.top_configurations)."""
         return None
 
+    def continuing(self) -> dict[str, list[dict[str, Any]]]:
+        """Trials that continue from a checkpoint without replaying its epochs to Ray (population members):
+        trial key -> the epochs the checkpoint holds, for reconciliation to record the ones the study lacks.
+        Every other trial replays its epochs when it resumes (trainables.loop)."""
+        return {}
+
     def planned_total(self) -> Callable[[], int] | None:
         """() -> the study's total trial count as now planned (None: unknown), for the progress line.
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from search.errors import StudyError
 from search.store.results import ResultsStore, TrialIdentity
-from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters
+from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters, read_rows
 from search.strategies.base import OpenSearch, SearchContext, SearcherRecord, Strategy
 from trainables.config import PER_TRIAL_SETTINGS
 
@@ -66,6 +66,20 @@ class _KeepsMember:
     epochs. Ray's synchronous decision then sets the next decision to the latest member's epoch when that is past
     the usual step, and a member already there is never chosen to run again: every member waits, for ever. The next
     decision is kept past the latest member's epoch (in an uninterrupted run it always is)."""
+
+    _decided_at = 0  # epoch of the last decision a killed run made (0: none, or a fresh population)
+
+    def continue_after(self, decision: int) -> None:
+        """A resumed population whose killed run last decided at epoch ``decision``: the next decision comes one
+        interval after it, and each member counts its interval from there. A fresh scheduler would count from
+        epoch 0 and decide at the first result past one interval, a decision the uninterrupted run never made
+        (there, a member that had already trained its last epoch was copied, and its copier ended short)."""
+        self._decided_at = decision
+        self._next_perturbation_sync = max(self._next_perturbation_sync, decision + self._perturbation_interval)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self._trial_state[trial].last_perturbation_time = self._decided_at
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         before = self._next_perturbation_sync
@@ -124,7 +138,11 @@ class PopulationSearch(OpenSearch):
         latest = last_hyperparameters(context.store, self.perturb)
         self.configs = {m: {**self.initial(m), **latest.get(m, {})} for m in range(population) if m not in ended}
         self.searcher = None  # Ray's PBT takes its trials from param_space, not a search algorithm
-        self.done = self._finished_before_a_kill(context)
+        self.done, self.resumed = self._read_snapshots(context)
+        # In synchronous mode no member passes a decision before it is made: one past epoch e means e's was made.
+        reached = max([row["epoch"] for row in read_rows(context.store)]
+                      + [history[-1]["epoch"] for history in self.resumed.values() if history], default=0)
+        self.last_decision = (reached - 1) // interval * interval if reached else 0
         self.to_run = len(self.configs)
         self.num_samples = 1
 
@@ -150,22 +168,31 @@ class PopulationSearch(OpenSearch):
                 config[name] = rng.uniform(span[0], span[1])
         return config
 
-    def _finished_before_a_kill(self, context: SearchContext) -> dict[str, SearcherRecord]:
-        """Members whose last epoch is in their snapshot but not in trials.parquet (the driver was killed between):
-        not trained again (a finished member restarted would wait forever at PBT's next decision), but recorded
-        from their snapshot's history by the driver's reconciliation."""
+    def _read_snapshots(self, context: SearchContext) -> tuple[dict[str, SearcherRecord], dict[str, list[dict]]]:
+        """Each unfinished member's newest snapshot, read once: (members that finished before a kill, the history
+        of each member that continues from a snapshot).
+
+        A member whose last epoch is in its snapshot but not in trials.parquet (the driver was killed between) is
+        not trained again (a finished member restarted would wait forever at PBT's next decision) but recorded
+        from its snapshot's history by the driver's reconciliation. A member that continues does not replay its
+        epochs to Ray (PBT would decide on them again): reconciliation records the ones epochs.parquet lacks."""
         from search.store.location import location_of
         from trainables.population import MemberStore
 
         root = location_of(context.store.checkpoint_root)
-        done = {}
+        done, resumed = {}, {}
         for member in list(self.configs):
             state = MemberStore(root, member, self.interval + 1).load_epoch()
             history = state["history"] if state else []
+            key = self.key_of({"member": member})
             if history and (history[-1]["status"] in ("completed", "diverged") or history[-1]["epoch"] >= context.epochs):
-                done[self.key_of({"member": member})] = SearcherRecord(self.configs.pop(member), errored=False,
-                                                                       history=history)
-        return done
+                done[key] = SearcherRecord(self.configs.pop(member), errored=False, history=history)
+            elif history:
+                resumed[key] = history
+        return done, resumed
+
+    def continuing(self) -> dict[str, list[dict[str, Any]]]:
+        return self.resumed
 
     def key_of(self, config: dict[str, Any]) -> str:
         """A member's trial key: the base configuration and its index, whatever its hyperparameters are now."""
@@ -189,7 +216,9 @@ class PopulationSearch(OpenSearch):
 
         random.seed(plan.options.seed)  # Ray's PBT draws donors and perturbations from these
         np.random.seed(plan.options.seed)
-        return self.strategy.scheduler(self)
+        scheduler = self.strategy.scheduler(self)
+        scheduler.continue_after(self.last_decision)
+        return scheduler
 
     def callbacks(self, plan: Any) -> list[Any]:
         kinds = {name: self.space.by_name[name].kind for name in self.perturb}
