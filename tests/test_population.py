@@ -227,3 +227,23 @@ def test_no_run_setting_shares_a_name_with_a_hyperparameter():
     settings = {f.name for f in fields(RunSettings)}
     for family in FAMILIES.values():
         assert not settings & {f.name for f in fields(family.config_cls)}, family.name
+
+
+def test_a_schedule_row_the_killed_driver_never_received_comes_from_the_snapshot(tmp_path):
+    """A member saved its first epoch after an exploit, and the driver died before its report arrived: without that
+    row the lineage would lose the donor, and the final stage would replay the wrong weights' history."""
+    from search.store.schedules import ScheduleCallback, read_rows
+    from search.store.study import StudyStore
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    first = {"member": 1, "epoch": 1, "val_l1": 0.5, "member_hp": {"g_lr": 0.01}}
+    ScheduleCallback(store, {"g_lr": "float"}, {1: "k1"}, [[first]])
+    history = [first, {"member": 1, "epoch": 2, "val_l1": 0.4, "member_hp": {"g_lr": 0.002},
+                       "donor_member": 0, "donor_epoch": 1},
+               {"epoch": 3, "val_l1": 0.3}]  # a row without its member: a snapshot from before rows carried one
+    ScheduleCallback(store, {"g_lr": "float"}, {1: "k1"}, [history])
+    rows = sorted(read_rows(store), key=lambda r: r["epoch"])
+    assert [(r["epoch"], r["trial_id"], r["hp_g_lr"], r["donor_member"]) for r in rows] == [
+        (1, "k1", 0.01, None), (2, "k1", 0.002, 0)]
+    assert lineage(rows, 1, ["g_lr"]) == [(2, {"g_lr": 0.002})], "epoch 1 is member 0's, not recorded here"

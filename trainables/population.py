@@ -22,7 +22,8 @@ a member reports to Ray with every epoch is only a pointer, ``member.json``:
 
 Every reported row carries ``member``, ``member_hp`` (the hyperparameters it trained with) and, on the
 first epoch after an exploit, ``donor_member`` and ``donor_epoch``; the search's schedule callback writes them, with the hyperparameters in
-effect, to ``schedules.parquet``.
+effect, to ``schedules.parquet``. The snapshot's history keeps the same rows, so a row whose report a killed
+driver never received is recovered when the population resumes.
 """
 
 from __future__ import annotations
@@ -128,16 +129,16 @@ def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family
             started = time.perf_counter()
             trial.utilisation.start()
             row = _measure(trial, progress, epoch, train_epoch(trial), started)
-            progress.history.append(row)
-            best, trial.pending_best = trial.pending_best, None
+            row.update(member=settings.member, member_hp=dict(wanted))
+            if donor is not None:
+                row.update(donor_member=donor[0], donor_epoch=donor[1])
+                donor = None
+            progress.history.append(row)  # in the snapshot too: a kill before the report reaches the driver
+            best, trial.pending_best = trial.pending_best, None  # loses no row of the schedule
             if best is not None:
                 store.save_best(*best)
             store.save_epoch(checkpoint_state(trial, progress))
-            extra = {"member": settings.member, "member_hp": dict(wanted)}
-            if donor is not None:
-                extra.update(donor_member=donor[0], donor_epoch=donor[1])
-                donor = None
-            report({**row, **extra}, settings.member)
+            report(row, settings.member)
             if row["status"] == "diverged":
                 break
         return row

@@ -59,20 +59,33 @@ def read_rows(store: "StudyStore") -> list[dict[str, Any]]:
 class ScheduleCallback(Callback):
     """Ray Tune callback: a row per member and epoch, with the hyperparameters its trial's config held then."""
 
-    def __init__(self, store: "StudyStore", kinds: dict[str, str], keys: dict[int, str]) -> None:
+    def __init__(self, store: "StudyStore", kinds: dict[str, str], keys: dict[int, str],
+                 snapshots: list[list[dict[str, Any]]] = ()) -> None:
+        """``snapshots``: the histories in the members' snapshots a resumed population starts from; the rows a
+        killed driver never received (a member saved its epoch, its report was lost) are taken from them."""
         self.store, self.kinds, self.keys = store, kinds, keys
         self.rows = {(r["member"], r["epoch"]): r for r in read_rows(store)}
+        recovered = {(int(r["member"]), int(r["epoch"])): r for history in snapshots for r in history
+                     if "member_hp" in r}  # snapshots written before rows carried their member have none
+        missing = [key for key in recovered if key not in self.rows]
+        for member, epoch in missing:
+            self.rows[(member, epoch)] = self._row(recovered[(member, epoch)], {})
+        if missing:
+            self.store.write_table(TABLE, [self.rows[k] for k in sorted(self.rows)], schema(self.kinds))
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "member" not in result:
-            return
+    def _row(self, result: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         member, epoch = int(result["member"]), int(result["epoch"])
         row = {"schema_version": SCHEMA_VERSION, "study": self.store.name, "member": member,
                "trial_id": self.keys.get(member), "epoch": epoch, "donor_member": result.get("donor_member"),
                "donor_epoch": result.get("donor_epoch"), "val_l1": _finite_or_none(result.get("val_l1"))}
         held = result.get("member_hp") or {}  # what the epoch trained with (an exploit may have changed the config since)
-        row.update({f"hp_{name}": held.get(name, trial.config.get(name)) for name in self.kinds})
-        self.rows[(member, epoch)] = row
+        row.update({f"hp_{name}": held.get(name, config.get(name)) for name in self.kinds})
+        return row
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "member" not in result:
+            return
+        self.rows[(int(result["member"]), int(result["epoch"]))] = self._row(result, trial.config)
         self.flush()
 
     def on_experiment_end(self, trials, **info) -> None:

@@ -222,7 +222,9 @@ class PopulationSearch(OpenSearch):
 
     def callbacks(self, plan: Any) -> list[Any]:
         kinds = {name: self.space.by_name[name].kind for name in self.perturb}
-        return [ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)})]
+        snapshots = [record.history for record in self.done.values()] + list(self.resumed.values())
+        return [ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
+                                 snapshots)]
 
     def planned_total(self) -> Callable[[], int] | None:
         total = self.population
