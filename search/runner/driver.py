@@ -40,6 +40,7 @@ def run_study(options: SearchOptions) -> Summary:
     space = load_space(options.space_file or family.name)
     if space.family != family.name:
         raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
+    options.strategy_object.check_space(space, options)
     store = StudyStore(options.runs_dir, study_name(options))
     store.create()
     with store.lock(options.storage):

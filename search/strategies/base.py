@@ -133,6 +133,9 @@ class Strategy(ABC):
             raise StudyError(f"--domain {options.domain}: {self.name} samples {' or '.join(self.domains)} only; "
                              "drop --domain, or pick another strategy.")
 
+    def check_space(self, space: Any, options: Any) -> None:
+        """Refuse a study file (and the options read with it) this strategy cannot search, before Ray starts."""
+
     def domain(self, requested: str | None, record: dict[str, Any] | None) -> str:
         """What this run samples: --domain, else what the study was started with, else the first of :attr:`domains`."""
         if requested:

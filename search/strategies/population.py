@@ -272,18 +272,28 @@ class PopulationStrategy(Strategy):
         if options.perturbation_interval is not None and options.perturbation_interval < 1:
             raise StudyError("--perturbation-interval must be at least 1 epoch.")
 
-    def open(self, context: SearchContext) -> OpenSearch:
-        space, options = context.space, context.options
+    def check_space(self, space: Any, options: Any) -> None:
         if not space.perturb:
             raise StudyError(f"{space.source} has no [pbt] perturb list: name the hyperparameters members may change "
                              "while they train (studies/gan.toml shows one), or pick another --strategy.")
         self.require_ranges(space)
-        if context.epochs < 2:
-            raise StudyError(f"{self.name}: members train {context.epochs} epoch; perturbing needs at least 2.")
-        interval = options.perturbation_interval or default_interval(context.epochs)
-        if interval >= context.epochs:
-            raise StudyError(f"--perturbation-interval {interval} is not below the {context.epochs} epochs a member "
+        if options.epochs is not None:  # else the preset's, known once the driver knows the cluster (open)
+            self._interval(options, options.epochs)
+
+    def _interval(self, options: Any, epochs: int) -> int:
+        """--perturbation-interval, or its default for ``epochs``; refused when members would never be perturbed."""
+        if epochs < 2:
+            raise StudyError(f"{self.name}: members train {epochs} epoch; perturbing needs at least 2.")
+        interval = options.perturbation_interval or default_interval(epochs)
+        if interval >= epochs:
+            raise StudyError(f"--perturbation-interval {interval} is not below the {epochs} epochs a member "
                              "trains: members would never be perturbed. Use fewer, or more --epochs.")
+        return interval
+
+    def open(self, context: SearchContext) -> OpenSearch:
+        space, options = context.space, context.options
+        self.check_space(space, options)
+        interval = self._interval(options, context.epochs)
         population = options.population or (context.expected if options.budget_epochs else DEFAULT_POPULATION)
         if population < 2:
             raise StudyError(f"--budget-epochs {options.budget_epochs} affords {population} member of {context.epochs} "
