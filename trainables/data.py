@@ -206,16 +206,22 @@ def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.nd
 Pair = tuple[str, Path, Path]  # (stem, image file, map file)
 
 
-def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
-    """Read a dataset folder (see module docstring) into a :class:`VMSDataset`.
-
-    Raises :class:`DataError` with a message naming each faulty file.
-    """
+def check_data_folder(data_dir: str | Path) -> Path:
+    """The folder, or a :class:`DataError` when it is missing or a file (the search checks before Ray starts)."""
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data with the folder holding images/ and maps/.")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder; pass --data with the folder holding images/ and maps/.")
+    return root
+
+
+def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
+    """Read a dataset folder (see module docstring) into a :class:`VMSDataset`.
+
+    Raises :class:`DataError` with a message naming each faulty file.
+    """
+    root = check_data_folder(data_dir)
     skipped: dict[str, list[str]] = {"hidden or system file": [], "sub-folder": [], "not an image file (extension)": []}
     notes: list[str] = []
 

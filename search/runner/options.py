@@ -152,6 +152,11 @@ def validate_options(options: SearchOptions) -> None:
         raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
     from search.store.location import is_database_url, is_uri
 
+    if options.data and not is_uri(options.data):  # a bucket is checked when the driver opens it
+        from trainables.data import check_data_folder
+
+        check_data_folder(options.data)
+
     if is_uri(options.runs_dir) and not is_database_url(options.storage):
         raise StudyError(f"--runs-dir {options.runs_dir} is a bucket, which has no file lock: give --storage with a "
                          "database URL (postgresql://USER@HOST/DB). Its lease keeps a second driver off the study, and "
