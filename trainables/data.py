@@ -35,12 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, decode_rgb
+from trainables.images import DataError, decode_rgb
+from trainables.layouts import MAX_LISTED, find_splits, listing
 from trainables.synthetic import MAP_KINDS, SyntheticSpec, cache_root, ensure_synthetic, generate
 
-IMAGE_DIR_NAMES = ("images", "imgs")
-MAP_DIR_NAMES = ("maps", "vms", "labels")
-MAX_LISTED = 8
 # The two meaningful channels of a VMS map (red: remembered, green: falsely remembered; blue stays black).
 MAP_CHANNELS = {"remembered": 0, "falsely_remembered": 1}
 
@@ -106,74 +104,6 @@ def to_unit_range(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32) / 127.5 - 1.0
 
 
-def _find_dir(parent: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        if (parent / name).is_dir():
-            return parent / name
-    return None
-
-
-def _scan(folder: Path, skipped: dict[str, list[str]]) -> dict[str, Path]:
-    """Map stem -> file for the image files in ``folder``; note what is skipped and why."""
-    by_stem: dict[str, Path] = {}
-    duplicates: list[str] = []
-    for path in sorted(folder.iterdir()):
-        name = path.name
-        if name.startswith(".") or name.lower() in SYSTEM_FILES:
-            skipped["hidden or system file"].append(str(path))
-            continue
-        if path.is_dir():
-            skipped["sub-folder"].append(str(path))
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped["not an image file (extension)"].append(str(path))
-            continue
-        if path.stem in by_stem:
-            duplicates.append(f"{by_stem[path.stem].name} and {name}")
-        by_stem[path.stem] = path
-    if duplicates:
-        raise DataError(
-            f"{folder}: {len(duplicates)} stems have more than one file ({_listing(duplicates)}); "
-            "keep one file per stem."
-        )
-    return by_stem
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED])
-    return shown + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
-
-
-def _pairs(image_dir: Path, map_dir: Path, skipped: dict[str, list[str]]) -> list[tuple[str, Path, Path]]:
-    images = _scan(image_dir, skipped)
-    maps = _scan(map_dir, skipped)
-    problems = []
-    lonely_images = sorted(set(images) - set(maps))
-    lonely_maps = sorted(set(maps) - set(images))
-    if lonely_images:
-        problems.append(
-            f"{len(lonely_images)} images in {image_dir} have no map in {map_dir}: "
-            f"{_listing([images[s].name for s in lonely_images])}"
-        )
-    if lonely_maps:
-        problems.append(
-            f"{len(lonely_maps)} maps in {map_dir} have no image in {image_dir}: "
-            f"{_listing([maps[s].name for s in lonely_maps])}"
-        )
-    if problems:
-        raise DataError("; ".join(problems) + ". Add the missing files or move the unpaired ones out.")
-    return [(stem, images[stem], maps[stem]) for stem in sorted(images)]
-
-
-def _read_list(path: Path) -> list[str]:
-    stems = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            stems.append(Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line)
-    return stems
-
-
 def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
     def one(pair: tuple[str, Path, Path]) -> tuple[np.ndarray, np.ndarray, str | None]:
         _, image_path, map_path = pair
@@ -203,9 +133,6 @@ def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.nd
     return images, maps
 
 
-Pair = tuple[str, Path, Path]  # (stem, image file, map file)
-
-
 def check_data_folder(data_dir: str | Path) -> Path:
     """The folder, or a :class:`DataError` when it is missing or a file (the search checks before Ray starts)."""
     root = Path(data_dir).expanduser()
@@ -225,24 +152,13 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
     skipped: dict[str, list[str]] = {"hidden or system file": [], "sub-folder": [], "not an image file (extension)": []}
     notes: list[str] = []
 
-    image_dir, map_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, MAP_DIR_NAMES)
-    train_root, val_root = root / "train", root / "val"
-    if image_dir and map_dir:
-        train_pairs, val_pairs, test_pairs = _one_folder_splits(root, image_dir, map_dir, skipped, notes,
-                                                                seed=seed, val_fraction=val_fraction)
-    elif train_root.is_dir() and val_root.is_dir():
-        train_pairs, val_pairs, test_pairs = _split_folders(root, train_root, val_root, skipped, notes)
-    else:
-        raise DataError(
-            f"{root} has no images/ and maps/ folders (nor train/ and val/ folders holding them). "
-            "Expected DIR/images/<stem>.<ext> beside DIR/maps/<stem>.<ext>."
-        )
+    train_pairs, val_pairs, test_pairs = find_splits(root, skipped, notes, seed=seed, val_fraction=val_fraction)
     if not train_pairs or not val_pairs:
         raise DataError(f"{root}: the split leaves {len(train_pairs)} training and {len(val_pairs)} validation pairs; "
                         "both must be non-empty.")
     for reason, paths in skipped.items():
         if paths:
-            notes.append(f"skipped {len(paths)} files ({reason}): {_listing([Path(p).name for p in paths])}")
+            notes.append(f"skipped {len(paths)} files ({reason}): {listing([Path(p).name for p in paths])}")
 
     train_images, train_maps = _decode_pairs(train_pairs, size)
     val_images, val_maps = _decode_pairs(val_pairs, size)
@@ -253,77 +169,6 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
         source=str(root), size=size, notes=notes,
         test_images=test_images, test_maps=test_maps, test_stems=[s for s, _, _ in test_pairs],
     )
-
-
-def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict[str, list[str]], notes: list[str],
-                       *, seed: int, val_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """The first layout (DIR/images + DIR/maps): (train, val, test) pairs from splits/*.txt, else a seeded split."""
-    pairs = _pairs(image_dir, map_dir, skipped)
-    if not pairs:
-        raise DataError(f"{root}: no image/map pairs found in {image_dir} and {map_dir}.")
-    by_stem = {stem: (stem, i, m) for stem, i, m in pairs}
-    train_list, val_list = root / "splits" / "train.txt", root / "splits" / "val.txt"
-    test_list = root / "splits" / "test.txt"
-    if test_list.exists() and not (train_list.exists() and val_list.exists()):
-        raise DataError(f"{root / 'splits'}: test.txt needs train.txt and val.txt beside it (the split must be explicit).")
-    if train_list.exists() or val_list.exists():
-        return _listed_splits(root, by_stem, train_list, val_list, test_list, notes)
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, int(round(len(pairs) * val_fraction)))
-    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
-    train_pairs = [pairs[i] for i in sorted(order[n_val:])]
-    test_pairs: list[Pair] = []
-    notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}), "
-                 "no test split; add splits/train.txt, val.txt and test.txt to fix it")
-    return train_pairs, val_pairs, test_pairs
-
-
-def _listed_splits(root: Path, by_stem: dict[str, Pair], train_list: Path, val_list: Path, test_list: Path,
-                   notes: list[str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """(train, val, test) pairs as splits/train.txt, val.txt and (optional) test.txt list them."""
-    if not (train_list.exists() and val_list.exists()):
-        raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
-    train_stems, val_stems = _read_list(train_list), _read_list(val_list)
-    test_stems = _read_list(test_list) if test_list.exists() else []
-    unknown = [s for s in train_stems + val_stems + test_stems if s not in by_stem]
-    if unknown:
-        raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
-                        f"{_listing(unknown)}. Fix the list files or add the files.")
-    for (a, sa), (b, sb) in [(("train.txt", train_stems), ("val.txt", val_stems)),
-                             (("train.txt", train_stems), ("test.txt", test_stems)),
-                             (("val.txt", val_stems), ("test.txt", test_stems))]:
-        both = sorted(set(sa) & set(sb))
-        if both:
-            raise DataError(f"{root / 'splits'}: {len(both)} stems are in both {a} and {b}: {_listing(both)}.")
-    unlisted = sorted(set(by_stem) - set(train_stems) - set(val_stems) - set(test_stems))
-    if unlisted:
-        notes.append(f"{len(unlisted)} pairs are in no split list and were left out: {_listing(unlisted)}")
-    train_pairs = [by_stem[s] for s in train_stems]
-    val_pairs = [by_stem[s] for s in val_stems]
-    test_pairs = [by_stem[s] for s in test_stems]
-    notes.append("split: from splits/train.txt, val.txt" + (" and test.txt" if test_pairs else " (no test.txt: no test split)"))
-    return train_pairs, val_pairs, test_pairs
-
-
-def _split_folders(root: Path, train_root: Path, val_root: Path, skipped: dict[str, list[str]],
-                   notes: list[str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """The second layout (DIR/train, DIR/val, optional DIR/test, each with images/ and maps/): their pairs."""
-    found = []
-    for split_root in (train_root, val_root):
-        i_dir, m_dir = _find_dir(split_root, IMAGE_DIR_NAMES), _find_dir(split_root, MAP_DIR_NAMES)
-        if not (i_dir and m_dir):
-            raise DataError(f"{split_root} needs images/ and maps/ sub-folders.")
-        found.append(_pairs(i_dir, m_dir, skipped))
-    train_pairs, val_pairs = found
-    test_pairs = []
-    test_root = root / "test"
-    if test_root.is_dir():
-        i_dir, m_dir = _find_dir(test_root, IMAGE_DIR_NAMES), _find_dir(test_root, MAP_DIR_NAMES)
-        if not (i_dir and m_dir):
-            raise DataError(f"{test_root} needs images/ and maps/ sub-folders (or remove it: the test split is optional).")
-        test_pairs = _pairs(i_dir, m_dir, skipped)
-    notes.append("split: from train/ and val/ folders" + (" and test/" if test_pairs else " (no test/ folder: no test split)"))
-    return train_pairs, val_pairs, test_pairs
 
 
 def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0) -> VMSDataset:
