@@ -24,24 +24,31 @@ from benchmarks.provenance import provenance
 from search.space import load_space
 from trainables.config import RunSettings
 from trainables.families import FAMILIES, find_family
+from trainables.family import Family
 
 BATCH, SIZE, WIDTH, STEPS_PER_EPOCH = 16, 64, 64, 1280 // 16
 ADAM_BYTES_PER_PARAM = 4 * (2 + 1 + 2 + 2)  # fp32: weights r/w, gradients r, first and second moments r/w
 
 
+def study_default_model(family: str, width: int) -> tuple[Family, dict]:
+    """``family`` built on the CPU from its study's defaults with every network at ``width`` (undivided),
+    in training mode, and the hyperparameters it was built from."""
+    family_cls = find_family(family)
+    fields = set(family_cls.config_cls.__dataclass_fields__)
+    chosen = {k: v for k, v in load_space(family).default_config().items() if k in fields}
+    chosen.update({k: width for k in family_cls.width_params})
+    model = family_cls(family_cls.config_cls(**chosen), RunSettings(epochs=1, width_divisor=1), torch.device("cpu"))
+    model.train(True)
+    return model, chosen
+
+
 def count(family: str) -> dict:
     """FLOPs of one training step and parameters of ``family``'s study defaults at width 64."""
     torch.manual_seed(0)
-    space = load_space(family)
-    family_cls = find_family(family)
-    fields = set(family_cls.config_cls.__dataclass_fields__)
-    chosen = {k: v for k, v in space.default_config().items() if k in fields}
-    chosen.update({k: WIDTH for k in family_cls.width_params})
-    model = family_cls(family_cls.config_cls(**chosen), RunSettings(epochs=1, width_divisor=1), torch.device("cpu"))
+    model, chosen = study_default_model(family, WIDTH)
     image = torch.rand(BATCH, 3, SIZE, SIZE) * 2 - 1
     vms = torch.rand(BATCH, 3, SIZE, SIZE) * 2 - 1
     valid = torch.ones(BATCH, 1, SIZE, SIZE)
-    model.train(True)
     with FlopCounterMode(display=False) as counter:
         model.train_step(image, vms, valid)
     params = sum(p.numel() for module in model.modules.values() for p in module.parameters())

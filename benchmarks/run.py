@@ -183,35 +183,34 @@ def _mem_available_kb() -> int:
 
 
 def _estimate_gpu_mb(family: str, width: int, batch: int = 16) -> float:
-    """Parameters, gradients and Adam state (16 bytes per parameter) plus saved activations (fp32)."""
-    from models.diffusion import DenoiserConfig, build_denoiser
-    from models.patchgan import PatchGANConfig, build_patchgan
-    from models.unet import UNetConfig, build_unet
+    """Parameters, gradients and Adam state (16 bytes per parameter) plus the outputs of every layer one
+    training step runs (fp32, what autograd may keep for the backward pass), for the study's defaults at ``width``.
 
-    nets = {"autoencoder": [build_unet(UNetConfig(width=width))],
-            "gan": [build_unet(UNetConfig(width=width)), build_patchgan(PatchGANConfig(width=width))],
-            "diffusion": [build_denoiser(DenoiserConfig(width=width), 2000)]}[family]
+    The step is the family's own ``train_step`` on two 64x64 pairs, so every network it runs (the GAN's
+    discriminator on fake and real pairs, the denoiser on a noised map) is counted as training runs it.
+    """
+    from benchmarks.floor import study_default_model
+
+    torch.manual_seed(0)
+    model, _ = study_default_model(family, width)
+    nets = list(model.modules.values())
     params = sum(p.numel() for net in nets for p in net.parameters())
-    activations = 0
+    outputs = 0
 
     def hook(module, inputs, output):
-        nonlocal activations
+        nonlocal outputs
         if isinstance(output, torch.Tensor):
-            activations += output.numel()
+            outputs += output.numel()
 
     handles = [m.register_forward_hook(hook) for net in nets for m in net.modules() if not list(m.children())]
-    with torch.no_grad():
-        x = torch.zeros(1, 3, 64, 64)
-        if family == "diffusion":
-            nets[0](x, x, torch.zeros(1, dtype=torch.long))
-        else:
-            out = nets[0](x)
-            if family == "gan":
-                nets[1](out, x)
-                nets[1](out, x)  # D sees fake and real
-    for h in handles:
-        h.remove()
-    return (params * 16 + activations * batch * 4) / 2**20
+    pairs = 2  # two, so that BatchNorm sees more than one value per channel at a 1x1 bottleneck
+    x = torch.zeros(pairs, 3, 64, 64)
+    try:
+        model.train_step(x, x, torch.ones(pairs, 1, 64, 64))
+    finally:
+        for h in handles:
+            h.remove()
+    return (params * 16 + outputs / pairs * batch * 4) / 2**20
 
 
 def bench_memory(quick: bool) -> dict[str, Any]:
