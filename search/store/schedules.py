@@ -101,10 +101,10 @@ def _present(value: Any) -> bool:
     return value is not None and value == value
 
 
-def last_hyperparameters(store: "StudyStore", names: list[str]) -> dict[int, dict[str, Any]]:
-    """Each member's hyperparameters at its newest recorded epoch (a resumed population continues with them)."""
+def last_hyperparameters(rows: list[dict[str, Any]], names: list[str]) -> dict[int, dict[str, Any]]:
+    """Each member's hyperparameters at its newest epoch in ``rows`` (a resumed population continues with them)."""
     latest: dict[int, dict[str, Any]] = {}
-    for row in sorted(read_rows(store), key=lambda r: (r["member"], r["epoch"])):
+    for row in sorted(rows, key=lambda r: (r["member"], r["epoch"])):
         latest[row["member"]] = {name: row[f"hp_{name}"] for name in names if row.get(f"hp_{name}") is not None}
     return latest
 

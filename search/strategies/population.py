@@ -135,12 +135,13 @@ class PopulationSearch(OpenSearch):
         results = ResultsStore(context.store, strategy=strategy.name, family=context.family.name,
                                hp_kinds={p.name: p.kind for p in context.space.params})
         ended = {self.member_of(row) for row in results.trials.values() if row["status"] in ("completed", "diverged")}
-        latest = last_hyperparameters(context.store, self.perturb)
+        rows = read_rows(context.store)
+        latest = last_hyperparameters(rows, self.perturb)
         self.configs = {m: {**self.initial(m), **latest.get(m, {})} for m in range(population) if m not in ended}
         self.searcher = None  # Ray's PBT takes its trials from param_space, not a search algorithm
         self.done, self.resumed = self._read_snapshots(context)
         # In synchronous mode no member passes a decision before it is made: one past epoch e means e's was made.
-        reached = max([row["epoch"] for row in read_rows(context.store)]
+        reached = max([row["epoch"] for row in rows]
                       + [history[-1]["epoch"] for history in self.resumed.values() if history], default=0)
         self.last_decision = (reached - 1) // interval * interval if reached else 0
         self.to_run = len(self.configs)
