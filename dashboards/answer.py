@@ -94,8 +94,18 @@ def section_answer(studies: list[Study]) -> str:
                       "more data, a smaller model or stronger regularisation (README, 'When nothing beats the "
                       "baseline').</p>" for line in beaten)
     return (warning + f'<table class="answer"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            '<p class="legend">The configuration is the re-trained one with the lowest mean val L1 (selection uses '
-            'validation only); the headline is its test L1 over the seeds, read once. The evidence follows.</p>')
+            + ANSWER_LEGEND + splits_legend(studies))
+
+
+ANSWER_LEGEND = ('<p class="legend">The configuration is the re-trained one with the lowest mean val L1 (selection uses '
+                 'validation only); the headline is its test L1 over the seeds, read once. The evidence follows.</p>')
+
+
+def splits_legend(studies: list[Study]) -> str:
+    """Which split played which role in each study (study.json's ``splits``, from the data's layout)."""
+    lines = [f"{study.label}: {study.meta['splits']['roles']}." for study in studies
+             if (study.meta.get("splits") or {}).get("roles")]
+    return "".join(f'<p class="legend">Splits of {html.escape(line)}</p>' for line in lines)
 
 
 def section_summary(studies: list[Study]) -> str:
@@ -162,7 +172,7 @@ def section_final(studies: list[Study]) -> str:
                       annotation_position="top left")
     fig.update_layout(title="Top configurations re-trained with new seeds: mean and 95% interval; the epoch chosen "
                             "on val, test read once", yaxis_title="L1", height=460, xaxis=dict(type="category"))
-    return "".join(f'<p class="legend">{n}</p>' for n in notes) + figure_html(fig, "fig-final")
+    return "".join(f'<p class="legend">{n}</p>' for n in notes) + splits_legend(studies) + figure_html(fig, "fig-final")
 
 
 def section_l1(studies: list[Study]) -> str:

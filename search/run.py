@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--space", dest="space_file", default=None,
                         help="study file (TOML) with the search space (default studies/<model>.toml)")
     parser.add_argument("--data", default=None, help="dataset folder or bucket URI (default: the embedded synthetic VMS set)")
+    parser.add_argument("--val-share", type=float, default=None,
+                        help="a dataset without a test split: its val split becomes the test split, read once by the "
+                             "final stage, and the search validates on this seeded share of its training pairs "
+                             "(default 0.2, or what the study recorded; 0: keep the val split, no test numbers)")
     parser.add_argument("--preset", default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                         + " (default: thesis with GPUs, cpu without)")

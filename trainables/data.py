@@ -7,7 +7,10 @@ Accepted layouts (folder names are case-sensitive, file extensions are not)::
 
 A test split (``splits/test.txt``, or ``test/images`` + ``test/maps``) is optional; the
 search never reads it: only the final re-training of the best configurations measures it,
-once. Without one the final numbers are validation numbers, and say so.
+once. A dataset without one (VISCHEMA ships train and val lists only) gets one by
+:meth:`VMSDataset.hold_out`: its val split becomes the test split, and the search selects on
+a seeded share of its training pairs (``--val-share``, 0.2 by default), so the headline is
+measured on data no selection read, and is comparable with numbers published on the official val.
 
 ``maps/`` may also be called ``vms/`` or ``labels/``. Images and maps are paired by file
 stem; any size and any common format (PNG incl. grayscale, alpha, 16-bit; JPEG; BMP;
@@ -59,6 +62,7 @@ class VMSDataset:
     test_images: np.ndarray | None = None  # None: the dataset has no test split
     test_maps: np.ndarray | None = None
     test_stems: list[str] = field(default_factory=list)
+    splits: dict[str, str] = field(default_factory=dict)  # split -> where its pairs came from ("splits/val.txt", ...)
 
     @property
     def has_test(self) -> bool:
@@ -95,8 +99,55 @@ class VMSDataset:
             self.train_stems[:n_train], self.val_stems[:n_val],
             self.source, self.size, list(self.notes),
             None if self.test_images is None else self.test_images[:n_val],
-            None if self.test_maps is None else self.test_maps[:n_val], self.test_stems[:n_val],
+            None if self.test_maps is None else self.test_maps[:n_val], self.test_stems[:n_val], dict(self.splits),
         )
+
+    def hold_out(self, val_share: float | None, seed: int) -> "VMSDataset":
+        """The dataset a search runs on: as it is when it has a test split (or ``val_share`` is None or 0);
+        without one, its val split becomes the test split, read once by the final stage, and a seeded
+        ``val_share`` of its training pairs becomes the validation split the search selects on.
+
+        Raises :class:`DataError` when the share leaves no training or no validation pair."""
+        if self.has_test or not val_share:
+            return self
+        if not 0.0 < val_share < 1.0:
+            raise DataError(f"--val-share is the share of the training pairs held out for validation, in (0, 1); "
+                            f"got {val_share}.")
+        n = len(self.train_stems)
+        n_val = int(round(n * val_share))
+        if n_val < 1 or n - n_val < 1:
+            raise DataError(f"{self.source}: --val-share {val_share} of its {n} training pairs leaves {n - n_val} "
+                            f"to train on and {n_val} to validate on; both must be at least 1 (this dataset has no "
+                            "test split, so its val split is held out as the test split). Add pairs or change the share.")
+        order = np.random.default_rng(seed).permutation(n)
+        val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+        where = self.splits.get("train", "the training pairs")
+        share = f"{val_share:.0%}" if round(val_share * 100, 6).is_integer() else f"{val_share:g}"
+        return VMSDataset(
+            self.train_images[train], self.train_maps[train], self.train_images[val], self.train_maps[val],
+            [self.train_stems[i] for i in train], [self.train_stems[i] for i in val], self.source, self.size,
+            [*(n for n in self.notes if not n.startswith("split:")),
+             f"split: no test split, so the val split ({self.splits.get('val', 'as loaded')}) is held out as the test "
+             f"split, and validation is a seeded {share} of the training pairs (seed {seed}, --val-share)"],
+            self.val_images, self.val_maps, list(self.val_stems),
+            {"train": f"{where}, less the validation share", "val": f"a seeded {share} of {where}, seed {seed}",
+             "test": self.splits.get("val", "the val split")},
+        )
+
+    def roles(self) -> str:
+        """Which split plays which role, in one line (the search's first lines, study.json, the dashboard)."""
+        def part(name: str, count: int, role: str) -> str:
+            where = self.splits.get(name)
+            return f"{name} {count} pairs" + (f" ({where})" if where else "") + role
+
+        parts = [part("train", len(self.train_stems), ""),
+                 part("val", len(self.val_stems), ", on which the search selects epochs and configurations")]
+        if self.has_test:
+            parts.append(part("test", len(self.test_stems), ", read once by the final stage"))
+        else:
+            parts.append("no test split: the final numbers are validation numbers, selected on the same data "
+                         "(optimistic)")
+        return "; ".join(parts)
 
 
 def to_unit_range(array: np.ndarray) -> np.ndarray:
@@ -151,8 +202,9 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
     root = check_data_folder(data_dir)
     skipped: dict[str, list[str]] = {"hidden or system file": [], "sub-folder": [], "not an image file (extension)": []}
     notes: list[str] = []
+    sources: dict[str, str] = {}
 
-    train_pairs, val_pairs, test_pairs = find_splits(root, skipped, notes, seed=seed, val_fraction=val_fraction)
+    train_pairs, val_pairs, test_pairs = find_splits(root, skipped, notes, sources, seed=seed, val_fraction=val_fraction)
     if not train_pairs or not val_pairs:
         raise DataError(f"{root}: the split leaves {len(train_pairs)} training and {len(val_pairs)} validation pairs; "
                         "both must be non-empty.")
@@ -168,21 +220,30 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
         [s for s, _, _ in train_pairs], [s for s, _, _ in val_pairs],
         source=str(root), size=size, notes=notes,
         test_images=test_images, test_maps=test_maps, test_stems=[s for s, _, _ in test_pairs],
+        splits={k: v for k, v in sources.items() if k != "test" or test_pairs},
     )
 
 
-def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0) -> VMSDataset:
-    """The dataset at ``data_dir`` (a folder, or a bucket's URI), or the embedded synthetic default when it is None."""
+DEFAULT_VAL_SHARE = 0.2  # of the training pairs, held out for validation when a dataset has no test split
+
+
+def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0,
+                 val_share: float | None = DEFAULT_VAL_SHARE) -> VMSDataset:
+    """The dataset at ``data_dir`` (a folder, or a bucket's URI), or the embedded synthetic default when it is None,
+    with a test split held out where it has none (:meth:`VMSDataset.hold_out`; ``val_share`` None or 0: as it is)."""
     if data_dir is None:
         folder = ensure_synthetic(SyntheticSpec(size=size) if size != 64 else SyntheticSpec())
-        return load_dataset(folder, size=size, seed=seed)
-    from search.store.location import fetch_folder, is_uri
+        dataset = load_dataset(folder, size=size, seed=seed)
+    else:
+        from search.store.location import fetch_folder, is_uri
 
-    if is_uri(data_dir):  # copied once into the driver's cache; trials get the arrays through Ray's object store
-        dataset = load_dataset(fetch_folder(str(data_dir), cache_root() / "remote", what="--data"), size=size, seed=seed)
-        dataset.source = str(data_dir)
-        return dataset
-    return load_dataset(data_dir, size=size, seed=seed)
+        if is_uri(data_dir):  # copied once into the driver's cache; trials get the arrays through Ray's object store
+            dataset = load_dataset(fetch_folder(str(data_dir), cache_root() / "remote", what="--data"), size=size,
+                                   seed=seed)
+            dataset.source = str(data_dir)
+        else:
+            dataset = load_dataset(data_dir, size=size, seed=seed)
+    return dataset.hold_out(val_share, seed)
 
 
 
@@ -195,6 +256,7 @@ def describe(dataset: VMSDataset) -> str:
         f"dataset:        {dataset.source}",
         f"pairs:          {len(dataset.train_stems)} train + {len(dataset.val_stems)} val + {len(dataset.test_stems)} test "
         f"at {dataset.size}x{dataset.size}",
+        f"splits:         {dataset.roles()}",
         f"all-black maps: {black_share:.0%} of validation maps",
         f"baseline val L1, all-black map:     {base['black_l1']:.4f}",
         f"baseline val L1, mean training map: {base['mean_map_l1']:.4f}",
@@ -214,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p_describe.add_argument("--data", default=None, help="dataset folder (default: the embedded synthetic set)")
     p_describe.add_argument("--size", type=int, default=64, help="working resolution (default 64)")
     p_describe.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split when no lists exist")
+    p_describe.add_argument("--val-share", type=float, default=DEFAULT_VAL_SHARE,
+                            help="without a test split: the share of the training pairs the search validates on "
+                                 "(the val split becomes the test split; 0: keep the val split, no test split)")
     p_gen = sub.add_parser("generate", help="write a synthetic dataset to a folder")
     p_gen.add_argument("out", help="folder to create (must not exist)")
     p_gen.add_argument("--train", type=int, default=1280)
@@ -228,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "describe":
-            print(describe(resolve_data(args.data, size=args.size, seed=args.seed)))
+            print(describe(resolve_data(args.data, size=args.size, seed=args.seed, val_share=args.val_share)))
         else:
             out = Path(args.out)
             if out.exists():

@@ -21,15 +21,17 @@ MAX_LISTED = 8
 Pair = tuple[str, Path, Path]  # (stem, image file, map file)
 
 
-def find_splits(root: Path, skipped: dict[str, list[str]], notes: list[str], *, seed: int,
+def find_splits(root: Path, skipped: dict[str, list[str]], notes: list[str], sources: dict[str, str], *, seed: int,
                 val_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """(train, val, test) pairs of the dataset folder ``root``, in whichever of the two layouts it has."""
+    """(train, val, test) pairs of the dataset folder ``root``, in whichever of the two layouts it has;
+    ``sources`` gets where each split came from (``{"train": "splits/train.txt", ...}``), for the first lines."""
     image_dir, map_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, MAP_DIR_NAMES)
     train_root, val_root = root / "train", root / "val"
     if image_dir and map_dir:
-        return _one_folder_splits(root, image_dir, map_dir, skipped, notes, seed=seed, val_fraction=val_fraction)
+        return _one_folder_splits(root, image_dir, map_dir, skipped, notes, sources, seed=seed,
+                                  val_fraction=val_fraction)
     if train_root.is_dir() and val_root.is_dir():
-        return _split_folders(root, train_root, val_root, skipped, notes)
+        return _split_folders(root, train_root, val_root, skipped, notes, sources)
     raise DataError(
         f"{root} has no images/ and maps/ folders (nor train/ and val/ folders holding them). "
         "Expected DIR/images/<stem>.<ext> beside DIR/maps/<stem>.<ext>."
@@ -105,7 +107,7 @@ def _read_list(path: Path) -> list[str]:
 
 
 def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict[str, list[str]], notes: list[str],
-                       *, seed: int, val_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
+                       sources: dict[str, str], *, seed: int, val_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """The first layout (DIR/images + DIR/maps): (train, val, test) pairs from splits/*.txt, else a seeded split."""
     pairs = _pairs(image_dir, map_dir, skipped)
     if not pairs:
@@ -116,14 +118,18 @@ def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict
     if test_list.exists() and not (train_list.exists() and val_list.exists()):
         raise DataError(f"{root / 'splits'}: test.txt needs train.txt and val.txt beside it (the split must be explicit).")
     if train_list.exists() or val_list.exists():
+        sources.update(train="splits/train.txt", val="splits/val.txt", test="splits/test.txt")
         return _listed_splits(root, by_stem, train_list, val_list, test_list, notes)
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_val = max(1, int(round(len(pairs) * val_fraction)))
     val_pairs = [pairs[i] for i in sorted(order[:n_val])]
     train_pairs = [pairs[i] for i in sorted(order[n_val:])]
     test_pairs: list[Pair] = []
-    notes.append(f"split: seeded {100 - round(val_fraction * 100)}/{round(val_fraction * 100)} split (seed {seed}), "
-                 "no test split; add splits/train.txt, val.txt and test.txt to fix it")
+    share = round(val_fraction * 100)
+    notes.append(f"split: seeded {100 - share}/{share} split (seed {seed}), no split lists; "
+                 "add splits/train.txt, val.txt and test.txt to fix it")
+    sources.update(train=f"a seeded {100 - share}% of {image_dir.name}/ (seed {seed})",
+                   val=f"the other {share}% of {image_dir.name}/")
     return train_pairs, val_pairs, test_pairs
 
 
@@ -155,7 +161,7 @@ def _listed_splits(root: Path, by_stem: dict[str, Pair], train_list: Path, val_l
 
 
 def _split_folders(root: Path, train_root: Path, val_root: Path, skipped: dict[str, list[str]],
-                   notes: list[str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
+                   notes: list[str], sources: dict[str, str]) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """The second layout (DIR/train, DIR/val, optional DIR/test, each with images/ and maps/): their pairs."""
     found = []
     for split_root in (train_root, val_root):
@@ -172,4 +178,5 @@ def _split_folders(root: Path, train_root: Path, val_root: Path, skipped: dict[s
             raise DataError(f"{test_root} needs images/ and maps/ sub-folders (or remove it: the test split is optional).")
         test_pairs = _pairs(i_dir, m_dir, skipped)
     notes.append("split: from train/ and val/ folders" + (" and test/" if test_pairs else " (no test/ folder: no test split)"))
+    sources.update(train="train/", val="val/", test="test/")
     return train_pairs, val_pairs, test_pairs

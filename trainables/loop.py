@@ -332,8 +332,8 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
         row.update({k: v for k, v in progress.history[-1].items() if k.startswith(("train_l1", "val_", "best_"))})
     if not diverged and epoch == settings.epochs and family.has_final_mode:
         row["final_val_l1"] = evaluate(family, tensors.val_images, tensors.val_maps, final=True).l1
-    if not diverged and epoch == settings.epochs and trial.test is not None:
-        row.update(_test_metrics(trial))
+    if not diverged and epoch == settings.epochs and settings.evaluate_test:
+        row.update(_selected_metrics(trial))
     now = time.perf_counter()
     row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, **_memory(trial.device))
     utilisation = trial.utilisation.mean()
@@ -346,27 +346,30 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
     return row
 
 
-def _test_metrics(trial: Trial) -> dict[str, Any]:
-    """The test split, read once: the model of the best validation epoch (best.pt), never the last one.
+def _selected_metrics(trial: Trial) -> dict[str, Any]:
+    """The model of the best validation epoch (best.pt), never the last one, measured on val as test is, and on the
+    test split, read once, where the dataset has one.
 
-    Selection (the epoch, the configuration) used validation data only; this is the number
+    Selection (the epoch, the configuration) used validation data only; the test number is the one
     to report. Random numbers are drawn in a forked RNG so the trial's own stream is untouched.
     """
     if trial.pending_best is not None:  # this epoch's: not on disk yet
         best = trial.pending_best[0]
     else:
         best = trial.store.load_best()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        images, maps = (torch.from_numpy(a).to(trial.device) for a in trial.test)
+    measured: dict[str, Any] = {"best_epoch": int(best["epoch"])}
     with torch.random.fork_rng(devices=[trial.device] if trial.device.type == "cuda" else []):
         model = trial.family_cls.build(trial.hp, trial.settings, trial.device)
         model.load_state_dict(best["family"], nets_only=True)
-        test = evaluate(model, images, maps, final=model.has_final_mode)
+        if trial.test is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images, maps = (torch.from_numpy(a).to(trial.device) for a in trial.test)
+            test = evaluate(model, images, maps, final=model.has_final_mode)
+            measured.update(**test.metrics("test_l1"), test_spearman=test.spearman)
         # Validation measured the same way (for diffusion: with the final sampler, as test), side by side.
         val = evaluate(model, trial.tensors.val_images, trial.tensors.val_maps, final=model.has_final_mode)
-    return {**test.metrics("test_l1"), "test_spearman": test.spearman, "best_epoch": int(best["epoch"]),
-            **val.metrics("selected_val_l1")}
+    return {**measured, **val.metrics("selected_val_l1")}
 
 
 def _memory(device: torch.device) -> dict[str, float]:

@@ -17,44 +17,68 @@ from search.runner.options import SearchOptions
 from search.runner.plan import StudyPlan, TrialConfigs
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, named_by: str = "--address", timeout: float = 5.0) -> None:
     """Fail fast on an unreachable cluster: Ray itself waits minutes before giving up."""
     if address == "auto":
         return
-    target = address.split("://", 1)[-1]
+    target = address.split("://", 1)[-1].rstrip("/")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise StudyError(f"--address {address!r} is not host:port (for example 10.0.0.5:6379, as `ray start --head` prints).")
+        raise StudyError(f"{named_by} {address!r} is not host:port (for example 10.0.0.5:6379, as `ray start --head` "
+                         "prints).")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as err:
-        raise StudyError(f"cannot reach the Ray cluster at --address {address} ({err.strerror or err}); "
+        raise StudyError(f"cannot reach the Ray cluster at {named_by} {address} ({err.strerror or err}); "
                          "check the address printed by `ray start --head` and that the cluster is up.") from None
 
 
+def cluster_address(options: SearchOptions) -> tuple[str | None, str]:
+    """The Ray cluster to connect to, and where it was named: ``--address``, else ``RAY_ADDRESS`` as ``ray.init()``
+    reads it (every Ray job's driver has it: ``ray job submit``, KubeRay's RayJob), else (None, "") for a local Ray."""
+    if options.address:
+        return options.address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
+def in_ray_job() -> bool:
+    """Whether this driver is a Ray job's entrypoint (``ray job submit``, a RayJob): the job brings its runtime
+    environment (its working directory, or an image with the project installed)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
+
+
 def init_ray(options: SearchOptions) -> bool:
-    """Connect to (or start) Ray; returns whether this call started it (and so must shut it down)."""
+    """Connect to (or start) Ray; returns whether this call started or connected it (and so must shut it down).
+
+    An existing cluster gets no resources (it has its own): Ray refuses ``num_cpus`` there."""
     import ray
 
     if ray.is_initialized():  # a notebook or a benchmark that set Ray up itself
         return False
     kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
                                   logging_level=logging.INFO if options.verbose else logging.ERROR)
-    if options.address:
-        check_reachable(options.address)
+    address, named_by = cluster_address(options)
+    if address is None:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        return True
+    check_reachable(address, named_by)
+    if not in_ray_job():  # a job's workers run its own runtime environment; anything else gets the driver's code
         import models
         import search
         import trainables
 
-        try:
-            # Ship the project's code to the cluster's workers (their Python needs the dependencies).
-            ray.init(address=options.address, runtime_env={"py_modules": [models, search, trainables]}, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise StudyError(f"cannot connect to the Ray cluster at --address {options.address} ({err}); "
-                             "check the address printed by `ray start --head` and that the cluster is up.") from None
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        # Ship the project's code to the cluster's workers (their Python needs the dependencies).
+        kwargs["runtime_env"] = {"py_modules": [models, search, trainables]}
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise StudyError(f"cannot connect to the Ray cluster at {named_by} {address} ({_last_line(err)}); "
+                         "check the address printed by `ray start --head` and that the cluster is up.") from None
     return True
 
 

@@ -152,6 +152,7 @@ def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int]) ->
             entry[f"test_l1_{channel}"] = interval([r[f"test_l1_{channel}"] for r in mine])
         configurations.append(entry)
     final = {"seeds": seeds, "has_test": data.has_test, "test_pairs": len(data.test_stems),
+             "test_source": data.splits.get("test") if data.has_test else None,
              "test_baselines": data.baselines("test") if data.has_test else None, "configurations": configurations}
     chosen = recommended(final)
     final["recommended_rank"] = chosen["rank"] if chosen else None
@@ -167,12 +168,14 @@ def format_final(final: dict[str, Any] | None, val_baselines: dict[str, float]) 
     if final["has_test"]:
         base = final["test_baselines"]
         lines = [f"final: the top {len(final['configurations'])} configurations re-trained with {n} new seeds each, "
-                 f"measured once on the test split ({final['test_pairs']} pairs); mean and 95% interval over the seeds:"]
+                 f"measured once on the test split ({final['test_pairs']} pairs"
+                 + (f", {final['test_source']}" if final.get("test_source") else "")
+                 + "); mean and 95% interval over the seeds:"]
     else:
         base = val_baselines
         lines = [f"final: the top {len(final['configurations'])} configurations re-trained with {n} new seeds each. "
-                 "This dataset has no test split (add splits/test.txt or test/): the numbers below are validation "
-                 "numbers, selected on the same data, so optimistic:"]
+                 "This study has no test split (made before --val-share, or with --val-share 0): the numbers below "
+                 "are validation numbers, selected on the same data, so optimistic:"]
 
     def show(stat: dict[str, Any]) -> str:
         if stat["mean"] is None:

@@ -71,6 +71,7 @@ class SearchOptions:
     study: str | None = None
     space_file: str | None = None
     data: str | None = None
+    val_share: float | None = None  # no test split: the training share held out for validation (None: default/recorded)
     preset: str | Preset | None = None  # a name of PRESETS, or a Preset (a benchmark's size); None: by the hardware
     epochs: int | None = None
     samples: int | None = None
@@ -179,6 +180,10 @@ def _check_counts(options: SearchOptions) -> None:
     if options.greedy_margin is not None and not 0.0 <= options.greedy_margin < 1.0:
         raise StudyError(f"--greedy-margin is a fraction of the held value's L1 in [0, 1) (0.05: 5% lower), "
                          f"got {options.greedy_margin}.")
+    if options.val_share is not None and not 0.0 <= options.val_share < 1.0:
+        raise StudyError(f"--val-share is a share of the training pairs in [0, 1) (0.2: a fifth held out for "
+                         f"validation; 0: none, the data's val split is used and there is no test split), "
+                         f"got {options.val_share}.")
     if options.max_sweeps < 1:
         raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
     for name in ("final_top_k", "final_seeds", "max_failures"):

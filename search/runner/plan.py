@@ -85,7 +85,11 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
-    data = resolve_data(options.data, size=options.size, seed=options.seed).subset(preset.n_train, preset.n_val)
+    existing = store.read_record()
+    val_share = _val_share(options, existing, store)
+    data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
+        preset.n_train, preset.n_val)
+    print(f"data: {data.source}: {data.roles()}", flush=True)
     n_train = len(data.train_stems)
     epochs = options.epochs or preset.epochs_for(n_train)
     if not options.epochs and epochs != preset.epochs:
@@ -98,18 +102,35 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
         precision=options.precision, channels_last=options.channels_last, compile=options.compile,
         cuda_graphs=options.cuda_graphs))
     strategy = options.strategy_object
-    existing = store.read_record()
     space, note = recorded_space(existing, space, explicit=options.space_file is not None)
     if note:
         print(note, flush=True)
     domain = strategy.domain(options.domain, existing)
     identity = study_identity(strategy, space, settings, preset, domain, data)
     record = check_or_create_record(store, existing, identity, strategy, data,
-                                    {"space_file": space.source, "preset": preset.name, **space.record()})
+                                    {"space_file": space.source, "preset": preset.name, **space.record(),
+                                     "val_share": val_share, "splits": {**data.splits, "roles": data.roles()}})
     samples = options.samples or (UNBOUNDED if options.budget_epochs else preset.samples)
     return StudyPlan(options, strategy, family, space, store, preset, epochs, grace, samples, settings, data, record,
                      cpus_available, gpus_available, gpus_per_trial, auto_share=auto and bool(gpus_available),
                      domain=domain)
+
+
+def _val_share(options: SearchOptions, existing: dict[str, Any] | None, store: StudyStore) -> float | None:
+    """The share of the training pairs held out for validation when the data has no test split: --val-share, else
+    what the study recorded, else the default. A study made before the rule (no ``val_share`` in its record)
+    keeps the split it was made with: None, nothing held out."""
+    from trainables.data import DEFAULT_VAL_SHARE
+
+    if existing is None:
+        return DEFAULT_VAL_SHARE if options.val_share is None else options.val_share
+    recorded = existing.get("val_share")
+    if options.val_share is not None and options.val_share != recorded:
+        made = (f"--val-share {recorded:g}" if recorded is not None
+                else "no validation share (it predates --val-share)")
+        raise StudyError(f"study {store.name} in {store.root} was made with {made}; --val-share {options.val_share:g} "
+                         "would change its splits. Drop --val-share, or use a new --study name.")
+    return recorded
 
 
 def _preset(options: SearchOptions, gpus_available: float) -> Preset:

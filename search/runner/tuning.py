@@ -184,12 +184,25 @@ def _final_printer(runs):
     class FinalPrinter(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             run, last = runs[trial.config["index"]], trial.last_result or {}
-            test = last.get("test_l1")
-            print(f"final #{run.rank} seed {run.seed}: val L1 {last.get('selected_val_l1', float('nan')):.4f}"
-                  + (f", test L1 {test:.4f}" if test is not None else "") + f" (best epoch {last.get('best_epoch')})",
+            print(f"final #{run.rank} seed {run.seed}: {final_run_line(last)}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            run = runs[trial.config["index"]]
+            print(f"final #{run.rank} seed {run.seed}: errored (Ray's error file is in the study's ray/ folder)",
                   flush=True)
 
     return FinalPrinter()
+
+
+def final_run_line(last: dict[str, Any]) -> str:
+    """What one final run measured, in words: never a bare nan or None."""
+    if last.get("status") == "diverged":
+        return f"diverged at epoch {last.get('epoch')}"
+    if last.get("selected_val_l1") is None:
+        return f"ended at epoch {last.get('epoch')} without a measured best epoch"
+    test = last.get("test_l1")
+    return (f"val L1 {last['selected_val_l1']:.4f}" + (f", test L1 {test:.4f}" if test is not None else "")
+            + f" (best epoch {last.get('best_epoch')})")
 
 
 def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
@@ -212,7 +225,8 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
     keys = [trial_key(*parse_config(run.config, configs.config_cls)) for run in runs]
     print(f"final: re-training the top {len(top)} configurations with seeds {', '.join(map(str, seeds))} "
           f"({len(runs)} runs of {plan.epochs} epochs, no early stopping); the epoch is chosen on val, "
-          + ("then measured once on the test split" if plan.data.has_test else "and this dataset has no test split"),
+          + ("then measured once on the test split" if plan.data.has_test
+             else "and measured on val: this study has no test split (optimistic)"),
           flush=True)
     cluster.allow_pending_trials(plan)
     tuner = tune.Tuner(
