@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -116,3 +116,45 @@ def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
     assert len(trials) == 4
     assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]
+
+
+def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
+    """``ray job submit`` (what KubeRay's RayJob runs): the driver finds its cluster through RAY_ADDRESS, passes it no
+    resources, and a second submission of the same study (here with ``--address auto``) continues it."""
+    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rayjob", dir="/tmp"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    head = _start_node([RAY, "start", "--head", f"--port={port}", "--include-dashboard=true",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                        f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}",
+                        "--num-cpus=2", "--node-ip-address=127.0.0.1", "--disable-usage-stats"], env)
+    command = ["python", "-m", "search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke",
+               "--final-top-k", "0", "--runs-dir", str(tmp_path), "--study", "job"]
+
+    def submit(*extra: str) -> subprocess.CompletedProcess:
+        deadline = time.monotonic() + 90
+        while True:  # the Jobs server answers before its node's agent has registered: "try again later"
+            done = subprocess.run([RAY, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+                                   f"--working-dir={ROOT}", "--", *command, *extra],
+                                  capture_output=True, text=True, env=env, timeout=300)
+            if "No available agent" not in done.stderr or time.monotonic() > deadline:
+                return done
+            time.sleep(2)
+
+    try:
+        first = submit()
+        assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:] + first.stderr
+        assert "4/4 trials" in first.stdout and "Traceback" not in first.stdout
+        trials = pd.read_parquet(tmp_path / "job" / "trials.parquet")
+        assert len(trials) == 4
+        again = submit("--address", "auto")
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+        assert "[  1]" not in again.stdout, again.stdout  # nothing re-run: the study resumed, finished
+        after = pd.read_parquet(tmp_path / "job" / "trials.parquet")
+        assert after["trial_id"].tolist() == trials["trial_id"].tolist()
+        assert (after["ended_at"] == trials["ended_at"]).all()
+    finally:
+        left = _stop_nodes([head], temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"processes of the test's head outlived it: {left}"
