@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from search.runner.driver import run_study
 from search.runner.options import SearchOptions
@@ -49,16 +50,29 @@ def test_auto_share_fits_memory_and_idle_time():
     assert choose_share(GpuProbe(total_mb=81_000, footprint_mb=20_000, util=0.3)).fraction == 0.3333
 
 
-def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkeypatch, capsys):
+    # NVML could not be read: one trial a GPU, never packed by memory alone (which would fit 8 here).
+    blind = choose_share(GpuProbe(total_mb=81_000, footprint_mb=500, util=None, nvml_error="NVMLError_LibraryNotFound"))
+    assert (blind.per_gpu, blind.fraction) == (1, 1.0) and "NVMLError_LibraryNotFound" in blind.why
+
+
+NVML_READ = {"total_mb": 24_000, "footprint_mb": 6_500, "util": 0.2, "epoch_s": [0.5, 0.9]}
+NVML_MISSING = {**NVML_READ, "util": None, "nvml_error": "NVMLError_LibraryNotFound: NVML Shared Library Not Found"}
+
+
+@pytest.mark.parametrize("probe, share, line", [
+    (NVML_READ, 0.3333, "--gpus-per-trial auto: 0.3333 (3 trials per GPU"),
+    (NVML_MISSING, 1.0, "--gpus-per-trial auto: 1 (1 trial per GPU: its utilisation could not be read through NVML "
+                        "(NVMLError_LibraryNotFound"),
+], ids=["nvml", "no-nvml"])
+def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkeypatch, capsys, probe, share, line):
     import json
 
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    # A fake GPU and a fake measurement (this machine has no CUDA): 3 trials fit by memory.
-    monkeypatch.setenv("MEMSEARCH_FAKE_GPU_PROBE", json.dumps(
-        {"total_mb": 24_000, "footprint_mb": 6_500, "util": 0.2, "epoch_s": [0.5, 0.9]}))
+    # A fake GPU and a fake measurement (this machine has no CUDA): 3 trials fit by memory and by idle time.
+    monkeypatch.setenv("MEMSEARCH_FAKE_GPU_PROBE", json.dumps(probe))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", final_top_k=0, samples=3, epochs=3,
@@ -68,13 +82,14 @@ def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkey
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
-    assert "--gpus-per-trial auto: 0.3333 (3 trials per GPU" in out
+    assert line in out and sum(1 for said in out.splitlines() if "NVML" in said) == (probe["util"] is None)
     assert "one epoch of the study default measured here at 0.5 s" in out  # the probe's timing serves the estimate
     assert summary.counts["completed"] == 3
     study = json.loads((tmp_path / "auto" / "study.json").read_text())
-    assert study["segments"][-1]["gpus_per_trial"] == 0.3333
+    assert study["segments"][-1]["gpus_per_trial"] == share
     trials = pd.read_parquet(tmp_path / "auto" / "trials.parquet")
-    assert trials["started_at"].max() < trials["ended_at"].min()  # all three at once on the one GPU
+    at_once = trials["started_at"].max() < trials["ended_at"].min()
+    assert at_once == (share < 1)  # all three at once on the one GPU, or one after another
 
 
 def test_a_trial_out_of_gpu_memory_is_retried_with_a_larger_share(tmp_path, capsys):

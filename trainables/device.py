@@ -102,24 +102,26 @@ class GpuUtilisation:
     """The GPU's utilisation (percent of time a kernel ran, NVML's sampled counter) over a stretch of time.
 
     It reads the whole GPU, so it is a trial's own only while the trial has the GPU to itself
-    (how ``--gpus-per-trial auto`` measures). ``None`` where NVML (the nvidia-ml-py package)
-    or a CUDA device is missing.
+    (how ``--gpus-per-trial auto`` measures). ``None`` where NVML (the nvidia-ml-py package, a
+    dependency, and the driver's libnvidia-ml) cannot be read or a CUDA device is missing; :attr:`error` says why.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.handle = None
         self.since = 0
+        self.error: str | None = None  # why NVML could not be read on a CUDA device (None: it can, or no CUDA)
         if device.type != "cuda":
             return
         try:
-            import pynvml
+            import pynvml  # the nvidia-ml-py package, a dependency
 
             pynvml.nvmlInit()
             index = torch.cuda._get_nvml_device_index(device)  # honours CUDA_VISIBLE_DEVICES, as Ray sets it
             self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self._nvml = pynvml
-        except Exception:  # noqa: BLE001 - no NVML: utilisation is simply not measured
+        except Exception as err:  # noqa: BLE001 - no NVML: utilisation is not measured, and the probe says why
             self.handle = None
+            self.error = f"{type(err).__name__}: {err}"[:160]
 
     def start(self) -> None:
         self.since = int(time.time() * 1e6)

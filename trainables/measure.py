@@ -28,8 +28,9 @@ class GpuProbe:
 
     total_mb: float  # the GPU's memory
     footprint_mb: float  # the widest configuration's process on the device: tensors, allocator cache, CUDA context, data
-    util: float | None  # the default configuration's utilisation in [0, 1] (None: NVML missing)
+    util: float | None  # the default configuration's utilisation in [0, 1] (None: NVML could not be read)
     epoch_s: list[float | None] = field(default_factory=list)  # per probed config, as measure_epoch_seconds
+    nvml_error: str | None = None  # why the utilisation is missing, when it is
 
 
 def measure_epoch_seconds(family: "type[Family]", config: dict[str, Any], data: Any, device: str = "cpu",
@@ -165,5 +166,11 @@ def probe_gpu(family: "type[Family]", configs: list[dict[str, Any] | None], data
     finally:
         torch.cuda.empty_cache()
     measured = [r for r in rows if r is not None]
-    return asdict(GpuProbe(total, max(r.get("gpu_reserved_mb", 0.0) for r in measured), measured[0].get("gpu_util"),
-                           [r["epoch_seconds"] if r is not None else None for r in rows]))
+    util = measured[0].get("gpu_util")
+    if util is None:
+        from trainables.device import GpuUtilisation
+
+        error = GpuUtilisation(torch.device("cuda")).error or "NVML gave no utilisation samples"
+    return asdict(GpuProbe(total, max(r.get("gpu_reserved_mb", 0.0) for r in measured), util,
+                           [r["epoch_seconds"] if r is not None else None for r in rows],
+                           nvml_error=None if util is not None else error))

@@ -36,14 +36,17 @@ class Share:
 
 
 def choose_share(probe: GpuProbe, margin: float = MEMORY_MARGIN, most: int = MOST_PER_GPU) -> Share:
-    """Trials per GPU: as many as fit in memory with ``margin`` free, no more than the GPU's idle time can use."""
+    """Trials per GPU: as many as fit in memory with ``margin`` free, no more than the GPU's idle time can use.
+    Without the idle time (NVML could not be read) one trial a GPU: memory alone would pack up to ``most`` trials
+    that take turns on a GPU one of them may keep busy."""
+    if probe.util is None:
+        return Share(1.0, 1, f"1 trial per GPU: its utilisation could not be read through NVML "
+                             f"({probe.nvml_error or 'no reason given'}), and memory alone says nothing of how busy "
+                             "a trial keeps it; give --gpus-per-trial 0.5 (or another share) to pack trials anyway")
     fit = max(1, math.floor(probe.total_mb * (1.0 - margin) / max(probe.footprint_mb, 1.0)))
     memory = f"{fit} fit in {probe.total_mb / 1024:.0f} GiB at {probe.footprint_mb / 1024:.1f} GiB each with {margin:.0%} free"
-    if probe.util is None:
-        useful, busy = most, "utilisation not measured (no NVML)"
-    else:  # the fewest trials that keep the GPU busy BUSY_TARGET of the time
-        useful = max(1, math.ceil(BUSY_TARGET / max(probe.util, 1.0 / most) - 1e-9))
-        busy = f"one trial keeps it {probe.util:.0%} busy, so {useful} keep it busy"
+    useful = max(1, math.ceil(BUSY_TARGET / max(probe.util, 1.0 / most) - 1e-9))  # the fewest that keep it busy
+    busy = f"one trial keeps it {probe.util:.0%} busy, so {useful} keep it busy"
     n = max(1, min(fit, useful, most))
     fraction = 1.0 if n == 1 else math.floor(10_000 / n) / 10_000  # Ray counts GPUs in 1/10,000ths
     return Share(fraction, n, f"{n} trials per GPU ({memory}; {busy})")
