@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", default="auto", help="CUDA: torch.compile the networks (auto|on|off)")
     parser.add_argument("--cuda-graphs", default="auto",
                         help="CUDA: replay each training step as one CUDA graph (auto|on|off; auto: on, except with fp16's loss scaler)")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="log the study to this MLflow tracking server: the study as a parent run, each trial as a "
+                             "nested run (default: MLFLOW_TRACKING_URI when set; pip install -e '.[mlflow]')")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser
 

@@ -23,6 +23,7 @@ from search.runner.console import Summary, summarize
 from search.runner.options import SearchOptions, resolve_family, study_name, validate_options
 from search.runner.plan import StudyPlan, TrialConfigs, make_plan
 from search.runner.reconcile import reconcile
+from search.runner.tracking import MLflowTracker, tracking_uri
 from search.space import Space, StudyFileError, load_space
 from search.store.results import ResultsStore
 from search.store.study import StudyStore
@@ -61,6 +62,10 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
         cluster.pack(plan, configs)
     results = ResultsStore(store, strategy=plan.strategy.name, family=family.name,
                            hp_kinds={p.name: p.kind for p in plan.space.params})
+    uri = tracking_uri(plan.options.mlflow)
+    if uri:
+        plan.tracker = MLflowTracker(uri, results)
+        plan.tracker.start(plan.record, store, plan.preset.name)
     search = plan.strategy.open(_context(plan, configs))
     try:
         finished, interrupted, final = _search_and_final(plan, search, results, configs, started)
@@ -70,6 +75,9 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
                         wall=time.perf_counter() - started, finished=finished and not interrupted, final=final,
                         margin=family.noise_margin())
     store.write_summary(asdict(summary))
+    if plan.tracker:
+        plan.tracker.sync()
+        plan.tracker.finish(asdict(summary), finished=summary.finished)
     if interrupted:
         raise KeyboardInterrupt
     return summary
@@ -89,6 +97,8 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     for line in reconcile(results, search.identity(configs), search.done, plan.store, segment=plan.segment,
                           epochs_planned=plan.epochs, continuing=search.continuing()):
         print(line, flush=True)
+    if plan.tracker:  # what a killed driver recorded but did not log
+        plan.tracker.sync()
     budget = None
     if plan.options.budget_epochs and search.searcher is not None:  # a population is sized by the budget instead
         budget = EpochBudget(search.searcher, plan.options.budget_epochs, spent=len(results.epochs))

@@ -103,6 +103,7 @@ class SearchOptions:
     channels_last: str = "auto"
     compile: str = "auto"
     cuda_graphs: str = "auto"
+    mlflow: str | None = None  # a tracking server (None: MLFLOW_TRACKING_URI if set, else no tracking)
 
     @property
     def strategy_object(self) -> Strategy:
@@ -162,6 +163,10 @@ def validate_options(options: SearchOptions) -> None:
         raise StudyError(f"--runs-dir {options.runs_dir} is a bucket, which has no file lock: give --storage with a "
                          "database URL (postgresql://USER@HOST/DB). Its lease keeps a second driver off the study, and "
                          "the Optuna strategies keep their study there (SQLite cannot live in a bucket).")
+    from search.runner.tracking import check_tracking, tracking_uri
+
+    if tracking_uri(options.mlflow):
+        check_tracking(tracking_uri(options.mlflow))
     if options.resume:
         from search.store.study import StudyStore
 

@@ -49,6 +49,7 @@ class StudyPlan:
     auto_share: bool = False  # --gpus-per-trial auto with GPUs: set by packing from a measured trial
     probe: Any = None  # trainables.measure.GpuProbe of the packing probe (its epoch seconds serve the estimate)
     domain: str = "grid"  # grid | ranges: what the strategy samples
+    tracker: Any = None  # search.runner.tracking.MLflowTracker with --mlflow (or MLFLOW_TRACKING_URI)
 
     @property
     def name(self) -> str:

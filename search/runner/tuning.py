@@ -150,7 +150,8 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     printer = Printer(done, progress)
     printer.seed_best(results)
     callback = ResultsCallback(results, search.identity(configs), segment=plan.segment, epochs_planned=plan.epochs,
-                               block_of=search.block_of, on_finish=printer, on_result=progress.on_epoch)
+                               block_of=search.block_of, on_result=progress.on_epoch,
+                               on_finish=(printer, *((plan.tracker.trial_finished,) if plan.tracker else ())))
     cluster.allow_pending_trials(plan)
     scheduler = search.scheduler(plan, results) or SCHEDULERS[options.scheduler](plan, results, search)
     space = search.param_space()

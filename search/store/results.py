@@ -237,7 +237,7 @@ class ResultsCallback(Callback):
 
     def __init__(self, store: ResultsStore, identity: TrialIdentity, *, segment: int, epochs_planned: int,
                  block_of: Callable[[str], Any] | None = None, flush_seconds: float = 5.0,
-                 on_finish: Callable[[dict[str, Any]], None] | None = None,
+                 on_finish: tuple[Callable[[dict[str, Any]], None], ...] = (),
                  on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store, self.identity, self.segment, self.epochs_planned = store, identity, segment, epochs_planned
         self.block_of = block_of
@@ -279,8 +279,8 @@ class ResultsCallback(Callback):
         status = final_status(self._last_result.get(tid) or {}, self.epochs_planned)
         row = self.store.upsert_trial(tid, status=status, ended_at=utc_now())
         self._maybe_flush(force=True)
-        if self.on_finish:
-            self.on_finish(row)
+        for hook in self.on_finish:
+            hook(row)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tid = self._trial_id(trial)
@@ -288,8 +288,8 @@ class ResultsCallback(Callback):
             self.on_trial_start(iteration, trials, trial)
         row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=_error_text(trial))
         self._maybe_flush(force=True)
-        if self.on_finish:
-            self.on_finish(row)
+        for hook in self.on_finish:
+            hook(row)
 
     def on_experiment_end(self, trials, **info) -> None:
         self._maybe_flush(force=True)
