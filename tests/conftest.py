@@ -24,8 +24,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SharedFixtures(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return SHARED_WORKER.get(Path(path).stem, path)
+            stem = Path(nodeid.split("::", 1)[0]).stem
+            return SHARED_WORKER.get(stem, stem)  # a file's group is its name, or the name of the file it shares with
 
     return SharedFixtures(config, log)
 

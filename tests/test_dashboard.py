@@ -274,3 +274,48 @@ def test_trials_whose_train_val_gap_keeps_growing_after_their_best_epoch_are_fla
     import pandas as pd
 
     assert overfitting_trials(pd.DataFrame(rows), ["fits", "steady", "short"]) == ["fits"]
+
+
+def test_tensorboard_reads_a_studys_event_files(greedy_study):  # noqa: F811
+    """The README's `tensorboard --logdir runs/<study>/ray`: TensorBoard's own reader opens the event files Ray wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = pd.read_parquet(greedy_study / "epochs.parquet")
+    trials = pd.read_parquet(greedy_study / "trials.parquet").set_index("ray_trial_id")
+    files = sorted((greedy_study / "ray" / "segment-0").glob("*/events.out.tfevents.*"))
+    assert len(files) == len(trials)
+    for events in files:
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        ray_id = next(t for t in trials.index if t in events.parent.name)
+        mine = epochs[epochs["trial_id"] == trials.loc[ray_id, "trial_id"]].sort_values("epoch")
+        scalars = reader.Scalars("ray/tune/val_l1")
+        assert [s.step for s in scalars] == mine["epoch"].tolist()
+        assert [s.value for s in scalars] == pytest.approx(mine["val_l1"].tolist(), rel=1e-6)
+
+
+def test_optuna_dashboard_serves_a_studys_optuna_storage(tpe_study):  # noqa: F811
+    """The README's `optuna-dashboard sqlite:///runs/<study>/optuna.db`: its server answers for the study."""
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")),
+                               f"sqlite:///{tpe_study / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    answer = json.loads(response.read())
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    assert [s["study_name"] for s in answer["study_summaries"]] == ["tpe-ae"]
