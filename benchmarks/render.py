@@ -31,6 +31,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "channels": ("README.md", searches.channel_reading),
     "baselines": ("README.md", searches.data_baselines),
     "gpu-summary": ("README.md", gpu.gpu_summary),
+    "gpu-check": ("README.md", gpu.gpu_check),
     # benchmarks/README.md, in the order of its sections
     "overhead": ("benchmarks/README.md", cpu.overhead_table),
     "datapath": ("benchmarks/README.md", cpu.datapath_table),
@@ -44,6 +45,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "learning": ("benchmarks/README.md", cpu.learning_table),
     "faults": ("benchmarks/README.md", cpu.faults_table),
     "seeds": ("benchmarks/README.md", cpu.seeds_table),
+    "gpu-check-section": ("benchmarks/README.md", gpu.gpu_check),
     "gpu-floor": ("benchmarks/README.md", gpu.gpu_floor),
     "gpu-h100": ("benchmarks/README.md", gpu.gpu_tables),
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),

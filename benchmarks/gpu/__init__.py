@@ -4,6 +4,7 @@
     python -m benchmarks.gpu --only train,sampling,checks     # some sections
     python -m benchmarks.gpu --only search --search-limit 540 # the thesis greedy GAN search (resumes if cut short)
     python -m benchmarks.gpu --merge FILE.json                # fold another run's sections in and print its tables
+    python -m benchmarks.gpu --check                          # the short check, at most 8 minutes (check.py)
 
 Sections (each a median over repeats, after a warm-up, with the device synchronised around
 every timed region):

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-limit", type=float, default=3600.0, help="search: seconds before it is stopped (resumable)")
     parser.add_argument("--merge", default=None, help="a gpu-<device>.json whose sections to fold into --out's")
     parser.add_argument("--render", default=None, help="a gpu-<device>.json: print its tables")
+    parser.add_argument("--check", action="store_true",
+                        help="the short check (at most 8 minutes on one H100 or H200): a thesis GAN epoch, DDIM-25 "
+                             "over val, the auto probe with NVML, a 2-block greedy thesis search with a 1-seed final "
+                             "stage (benchmarks/gpu/check.py); writes gpu-check-<device>.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -79,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: benchmarks.gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
               "the CPU figures are in benchmarks.run", file=sys.stderr)
         return 2
+    if args.check:
+        from benchmarks.gpu.check import run_check
+
+        result = run_check(device_name(), provenance("benchmarks.gpu", sys.argv[1:] if argv is None else argv), out)
+        print(f"check: {result['total_s']:.0f} s of its {result['budget_s']} s budget")
+        return 0 if result["within_budget"] else 1
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:

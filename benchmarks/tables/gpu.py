@@ -208,3 +208,33 @@ def gpu_summary() -> str:
             f"{measured(gpu['provenance'])}): an epoch of the GAN at c = 64 (1,280 pairs, batch 16) went from "
             f"{eager['train_epoch_s']:.2f} s (eager bf16) to {graphed['train_epoch_s']:.2f} s (graphed, channels-last){trial}; "
             "the report's took 100 minutes on an RTX 3070.")
+
+
+def gpu_check() -> str:
+    """README.md and benchmarks/README.md section 10: the short GPU check (``python -m benchmarks.gpu --check``,
+    gpu-check-<device>.json), or, until it has run, when the GPU numbers were last measured."""
+    from benchmarks.tables.common import RESULTS
+
+    files = sorted(RESULTS.glob("gpu-check-*.json"))
+    last = load("gpu-h100.json")
+    if not files:
+        return ("`python -m benchmarks.gpu --check` (a thesis GAN epoch, DDIM-25 over val, `--gpus-per-trial auto`'s "
+                "probe with NVML, a 2-block greedy thesis search with a 1-seed final stage; at most 8 minutes) has not "
+                "yet run on a GPU: no GPU was lent to this project since it was written. Every GPU number in these "
+                f"docs was last measured on {measured(last['provenance'])}, on the code of that commit; the GPU path "
+                "changed since (the data splits, NVML's fallback) is not measured on a GPU.")
+    parts = []
+    for path in files:
+        check = load(path.name)
+        epoch, ddim, probe, search = (check.get(k) or {} for k in ("epoch", "ddim25", "probe", "search"))
+        parts.append(
+            f"On one {check['provenance']['machine'].get('gpu')} ({measured(check['provenance'])}, "
+            f"{check['total_s'] / 60:.1f} minutes of its 8): a thesis GAN epoch (c = 64, graphed) "
+            f"{epoch.get('median_epoch_s', float('nan')):.2f} s; DDIM-25 over {ddim.get('images')} val images "
+            f"{ddim.get('seconds', float('nan')):.1f} s; the auto probe "
+            + (f"read NVML ({probe['util']:.0%} busy) and chose {probe['per_gpu']} trials per GPU"
+               if probe.get("nvml_read") else f"could not read NVML ({probe.get('nvml_error')})")
+            + f"; a 2-block greedy thesis search with a 1-seed final stage took {search.get('wall_s', 0) / 60:.1f} "
+            f"minutes ({search.get('trials')} trials" + (f", final test L1 {search['final_test_l1']:.4f}"
+                                                         if search.get("final_test_l1") is not None else "") + ").")
+    return "\n\n".join(parts)

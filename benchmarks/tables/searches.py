@@ -170,7 +170,7 @@ def main_job_time() -> str:
             f"configurations re-trained with {len(final.get('seeds', []))} new seeds each ({runs} runs) and measured on "
             "the test split; plus about 2 minutes of install. Its first lines state an estimate measured on your "
             "machine, and every finished trial's line says how many trials are done and how long is left. With a GPU "
-            f"it runs the report's full budget instead: on one {gpu['env']['device']} ({search['_measured_at'][:10]}, "
+            f"it runs the report's full budget instead: on one {gpu['env']['device']} ({measured(gpu['provenance'])}, "
             f"an earlier study file), {blocks} greedy blocks ({search['trials']} trials) took "
             f"{search['total_s'] / 60:.0f} minutes before the lease ran out, where the report spent about 3 days.)")
 
