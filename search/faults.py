@@ -17,6 +17,8 @@ Points (the names ``MEMSEARCH_CRASH_AT`` accepts):
 ``results-flushed``          both Parquet files are written
 ``study-json-tmp``           ``study.json``/``summary.json``'s temporary file is written, not moved
 ``schedule-flushed``         a population member's epoch is in ``schedules.parquet`` (pbt, pb2)
+``worker-handoff``           a trial has ended and Ray Tune is about to hand its worker the next trial:
+                             the driver SIGKILLs that *worker*, not itself
 ===========================  ===============================================================
 """
 
@@ -26,7 +28,7 @@ import os
 import signal
 
 POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp",
-          "schedule-flushed")
+          "schedule-flushed", "worker-handoff")
 _counts: dict[str, int] = {}
 
 
@@ -40,11 +42,12 @@ def _target() -> tuple[str, int] | None:
     return name, int(count)
 
 
-def crash_point(name: str) -> None:
-    """SIGKILL this process the n-th time it reaches ``name`` when ``MEMSEARCH_CRASH_AT=name:n``."""
+def crash_point(name: str, pid: int | None = None) -> None:
+    """SIGKILL this process (or the process ``pid``: a trial's worker) the n-th time it reaches ``name`` when
+    ``MEMSEARCH_CRASH_AT=name:n``."""
     target = _target()
     if target is None or target[0] != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == target[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(pid or os.getpid(), signal.SIGKILL)

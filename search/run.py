@@ -38,11 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study", default=None, help="study name: its folder under --runs-dir (default <strategy>-<model>)")
     parser.add_argument("--space", dest="space_file", default=None,
                         help="study file (TOML) with the search space (default studies/<model>.toml)")
-    parser.add_argument("--data", default=None, help="dataset folder or bucket URI (default: the embedded synthetic VMS set)")
-    parser.add_argument("--val-share", type=float, default=None,
-                        help="a dataset without a test split: its val split becomes the test split, read once by the "
-                             "final stage, and the search validates on this seeded share of its training pairs "
-                             "(default 0.2, or what the study recorded; 0: keep the val split, no test numbers)")
+    _data_options(parser)
     parser.add_argument("--preset", default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                         + " (default: thesis with GPUs, cpu without)")
@@ -80,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-top-k", type=int, default=3,
                         help="at the end, re-train the best K configurations over seeds and measure them on the test split (0: skip)")
     parser.add_argument("--final-seeds", type=int, default=3, help="seeds per re-trained configuration")
-    parser.add_argument("--size", type=int, default=64, help="working resolution")
     parser.add_argument("--precision", default="auto",
                         help="CUDA training precision: auto (bf16, fp16 where bf16 is missing), bf16, fp16 or fp32 "
                              "(the CPU always trains in fp32)")
@@ -93,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "nested run (default: MLFLOW_TRACKING_URI when set; pip install -e '.[mlflow]')")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, help="dataset folder or bucket URI (default: the embedded synthetic VMS set)")
+    parser.add_argument("--val-share", type=float, default=None,
+                        help="a dataset without a test split: its val split becomes the test split, read once by the "
+                             "final stage, and the search validates on this seeded share of its training pairs "
+                             "(default 0.2, or what the study recorded; 0: keep the val split, no test numbers)")
+    parser.add_argument("--size", type=int, default=64, help="working resolution")
 
 
 def _population_options(parser: argparse.ArgumentParser) -> None:

@@ -112,3 +112,19 @@ def test_a_population_members_unflushed_epochs_are_recorded_from_its_snapshot(tm
     reopened = ResultsStore(store, strategy="pbt", family="gan", hp_kinds={})
     assert sorted(e for (_, e) in reopened.epochs) == [1, 2, 3], "flushed to epochs.parquet"
     assert reconcile(reopened, identity, {}, store, segment=2, epochs_planned=4, continuing={"m0": history}) == []
+
+
+def test_a_worker_killed_as_it_is_handed_the_next_trial_loses_no_trial(tmp_path):
+    """Ray Tune reuses a finished trial's worker for the next trial; the driver kills that worker right at the hand-off
+    (crash point ``worker-handoff``). The next trial is retried on a new worker (search/runner/ray_fixes.py), so the
+    study ends with every trial as an uninterrupted one would: none errored, the searcher told of no failure."""
+    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--final-top-k", "0",
+                     "--strategy", "tpe", "--model", "autoencoder", "--samples", "3", "--max-concurrent", "1",
+                     "--study", "handoff", env={"MEMSEARCH_CRASH_AT": "worker-handoff:1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "handoff" / "trials.parquet")
+    assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped"}, trials[["status", "error"]]
+    import optuna
+
+    study = optuna.load_study(study_name="handoff", storage=f"sqlite:///{tmp_path / 'handoff' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

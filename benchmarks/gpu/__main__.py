@@ -42,7 +42,15 @@ def _write(results: dict[str, Any], out: Path, device: str) -> None:
     (out / f"gpu-{device}.json").write_text(json.dumps(results, indent=1, default=str))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check(out: Path, argv: list[str] | None) -> int:
+    from benchmarks.gpu.check import run_check
+
+    result = run_check(device_name(), provenance("benchmarks.gpu", sys.argv[1:] if argv is None else argv), out)
+    print(f"check: {result['total_s']:.0f} s of its {result['budget_s']} s budget")
+    return 0 if result["within_budget"] else 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=benchmarks.gpu.__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(s for s in SECTIONS if s != "search"),
                         help=f"comma-separated sections: {', '.join(SECTIONS)}")
@@ -62,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the short check (at most 8 minutes on one H100 or H200): a thesis GAN epoch, DDIM-25 "
                              "over val, the auto probe with NVML, a 2-block greedy thesis search with a 1-seed final "
                              "stage (benchmarks/gpu/check.py); writes gpu-check-<device>.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -84,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
               "the CPU figures are in benchmarks.run", file=sys.stderr)
         return 2
     if args.check:
-        from benchmarks.gpu.check import run_check
-
-        result = run_check(device_name(), provenance("benchmarks.gpu", sys.argv[1:] if argv is None else argv), out)
-        print(f"check: {result['total_s']:.0f} s of its {result['budget_s']} s budget")
-        return 0 if result["within_budget"] else 1
+        return _check(out, argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:

@@ -17,6 +17,7 @@ from search.runner.console import Printer
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
+from search.runner.ray_fixes import mend_worker_handoff
 from search.store.results import ResultsCallback, ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.config import parse_config, trial_key
@@ -31,6 +32,7 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def run_tuner(tuner):
     """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
+    mend_worker_handoff()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return tuner.fit()

@@ -279,6 +279,9 @@ class ResultsCallback(Callback):
         status = final_status(self._last_result.get(tid) or {}, self.epochs_planned)
         row = self.store.upsert_trial(tid, status=status, ended_at=utc_now())
         self._maybe_flush(force=True)
+        worker = getattr(trial.temporary_state.location, "pid", None)  # which Ray Tune may hand the next trial
+        if worker:
+            crash_point("worker-handoff", pid=worker)
         for hook in self.on_finish:
             hook(row)
 
