@@ -123,8 +123,9 @@ def test_a_killed_driver_resumes_the_search(strategy, budget, tmp_path):
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     if strategy == "bohb":
         assert len(trials) == 4
-    else:  # stops starting trials at 8 epochs; the 2 running and 2 queued (as many as run at once) add 2 each at most
-        assert 8 <= len(epochs) <= 8 + 4 * 2, len(epochs)
+    else:  # the budget is a cap: a trial starts only if its 2 epochs fit, so it ends at 7 or 8 epochs, never above
+        assert 7 <= len(epochs) <= 8, len(epochs)
+        assert "budget: " + str(len(epochs)) + " of 8 epochs spent" in result.stdout
         # The resumed run's estimate plans what the budget left affords: its trial count is what it then started
         # (the trials the kill interrupted run again besides), within one round of trials (2 at a time).
         # Under ASHA it is a range (none stopped early, to every trial stopped at the grace period and two rounds
@@ -144,21 +145,52 @@ def test_a_killed_driver_resumes_the_search(strategy, budget, tmp_path):
     assert first.user_attrs.get("study_defaults") and first.params in [t.params for t in kept]
 
 
-def test_the_epoch_budget_counts_new_epochs_only():
-    space = load_space("autoencoder")
-    budget = EpochBudget(GreedySearcher(space), budget=5, spent=2)
-    first = budget.suggest("a")
-    assert isinstance(first, dict)
-    budget.on_trial_result("a", {"best_val_l1": 0.5, "epoch": 1, "replayed": True})  # a resumed trial's old epoch
-    assert budget.spent == 2
-    budget.on_trial_result("a", {"best_val_l1": 0.4, "epoch": 2})
-    # ASHA stops it at epoch 3: Tune passes that result to on_trial_complete only
-    budget.on_trial_complete("a", {"best_val_l1": 0.4, "epoch": 3})
-    assert budget.spent == 4 and isinstance(budget.suggest("b"), dict)
+class _Counting(Searcher):
+    """Proposes {"n": 0}, {"n": 1}, ...; remembers what it was told."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="best_val_l1", mode="min")
+        self.proposed, self.completed = 0, []
+
+    def suggest(self, trial_id):
+        self.proposed += 1
+        return {"n": self.proposed - 1}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append(trial_id)
+
+
+def test_the_epoch_budget_is_a_cap_that_counts_each_epoch_once():
+    budget = EpochBudget(_Counting(), budget=7, known=[("old", 1), ("old", 2)], epochs_per_trial=2)
+    assert isinstance(budget.suggest("a"), dict) and isinstance(budget.suggest("b"), dict)  # 2 spent + 2 x 2 set aside
+    assert budget.suggest("c") is None, "a third would not fit while a and b may still train theirs: wait"
+    budget.on_trial_result("a", {"best_val_l1": 0.5, "epoch": 1, "replayed": True})  # trained before, not recorded
+    assert budget.spent == 3 and budget.reserved == 3
+    budget.on_trial_result("a", {"best_val_l1": 0.5, "epoch": 1, "replayed": True})  # the same epoch twice counts once
     budget.on_trial_result("b", {"best_val_l1": 0.4, "epoch": 1})
-    budget.on_trial_result("b", {"best_val_l1": 0.4, "epoch": 1})  # the same epoch twice counts once
-    assert budget.reached and budget.spent == 5 and budget.suggest("c") == Searcher.FINISHED
-    assert budget.searcher.state.evaluated, "results still reach the wrapped searcher"
+    # ASHA stops b at epoch 1 (Tune passes that result to on_trial_complete only): its second epoch is freed.
+    budget.on_trial_complete("b", {"best_val_l1": 0.4, "epoch": 1})
+    assert budget.spent == 4 and budget.reserved == 1 and isinstance(budget.suggest("c"), dict)  # 4 + 1 + 2 <= 7
+    budget.on_trial_complete("a", {"best_val_l1": 0.4, "epoch": 2})
+    assert budget.spent == 5 and budget.suggest("d") is None  # 5 + c's 2 set aside: nothing fits while c runs
+    budget.on_trial_result("c", {"best_val_l1": 0.4, "epoch": 1})
+    budget.on_trial_complete("c", {"best_val_l1": 0.4, "epoch": 2})
+    assert budget.spent == 7 and budget.reached and budget.suggest("d") == Searcher.FINISHED
+    assert budget.searcher.completed == ["b", "a", "c"], "results still reach the wrapped searcher"
+
+
+def test_a_trial_a_stopped_driver_left_running_keeps_its_share_of_the_budget():
+    budget = EpochBudget(_Counting(), budget=8, known=[("t0", 1), ("t0", 2), ("t1", 1), ("t1", 2), ("left", 1)],
+                         epochs_per_trial=2, interrupted=["left"], key_of=lambda config: f"t{config['n'] + 2}"
+                         if config["n"] else "left")
+    assert budget.spent == 5 and budget.reserved == 1 and not budget.reached  # 5 + 1 + 2 = 8: one more fits
+    assert isinstance(budget.suggest("again"), dict), "the interrupted trial resumes first"
+    budget.on_trial_result("again", {"best_val_l1": 0.5, "epoch": 1, "replayed": True})
+    assert budget.spent == 5 and budget.reserved == 1
+    assert isinstance(budget.suggest("new"), dict) and budget.reached
+    budget.on_trial_complete("again", {"best_val_l1": 0.4, "epoch": 2})
+    budget.on_trial_complete("new", {"best_val_l1": 0.4, "epoch": 1})
+    assert budget.spent == 7 and budget.suggest("late") == Searcher.FINISHED
 
 
 @pytest.mark.parametrize("strategy", OPTUNA_STRATEGIES)

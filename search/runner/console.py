@@ -82,10 +82,12 @@ class Summary:
     final: dict[str, Any] | None = None  # the top configurations re-trained over seeds (search.runner.final)
     beats_baseline: bool | None = None  # on val, by more than the noise margin (search.runner.baseline)
     baseline_margin: float = 0.0  # that margin: sqrt 2 x the family's measured noise
+    epochs_trained: int = 0  # every trial's epochs, earlier driver runs included (the final stage's apart)
+    budget_epochs: int | None = None  # --budget-epochs, when given
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
-              finished: bool, final: dict[str, Any] | None, margin: float) -> Summary:
+              finished: bool, final: dict[str, Any] | None, margin: float, budget_epochs: int | None = None) -> Summary:
     counts = {status: 0 for status in STATUSES}
     best_row = None
     for row in results.trials.values():
@@ -105,7 +107,7 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
         total_wall_seconds=total_wall, finished=finished,
         driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, final=final,
         beats_baseline=beats_on_val(best_row["best_val_l1"] if best_row else None, record["baselines"], margin),
-        baseline_margin=margin,
+        baseline_margin=margin, epochs_trained=len(results.epochs), budget_epochs=budget_epochs,
     )
 
 
@@ -114,6 +116,9 @@ def format_summary(summary: Summary) -> str:
     lines = [f"study {summary.study} ({summary.strategy}, {summary.family}, preset {summary.preset}): "
              f"{summary.trials} trials, " + ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
              + f"; {summary.wall_seconds:.0f} s this run" + ("" if summary.finished else " (not finished)")]
+    if summary.budget_epochs:
+        lines.append(f"budget: {summary.epochs_trained} of {summary.budget_epochs} epochs spent "
+                     f"({summary.epochs_trained / summary.budget_epochs:.2f}x; the final stage's apart)")
     if summary.best_val_l1 is not None:
         lines += _best_lines(summary)
     else:

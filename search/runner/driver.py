@@ -73,7 +73,7 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
         search.close()
     summary = summarize(results, study_dir=str(store.root), preset=plan.preset.name, record=plan.record,
                         wall=time.perf_counter() - started, finished=finished and not interrupted, final=final,
-                        margin=family.noise_margin())
+                        margin=family.noise_margin(), budget_epochs=plan.options.budget_epochs)
     store.write_summary(asdict(summary))
     if plan.tracker:
         plan.tracker.sync()
@@ -101,7 +101,9 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
         plan.tracker.sync()
     budget = None
     if plan.options.budget_epochs and search.searcher is not None:  # a population is sized by the budget instead
-        budget = EpochBudget(search.searcher, plan.options.budget_epochs, spent=len(results.epochs))
+        budget = EpochBudget(search.searcher, plan.options.budget_epochs, known=results.epochs,
+                             epochs_per_trial=plan.epochs, key_of=configs.key,
+                             interrupted=[tid for tid, row in results.trials.items() if row["status"] == "running"])
         print(f"budget: {plan.options.budget_epochs} epochs in all, {budget.spent} spent so far", flush=True)
     interrupted = False
     if search.to_run != 0 and not (budget and budget.reached):

@@ -133,12 +133,12 @@ def asha_epochs(epochs: int, grace: int, reduction_factor: int) -> float:
 
 
 def within_budget(blocks: list[int], epochs: float, budget_left: int | None) -> list[int]:
-    """The rounds of trials a search plans, cut to what ``budget_left`` epochs afford at ``epochs`` a trial
-    (trials running when the budget is reached finish, so the last round may overshoot it); for a search
-    whose plan is open-ended (no round known), what the budget affords."""
+    """The rounds of trials a search plans, cut to what ``budget_left`` epochs afford at ``epochs`` a trial (the budget
+    is a cap: a trial that does not fit is not started); for a search whose plan is open-ended (no round known),
+    what the budget affords."""
     if budget_left is None:
         return blocks
-    afford = math.ceil(max(0, budget_left) / max(epochs, 1))
+    afford = math.floor(max(0, budget_left) / max(epochs, 1) + 1e-9)
     if not any(blocks):  # a search the budget alone ends (an Optuna study without --samples): what it affords
         return [afford] if afford else []
     kept = []
@@ -160,8 +160,7 @@ def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrenc
     Under --budget-epochs (``budget_epochs``: epochs left to spend) the search trains no more than
     the budget, ``concurrency`` epochs at a time, however early stops divide it among trials; with
     early stops the trials it affords are a range: ``fewest`` (none stopped) to ``most`` (every
-    trial stopped at the grace period, and a round running and one queued when the budget is
-    reached), with ``sum(blocks)`` (ASHA stopping its usual share at each rung) in between. How
+    trial stopped at the grace period), with ``sum(blocks)`` (ASHA stopping its usual share at each rung) in between. How
     many ASHA stops depends on the values the searcher finds (a sampler that improves sends more
     trials past the rungs; a small study's rungs stop more or fewer than their share by chance), so
     no single count can be promised: a GAN tpe search planned at about 24 trials ran 27."""

@@ -95,10 +95,9 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
     concurrency = cluster.concurrency(plan)
     fewest = most = None
     if early_stops and budget_left is not None:
-        # The budget buys from this many trials (none stopped) to ``most``: every one stopped at the grace period,
-        # and the trials running or queued (a round of each) when the budget is reached start all the same.
+        # The budget buys from this many trials (none stopped) to ``most``: every one stopped at the grace period.
         fewest = sum(within_budget(planned, plan.epochs, budget_left))
-        most = sum(within_budget(planned, grace, budget_left)) + 2 * concurrency
+        most = sum(within_budget(planned, grace, budget_left))
         most = min(most, sum(planned)) if any(planned) else most
     measured = cluster.measure_epochs(plan, configs)
     if measured is None or measured[0] is None:
