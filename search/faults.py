@@ -19,35 +19,53 @@ Points (the names ``MEMSEARCH_CRASH_AT`` accepts):
 ``schedule-flushed``         a population member's epoch is in ``schedules.parquet`` (pbt, pb2)
 ``worker-handoff``           a trial has ended and Ray Tune is about to hand its worker the next trial:
                              the driver SIGKILLs that *worker*, not itself
+``checkpoint-tmp``           in a trial's worker: ``latest.pt``'s temporary file is written, not moved
 ===========================  ===============================================================
+
+``MEMSEARCH_PAUSE_AT=<point>:<n>`` holds the process there instead (it touches the file
+``$MEMSEARCH_PAUSE_FLAG`` and sleeps), so a test can act at that moment: SIGTERM the driver while a
+worker is mid-write.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp",
-          "schedule-flushed", "worker-handoff")
+          "schedule-flushed", "worker-handoff", "checkpoint-tmp")
+PAUSE_S = 120.0
 _counts: dict[str, int] = {}
 
 
-def _target() -> tuple[str, int] | None:
-    spec = os.environ.get("MEMSEARCH_CRASH_AT")
+def _target(variable: str = "MEMSEARCH_CRASH_AT") -> tuple[str, int] | None:
+    spec = os.environ.get(variable)
     if not spec:
         return None
     name, _, count = spec.partition(":")
     if name not in POINTS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"MEMSEARCH_CRASH_AT={spec!r}: expected <point>:<n> with a point among {', '.join(POINTS)}")
+        raise ValueError(f"{variable}={spec!r}: expected <point>:<n> with a point among {', '.join(POINTS)}")
     return name, int(count)
+
+
+def _reached(variable: str, name: str) -> bool:
+    target = _target(variable)
+    if target is None or target[0] != name:
+        return False
+    key = f"{variable}:{name}"
+    _counts[key] = _counts.get(key, 0) + 1
+    return _counts[key] == target[1]
 
 
 def crash_point(name: str, pid: int | None = None) -> None:
     """SIGKILL this process (or the process ``pid``: a trial's worker) the n-th time it reaches ``name`` when
-    ``MEMSEARCH_CRASH_AT=name:n``."""
-    target = _target()
-    if target is None or target[0] != name:
-        return
-    _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == target[1]:
+    ``MEMSEARCH_CRASH_AT=name:n``; hold it there when ``MEMSEARCH_PAUSE_AT=name:n``."""
+    if _reached("MEMSEARCH_CRASH_AT", name):
         os.kill(pid or os.getpid(), signal.SIGKILL)
+    if _reached("MEMSEARCH_PAUSE_AT", name):
+        flag = os.environ.get("MEMSEARCH_PAUSE_FLAG")
+        if flag:
+            with open(flag, "w") as handle:
+                handle.write(str(os.getpid()))
+        time.sleep(PAUSE_S)

@@ -12,8 +12,12 @@ an interrupted search (Ctrl-C, SIGTERM) exits with 130 and resumes when re-run.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
+import threading
+import time
 
 from search.errors import StudyError
 from search.runner.console import format_summary
@@ -108,8 +112,13 @@ def _population_options(parser: argparse.ArgumentParser) -> None:
                         help="pbt/pb2: start every member from this study's best configuration (same --runs-dir)")
 
 
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM anywhere is Ctrl-C: everything saved, Ray shut down, exit 130
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; --verbose brings them back
     from search.space import StudyFileError
     from trainables.data import DataError
@@ -120,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, StudyFileError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as err:
+        # SystemExit(15): SIGTERM while ray.init ran, which answers it with sys.exit(signum) until it returns.
+        if isinstance(err, SystemExit) and err.code != signal.SIGTERM:
+            raise
         print("interrupted: finished trials are saved; re-run the same command to resume.", file=sys.stderr)
         return 130
     except OSError as err:
@@ -131,13 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
-    if code == 130:
-        # Interrupted: the study is saved, its lock released and Ray shut down. The interpreter's teardown then
-        # waits on threads Ray Tune may leave behind (seen once in CI under load: the driver printed its message
-        # and did not exit for 120 s), so leave at once.
-        sys.stdout.flush()
-        sys.stderr.flush()
+TEARDOWN_S = 8.0  # the interpreter's teardown after the command has finished: far more than it takes
+
+
+def _leave(code: int) -> None:
+    """Exit with ``code`` through the interpreter's normal teardown (atexit hooks, threads), watched: should the
+    teardown hold the process longer than TEARDOWN_S, every thread's stack is printed (what held it) and the process
+    leaves with ``code`` anyway. (A SIGTERMed driver was once seen held for 120 s in CI, by a cause not found since.)"""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    faulthandler.dump_traceback_later(TEARDOWN_S, exit=False)
+
+    def give_up() -> None:
+        time.sleep(TEARDOWN_S + 0.5)
+        print(f"error: the interpreter's teardown held the driver for {TEARDOWN_S:.0f} s (stacks above); leaving",
+              file=sys.stderr, flush=True)
         os._exit(code)
+
+    threading.Thread(target=give_up, name="teardown-watchdog", daemon=True).start()
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    _leave(main())

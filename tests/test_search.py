@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -286,29 +287,57 @@ def test_unwritable_runs_dir_is_refused(tmp_path):
     assert_clean_error(result, "cannot write to the study folder")
 
 
-def test_sigterm_stops_cleanly_and_the_study_resumes(runs_dir):
-    args = [sys.executable, "-m", "search.run", "--runs-dir", str(runs_dir), *SMOKE, "--strategy", "greedy",
-            "--model", "autoencoder", "--scheduler", "none", "--study", "greedy-term"]
-    study = runs_dir / "greedy-term"
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def _sigterm_when(args: list[str], ready, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Start the driver, SIGTERM it once ``ready(stdout so far)`` holds; returns how it ended, once its process
+    session (the driver, its Ray, their workers) is empty."""
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, **(env or {})})
+    said: list[str] = []
+    threading.Thread(target=lambda: said.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     try:
-        _wait_for(lambda: _finished(study) >= 1, timeout=180)
+        _wait_for(lambda: ready("".join(said)), timeout=180)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        proc.wait(timeout=60)
+        err = proc.stderr.read()
+        _wait_for(lambda: not subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout, timeout=30)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err and "Traceback" not in err
-    segments = json.loads((study / "study.json").read_text())["segments"]
-    assert segments[-1]["interrupted"] is True
-    result = run_cli(*args[2:], timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = pd.read_parquet(study / "trials.parquet")
-    assert trials["trial_id"].is_unique and (trials["status"] == "completed").all()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(said), err)
+
+
+def test_sigterm_anywhere_stops_cleanly_and_the_study_resumes_equal(runs_dir, tmp_path):
+    """SIGTERM during trials, while a worker writes a checkpoint, and during the final stage: each time the driver
+    exits 130 with its one line and nothing of its Ray left running; resumed, the study equals an uninterrupted one."""
+    common = ["--runs-dir", str(runs_dir), "--preset", "smoke", "--strategy", "greedy", "--model", "autoencoder",
+              "--scheduler", "none", "--epochs", "3", "--final-top-k", "1", "--final-seeds", "2"]
+    reference = run_cli("search.run", *common, "--study", "term-ref", timeout=240)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    args = [*common, "--study", "term"]
+    study = runs_dir / "term"
+    flag = tmp_path / "paused"
+    stops = [  # (when, extra environment)
+        (lambda out: flag.exists(), {"MEMSEARCH_PAUSE_AT": "checkpoint-tmp:2", "MEMSEARCH_PAUSE_FLAG": str(flag)}),
+        (lambda out: _finished(study) >= 2, {}),
+        (lambda out: "final: re-training" in out, {}),
+    ]
+    for ready, env in stops:
+        ended = _sigterm_when(args, ready, env)
+        assert ended.returncode == 130, ended.stderr[-2000:]
+        assert ended.stderr.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in ended.stderr
+    assert not json.loads((study / "summary.json").read_text())["finished"]
+    resumed = run_cli("search.run", *args, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for table, key in (("trials.parquet", ["trial_id"]), ("epochs.parquet", ["trial_id", "epoch"]),
+                       ("final.parquet", ["rank", "seed"])):
+        ref, got = (pd.read_parquet(folder / table).sort_values(key).reset_index(drop=True)
+                    for folder in (runs_dir / "term-ref", study))
+        columns = {"trials.parquet": ["trial_id", "status", "epochs_run", "best_val_l1"],
+                   "epochs.parquet": ["trial_id", "epoch", "val_l1", "train_l1"],
+                   "final.parquet": ["rank", "trial_id", "seed", "best_epoch", "selected_val_l1", "test_l1"]}[table]
+        pd.testing.assert_frame_equal(ref[columns], got[columns])
 
 
 def test_budget_follows_the_dataset_size():

@@ -103,7 +103,7 @@ class TrialStore:
 
     def save_latest(self, state: dict[str, Any]) -> None:
         """Write latest.pt; the one it replaces becomes previous.pt, the fallback if latest.pt is ever unreadable."""
-        (self.folder / "latest.pt").write(lambda handle: torch.save(state, handle),
+        (self.folder / "latest.pt").write(lambda handle: torch.save(state, handle), crash="checkpoint-tmp",
                                           keep_previous=self.folder / "previous.pt")
 
     def load_latest(self) -> dict[str, Any] | None:

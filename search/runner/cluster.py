@@ -7,10 +7,12 @@ tasks with a trial's resources, so the driver itself never opens a CUDA context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
-from typing import Any
+from typing import Any, Iterator
 
 from search.errors import StudyError
 from search.runner.options import SearchOptions
@@ -63,9 +65,40 @@ def init_ray(options: SearchOptions) -> bool:
     kwargs: dict[str, Any] = dict(log_to_driver=options.verbose, configure_logging=True,
                                   logging_level=logging.INFO if options.verbose else logging.ERROR)
     address, named_by = cluster_address(options)
+    with _sigterm_held():
+        _connect(address, named_by, kwargs)
+    return True
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """A SIGTERM that comes while Ray starts is held until it has started, then raised as the caller's handler would
+    (the command's: KeyboardInterrupt). Ray's own answer mid-start, sys.exit from the handler ray.init installs, left
+    a half-started node whose agents outlived the driver; a started Ray is shut down whole."""
+    import ray._private.utils as ray_utils
+
+    caller = signal.getsignal(signal.SIGTERM)
+    held: list[int] = []
+    install = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None  # ray.init keeps the caller's handling of SIGTERM
+    signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = install
+        signal.signal(signal.SIGTERM, caller)
+    if held and callable(caller):
+        caller(held[0], None)
+    elif held and caller == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None:
+    import ray
+
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-        return True
+        return
     check_reachable(address, named_by)
     if not in_ray_job():  # a job's workers run its own runtime environment; anything else gets the driver's code
         import models
@@ -79,7 +112,6 @@ def init_ray(options: SearchOptions) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise StudyError(f"cannot connect to the Ray cluster at {named_by} {address} ({_last_line(err)}); "
                          "check the address printed by `ray start --head` and that the cluster is up.") from None
-    return True
 
 
 def resources(plan: StudyPlan) -> dict[str, float]:

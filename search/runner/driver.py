@@ -46,11 +46,12 @@ def run_study(options: SearchOptions) -> Summary:
     store.create()
     with store.lock(options.storage):
         started = time.perf_counter()
-        owns_ray = cluster.init_ray(options)
+        ray_before = ray.is_initialized()  # a notebook's or a benchmark's own Ray is left as it was
         try:
+            cluster.init_ray(options)
             return _run_held(options, family, space, store, started)
         finally:
-            if owns_ray:
+            if not ray_before:  # also when interrupted while Ray was starting (then not yet "initialized")
                 ray.shutdown()
 
 
