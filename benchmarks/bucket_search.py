@@ -54,7 +54,7 @@ def _run(command: list[str], env: dict[str, str], kill_at: int | None) -> dict[s
 
 
 def _tables(runs: str, study: str) -> tuple[Any, Any]:
-    from search.store.location import open_location
+    from search.store.opening import open_location
     from search.store.study import StudyStore
 
     store = StudyStore(open_location(runs), study)

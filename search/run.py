@@ -61,10 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL, which also holds the study's lease "
-                        "(default: sqlite file optuna.db in the study folder; a database URL for a study in a bucket)")
-    parser.add_argument("--runs-dir", default="runs",
-                        help="folder holding the study folders, or a bucket URI (s3://BUCKET/PREFIX[?endpoint_override=...])")
+    _store_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue an existing study (refuse to start a new one)")
     parser.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)}")
@@ -92,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "nested run (default: MLFLOW_TRACKING_URI when set; pip install -e '.[mlflow]')")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
     return parser
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, help="Optuna storage URL, which also holds the study's lease "
+                        "(default: sqlite file optuna.db in the study folder; a database URL for a study in a bucket)")
+    parser.add_argument("--store-retry", type=float, default=None, metavar="SECONDS",
+                        help="how long a bucket or database that stops answering is waited for before the search "
+                             "stops (it resumes when re-run; default 300)")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="folder holding the study folders, or a bucket URI (s3://BUCKET/PREFIX[?endpoint_override=...])")
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:

@@ -74,6 +74,7 @@ class PostgresServer:
     pg_ctl: Path
     as_user: list[str]
     process: subprocess.Popen[bytes]
+    postgres: Path = Path("postgres")
     databases: set[str] = field(default_factory=set)
 
     @property
@@ -102,10 +103,22 @@ class PostgresServer:
             self.databases.add(name)
         return self.url(name)
 
-    def stop(self) -> None:
-        """Immediate shutdown (SIGQUIT to the postmaster), and reap it: no process outlives the tests."""
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (a fast shutdown: sessions ended, as a restart does), wait ``down_s``, start it again on
+        the same data and port."""
+        self.stop(mode="fast")
+        time.sleep(down_s)
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(_server_command(self.as_user, self.postgres, self.data, self.port, self.root),
+                                            cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        if not _wait_ready(self.process, self.port, time.monotonic() + 60):
+            raise RuntimeError("PostgreSQL did not start again:\n" + (self.root / "server.log").read_text(errors="replace"))
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Shutdown (immediate: SIGQUIT to the postmaster), and reap it: no process outlives the tests."""
         if self.process.poll() is None:
-            subprocess.run([*self.as_user, str(self.pg_ctl), "stop", "-D", str(self.data), "-m", "immediate", "-w"],
+            subprocess.run([*self.as_user, str(self.pg_ctl), "stop", "-D", str(self.data), "-m", mode, "-w"],
                            cwd=self.root, capture_output=True, timeout=60)
             try:
                 self.process.wait(timeout=30)
@@ -133,6 +146,13 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, deadline: float) ->
         except psycopg2.OperationalError:  # not listening yet, or "the database system is starting up"
             time.sleep(0.1)
     raise RuntimeError(f"PostgreSQL did not accept connections on 127.0.0.1:{port} within 60 s")
+
+
+def _server_command(as_user: list[str], postgres: Path, data: Path, port: int, root: Path) -> list[str]:
+    return [*as_user, str(postgres), "-D", str(data), "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+            "-c", f"unix_socket_directories={root}",
+            # Throwaway data: durability off makes schema creation and commits fast (a fast stop still saves it).
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
 
 def start_server() -> PostgresServer:
@@ -167,18 +187,14 @@ def start_server() -> PostgresServer:
         with open(root / "server.log", "ab") as log:
             for _ in range(3):  # the free port can be taken between our probe and the server's bind
                 port = free_port()
-                process = subprocess.Popen(
-                    [*as_user, str(postgres), "-D", str(data), "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
-                     "-c", f"unix_socket_directories={root}",
-                     # Throwaway data: durability off makes schema creation and commits fast.
-                     "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                    cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(_server_command(as_user, postgres, data, port, root),
+                                           cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
                 if _wait_ready(process, port, time.monotonic() + 60):
-                    return PostgresServer(root, port, pg_ctl, as_user, process)
+                    return PostgresServer(root, port, pg_ctl, as_user, process, postgres)
         raise RuntimeError("PostgreSQL failed to start 3 times:\n" + (root / "server.log").read_text(errors="replace"))
     except BaseException:
         if process is not None and process.poll() is None:
-            PostgresServer(root, 0, pg_ctl, as_user, process).stop()
+            PostgresServer(root, 0, pg_ctl, as_user, process, postgres).stop()
         shutil.rmtree(root, ignore_errors=True)
         raise
 

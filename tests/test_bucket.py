@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.store.location import LocationError, open_location
+from search.store.location import LocationError
+from search.store.opening import open_location
 from tests.conftest import assert_clean_error, run_cli
 from tests.postgres import postgres_url  # noqa: F401 - pytest fixture
 from tests.s3 import s3_server  # noqa: F401 - pytest fixture
@@ -160,3 +161,58 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
     images = sorted((tiny_data_dir / "images").iterdir())[:3]
     written, errors = predict_images(s3.uri("runs/killed"), images, tmp_path / "maps", progress=False)
     assert (written, errors) == (3, [])
+
+
+def test_a_bucket_that_stops_answering_for_30_s_costs_a_line_not_the_search(s3_server, postgres_url,  # noqa: F811
+                                                                             monkeypatch):
+    """The S3 endpoint goes away for 30 s while trials run (a proxy in front of moto refuses and resets every
+    connection, moto keeps its objects): the driver and the trials wait with a line and go on; the study ends equal
+    to one the outage did not touch, with nothing half-written."""
+    import threading
+
+    from tests.proxy import Outage
+
+    s3 = s3_server
+    for name, value in s3.credentials().items():
+        monkeypatch.setenv(name, value)
+    proxy = Outage(s3.port)
+    runs = s3.uri("outage").replace(s3.endpoint, f"127.0.0.1:{proxy.port}")
+    env = {**s3.env(), "RAY_AUTH_MODE": "disabled"}
+
+    def command(study: str) -> list[str]:
+        return [sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke",
+                "--final-top-k", "0", "--scheduler", "none", "--epochs", "3", "--runs-dir", runs,
+                "--storage", postgres_url, "--study", study, "--store-retry", "120"]
+
+    try:
+        calm = subprocess.run(command("calm"), env=env, capture_output=True, text=True, timeout=300)
+        assert calm.returncode == 0, calm.stdout[-2000:] + calm.stderr[-3000:]
+        driver = subprocess.Popen(command("outage"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        said, back = [], threading.Timer(30.0, proxy.up)
+        for line in driver.stdout:
+            said.append(line)
+            if line.startswith("[  1]") and not back.is_alive() and not back.finished.is_set():
+                proxy.down()
+                back.start()
+        driver.wait(timeout=300)
+        back.join()
+        out = "".join(said)
+        assert driver.returncode == 0, out[-2000:] + driver.stderr.read()[-3000:]
+        assert "bucket: " in out and "retrying for up to 120 s" in out and "answered again after" in out, out
+    finally:
+        proxy.close()
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except (ProcessLookupError, UnboundLocalError):
+            pass
+    from search.store.study import StudyStore
+
+    def table(study: str, name: str) -> pd.DataFrame:
+        return StudyStore(open_location(s3.uri("outage")), study).read_table(name).to_pandas()
+
+    for name, key, columns in (("trials.parquet", ["trial_id"], ["trial_id", "status", "epochs_run", "best_val_l1"]),
+                               ("epochs.parquet", ["trial_id", "epoch"], ["trial_id", "epoch", "val_l1"])):
+        calm_rows, outage_rows = (table(s, name).sort_values(key)[columns].reset_index(drop=True)
+                                  for s in ("calm", "outage"))
+        pd.testing.assert_frame_equal(calm_rows, outage_rows)

@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import create_engine, text
 
 from tests.conftest import ROOT, assert_clean_error, run_cli
-from tests.postgres import postgres_url  # noqa: F401 - pytest fixture
+from tests.postgres import postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 
 STUDY = "pg-tpe"
 
@@ -81,3 +81,53 @@ def test_two_machines_one_postgres_study(postgres_url, tmp_path):  # noqa: F811 
     assert states == ["COMPLETE"] * 3
     trials = pd.read_parquet(machine_b / STUDY / "trials.parquet")
     assert len(trials) == 3 and (trials["status"] == "completed").all()
+
+
+def _run_until(args: list[str], line_starts: str, then, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the driver; call ``then()`` (in a thread) when a line starting with ``line_starts`` is printed."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    said, acted = [], None
+    try:
+        for line in proc.stdout:
+            said.append(line)
+            if acted is None and line.startswith(line_starts):
+                acted = threading.Thread(target=then)
+                acted.start()
+        proc.wait(timeout=300)
+        if acted is not None:
+            acted.join()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(said), proc.stderr.read())
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_database_restart_mid_study_costs_a_line_not_the_search(postgres_server, tmp_path):  # noqa: F811
+    """The PostgreSQL server that holds a TPE study and its lease is restarted (down 5 s) while trials run: the
+    driver waits for it with a line, goes on, keeps its lease, and ends equal to a study no restart touched."""
+    url = postgres_server.database("restart")
+
+    def args(study: str) -> list[str]:
+        return ["search.run", "--runs-dir", str(tmp_path), "--storage", url, "--preset", "smoke", "--final-top-k", "0",
+                "--strategy", "tpe", "--model", "autoencoder", "--samples", "4", "--epochs", "3", "--scheduler", "none",
+                "--max-concurrent", "1", "--study", study]
+
+    reference = run_cli(*args("calm"), timeout=240)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    restarted = _run_until(args("restarted"), "[  1]", lambda: postgres_server.restart(down_s=5.0))
+    assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-6000:]
+    assert "database: " in restarted.stdout and "answered again after" in restarted.stdout, restarted.stdout
+    assert "took over" not in restarted.stdout + restarted.stderr  # the lease stayed with its living holder
+    columns = ["status", "epochs_run", "best_val_l1", "config"]
+    calm, bounced = (pd.read_parquet(tmp_path / s / "trials.parquet").sort_values("started_at") for s in
+                     ("calm", "restarted"))
+    for table in (calm, bounced):
+        table["config"] = [c.replace("restarted", "calm") for c in table["config_json"]]
+    pd.testing.assert_frame_equal(calm[columns].reset_index(drop=True), bounced[columns].reset_index(drop=True))
+    study = optuna.load_study(study_name="restarted", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4

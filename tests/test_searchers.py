@@ -17,7 +17,6 @@ from ray.tune.search import Searcher
 
 from search.strategies.bohb import RungTPESampler
 from search.strategies.budget import EpochBudget
-from search.strategies.greedy import GreedySearcher
 from search.strategies.optuna_study import OptunaStrategy, open_storage, open_study
 from search.space import load_space
 from search.strategies import STRATEGIES

@@ -1,7 +1,7 @@
 """How a trial uses its device: precision, memory format, compilation, and what it measures of the GPU.
 
 On CUDA a trial trains in bf16 autocast (fp16 with a loss scaler where bf16 is missing),
-with fused Adam, each training step replayed as one CUDA graph (``trainables.loop.TrainSteps``),
+with fused Adam, each training step replayed as one CUDA graph (``trainables.steps.TrainSteps``),
 and with the memory format that ``benchmarks/gpu/`` measured fastest at the thesis sizes
 (see :func:`FastPath.resolve`). On the CPU everything is fp32, eager and contiguous: the CPU
 path is what the tests and the ``cpu`` preset run.

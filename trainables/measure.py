@@ -75,7 +75,7 @@ def _time_steps(model: Any, images: Any, maps: Any, batch: int, steps: int, targ
 
     from trainables.augment import AugmentConfig
     from trainables.evaluation import EVAL_BATCH, as_float
-    from trainables.loop import TrainSteps
+    from trainables.steps import TrainSteps
 
     def sync() -> None:
         if target.type == "cuda":

@@ -15,6 +15,7 @@ import socket
 from typing import Any, Iterator
 
 from search.errors import StudyError
+from search.store.retry import RETRY_ENV
 from search.runner.options import SearchOptions
 from search.runner.plan import StudyPlan, TrialConfigs
 
@@ -105,8 +106,9 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
         import search
         import trainables
 
-        # Ship the project's code to the cluster's workers (their Python needs the dependencies).
-        kwargs["runtime_env"] = {"py_modules": [models, search, trainables]}
+        # Ship the project's code to the cluster's workers (their Python needs the dependencies), and --store-retry.
+        kwargs["runtime_env"] = {"py_modules": [models, search, trainables],
+                                 **({"env_vars": {RETRY_ENV: os.environ[RETRY_ENV]}} if RETRY_ENV in os.environ else {})}
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:

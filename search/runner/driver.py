@@ -15,6 +15,7 @@ last epoch checkpoint. The files of a study are listed in :mod:`search.store.stu
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 
@@ -26,6 +27,7 @@ from search.runner.reconcile import reconcile
 from search.runner.tracking import MLflowTracker, tracking_uri
 from search.space import Space, StudyFileError, load_space
 from search.store.results import ResultsStore
+from search.store.retry import RETRY_ENV
 from search.store.study import StudyStore
 from search.strategies.base import OpenSearch, SearchContext
 from search.strategies.budget import EpochBudget
@@ -37,6 +39,8 @@ def run_study(options: SearchOptions) -> Summary:
     import ray
 
     validate_options(options)
+    if options.store_retry is not None:  # read where stores are called: this process, and trials (below, runtime_env)
+        os.environ[RETRY_ENV] = f"{options.store_retry:g}"
     family = resolve_family(options)
     space = load_space(options.space_file or family.name)
     if space.family != family.name:

@@ -104,6 +104,7 @@ class SearchOptions:
     compile: str = "auto"
     cuda_graphs: str = "auto"
     mlflow: str | None = None  # a tracking server (None: MLFLOW_TRACKING_URI if set, else no tracking)
+    store_retry: float | None = None  # seconds a bucket or database that stops answering is waited for (None: 300)
 
     @property
     def strategy_object(self) -> Strategy:
@@ -189,6 +190,9 @@ def _check_counts(options: SearchOptions) -> None:
         raise StudyError(f"--val-share is a share of the training pairs in [0, 1) (0.2: a fifth held out for "
                          f"validation; 0: none, the data's val split is used and there is no test split), "
                          f"got {options.val_share}.")
+    if options.store_retry is not None and options.store_retry < 0:
+        raise StudyError(f"--store-retry is the seconds a bucket or database that stops answering is waited for "
+                         f"(0: not at all), got {options.store_retry}.")
     if options.max_sweeps < 1:
         raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
     for name in ("final_top_k", "final_seeds", "max_failures"):

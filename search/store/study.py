@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from search.errors import StudyError
-from search.store.location import Location, is_database_url, location_of, open_location
+from search.store.location import Location, is_database_url, location_of
+from search.store.opening import open_location
 
 STUDY_FORMAT = 1
 

@@ -35,6 +35,7 @@ from search.errors import StudyError
 from search.faults import crash_point
 from search.space import Space
 from search.store.lease import safe_url, take_lease
+from search.store.retry import retrying
 from search.strategies.base import UNBOUNDED, OpenSearch, SearchContext, SearcherRecord, Strategy
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
@@ -146,10 +147,50 @@ class StorageError(Exception):
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna storage at ``url``; a database server that stops answering (a restart) is waited for
+    (:class:`WaitingStorage`). pre_ping: a pooled connection a restart ended is replaced, not used."""
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+        return WaitingStorage(url, engine_kwargs=kwargs)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "bad storage"
         raise StorageError(f"cannot open the Optuna storage {safe_url(url)} ({err}); pass a valid --storage URL.") from None
+
+
+def _not_answering(err: BaseException) -> bool:
+    """The database did not answer (refused, reset, shutting down), as SQLAlchemy or Optuna report it."""
+    from sqlalchemy import exc
+
+    cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) else err
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError,
+                              exc.PendingRollbackError)) or (isinstance(cause, exc.DBAPIError)
+                                                             and cause.connection_invalidated)
+
+
+class WaitingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls wait out a database that stops answering (search.store.retry): a restart of
+    the server costs a line, not the search. Each call is one transaction, whole or not at all."""
+
+
+def _waiting(name: str):
+    plain = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return retrying(f"database: {name}", lambda: plain(self, *args, **kwargs), _not_answering,
+                        recover=self.remove_session)  # a session whose connection died cannot be used again
+
+    call.__name__ = name
+    return call
+
+
+# What Optuna's Study and its cached storage call (optuna/storages/_cached_storage.py reaches the private ones).
+for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+              "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+              "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+              "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+              "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
+              "get_best_trial", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids"):
+    setattr(WaitingStorage, _name, _waiting(_name))
 
 
 def _requeue(study: optuna.Study, trial: FrozenTrial) -> None:
