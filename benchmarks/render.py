@@ -50,6 +50,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-h100": ("benchmarks/README.md", gpu.gpu_tables),
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
+    "startup": ("benchmarks/README.md", cpu.startup_table),
     "bucket-cost": ("benchmarks/README.md", bucket.bucket_cost),
     "bucket-search": ("benchmarks/README.md", bucket.bucket_search),
 }

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from benchmarks.cli import comma_separated
 from benchmarks.provenance import this_process
-from search.strategies.optuna_study import OptunaStrategy
+from search.strategies.optuna_strategy import OptunaStrategy
 
 RESULTS = Path(__file__).parent / "results"
 PRESET = "bench-small"

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from models.layers import NORMS, conv_bias, down_block, norm_layer, up_block
+from models.layers import conv_bias, down_block, norm_layer, up_block
+from models.registry import NORMS, PREDICTIONS, SAMPLERS, SCHEDULES
 
-PREDICTIONS = ("eps", "x0", "v")
 LEVELS = 5
 MAX_TERMINAL_SIGNAL = 0.01  # sqrt(alpha-bar) at the last step: above this, sampling from noise starts off-distribution
 EPS_TERMINAL_SIGNAL = 0.005  # where a zero-terminal-SNR schedule ends for the eps target (see the module docstring)
@@ -65,11 +64,6 @@ def sigmoid_betas(steps: int, beta_start: float, beta_end: float) -> torch.Tenso
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
-# The noise schedules a study may name: name -> (steps, beta_start, beta_end) -> betas.
-SCHEDULES: dict[str, Callable[[int, float, float], torch.Tensor]] = {
-    "linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
-
-
 def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """Betas (float64, length ``steps``) of the named schedule, before any rescaling.
 
@@ -78,9 +72,7 @@ def beta_schedule(name: str, steps: int, beta_start: float, beta_end: float) -> 
     """
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](steps, beta_start, beta_end)
+    return SCHEDULES.get(name)(steps, beta_start, beta_end)  # models.registry.SCHEDULES: the ones a study may name
 
 
 def rescale_terminal_signal(betas: torch.Tensor, signal: float = 0.0) -> torch.Tensor:
@@ -290,14 +282,8 @@ class AncestralSampler(DDIMSampler):
         return SamplerStep(mean + variance.sqrt() * noise, x0)
 
 
-# The samplers a study may name (``sampler``, ``final_sampler``).
-SAMPLERS: dict[str, type[DDIMSampler]] = {"ddim": DDIMSampler, "ancestral": AncestralSampler}
-
-
 def build_sampler(name: str, schedule: NoiseSchedule) -> DDIMSampler:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](schedule)
+    return SAMPLERS.get(name)(schedule)  # models.registry.SAMPLERS: the ones a study may name
 
 
 @torch.no_grad()

@@ -10,23 +10,23 @@ from typing import Callable
 
 from torch import nn
 
+from models.registry import NORMS
+
 NormFactory = Callable[[int], nn.Module]
 
 
-def _instance_norm(channels: int) -> nn.Module:
+def instance_norm(channels: int) -> nn.Module:
     # affine=False, no running stats: what pix2pix uses for instance norm.
     return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
 
 
-# The normalisations a study may name: name -> a factory ``channels -> nn.Module``.
-NORMS: dict[str, NormFactory] = {"batch": nn.BatchNorm2d, "instance": _instance_norm, "none": lambda channels: nn.Identity()}
+def no_norm(channels: int) -> nn.Module:  # noqa: ARG001 - a norm factory's signature
+    return nn.Identity()
 
 
 def norm_layer(name: str) -> NormFactory:
-    """Return a factory ``channels -> nn.Module`` for the named normalisation."""
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
-    return NORMS[name]
+    """A factory ``channels -> nn.Module`` for the named normalisation (models.registry.NORMS)."""
+    return NORMS.get(name)
 
 
 def conv_bias(norm: str) -> bool:

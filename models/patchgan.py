@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import NORMS, conv_bias, down_block, norm_layer
+from models.layers import conv_bias, down_block, norm_layer
+from models.registry import GAN_LOSSES, NORMS
 
 
 
@@ -117,12 +118,6 @@ class WGANGPLoss(GANLoss):
         return fake_scores.mean() - real_scores.mean() + self.gp_weight * gradient_penalty(critic, real, fake, image)
 
 
-# The adversarial losses a study may name (``gan_loss``).
-GAN_LOSSES: dict[str, type[GANLoss]] = {"lsgan": LSGANLoss, "wgan-gp": WGANGPLoss, "vanilla": VanillaGANLoss}
-
-
 def gan_loss(kind: str, *, gp_weight: float = 10.0) -> GANLoss:
-    """The adversarial losses of the variant ``kind``."""
-    if kind not in GAN_LOSSES:
-        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(GAN_LOSSES)}")
-    return GAN_LOSSES[kind](gp_weight=gp_weight)
+    """The adversarial losses of the variant ``kind`` (models.registry.GAN_LOSSES: the ones a study may name)."""
+    return GAN_LOSSES.get(kind)(gp_weight=gp_weight)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import NORMS, down_block, up_block
+from models.layers import down_block, up_block
+from models.registry import NORMS
 
 LEVELS = 5  # 64 -> 2: the report's five encoder widths
 

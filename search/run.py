@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 
+# Nothing heavy here: --help and a refused option answer before torch, Ray or Optuna are imported (main imports
+# the driver once the options pass).
 from search.errors import StudyError
-from search.runner.console import format_summary
-from search.runner.driver import run_study
-from search.runner.options import PRESETS, STRATEGIES, SearchOptions
-from search.runner.tuning import SCHEDULERS
+from search.runner.options import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions, check
+from trainables.families import FAMILIES
 
 
 def _gpus(value: str) -> float | str:
@@ -37,8 +37,8 @@ def _gpus(value: str) -> float | str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--strategy", required=True, help=f"one of {', '.join(STRATEGIES)}")
-    parser.add_argument("--model", required=True, help="autoencoder|unet, gan|pix2pix, diffusion|palette")
+    parser.add_argument("--strategy", required=True, help=f"one of {STRATEGIES.choices()}")
+    parser.add_argument("--model", required=True, help=f"one of {FAMILIES.choices()}")
     parser.add_argument("--study", default=None, help="study name: its folder under --runs-dir (default <strategy>-<model>)")
     parser.add_argument("--space", dest="space_file", default=None,
                         help="study file (TOML) with the search space (default studies/<model>.toml)")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue an existing study (refuse to start a new one)")
-    parser.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)}")
+    parser.add_argument("--scheduler", default="asha", help=f"one of {SCHEDULERS.choices()}")
     parser.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
     parser.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1/factor of trials at each rung")
     _population_options(parser)
@@ -128,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM anywhere is Ctrl-C: everything saved, Ray shut down, exit 130
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; --verbose brings them back
     from search.space import StudyFileError
-    from trainables.data import DataError
+    from trainables.images import DataError
 
     options = SearchOptions(**vars(args))
     try:
-        summary = run_study(options)
+        checked = check(options)
+        from search.runner.driver import run_study  # torch, Ray and Optuna come with it: the options passed
+
+        summary = run_study(options, checked)
     except (StudyError, StudyFileError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.filename or ''}: {err.strerror or err} (check the runs folder is writable and has free space)",
               file=sys.stderr)
         return 2
+    from search.runner.console import format_summary
+
     print(format_summary(summary))
     return 0
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from trainables.families import ALIASES, find_family
+from trainables.config import check_choice
+from trainables.families import FAMILIES, family_card
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 HISTORY_DIR = STUDIES_DIR / "history"  # earlier versions of the study files: <family>-<fingerprint>.toml
@@ -185,7 +186,8 @@ def study_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         return path
-    return STUDIES_DIR / f"{ALIASES.get(name_or_path, name_or_path)}.toml"
+    name = FAMILIES.canonical(name_or_path) if name_or_path in FAMILIES else name_or_path
+    return STUDIES_DIR / f"{name}.toml"
 
 
 def load_space(name_or_path: str) -> Space:
@@ -304,9 +306,9 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
         raise _fail(source, f"unknown top-level keys {sorted(unknown)}; "
                             "allowed: family, description, order, params, fixed, pbt.")
     family = raw.get("family")
-    if family not in ALIASES:
-        raise _fail(source, f"'family' must be one of {sorted(ALIASES)}, got {family!r}.")
-    family_cls = find_family(family)
+    if family not in FAMILIES:
+        raise _fail(source, f"'family' must be one of {FAMILIES.choices()}, got {family!r}.")
+    family_cls = family_card(family)
     family, config_cls = family_cls.name, family_cls.config_cls
     kinds = {f.name: f.type for f in fields(config_cls)}
     params_raw = raw.get("params")
@@ -331,6 +333,11 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
         config_cls(**space.default_config())
     except (TypeError, ValueError) as err:
         raise _fail(source, f"the defaults do not form a valid {family} config: {err}") from None
+    for param, case, value in ((p, c, v) for p in space.params for c, o in p.choices.items() for v in o.values):
+        try:  # every value a search may try names a plug-in that exists: a misspelling is refused here
+            check_choice(config_cls, param.name, value)
+        except ValueError as err:
+            raise _fail(source, f"params.{param.name}" + (f".cases.{case}" if case is not None else "") + f": {err}.")
     return space
 
 

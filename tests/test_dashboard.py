@@ -122,13 +122,13 @@ def test_builder_refuses_a_folder_that_is_not_a_study(tmp_path):
 def test_parquet_round_trips_with_documented_dtypes(greedy_study):  # noqa: F811
     import pyarrow.parquet as pq
 
-    from search.store.results import EPOCH_COLUMNS, TRIAL_COLUMNS
+    from search.store.results import TRIAL_COLUMNS, epoch_columns
 
     trials = pq.read_table(greedy_study / "trials.parquet")
     for name, dtype in TRIAL_COLUMNS:
         assert trials.schema.field(name).type == dtype, name
     epochs = pq.read_table(greedy_study / "epochs.parquet")
-    assert epochs.schema == pa.schema(EPOCH_COLUMNS)
+    assert epochs.schema == pa.schema(epoch_columns())
     frame = trials.to_pandas()
     round_trip = pa.Table.from_pandas(frame, schema=trials.schema, preserve_index=False)
     assert round_trip.equals(trials)

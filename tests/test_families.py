@@ -77,7 +77,7 @@ def test_a_family_registered_in_the_test_runs_a_search_through_ray(ray_local, tm
     study_file.write_text(STUDY)
     register(TinyFamily)
     try:
-        assert FAMILIES["tiny"] is TinyFamily and find_family("tiny-net") is TinyFamily
+        assert FAMILIES.get("tiny") is TinyFamily and find_family("tiny-net") is TinyFamily
         summary = run_study(SearchOptions(strategy="greedy", model="tiny-net", space_file=str(study_file),
                                           preset="smoke", final_top_k=1, final_seeds=1, runs_dir=str(tmp_path / "runs")))
     finally:

@@ -11,7 +11,7 @@ from ray import cloudpickle
 from ray.tune.search import Searcher
 
 from search.store.study import JsonFile
-from search.strategies.greedy import GreedySearcher, block_line, config_key
+from search.strategies.greedy_searcher import GreedySearcher, block_line, config_key
 import tomllib
 
 from search.space import load_space, parse_space, study_path

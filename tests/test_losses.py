@@ -8,7 +8,8 @@ import torch
 from models.unet import UNetConfig, build_unet
 from trainables.families import find_family
 from trainables.config import RunSettings
-from trainables.losses import MAP_LOSSES, masked_map_loss
+from trainables.config import MAP_LOSSES
+from trainables.losses import masked_map_loss
 
 
 def test_unet_output_is_the_tanh_of_its_logits():
@@ -88,7 +89,8 @@ def test_unknown_map_loss_is_refused(family):
 
 def test_diffusion_map_losses_read_the_output_as_x0_logits():
     from models.diffusion import NoiseSchedule
-    from trainables.diffusion import DiffusionConfig, DiffusionFamily
+    from trainables.config import DiffusionConfig
+    from trainables.diffusion import DiffusionFamily
 
     with pytest.raises(ValueError, match="needs prediction = 'x0'"):
         DiffusionConfig(prediction="eps", denoise_loss="l1+ce")

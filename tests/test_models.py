@@ -9,8 +9,9 @@ import itertools
 
 from models.diffusion import (MAX_TERMINAL_SIGNAL, DDIMSampler, DenoiserConfig, NoiseSchedule, beta_schedule,
                               build_denoiser, sample)
-from models.layers import NORMS, scaled_width
-from models.patchgan import GAN_LOSSES, PatchGANConfig, build_patchgan, gan_loss
+from models.layers import scaled_width
+from models.registry import GAN_LOSSES, NORMS
+from models.patchgan import PatchGANConfig, build_patchgan, gan_loss
 from models.unet import UNetConfig, build_unet
 
 

@@ -180,7 +180,8 @@ def test_a_gan_in_training_takes_new_rates_betas_and_l1_weight_but_not_a_new_arc
     import torch
 
     from trainables.config import RunSettings
-    from trainables.gan import GANConfig, GANFamily
+    from trainables.config import GANConfig
+    from trainables.gan import GANFamily
 
     family = GANFamily(GANConfig(g_width=32, d_width=32), RunSettings(width_divisor=16), torch.device("cpu"))
     family.retune({"g_lr": 0.005, "d_beta1": 0.5, "l1_weight": 10.0})
@@ -223,10 +224,10 @@ def test_no_run_setting_shares_a_name_with_a_hyperparameter():
     from dataclasses import fields
 
     from trainables.config import RunSettings
-    from trainables.families import FAMILIES
+    from trainables.families import CARDS
 
     settings = {f.name for f in fields(RunSettings)}
-    for family in FAMILIES.values():
+    for family in CARDS.values():
         assert not settings & {f.name for f in fields(family.config_cls)}, family.name
 
 

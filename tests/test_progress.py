@@ -7,7 +7,7 @@ import io
 from ray.tune.search import Searcher
 
 from search.runner.progress import SearchProgress, asha_epochs, duration, estimate_line, within_budget
-from search.strategies.greedy import GreedySearcher
+from search.strategies.greedy_searcher import GreedySearcher
 from tests.test_greedy import report_space
 from trainables.families import find_family
 from trainables.measure import measure_epoch_seconds

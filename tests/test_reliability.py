@@ -78,7 +78,8 @@ def test_a_trial_that_errors_before_it_starts_is_recorded_with_its_config(tmp_pa
     the row still says what the trial was, so the study can be read and the dashboard can draw it."""
     from types import SimpleNamespace
 
-    from search.store.results import ResultsCallback, ResultsStore, TrialIdentity
+    from search.runner.recording import ResultsCallback
+    from search.store.results import ResultsStore, TrialIdentity
     from search.store.study import StudyStore
 
     store = StudyStore(tmp_path, "s")

@@ -15,9 +15,10 @@ import pytest
 
 from ray.tune.search import Searcher
 
-from search.strategies.bohb import RungTPESampler
+from search.strategies.bohb_sampler import RungTPESampler
 from search.strategies.budget import EpochBudget
-from search.strategies.optuna_study import OptunaStrategy, open_storage, open_study
+from search.strategies.optuna_strategy import OptunaStrategy
+from search.strategies.optuna_study import open_storage, open_study
 from search.space import load_space
 from search.strategies import STRATEGIES
 from tests.conftest import run_cli

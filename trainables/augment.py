@@ -14,32 +14,9 @@ the training-map pixels into black labels).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation settings, shared by every family's config: study data like any hyperparameter.
-
-    The defaults are the report's: translation and cutout, each with probability 0.9.
-    """
-
-    augment: bool = True  # False turns both operations off
-    p_translation: float = 0.9
-    p_cutout: float = 0.9
-    translation_ratio: float = 0.125  # largest shift, as a fraction of the image size
-    cutout_ratio: float = 0.5  # side of the cut-out box, as a fraction of the image size
-
-    def __post_init__(self) -> None:
-        for name in ("p_translation", "p_cutout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.translation_ratio < 0.5:
-            raise ValueError(f"translation_ratio must be in [0, 0.5), got {self.translation_ratio}")
-        if not 0.0 < self.cutout_ratio < 1.0:
-            raise ValueError(f"cutout_ratio must be in (0, 1), got {self.cutout_ratio}")
+from trainables.config import AugmentConfig
 
 
 def _translate(x: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,11 +10,55 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, TypeVar
 
-import torch
+from models.registry import GAN_LOSSES, NORMS, PREDICTIONS, SAMPLERS, SCHEDULES, Registry
 
+# How a trial runs on CUDA (trainables/device.py): choices of the run settings below.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SWITCHES = ("auto", "on", "off")
+
+# The optimizers a study may name: name -> (parameters, the config's settings, on CUDA) -> optimizer.
+OPTIMIZERS = Registry("optimizer", {"sgd": "trainables.optimizers:sgd", "adam": "trainables.optimizers:adam",
+                                    "adamw": "trainables.optimizers:adamw", "adadelta": "trainables.optimizers:adadelta"})
+# The map losses a study may name (``map_loss``; diffusion's ``denoise_loss`` on the x0 target):
+# name -> (logits, target, valid) -> loss. Adding one: a function in trainables/losses.py and an entry here
+# (or ``MAP_LOSSES.add`` from anywhere): every family that takes a map loss takes it.
+MAP_LOSSES = Registry("map loss", {"l1": "trainables.losses:map_l1", "ce": "trainables.losses:map_ce",
+                                   "l1+ce": "trainables.losses:map_l1_ce"})
+PLAIN_DENOISE_LOSSES = ("mse", "l1")
+OPTIMIZER_SETTINGS = ("lr", "beta1", "beta2", "momentum", "weight_decay")  # what an optimizer's groups may change
+DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial  # diffusion's losses on any target: MSE (the report's) and L1
+
+
+def denoise_losses() -> list[str]:
+    """What diffusion's ``denoise_loss`` may be: the plain losses on any target, and every map loss (on the x0
+    target, reading the network's output as the map's logits)."""
+    return [*PLAIN_DENOISE_LOSSES, *(name for name in MAP_LOSSES if name not in PLAIN_DENOISE_LOSSES)]
+
+
+def choice(default: str, allowed: Registry | tuple[str, ...] | Callable[[], list[str]]) -> Any:
+    """A hyperparameter that names a plug-in: its value must be one of ``allowed`` (checked when a config is made,
+    so a misspelled value in a study file is refused before anything runs)."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+def check_choices(config: Any) -> None:
+    """Every :func:`choice` field of a config holds one of its names; else a ValueError naming them."""
+    for item in fields(config):
+        check_choice(type(config), item.name, getattr(config, item.name))
+
+
+def check_choice(config_cls: type, name: str, value: Any) -> None:
+    """``value`` is one of the names the field ``name`` of ``config_cls`` allows (if it is a :func:`choice`)."""
+    allowed = next((f.metadata.get("choices") for f in fields(config_cls) if f.name == name), None)
+    if allowed is None:
+        return
+    names = allowed() if callable(allowed) and not isinstance(allowed, Registry) else allowed
+    if value not in names:
+        listing = names.choices() if isinstance(names, Registry) else ", ".join(names)
+        raise ValueError(f"{name} {value!r} is not one of {listing}")
 
 
 @dataclass(frozen=True)
@@ -40,8 +84,6 @@ class RunSettings:
     replay: str = ""  # JSON [[epoch, {hyperparameter: value}], ...]: changes applied before those epochs (a replay)
 
     def __post_init__(self) -> None:
-        from trainables.device import PRECISIONS, SWITCHES
-
         for name in ("epochs", "width_divisor", "train_eval_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -52,56 +94,104 @@ class RunSettings:
                 raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {getattr(self, name)!r}")
 
 
-Option = Callable[[str], Any]  # an optimizer setting of the family config by its plain name ("lr" -> hp.g_lr)
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation settings, shared by every family's config: study data like any hyperparameter
+    (DiffAugment, trainables/augment.py). The defaults are the report's: translation and cutout, each with
+    probability 0.9."""
+
+    augment: bool = True  # False turns both operations off
+    p_translation: float = 0.9
+    p_cutout: float = 0.9
+    translation_ratio: float = 0.125  # largest shift, as a fraction of the image size
+    cutout_ratio: float = 0.5  # side of the cut-out box, as a fraction of the image size
+
+    def __post_init__(self) -> None:
+        for name in ("p_translation", "p_cutout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.translation_ratio < 0.5:
+            raise ValueError(f"translation_ratio must be in [0, 0.5), got {self.translation_ratio}")
+        if not 0.0 < self.cutout_ratio < 1.0:
+            raise ValueError(f"cutout_ratio must be in (0, 1), got {self.cutout_ratio}")
+        check_choices(self)
 
 
-def _sgd(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=option("lr"), momentum=option("momentum"), weight_decay=option("weight_decay"))
+# Each family's hyperparameters (its study file's names), beside the run settings: plain data, so a study file is
+# checked (names, types, the plug-ins its values name) without importing torch. The families are in
+# trainables/autoencoder.py, gan.py and diffusion.py.
+
+@dataclass(frozen=True)
+class AutoencoderConfig(AugmentConfig):
+    norm: str = choice("batch", NORMS)
+    width: int = 64
+    dropout: float = 0.0
+    optimizer: str = choice("adam", OPTIMIZERS)
+    lr: float = 1e-3
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    map_loss: str = choice("l1+ce", MAP_LOSSES)  # "l1" (the report's), "ce", "l1+ce": see trainables/losses.py
 
 
-def _fast(cuda: bool) -> dict[str, bool]:
-    # On CUDA: fused, and capturable (its step count on the device), so a training step can be a CUDA graph.
-    return {"fused": True, "capturable": True} if cuda else {}
+@dataclass(frozen=True)
+class GANConfig(AugmentConfig):
+    g_norm: str = choice("batch", NORMS)
+    g_width: int = 64
+    g_dropout: float = 0.0
+    g_optimizer: str = choice("adam", OPTIMIZERS)
+    g_lr: float = 1e-3
+    g_momentum: float = 0.0
+    g_beta1: float = 0.9
+    g_beta2: float = 0.999
+    g_weight_decay: float = 0.0
+    d_norm: str = choice("batch", NORMS)
+    d_width: int = 64
+    d_optimizer: str = choice("adam", OPTIMIZERS)
+    d_lr: float = 1e-3
+    d_momentum: float = 0.0
+    d_beta1: float = 0.9
+    d_beta2: float = 0.999
+    d_weight_decay: float = 0.0
+    batch_size: int = 16
+    l1_weight: float = 1.0
+    gan_loss: str = choice("lsgan", GAN_LOSSES)
+    map_loss: str = choice("l1+ce", MAP_LOSSES)  # the reconstruction term: "l1" (the report's), "ce", "l1+ce"
 
 
-def _adam(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=option("lr"), betas=(option("beta1"), option("beta2")),
-                            weight_decay=option("weight_decay"), **_fast(cuda))
+@dataclass(frozen=True)
+class DiffusionConfig(AugmentConfig):
+    norm: str = choice("batch", NORMS)
+    width: int = 64
+    optimizer: str = choice("adam", OPTIMIZERS)
+    lr: float = 1e-3
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    schedule: str = choice("linear", SCHEDULES)
+    beta_start: float = 1e-6
+    beta_end: float = 0.01
+    steps: int = 2000
+    zero_terminal_snr: bool = True  # rescale the betas so the last step is pure noise (Lin et al. 2024)
+    prediction: str = choice("x0", PREDICTIONS)  # x0 suits few-step DDIM; the report used eps
+    sampler: str = choice("ddim", SAMPLERS)  # used for validation during the search
+    sampling_steps: int = 10
+    final_sampler: str = choice("ddim", SAMPLERS)  # used once after the last epoch
+    final_sampling_steps: int = 50
+    # "mse" (the report's), "l1"; with the x0 target also every map loss ("ce", "l1+ce"; trainables/diffusion.py)
+    denoise_loss: str = choice("mse", denoise_losses)
 
-
-def _adamw(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=option("lr"), betas=(option("beta1"), option("beta2")),
-                             weight_decay=option("weight_decay"), **_fast(cuda))
-
-
-def _adadelta(params: list, option: Option, cuda: bool) -> torch.optim.Optimizer:
-    return torch.optim.Adadelta(params, lr=option("lr"), weight_decay=option("weight_decay"), capturable=cuda)
-
-
-# The optimizers a study may name: name -> (parameters, the config's settings, on CUDA) -> optimizer.
-OPTIMIZERS: dict[str, Callable[[list, Option, bool], torch.optim.Optimizer]] = {
-    "sgd": _sgd, "adam": _adam, "adamw": _adamw, "adadelta": _adadelta}
-
-
-def build_optimizer(params, hp: Any, prefix: str = "") -> torch.optim.Optimizer:
-    """The optimizer a family config names in ``{prefix}optimizer``, with its ``{prefix}lr``, ``momentum``,
-    ``beta1``, ``beta2`` and ``weight_decay``: SGD (momentum), Adam/AdamW (betas), Adadelta, the report's
-    optimizers plus AdamW.
-
-    On CUDA, Adam and AdamW use PyTorch's fused kernels (one launch per step instead of a
-    few per parameter group; the same update up to rounding), and every optimizer keeps its
-    step count on the device (``capturable``) so the loop can replay a step as a CUDA graph.
-    """
-    params = list(params)
-
-    def option(name: str) -> Any:
-        return getattr(hp, f"{prefix}{name}")
-
-    if option("lr") <= 0:
-        raise ValueError(f"learning rate must be positive, got {option('lr')}")
-    if option("optimizer") not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {option('optimizer')!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[option("optimizer")](params, option, bool(params) and all(p.is_cuda for p in params))
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.denoise_loss not in PLAIN_DENOISE_LOSSES and self.prediction != "x0":
+            raise ValueError(f"denoise_loss {self.denoise_loss!r} reads the network's output as the map's logits, "
+                             f"so it needs prediction = 'x0', not {self.prediction!r}")
+        if self.sampling_steps < 1 or self.final_sampling_steps < 1:
+            raise ValueError("sampling_steps and final_sampling_steps must be at least 1")
 
 
 T = TypeVar("T")

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SWITCHES = ("auto", "on", "off")
+from trainables.config import PRECISIONS, SWITCHES  # the choices of the run settings
 
 
 class Precision:

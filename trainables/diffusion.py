@@ -13,77 +13,32 @@ and after the last epoch once more with the final sampler the user picks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import torch
 
-from models.diffusion import PREDICTIONS, SAMPLERS, DenoiserConfig, NoiseSchedule, build_denoiser, sample
+from models.diffusion import DenoiserConfig, NoiseSchedule, build_denoiser, sample
 from models.layers import scaled_width
-from trainables.augment import AugmentConfig, hide_invalid
-from trainables.config import RunSettings, build_optimizer
+from trainables.augment import hide_invalid
+from trainables.config import MAP_LOSSES, PLAIN_DENOISE_LOSSES, DiffusionConfig, RunSettings
+from trainables.families import DIFFUSION
 from trainables.family import OneNetworkFamily, step
-from trainables.losses import MAP_LOSSES, masked_l1, masked_mse
-
-MAP_LOSSES_ON_X0 = ("ce", "l1+ce")  # the autoencoder's map losses (trainables/losses.py), on the x0 estimate
-# The denoising losses a study may name (``denoise_loss``): MSE (the report's) and L1 on any target, and the
-# map losses that read the output as the map's logits (x0 target only).
-DENOISE_LOSSES = {"mse": masked_mse, "l1": masked_l1, **{name: MAP_LOSSES[name] for name in MAP_LOSSES_ON_X0}}
-
-
-@dataclass(frozen=True)
-class DiffusionConfig(AugmentConfig):
-    norm: str = "batch"
-    width: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    batch_size: int = 16
-    schedule: str = "linear"
-    beta_start: float = 1e-6
-    beta_end: float = 0.01
-    steps: int = 2000
-    zero_terminal_snr: bool = True  # rescale the betas so the last step is pure noise (Lin et al. 2024)
-    prediction: str = "x0"  # x0 suits few-step DDIM; the report used eps
-    sampler: str = "ddim"  # used for validation during the search
-    sampling_steps: int = 10
-    final_sampler: str = "ddim"  # used once after the last epoch
-    final_sampling_steps: int = 50
-    denoise_loss: str = "mse"  # "mse" (the report's), "l1"; with the x0 target also "ce" or "l1+ce" (see below)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.denoise_loss not in DENOISE_LOSSES:
-            raise ValueError(f"denoise_loss must be one of {tuple(DENOISE_LOSSES)}, got {self.denoise_loss!r}")
-        if self.denoise_loss in MAP_LOSSES_ON_X0 and self.prediction != "x0":
-            raise ValueError(f"denoise_loss {self.denoise_loss!r} reads the network's output as the map's logits, "
-                             f"so it needs prediction = 'x0', not {self.prediction!r}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        for name in ("sampler", "final_sampler"):
-            if getattr(self, name) not in SAMPLERS:
-                raise ValueError(f"{name} must be one of {tuple(SAMPLERS)}, got {getattr(self, name)!r}")
-        if self.sampling_steps < 1 or self.final_sampling_steps < 1:
-            raise ValueError("sampling_steps and final_sampling_steps must be at least 1")
-
+from trainables.losses import masked_l1, masked_mse
+from trainables.optimizers import build_optimizer
 
 class DiffusionFamily(OneNetworkFamily):
-    name, aliases, config_cls = "diffusion", ("palette",), DiffusionConfig
+    card = DIFFUSION  # name, aliases, config, noise: trainables/families.py
     net_key = "denoiser"
-    # x0 with l1+ce, p_translation 0: 0.0397 +- 0.0014 (3.5%; benchmarks/results/seeds.json, 2026-12-01 on 85cddc4).
-    noise = 0.035
 
     def __init__(self, hp: DiffusionConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
         width = scaled_width(hp.width, settings.width_divisor)
         self.schedule = NoiseSchedule(hp.schedule, hp.steps, hp.beta_start, hp.beta_end, prediction=hp.prediction,
                                       zero_terminal_snr=hp.zero_terminal_snr,
-                                      x0_logits=hp.denoise_loss in MAP_LOSSES_ON_X0).to(device)
+                                      x0_logits=hp.denoise_loss not in PLAIN_DENOISE_LOSSES).to(device)
         self.net = build_denoiser(DenoiserConfig(width=width, norm=hp.norm), hp.steps).to(device)
         self.opt = build_optimizer(self.net.parameters(), hp)
         self.scaler = self.precision.scaler()
-        self.loss = DENOISE_LOSSES[hp.denoise_loss]
+        # The plain losses on the target; any map loss (trainables/losses.py) on the x0 estimate's logits.
+        self.loss = {"mse": masked_mse, "l1": masked_l1}.get(hp.denoise_loss) or MAP_LOSSES.get(hp.denoise_loss)
         # Sampling noise is seeded, so a config's validation L1 is reproducible.
         self.sample_seed = settings.seed
         self.has_final_mode = (hp.final_sampler, hp.final_sampling_steps) != (hp.sampler, hp.sampling_steps)

@@ -18,7 +18,7 @@ from trainables.augment import AugmentConfig, diff_augment, hide_invalid
 from trainables.data import MAP_CHANNELS
 from trainables.family import Family
 
-DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial
+from trainables.config import DIVERGED_L1  # noqa: E402,F401 - the loop's and the tests' name for it
 EVAL_BATCH = 64
 
 

@@ -1,43 +1,112 @@
-"""The model families, by name: the one registry, imported by the driver and by Ray's workers alike.
+"""The model families, by name (``--model``): one registry of cards, read by the driver and by Ray's workers alike.
 
-To add a family: write its module (a :class:`~trainables.family.Family` subclass with its config
-dataclass), add it to the tuple below, and write ``studies/<name>.toml`` (CONTRIBUTING.md).
+A :class:`FamilyCard` is what the search knows of a family before any network is built: its name and aliases, its
+hyperparameters (a config dataclass of :mod:`trainables.config`), the hyperparameters that set its widths, its
+measured seed-to-seed noise, the losses it reports every epoch (the columns of ``epochs.parquet`` it adds), its
+benchmark variants, and where its :class:`~trainables.family.Family` class is (imported only when a trial trains).
+Nothing here imports torch, so ``--help`` and a refused option or study file answer at once.
+
+To add a family: write its module (a ``Family`` subclass with ``card = <its card>``) and its config dataclass, and
+register its card here (or call :func:`register` from anywhere, with a card or a ``Family`` class); then write
+``studies/<name>.toml`` (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
-from trainables.autoencoder import AutoencoderFamily
-from trainables.diffusion import DiffusionFamily
-from trainables.family import Family
-from trainables.gan import GANFamily
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
-FAMILIES: dict[str, type[Family]] = {}
-ALIASES: dict[str, str] = {}  # every name and alias -> the family's name
+from models.registry import Registry
+from trainables.config import OPTIMIZER_SETTINGS, AutoencoderConfig, DiffusionConfig, GANConfig
 
 
-def register(family: type[Family]) -> type[Family]:
-    """Add a family under its name and aliases (a name already taken is refused)."""
-    taken = set(ALIASES) & {family.name, *family.aliases}
-    if taken and FAMILIES.get(family.name) is not family:
-        raise ValueError(f"family names {sorted(taken)} are taken already")
-    FAMILIES[family.name] = family
-    ALIASES.update({alias: family.name for alias in (family.name, *family.aliases)})
+@dataclass(frozen=True)
+class FamilyCard:
+    """A model family as the search sees it (see the module's docstring)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    config_cls: type  # a frozen dataclass of trainables.config.AugmentConfig: every hyperparameter, with a default
+    implementation: Any  # "module:attr" of its Family class, or the class itself
+    # Seed-to-seed noise of one run's best val L1, as a fraction of it (sd / mean over seeds at the cpu preset,
+    # python -m benchmarks.seeds); greedy adopts a value only when it beats the held one by sqrt(2) x this.
+    noise: float = 0.0
+    width_params: tuple[str, ...] = ("width",)  # hyperparameters that set the networks' widths
+    metrics: tuple[str, ...] = ("train_loss",)  # what its train_step reports every epoch (epochs.parquet columns)
+    # Named changes to its study defaults that the benchmarks train (benchmarks/seeds.py and learning.py).
+    variants: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    # What may change while a model trains (population-based training, Family.retune): the loss weights it names,
+    # and the optimizers' settings under each prefix (the GAN's g_ and d_).
+    loss_weights: tuple[str, ...] = ()
+    retune_prefixes: tuple[str, ...] = ("",)
+
+    def retunable_names(self) -> list[str]:
+        return [*self.loss_weights, *(f"{p}{s}" for p in self.retune_prefixes for s in OPTIMIZER_SETTINGS)]
+
+    def retunable(self, name: str) -> bool:
+        """Whether ``name`` can change while a model trains: a loss weight or an optimizer setting."""
+        return name in self.retunable_names()
+
+    def noise_margin(self) -> float:
+        """sqrt(2) x :attr:`noise`: the spread of the difference between two single runs of one configuration,
+        what one run must beat another (or a baseline) by to count as evidence."""
+        return math.sqrt(2.0) * self.noise
+
+    def load(self) -> Any:
+        """The family's class (imported on first use: torch and its networks come with it)."""
+        return FAMILIES.get(self.name)
+
+
+FAMILIES = Registry("model")  # name -> the family's class, imported on first use
+CARDS: dict[str, FamilyCard] = {}
+
+
+def register(family: Any) -> FamilyCard:
+    """Add a family (its card, or a ``Family`` class that carries its facts itself) under its name and aliases;
+    a name already taken is refused."""
+    if not isinstance(family, FamilyCard):
+        family = FamilyCard(family.name, tuple(family.aliases), family.config_cls, family, noise=family.noise,
+                            width_params=tuple(family.width_params), metrics=tuple(family.metrics),
+                            loss_weights=tuple(family.loss_weights), retune_prefixes=tuple(family.retune_prefixes))
+    FAMILIES.add(family.name, family.implementation, aliases=family.aliases)
+    CARDS[family.name] = family
     return family
 
 
 def unregister(name: str) -> None:
-    """Remove a family registered by :func:`register` (tests register tiny ones)."""
-    family = FAMILIES.pop(name)
-    for alias in (family.name, *family.aliases):
-        ALIASES.pop(alias, None)
+    """Remove a family added by :func:`register` (tests register tiny ones)."""
+    FAMILIES.remove(name)
+    CARDS.pop(name)
 
 
-def find_family(name: str) -> type[Family]:
-    """The family of a name or alias (``unet``, ``pix2pix``, ``palette``)."""
-    if name not in ALIASES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(ALIASES))}")
-    return FAMILIES[ALIASES[name]]
+def family_card(name: str) -> FamilyCard:
+    """The card of a family name or alias (``unet``, ``pix2pix``, ``palette``); nothing is imported."""
+    return CARDS[FAMILIES.canonical(name)]
 
 
-for _family in (AutoencoderFamily, GANFamily, DiffusionFamily):
-    register(_family)
+def find_family(name: str) -> Any:
+    """The family class of a name or alias, imported on first use."""
+    return FAMILIES.get(name)
+
+
+def epoch_metrics() -> list[str]:
+    """Every registered family's per-epoch losses, in registration order, each once."""
+    return list(dict.fromkeys(metric for card in CARDS.values() for metric in card.metrics))
+
+
+# The families of the report. Each noise is the largest row of benchmarks/results/seeds.json among what greedy
+# holds once its first block is decided (benchmarks/README.md, section 9).
+AUTOENCODER = register(FamilyCard(
+    "autoencoder", ("unet",), AutoencoderConfig, "trainables.autoencoder:AutoencoderFamily", noise=0.040,
+    variants={"seeds": ({}, {"p_translation": 0.0}), "learning": ({},)}))
+GAN = register(FamilyCard(
+    "gan", ("pix2pix",), GANConfig, "trainables.gan:GANFamily", noise=0.047, width_params=("g_width", "d_width"),
+    metrics=("train_loss", "g_loss", "g_adv_loss", "d_loss"), loss_weights=("l1_weight",), retune_prefixes=("g_", "d_"),
+    # seeds: every L1 weight greedy's block 0 visits (1 is the study default), then what it holds after block 0.
+    variants={"seeds": ({}, {"l1_weight": 10.0}, {"l1_weight": 100.0}, {"l1_weight": 100.0, "p_translation": 0.0}),
+              "learning": ({}, {"l1_weight": 100.0})}))
+DIFFUSION = register(FamilyCard(
+    "diffusion", ("palette",), DiffusionConfig, "trainables.diffusion:DiffusionFamily", noise=0.035,
+    metrics=("train_loss", "noise_loss"),
+    variants={"seeds": ({"p_translation": 0.0},), "learning": ({}, {"denoise_loss": "mse"})}))

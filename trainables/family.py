@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from trainables.config import RunSettings
+from trainables.config import OPTIMIZER_SETTINGS, RunSettings
 from trainables.device import FastPath, Precision
 
 
@@ -43,13 +43,23 @@ class Family(ABC):
     what the estimate and GPU packing measure). Families are listed in :mod:`trainables.families`.
     """
 
+    # Its card (trainables/families.py: name, aliases, config, noise, widths, metrics) sets the class attributes below;
+    # a family registered without a card (a test's) sets them itself.
+    card: ClassVar[Any] = None
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     config_cls: ClassVar[type]  # a frozen dataclass of AugmentConfig: every hyperparameter and fixed setting
-    # Seed-to-seed noise of one run's best val L1, as a fraction of it (sd / mean over seeds at the cpu preset,
-    # benchmarks/seeds.py); greedy adopts a value only when it beats the held one by sqrt(2) x this.
-    noise: ClassVar[float] = 0.0
+    noise: ClassVar[float] = 0.0  # seed-to-seed noise of one run's best val L1, as a fraction of it
     width_params: ClassVar[tuple[str, ...]] = ("width",)  # hyperparameters that set the networks' widths
+    metrics: ClassVar[tuple[str, ...]] = ("train_loss",)  # what train_step reports (epochs.parquet columns)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        card = cls.__dict__.get("card")
+        if card is not None:
+            cls.name, cls.aliases, cls.config_cls = card.name, card.aliases, card.config_cls
+            cls.noise, cls.width_params, cls.metrics = card.noise, card.width_params, card.metrics
+            cls.loss_weights, cls.retune_prefixes = card.loss_weights, card.retune_prefixes
 
     @classmethod
     def noise_margin(cls) -> float:
@@ -139,7 +149,7 @@ class Family(ABC):
 
     # Hyperparameters that may change while a model trains (population-based training, search/strategies/population.py):
     # the optimizers' settings, by prefix (optimizer_prefixes), and the loss weights a family names here.
-    OPTIMIZER_SETTINGS: ClassVar[tuple[str, ...]] = ("lr", "beta1", "beta2", "momentum", "weight_decay")
+    OPTIMIZER_SETTINGS: ClassVar[tuple[str, ...]] = OPTIMIZER_SETTINGS
     loss_weights: ClassVar[tuple[str, ...]] = ()
     retune_prefixes: ClassVar[tuple[str, ...]] = ("",)  # the prefixes optimizer_prefixes returns
 

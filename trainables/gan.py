@@ -11,53 +11,22 @@ is ``map_loss`` (``l1+ce`` by default, ``l1`` for the report's; see ``trainables
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import torch
 from torch import nn
 
 from models.layers import scaled_width
 from models.patchgan import PatchGANConfig, build_patchgan, gan_loss
 from models.unet import UNetConfig, build_unet
-from trainables.augment import AugmentConfig, hide_invalid
-from trainables.config import RunSettings, build_optimizer
+from trainables.augment import hide_invalid
+from trainables.config import GANConfig, RunSettings
+from trainables.families import GAN
 from trainables.family import Family, step
-from trainables.losses import check_map_loss, masked_l1, masked_map_loss
-
-
-@dataclass(frozen=True)
-class GANConfig(AugmentConfig):
-    g_norm: str = "batch"
-    g_width: int = 64
-    g_dropout: float = 0.0
-    g_optimizer: str = "adam"
-    g_lr: float = 1e-3
-    g_momentum: float = 0.0
-    g_beta1: float = 0.9
-    g_beta2: float = 0.999
-    g_weight_decay: float = 0.0
-    d_norm: str = "batch"
-    d_width: int = 64
-    d_optimizer: str = "adam"
-    d_lr: float = 1e-3
-    d_momentum: float = 0.0
-    d_beta1: float = 0.9
-    d_beta2: float = 0.999
-    d_weight_decay: float = 0.0
-    batch_size: int = 16
-    l1_weight: float = 1.0
-    gan_loss: str = "lsgan"
-    map_loss: str = "l1+ce"  # the reconstruction term: "l1" (the report's), "ce", "l1+ce" (trainables/losses.py)
+from trainables.losses import masked_l1, masked_map_loss
+from trainables.optimizers import build_optimizer
 
 
 class GANFamily(Family):
-    name, aliases, config_cls = "gan", ("pix2pix",), GANConfig
-    # The largest row of benchmarks/results/seeds.json among what greedy holds once block 0 has adopted L1 weight 100
-    # (benchmarks/README.md, section 9): with p_translation 0, 0.0418 +- 0.0020 (4.7%; 3.6% with translation; at
-    # the weights block 0 tries, 13.2% at 1 and 5.7% at 10; measured 2026-12-01 on 85cddc4).
-    noise = 0.047
-    width_params = ("g_width", "d_width")
-    loss_weights = ("l1_weight",)
-    retune_prefixes = ("g_", "d_")
+    card = GAN  # name, aliases, config, noise, widths: trainables/families.py
 
     def __init__(self, hp: GANConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
@@ -68,7 +37,7 @@ class GANFamily(Family):
         self.g_opt = build_optimizer(self.generator.parameters(), hp, "g_")
         self.d_opt = build_optimizer(self.discriminator.parameters(), hp, "d_")
         self.loss = gan_loss(hp.gan_loss)
-        self.map_loss = check_map_loss(hp.map_loss)
+        self.map_loss = hp.map_loss
         self.g_scaler, self.d_scaler = self.precision.scaler(), self.precision.scaler()
 
     @property

@@ -26,10 +26,11 @@ the output still settles where L1, the metric, wants it. Same run with ``l1+ce``
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from trainables.config import MAP_LOSSES
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -63,22 +64,10 @@ def map_l1_ce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -
     return map_l1(logits, target, valid) + map_ce(logits, target, valid)
 
 
-# The map losses a study may name (``map_loss``; diffusion's ``denoise_loss`` on the x0 target):
-# name -> (logits, target, valid) -> loss. Adding one: a function and an entry here (CONTRIBUTING.md).
-MAP_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "l1": map_l1, "ce": map_ce, "l1+ce": map_l1_ce}
-
-
-def check_map_loss(name: str) -> str:
-    if name not in MAP_LOSSES:
-        raise ValueError(f"unknown map_loss {name!r}; choose one of {', '.join(MAP_LOSSES)}")
-    return name
-
-
 def masked_map_loss(name: str, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The map loss ``name`` between ``tanh(logits)`` and ``target`` (both in [-1, 1]) over the valid pixels.
 
     ``logits`` is the UNet's pre-activation (:meth:`models.unet.UNet.logits`); ``valid``
     (N, 1, H, W) is 0 where augmentation hid the image (see :func:`trainables.augment.diff_augment`).
     """
-    return MAP_LOSSES[check_map_loss(name)](logits.float(), target, valid)
+    return MAP_LOSSES.get(name)(logits.float(), target, valid)  # trainables.config.MAP_LOSSES: the ones a study may name

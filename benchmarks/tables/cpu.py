@@ -175,3 +175,14 @@ def test_time() -> str:
             + (f", the slowest {slowest['test']} at {slowest['seconds']:.0f} s." if slowest else ".")
             + (f" {r['provenance']['reconstructed']}" if r["provenance"].get("reconstructed") else ""))
 
+
+
+def startup_table() -> str:
+    """benchmarks/README.md: how long the command takes to answer before a search starts (results/startup.json)."""
+    result = load("startup.json")
+    lines = [f"Measured on {measured(result['provenance'])} (`python -m benchmarks.startup`, a fresh interpreter per "
+             f"run, {result['cases'][0]['repeats']} runs each; target {result['target_s']:g} s):", "",
+             "| command | median s | slowest s | within target |", "| --- | --- | --- | --- |"]
+    lines += [f"| `python -m search.run {' '.join(r['argv'])}` ({r['case']}) | {r['median_s']:.3f} | {r['max_s']:.3f} | "
+              f"{'yes' if r['median_s'] <= result['target_s'] else 'no'} |" for r in result["cases"]]
+    return "\n".join(lines)

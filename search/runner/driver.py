@@ -21,11 +21,11 @@ from dataclasses import asdict
 
 from search.runner import cluster, tuning
 from search.runner.console import Summary, summarize
-from search.runner.options import SearchOptions, resolve_family, study_name, validate_options
+from search.runner.options import Checked, SearchOptions, check, study_name
 from search.runner.plan import StudyPlan, TrialConfigs, make_plan
 from search.runner.reconcile import reconcile
 from search.runner.tracking import MLflowTracker, tracking_uri
-from search.space import Space, StudyFileError, load_space
+from search.space import Space
 from search.store.results import ResultsStore
 from search.store.retry import RETRY_ENV
 from search.store.study import StudyStore
@@ -34,18 +34,14 @@ from search.strategies.budget import EpochBudget
 from trainables.family import Family
 
 
-def run_study(options: SearchOptions) -> Summary:
-    """Run (or continue) the study the options describe; returns its summary."""
+def run_study(options: SearchOptions, checked: "Checked | None" = None) -> Summary:
+    """Run (or continue) the study the options describe; returns its summary. ``checked``: what
+    :func:`search.runner.options.check` made of the options, when the caller checked them already."""
     import ray
 
-    validate_options(options)
+    family, space = checked or check(options)
     if options.store_retry is not None:  # read where stores are called: this process, and trials (below, runtime_env)
         os.environ[RETRY_ENV] = f"{options.store_retry:g}"
-    family = resolve_family(options)
-    space = load_space(options.space_file or family.name)
-    if space.family != family.name:
-        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
-    options.strategy_object.check_space(space, options)
     store = StudyStore(options.runs_dir, study_name(options))
     store.create()
     with store.lock(options.storage):
@@ -53,7 +49,7 @@ def run_study(options: SearchOptions) -> Summary:
         ray_before = ray.is_initialized()  # a notebook's or a benchmark's own Ray is left as it was
         try:
             cluster.init_ray(options)
-            return _run_held(options, family, space, store, started)
+            return _run_held(options, family.load(), space, store, started)  # the family's code, now that it trains
         finally:
             if not ray_before:  # also when interrupted while Ray was starting (then not yet "initialized")
                 ray.shutdown()

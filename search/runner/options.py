@@ -11,12 +11,17 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from models.registry import Registry
 from search.errors import StudyError
 from search.strategies import STRATEGIES, Strategy, find_strategy
 from search.strategies.base import DOMAINS
 
+# Ray Tune's trial schedulers --scheduler may name: name -> (plan, results, search) -> scheduler (search/runner/tuning.py).
+SCHEDULERS = Registry("--scheduler", {"asha": "search.runner.tuning:asha", "none": "search.runner.tuning:no_early_stopping"})
+
 if TYPE_CHECKING:
-    from trainables.family import Family
+    from search.space import Space
+    from trainables.families import FamilyCard
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,13 @@ def find_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
-def resolve_family(options: SearchOptions) -> type[Family]:
+def resolve_family(options: SearchOptions) -> "FamilyCard":
     """The family --model names (a name or an alias)."""
-    from trainables.families import ALIASES, find_family
+    from trainables.families import FAMILIES, family_card
 
-    if options.model not in ALIASES:
-        raise StudyError(f"unknown --model {options.model!r}; choose one of {', '.join(sorted(ALIASES))}.")
-    return find_family(options.model)
+    if options.model not in FAMILIES:
+        raise StudyError(f"unknown --model {options.model!r}; choose one of {FAMILIES.choices()}.")
+    return family_card(options.model)
 
 
 def study_name(options: SearchOptions) -> str:
@@ -138,14 +143,12 @@ def study_name(options: SearchOptions) -> str:
 
 def validate_options(options: SearchOptions) -> None:
     """Cheap checks before anything starts; raises StudyError."""
-    from search.runner.tuning import SCHEDULERS
-
     resolve_family(options)
     strategy = options.strategy_object
     if options.preset is not None:
         find_preset(options.preset)
     if options.scheduler not in SCHEDULERS:
-        raise StudyError(f"unknown --scheduler {options.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+        raise StudyError(f"unknown --scheduler {options.scheduler!r}; choose one of {SCHEDULERS.choices()}.")
     if options.domain is not None and options.domain not in DOMAINS:
         raise StudyError(f"unknown --domain {options.domain!r}; choose one of {', '.join(DOMAINS)}.")
     strategy.check(options)
@@ -176,6 +179,24 @@ def validate_options(options: SearchOptions) -> None:
 
 
 
+Checked = tuple["FamilyCard", "Space"]
+
+
+def check(options: SearchOptions) -> Checked:
+    """Everything that can be checked before anything starts, with nothing heavy imported (no torch, Ray or
+    Optuna): the options, and the study file (its family, its plug-ins' names, what the strategy needs of it).
+    Returns the family's card and the study's space; raises StudyError or StudyFileError with one message."""
+    from search.space import StudyFileError, load_space
+
+    validate_options(options)
+    family = resolve_family(options)
+    space = load_space(options.space_file or family.name)
+    if space.family != family.name:
+        raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
+    options.strategy_object.check_space(space, options)
+    return family, space
+
+
 def _check_counts(options: SearchOptions) -> None:
     for name in ("epochs", "samples", "budget_epochs", "max_concurrent", "grace_period", "max_blocks"):
         value = getattr(options, name)
@@ -201,8 +222,7 @@ def _check_counts(options: SearchOptions) -> None:
 
 
 def _check_resources(options: SearchOptions) -> None:
-    from trainables.config import DEVICE_SWITCHES
-    from trainables.device import PRECISIONS, SWITCHES
+    from trainables.config import DEVICE_SWITCHES, PRECISIONS, SWITCHES
 
     if options.cpus_per_trial <= 0:
         raise StudyError(f"--cpus-per-trial must be positive, got {options.cpus_per_trial}.")
@@ -221,5 +241,5 @@ def _check_resources(options: SearchOptions) -> None:
                              f"got {getattr(options, name)!r}.")
 
 
-__all__ = ["PRESETS", "STRATEGIES", "Preset", "SearchOptions", "find_preset", "resolve_family",
+__all__ = ["PRESETS", "SCHEDULERS", "STRATEGIES", "Preset", "SearchOptions", "find_preset", "resolve_family",
            "study_name", "validate_options"]

@@ -15,10 +15,12 @@ from typing import Any, Callable
 from search.runner import cluster
 from search.runner.console import Printer
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
+from search.runner.options import SCHEDULERS
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.runner.ray_fixes import mend_worker_handoff
-from search.store.results import ResultsCallback, ResultsStore
+from search.runner.recording import ResultsCallback
+from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.config import parse_config, trial_key
 from trainables.data import VMSDataset
@@ -62,10 +64,6 @@ def no_early_stopping(plan: StudyPlan, results: ResultsStore, search: OpenSearch
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
-
-
-# Ray Tune's trial schedulers --scheduler may name: name -> (plan, results, search) -> scheduler.
-SCHEDULERS: dict[str, Callable[[StudyPlan, ResultsStore, OpenSearch], Any]] = {"asha": asha, "none": no_early_stopping}
 
 
 def _block_index(block_of: Callable[[str], Any]) -> Callable[[str], int | None]:
@@ -154,7 +152,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
                                block_of=search.block_of, on_result=progress.on_epoch,
                                on_finish=(printer, *((plan.tracker.trial_finished,) if plan.tracker else ())))
     cluster.allow_pending_trials(plan)
-    scheduler = search.scheduler(plan, results) or SCHEDULERS[options.scheduler](plan, results, search)
+    scheduler = search.scheduler(plan, results) or SCHEDULERS.get(options.scheduler)(plan, results, search)
     space = search.param_space()
     tuner = tune.Tuner(
         _trainable(plan, configs.full, search.train_function()),

@@ -57,10 +57,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
@@ -83,16 +80,24 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("error", pa.string()), ("greedy_sweep", pa.int64()), ("greedy_block", pa.int64()), ("greedy_param", pa.string()),
     ("config_json", pa.string()),
 ]
-EPOCH_METRICS = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
-                 "best_val_l1_remembered", "best_val_l1_falsely_remembered", "val_spearman", "train_loss", "g_loss", "g_adv_loss",
-                 "d_loss", "noise_loss", "final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb",
-                 "gpu_reserved_mb", "gpu_util"]
-EPOCH_COLUMNS: list[tuple[str, pa.DataType]] = (
-    [("schema_version", pa.int32()), ("study", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
-     ("status", pa.string())]
-    + [(m, pa.float64()) for m in EPOCH_METRICS]
-    + [("reported_at", pa.timestamp("us", tz="UTC"))]
-)
+# Every epoch row's metrics: the shared loop's, and between them every registered family's own losses
+# (trainables.families: its card's metrics), so a family's losses are columns without an edit here.
+EPOCH_METRICS_BEFORE = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
+                        "best_val_l1_remembered", "best_val_l1_falsely_remembered", "val_spearman"]
+EPOCH_METRICS_AFTER = ["final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb", "gpu_reserved_mb",
+                       "gpu_util"]
+
+
+def epoch_metrics() -> list[str]:
+    from trainables.families import epoch_metrics as families
+
+    return EPOCH_METRICS_BEFORE + [m for m in families() if m not in EPOCH_METRICS_BEFORE + EPOCH_METRICS_AFTER] \
+        + EPOCH_METRICS_AFTER
+def epoch_columns() -> list[tuple[str, pa.DataType]]:
+    return ([("schema_version", pa.int32()), ("study", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
+             ("status", pa.string())]
+            + [(m, pa.float64()) for m in epoch_metrics()]
+            + [("reported_at", pa.timestamp("us", tz="UTC"))])
 HP_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 STATUSES = ("running", "completed", "stopped", "diverged", "errored")
 
@@ -118,7 +123,8 @@ class ResultsStore:
         self.meta = {"study": store.name, "strategy": strategy, "family": family}
         self.hp_kinds = hp_kinds
         self.trial_schema = pa.schema(TRIAL_COLUMNS + [(f"hp_{k}", HP_TYPES[v]) for k, v in hp_kinds.items()])
-        self.epoch_schema = pa.schema(EPOCH_COLUMNS)
+        self.epoch_schema = pa.schema(epoch_columns())
+        self.epoch_metrics = epoch_metrics()
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
         for row in _rows(store.read_table(self.TRIALS)):
@@ -134,7 +140,7 @@ class ResultsStore:
     def add_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         row = {"schema_version": SCHEMA_VERSION, "study": self.meta["study"], "trial_id": trial_id,
                "epoch": int(result["epoch"]), "status": result.get("status"), "reported_at": utc_now()}
-        row.update({m: _finite_or_none(result.get(m)) for m in EPOCH_METRICS})
+        row.update({m: _finite_or_none(result.get(m)) for m in self.epoch_metrics})
         previous = self.epochs.get((trial_id, row["epoch"]))
         if previous is not None and result.get("replayed"):
             return  # a resumed trial replays epochs we already hold
@@ -212,93 +218,3 @@ class TrialIdentity:
     def __init__(self, full_config: Callable[[dict[str, Any]], dict[str, Any]],
                  key_of: Callable[[dict[str, Any]], str], hyperparameters: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.full_config, self.key_of, self.hyperparameters = full_config, key_of, hyperparameters
-
-
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        text = Path(path).read_text(errors="replace").strip()
-        return text[-4000:]
-    error = trial.get_error() if hasattr(trial, "get_error") else None
-    return str(error) if error else "trial failed without an error message"
-
-
-try:
-    from ray.tune import Callback
-except ImportError:  # pragma: no cover - ray is a hard dependency
-    Callback = object
-
-
-EPOCH_LOG = "MEMSEARCH_EPOCH_LOG"  # a file: the driver appends "trial<TAB>epoch" for every live report
-
-
-class ResultsCallback(Callback):
-    """Ray Tune callback: keeps trials.parquet and epochs.parquet current while the search runs."""
-
-    def __init__(self, store: ResultsStore, identity: TrialIdentity, *, segment: int, epochs_planned: int,
-                 block_of: Callable[[str], Any] | None = None, flush_seconds: float = 5.0,
-                 on_finish: tuple[Callable[[dict[str, Any]], None], ...] = (),
-                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.store, self.identity, self.segment, self.epochs_planned = store, identity, segment, epochs_planned
-        self.block_of = block_of
-        self.on_result = on_result
-        self.flush_seconds = flush_seconds
-        self.on_finish = on_finish
-        self._last_flush = 0.0
-        self._last_result: dict[str, dict[str, Any]] = {}
-        self._ids: dict[str, str] = {}
-
-    def _trial_id(self, trial: Any) -> str:
-        if trial.trial_id not in self._ids:
-            self._ids[trial.trial_id] = self.identity.key_of(trial.config)
-        return self._ids[trial.trial_id]
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        block = self.block_of(trial.trial_id) if self.block_of else None
-        self.store.record_start(self._trial_id(trial), self.identity, trial.config, ray_trial_id=trial.trial_id,
-                                segment=self.segment, epochs_planned=self.epochs_planned, block=block)
-        self._maybe_flush(force=True)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        tid = self._trial_id(trial)
-        self._last_result[tid] = result
-        log = os.environ.get(EPOCH_LOG)
-        if log:  # every epoch a trial reported to this driver, replays excluded (benchmarks/faults.py counts them)
-            with open(log, "a") as handle:
-                handle.write(f"{tid}\t{result.get('epoch')}\n")
-        if result.get("notice"):  # the trial's checkpoint could not be used as it was
-            print(f"trial {tid}: {result['notice']}", flush=True)
-        self.store.add_epoch(tid, result)
-        self.store.upsert_trial(tid, **trial_metrics(result))
-        self._maybe_flush()
-        if self.on_result:
-            self.on_result(result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        tid = self._trial_id(trial)
-        status = final_status(self._last_result.get(tid) or {}, self.epochs_planned)
-        row = self.store.upsert_trial(tid, status=status, ended_at=utc_now())
-        self._maybe_flush(force=True)
-        worker = getattr(trial.temporary_state.location, "pid", None)  # which Ray Tune may hand the next trial
-        if worker:
-            crash_point("worker-handoff", pid=worker)
-        for hook in self.on_finish:
-            hook(row)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        tid = self._trial_id(trial)
-        if tid not in self.store.trials:  # it failed before it started (its worker died as it was handed the trial)
-            self.on_trial_start(iteration, trials, trial)
-        row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=_error_text(trial))
-        self._maybe_flush(force=True)
-        for hook in self.on_finish:
-            hook(row)
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self._maybe_flush(force=True)
-
-    def _maybe_flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_flush >= self.flush_seconds:
-            self.store.flush()
-            self._last_flush = now

@@ -11,30 +11,28 @@ subclass, and add one line to :data:`STRATEGIES` (CONTRIBUTING.md). ``benchmarks
 
 from __future__ import annotations
 
+from models.registry import Registry, UnknownName
 from search.errors import StudyError
 from search.strategies.base import Strategy
-from search.strategies.bohb import BOHBStrategy
-from search.strategies.gp import GPStrategy
-from search.strategies.greedy import GreedyStrategy
-from search.strategies.population import PB2Strategy, PopulationStrategy
-from search.strategies.random_sampling import RandomStrategy
-from search.strategies.tpe import TPEStrategy
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    GreedyStrategy(),
-    TPEStrategy(),
-    BOHBStrategy(),
-    GPStrategy(),
-    RandomStrategy(),
-    PopulationStrategy(),
-    PB2Strategy(),
-)}
+# name -> the strategy object, its module imported only when the strategy is asked for (the heavy parts, Ray's
+# searchers and Optuna's samplers, only when a search opens).
+STRATEGIES = Registry("--strategy", {
+    "greedy": "search.strategies.greedy:STRATEGY",
+    "tpe": "search.strategies.tpe:STRATEGY",
+    "bohb": "search.strategies.bohb:STRATEGY",
+    "gp": "search.strategies.gp:STRATEGY",
+    "random": "search.strategies.random_sampling:STRATEGY",
+    "pbt": "search.strategies.population:STRATEGY",
+    "pb2": "search.strategies.population:PB2",
+})
 
 
 def find_strategy(strategy: str | Strategy) -> Strategy:
     """The strategy of a name (or the object itself: a benchmark's variant); a clear error for an unknown name."""
     if isinstance(strategy, Strategy):
         return strategy
-    if strategy not in STRATEGIES:
-        raise StudyError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-    return STRATEGIES[strategy]
+    try:
+        return STRATEGIES.get(strategy)
+    except UnknownName as err:
+        raise StudyError(str(err)) from None

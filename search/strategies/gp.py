@@ -9,16 +9,18 @@ Adam's ``beta1`` exist in some trials only, and are drawn at random.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import optuna
-from optuna.samplers import BaseSampler
-
-from search.strategies.optuna_study import OptunaStrategy
+from search.strategies.optuna_strategy import OptunaStrategy
 from search.strategies.tpe import startup_trials
 
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
 
-def gp_sampler(seed: int, *, startup: int) -> BaseSampler:
+
+def gp_sampler(seed: int, *, startup: int) -> "BaseSampler":
+    import optuna
+
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=False,
                                      warn_independent_sampling=False)
 
@@ -27,5 +29,8 @@ class GPStrategy(OptunaStrategy):
     name = "gp"
     summary = "Optuna's Gaussian-process sampler (log expected improvement)"
 
-    def sampler(self, samples: int, n_params: int) -> Callable[[int], BaseSampler]:
+    def sampler(self, samples: int, n_params: int) -> "Callable[[int], BaseSampler]":
         return functools.partial(gp_sampler, startup=startup_trials(samples))
+
+
+STRATEGY = GPStrategy()

@@ -31,12 +31,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.errors import StudyError
 from search.faults import crash_point
 from search.space import Space
-from search.store.lease import safe_url, take_lease
+from search.store.lease import safe_url
 from search.store.retry import retrying
-from search.strategies.base import UNBOUNDED, OpenSearch, SearchContext, SearcherRecord, Strategy
+from search.strategies.base import UNBOUNDED, OpenSearch, SearcherRecord
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
 DUPLICATE = "duplicate"  # user attribute of a draw of a configuration the study already has (told at once)
@@ -266,36 +265,3 @@ class OptunaSearchRun(OpenSearch):
 
     def close(self) -> None:
         self.lease.release()
-
-
-class OptunaStrategy(Strategy):
-    """A strategy that is an Optuna sampler behind Ray Tune's ``OptunaSearch`` (subclasses: :meth:`sampler`)."""
-
-    def sampler(self, samples: int, n_params: int) -> Callable[[int], BaseSampler]:
-        """seed -> a fresh sampler, for a study expected to run ``samples`` trials over ``n_params`` parameters.
-
-        Module-level functions (or partials of them), not closures: Ray pickles the searcher."""
-        raise NotImplementedError
-
-    def open(self, context: SearchContext) -> OptunaSearchRun:
-        url = context.options.storage or context.store.optuna_url()
-        try:
-            storage = open_storage(url)
-        except StorageError as err:
-            raise StudyError(str(err)) from None
-        lease = take_lease(url, context.name, context.say)  # before repairing anything: the trials may be another driver's
-        try:
-            study = open_study(storage, context.name, context.space,
-                               sampler=self.sampler(context.expected, len(context.space.params)),
-                               seed=context.options.seed, samples=context.samples, key_of=context.key_of,
-                               use_ranges=context.domain == "ranges")
-        except BaseException:
-            lease.release()
-            raise
-        bounded = context.samples < UNBOUNDED
-        if study.done or study.requeued:
-            context.say(f"continuing study {context.name}: {study.done}" + (f" of {context.samples}" if bounded else "")
-                        + " trials already done" + (f", {study.to_run} to run" if bounded else "")
-                        + (f" ({study.requeued} interrupted by a stopped driver, run again from their checkpoints)"
-                           if study.requeued else ""))
-        return OptunaSearchRun(study, context.samples, lease)

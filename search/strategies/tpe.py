@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import optuna
-from optuna.samplers import BaseSampler
+from search.strategies.optuna_strategy import OptunaStrategy
 
-from search.strategies.optuna_study import OptunaStrategy
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
 
 
 def startup_trials(samples: int) -> int:
@@ -25,8 +25,10 @@ def startup_trials(samples: int) -> int:
     return max(3, min(10, samples // 3))
 
 
-def tpe_sampler(seed: int, *, startup: int) -> BaseSampler:
+def tpe_sampler(seed: int, *, startup: int) -> "BaseSampler":
     # Module level, not a closure: Ray pickles the searcher (and so the sampler) into its experiment state.
+    import optuna
+
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
                                       constant_liar=True)
 
@@ -35,5 +37,8 @@ class TPEStrategy(OptunaStrategy):
     name = "tpe"
     summary = "Optuna TPE, multivariate and grouped, constant liar, a third of the trials random"
 
-    def sampler(self, samples: int, n_params: int) -> Callable[[int], BaseSampler]:
+    def sampler(self, samples: int, n_params: int) -> "Callable[[int], BaseSampler]":
         return functools.partial(tpe_sampler, startup=startup_trials(samples))
+
+
+STRATEGY = TPEStrategy()

@@ -1,0 +1,279 @@
+"""Population-based training's search on Ray Tune's schedulers (its strategy objects are in ``population.py``).
+
+Population-based training (``--strategy pbt``, Jaderberg et al. 2017) and PB2 (``--strategy pb2``, Parker-Holder et al. 2020).
+
+A population of members trains at once, each from the study's defaults (or ``--from-study``'s
+best configuration) with the study file's ``[pbt] perturb`` hyperparameters drawn afresh (member 0
+keeps the defaults). Every ``--perturbation-interval`` epochs Ray Tune's scheduler ranks the members
+by their current val L1: each member of the bottom quarter takes the weights of one of the top
+quarter (exploit) and goes on with that member's hyperparameters perturbed (explore). PBT perturbs
+by a factor of 0.8 or 1.2, or draws the value again (one time in four), within the study's range
+(values without a range move to a neighbouring value); PB2 chooses the new values with a
+Gaussian-process bandit inside the ranges, fitted to the change of each member's val L1 between
+decisions (so at the first decision, with one result per member, it copies the donor's values).
+Both are Ray Tune's own schedulers (``PopulationBasedTraining``, ``PB2``), in synchronous mode:
+decisions wait until every member has reached the interval, so they do not depend on which member
+reports first.
+
+Members are trials of one Ray Tune run whose configs change at each exploit. Their identity is
+their index (``member``): a member's trial key (``trials.parquet``'s ``trial_id``) hashes the
+study's base configuration and the index, not the hyperparameters it has now, so its rows stay one
+trial. Weights live in the study store (:mod:`trainables.population`); each member's schedule (the
+hyperparameters of each epoch, and whose weights it took) lands in ``schedules.parquet``
+(:mod:`search.store.schedules`). A new driver after a kill hands each member the hyperparameters it
+last had and it continues from its newest snapshot.
+
+The final stage re-trains the best members' schedules (their lineage: the epochs of the donors
+they copied, then their own) from scratch with new seeds, so a population study has a test L1
+with an interval like every other study (the idea of Ray Tune's ``PopulationBasedTrainingReplay``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any, Callable
+
+from search.errors import StudyError
+from search.store.results import ResultsStore, TrialIdentity
+from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters, read_rows
+from search.strategies.base import OpenSearch, SearchContext, SearcherRecord
+from trainables.config import PER_TRIAL_SETTINGS
+
+class _MemberValue:
+    """A member's starting value of one hyperparameter, for Ray Tune's ``sample_from`` (after the grid over members)."""
+
+    def __init__(self, name: str, values: dict[int, Any]) -> None:
+        self.name, self.values = name, values
+
+    def __call__(self, config: dict[str, Any]) -> Any:  # the config, its member already resolved by the grid
+        return self.values[int(config["member"])]
+
+
+class _KeepsMember:
+    """Mixed into Ray's schedulers: an exploit copies the donor's whole config, and the recipient keeps its own
+    member index (Ray's ``_get_new_config`` would hand it the donor's, and two trials would train one member).
+
+    A resumed population (a new driver after a kill) starts a fresh scheduler while its members stand at different
+    epochs. Ray's synchronous decision then sets the next decision to the latest member's epoch when that is past
+    the usual step, and a member already there is never chosen to run again: every member waits, for ever. The next
+    decision is kept past the latest member's epoch (in an uninterrupted run it always is)."""
+
+    _decided_at = 0  # epoch of the last decision a killed run made (0: none, or a fresh population)
+
+    def continue_after(self, decision: int) -> None:
+        """A resumed population whose killed run last decided at epoch ``decision``: the next decision comes one
+        interval after it, and each member counts its interval from there. A fresh scheduler would count from
+        epoch 0 and decide at the first result past one interval, a decision the uninterrupted run never made
+        (there, a member that had already trained its last epoch was copied, and its copier ended short)."""
+        self._decided_at = decision
+        self._next_perturbation_sync = max(self._next_perturbation_sync, decision + self._perturbation_interval)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self._trial_state[trial].last_perturbation_time = self._decided_at
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        before = self._next_perturbation_sync
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self._synch and self._next_perturbation_sync != before:  # a decision was made
+            latest = max(state.last_train_time for state in self._trial_state.values())
+            if self._next_perturbation_sync <= latest:
+                self._next_perturbation_sync = latest + self._perturbation_interval
+        return decision
+
+    def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
+        config, operations = super()._get_new_config(trial, trial_to_clone)
+        for name in PER_TRIAL_SETTINGS:
+            if name in trial.config:
+                config[name] = trial.config[name]
+        return config, operations
+
+
+def _scheduler_class(base: type) -> type:
+    return type(f"Member{base.__name__}", (_KeepsMember, base), {})
+
+
+class _Clip:
+    """PBT's explore, kept inside the study's ranges (Ray multiplies by 0.8 or 1.2 without bounds)."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            if name in config:
+                config[name] = min(max(config[name], low), high)
+        return config
+
+
+class PopulationSearch(OpenSearch):
+    """A population on one study: its members' configs, Ray Tune's scheduler, and the final stage's schedules."""
+
+    metric = "val_l1"  # the members' current val L1: PBT ranks what each member's weights do now
+    replaces_scheduler = True
+    # A reused worker answers PBT's "save" with the last result it reported, which may be another member's:
+    # an exploit then copied the wrong weights (seen: a member perturbed with no donor). One worker per start.
+    reuse_actors = False
+
+    def __init__(self, strategy: Any, context: SearchContext, base: dict[str, Any],
+                 population: int, interval: int) -> None:
+        self.strategy, self.context, self.base = strategy, context, base
+        self.population, self.interval = population, interval
+        # Pointers only (trainables.population); PBT reads a donor's after it has reported more, so keep a few.
+        self.ray_checkpoints_kept = interval + 2
+        self.space = context.space
+        self.perturb = list(context.space.perturb)
+        results = ResultsStore(context.store, strategy=strategy.name, family=context.family.name,
+                               hp_kinds={p.name: p.kind for p in context.space.params})
+        ended = {self.member_of(row) for row in results.trials.values() if row["status"] in ("completed", "diverged")}
+        rows = read_rows(context.store)
+        latest = last_hyperparameters(rows, self.perturb)
+        self.configs = {m: {**self.initial(m), **latest.get(m, {})} for m in range(population) if m not in ended}
+        self.searcher = None  # Ray's PBT takes its trials from param_space, not a search algorithm
+        self.done, self.resumed = self._read_snapshots(context)
+        # In synchronous mode no member passes a decision before it is made: one past epoch e means e's was made.
+        reached = max([row["epoch"] for row in rows]
+                      + [history[-1]["epoch"] for history in self.resumed.values() if history], default=0)
+        self.last_decision = (reached - 1) // interval * interval if reached else 0
+        self.to_run = len(self.configs)
+        self.num_samples = 1
+
+    # -- members ------------------------------------------------------------------------------
+
+    def bounds(self, name: str) -> tuple[float, float, bool] | None:
+        choice = self.space.choice(name, self.base)
+        return (choice.low, choice.high, choice.log) if choice.has_range else None
+
+    def initial(self, member: int) -> dict[str, Any]:
+        """Member 0: the base configuration; every other: the perturbed hyperparameters drawn at random."""
+        config = {**self.base, "member": member, "snapshots": self.interval + 1}
+        if member == 0:
+            return config
+        rng = random.Random(f"{self.context.options.seed}-{member}")
+        for name in self.perturb:
+            span = self.bounds(name)
+            if span is None:
+                config[name] = rng.choice(self.space.choice(name, self.base).values)
+            elif span[2]:
+                config[name] = math.exp(rng.uniform(math.log(span[0]), math.log(span[1])))
+            else:
+                config[name] = rng.uniform(span[0], span[1])
+        return config
+
+    def _read_snapshots(self, context: SearchContext) -> tuple[dict[str, SearcherRecord], dict[str, list[dict]]]:
+        """Each unfinished member's newest snapshot, read once: (members that finished before a kill, the history
+        of each member that continues from a snapshot).
+
+        A member whose last epoch is in its snapshot but not in trials.parquet (the driver was killed between) is
+        not trained again (a finished member restarted would wait forever at PBT's next decision) but recorded
+        from its snapshot's history by the driver's reconciliation. A member that continues does not replay its
+        epochs to Ray (PBT would decide on them again): reconciliation records the ones epochs.parquet lacks."""
+        from search.store.location import location_of
+        from trainables.population import MemberStore
+
+        root = location_of(context.store.checkpoint_root)
+        done, resumed = {}, {}
+        for member in list(self.configs):
+            state = MemberStore(root, member, self.interval + 1).load_epoch()
+            history = state["history"] if state else []
+            key = self.key_of({"member": member})
+            if history and (history[-1]["status"] in ("completed", "diverged") or history[-1]["epoch"] >= context.epochs):
+                done[key] = SearcherRecord(self.configs.pop(member), errored=False, history=history)
+            elif history:
+                resumed[key] = history
+        return done, resumed
+
+    def continuing(self) -> dict[str, list[dict[str, Any]]]:
+        return self.resumed
+
+    def key_of(self, config: dict[str, Any]) -> str:
+        """A member's trial key: the base configuration and its index, whatever its hyperparameters are now."""
+        return self.context.key_of({**self.base, "member": int(config["member"])})
+
+    def member_of(self, row: dict[str, Any]) -> int:
+        return int(json.loads(row["config_json"]).get("member", -1))
+
+    def identity(self, configs: Any) -> TrialIdentity:
+        return TrialIdentity(configs.full, self.key_of, self.space.canonical)
+
+    # -- what the driver asks -----------------------------------------------------------------
+
+    def train_function(self) -> Callable:
+        from trainables.population import run_member
+
+        return run_member
+
+    def scheduler(self, plan: Any, results: Any) -> Any:
+        import numpy as np
+
+        random.seed(plan.options.seed)  # Ray's PBT draws donors and perturbations from these
+        np.random.seed(plan.options.seed)
+        scheduler = self.strategy.scheduler(self)
+        scheduler.continue_after(self.last_decision)
+        return scheduler
+
+    def callbacks(self, plan: Any) -> list[Any]:
+        kinds = {name: self.space.by_name[name].kind for name in self.perturb}
+        snapshots = [record.history for record in self.done.values()] + list(self.resumed.values())
+        return [ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
+                                 snapshots)]
+
+    def planned_total(self) -> Callable[[], int] | None:
+        total = self.population
+        return lambda: total
+
+    def planned_blocks(self) -> list[int]:
+        return [self.to_run]
+
+    def param_space(self) -> dict[str, Any] | None:
+        """One trial per member still to train: a grid over the members, each with its own starting values."""
+        from ray import tune
+
+        members = sorted(self.configs)
+        if not members:
+            return None
+        space: dict[str, Any] = {"member": tune.grid_search(members)}
+        for name in self.configs[members[0]]:
+            if name == "member":
+                continue
+            values = {m: self.configs[m][name] for m in members}
+            space[name] = tune.sample_from(_MemberValue(name, values)) if len(set(map(repr, values.values()))) > 1 \
+                else values[members[0]]
+        return space
+
+    def reached_end(self) -> bool:
+        results = ResultsStore(self.context.store, strategy=self.strategy.name, family=self.context.family.name,
+                               hp_kinds={p.name: p.kind for p in self.space.params})
+        ended = {self.member_of(r) for r in results.trials.values() if r["status"] in ("completed", "diverged")}
+        return len(ended) >= self.population
+
+    def final_configurations(self, results: ResultsStore, k: int) -> list[tuple[str, dict[str, Any]]]:
+        """The ``k`` best members' schedules (by best val L1), each as a config that replays it from epoch 1."""
+        return best_schedules(self.context.store, results, k, self.base, self.member_of)
+
+
+def from_study(options: Any, space: Any, context: SearchContext) -> dict[str, Any]:
+    """The best finished configuration of another study in the same runs folder (``--from-study NAME``)."""
+    from search.store.study import StudyStore
+
+    store = StudyStore(options.runs_dir, options.from_study)
+    record = store.read_record()
+    if record is None:
+        raise StudyError(f"--from-study {options.from_study}: no study of that name in {options.runs_dir}.")
+    if record.get("family") != space.family:
+        raise StudyError(f"--from-study {options.from_study} is a {record.get('family')} study; this one is {space.family}.")
+    rows = [r for r in (store.read_table(ResultsStore.TRIALS) or _empty()).to_pylist()
+            if r["status"] in ("completed", "stopped") and r.get("best_val_l1") is not None]
+    if not rows:
+        raise StudyError(f"--from-study {options.from_study} has no finished trial yet.")
+    best = min(rows, key=lambda r: (r["best_val_l1"], r["trial_id"]))
+    config = json.loads(best["config_json"])
+    return space.resolve({p.name: config[p.name] for p in space.params if p.name in config})
+
+
+def _empty():
+    import pyarrow as pa
+
+    return pa.table({"status": pa.array([], pa.string())})

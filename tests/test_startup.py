@@ -1,0 +1,51 @@
+"""The command answers --help, and refuses a bad option or study file, before it imports anything heavy: the
+registries name their plug-ins without importing them (models.registry), and the driver is imported once the
+options pass (search/run.py). ``python -m benchmarks.startup`` times it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+HEAVY = ("torch", "ray", "optuna", "pandas", "mlflow")
+PROBE = """
+import contextlib, io, json, sys
+from search.run import main
+err = io.StringIO()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    try:
+        code = main(json.loads(sys.argv[1]))
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps({"code": code, "said": err.getvalue(), "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def _answer(argv: list[str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--help"], ""),
+    (["--strategy", "nope", "--model", "gan"], "unknown --strategy 'nope'"),
+    (["--strategy", "greedy", "--model", "unet", "--epochs", "0"], "--epochs must be a positive whole number"),
+    (["--strategy", "pbt", "--model", "autoencoder"], "has no [pbt] perturb list"),
+    (["--strategy", "tpe", "--model", "gan", "--space", "BAD"], "map_loss 'l1x' is not one of l1, ce, l1+ce"),
+], ids=["help", "strategy", "epochs", "pbt-space", "misspelled-value"])
+def test_answers_without_importing_torch_ray_or_optuna(argv, said, tmp_path):
+    if "BAD" in argv:  # a misspelled value in a list that is not the default one
+        text = (ROOT / "studies" / "gan.toml").read_text()
+        bad = tmp_path / "gan.toml"
+        bad.write_text(text.replace('[params.map_loss]\nvalues = ["l1+ce", "l1"]', '[params.map_loss]\nvalues = ["l1+ce", "l1x"]'))
+        argv = [str(bad) if a == "BAD" else a for a in argv]
+    answer = _answer(argv)
+    assert answer["code"] == (0 if argv == ["--help"] else 2) and said in answer["said"], answer
+    assert answer["heavy"] == [], f"{answer['heavy']} imported to answer {argv}"
