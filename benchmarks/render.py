@@ -51,6 +51,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
     "startup": ("benchmarks/README.md", cpu.startup_table),
+    # docs/
+    "bad-inputs": ("docs/reliability.md", cpu.bad_inputs_table),
     "bucket-cost": ("benchmarks/README.md", bucket.bucket_cost),
     "bucket-search": ("benchmarks/README.md", bucket.bucket_search),
 }

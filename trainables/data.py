@@ -184,13 +184,18 @@ def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.nd
     return images, maps
 
 
-def check_data_folder(data_dir: str | Path) -> Path:
-    """The folder, or a :class:`DataError` when it is missing or a file (the search checks before Ray starts)."""
+def check_data_folder(data_dir: str | Path, *, layout: bool = False) -> Path:
+    """The folder, or a :class:`DataError` when it is missing or a file; with ``layout``, also when its layout is
+    wrong (no images/ and maps/, unpaired files, split lists naming missing pairs): the search checks all that before
+    Ray starts, from the listing alone (no file is decoded)."""
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data with the folder holding images/ and maps/.")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder; pass --data with the folder holding images/ and maps/.")
+    if layout:
+        skipped: dict[str, list[str]] = {"hidden or system file": [], "sub-folder": [], "not an image file (extension)": []}
+        find_splits(root, skipped, [], {}, seed=0, val_fraction=0.2)
     return root
 
 

@@ -186,3 +186,21 @@ def startup_table() -> str:
     lines += [f"| `python -m search.run {' '.join(r['argv'])}` ({r['case']}) | {r['median_s']:.3f} | {r['max_s']:.3f} | "
               f"{'yes' if r['median_s'] <= result['target_s'] else 'no'} |" for r in result["cases"]]
     return "\n".join(lines)
+
+
+def bad_inputs_table() -> str:
+    """docs/reliability.md: every bad-input case and the line the command answered it with (results/bad_inputs.json)."""
+    result = load("bad_inputs.json")
+    rows = result["cases"]
+    ok = sum(1 for r in rows if r["exit"] == 2 and r["lines"] == 1 and not r["traceback"] and r["wrote_nothing"]
+             and r["says_expected"])
+    lines = [f"{ok} of {len(rows)} cases refused with one line, exit 2, no traceback and nothing written "
+             f"({measured(result['provenance'])}, `python -m benchmarks.bad_inputs`).", "",
+             "| kind | bad input | what the command says | exit |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        message = r["message"].replace("|", "\\|")
+        for long_path in ("/tmp/",):
+            if long_path in message:
+                message = " ".join(w if not w.startswith(long_path) else "…/" + w.rsplit("/", 1)[-1] for w in message.split())
+        lines.append(f"| {r['kind']} | {r['what']} | {message} | {r['exit']} |")
+    return "\n".join(lines)

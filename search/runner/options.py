@@ -161,12 +161,23 @@ def validate_options(options: SearchOptions) -> None:
     if options.data and not is_uri(options.data):  # a bucket is checked when the driver opens it
         from trainables.data import check_data_folder
 
-        check_data_folder(options.data)
+        check_data_folder(options.data, layout=True)
 
+    if is_uri(options.runs_dir):  # the bucket itself is asked when the driver opens it
+        from search.store.opening import check_uri
+
+        check_uri(options.runs_dir)
+    from search.runner.addresses import check_reachable, cluster_address
+
+    address, named_by = cluster_address(options)
+    if address:
+        check_reachable(address, named_by)
     if is_uri(options.runs_dir) and not is_database_url(options.storage):
         raise StudyError(f"--runs-dir {options.runs_dir} is a bucket, which has no file lock: give --storage with a "
                          "database URL (postgresql://USER@HOST/DB). Its lease keeps a second driver off the study, and "
                          "the Optuna strategies keep their study there (SQLite cannot live in a bucket).")
+    if options.storage:
+        check_storage_url(options.storage)
     from search.runner.tracking import check_tracking, tracking_uri
 
     if tracking_uri(options.mlflow):
@@ -177,6 +188,38 @@ def validate_options(options: SearchOptions) -> None:
         if not StudyStore(options.runs_dir, study_name(options)).exists():
             raise StudyError(f"--resume: no study {study_name(options)!r} in {options.runs_dir}; start it without --resume.")
 
+
+
+def check_storage_url(url: str) -> None:
+    """A --storage that is a database URL, and (a database server's) one that answers within 5 s."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError, ValueError: all "not a URL"
+        raise StudyError(f"--storage {url!r} is not a database URL; give postgresql://USER@HOST:PORT/DB (or "
+                         "sqlite:///FILE for one machine).") from None
+    from search.store.location import is_database_url
+    from search.store.lease import safe_url
+
+    if not is_database_url(url):
+        return  # a SQLite file: made when the study opens it
+    try:
+        engine = create_engine(parsed, connect_args={"connect_timeout": 5} if parsed.get_backend_name().startswith(
+            "postgres") else {})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except ModuleNotFoundError as err:
+        raise StudyError(f"--storage {safe_url(url)} needs the database's driver ({err.name}): pip install -e "
+                         "'.[postgres]'.") from None
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the same message to the user
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+        raise StudyError(f"cannot reach the database of --storage {safe_url(url)} ({reason}); check that the server "
+                         "is up and the URL (user, host, port, database).") from None
 
 
 Checked = tuple["FamilyCard", "Space"]
@@ -194,7 +237,29 @@ def check(options: SearchOptions) -> Checked:
     if space.family != family.name:
         raise StudyFileError(f"{space.source} is a {space.family} study file but --model is {family.name}.")
     options.strategy_object.check_space(space, options)
+    _check_existing_study(options, family, space)
     return family, space
+
+
+def _check_existing_study(options: SearchOptions, family: "FamilyCard", space: "Space") -> None:
+    """An existing study of this name made with another model, strategy or (a named) study file is refused here,
+    before Ray starts; everything else that makes a study is checked when the driver has the data (plan.py)."""
+    from search.store.location import is_uri
+    from search.store.study import StudyStore
+
+    if is_uri(options.runs_dir):
+        return  # the bucket is opened (and checked) by the driver, once
+    store = StudyStore(options.runs_dir, study_name(options))
+    record = store.read_record() if store.exists() else None
+    if record is None:
+        return
+    this = {"family": family.name, "strategy": options.strategy_name}
+    if options.space_file is not None:
+        this["space_fingerprint"] = space.fingerprint
+    differences = [f"{k}: study has {record.get(k)!r}, this run {v!r}" for k, v in this.items() if record.get(k) != v]
+    if differences:
+        raise StudyError(f"study {store.name} in {store.root} was created with other settings, and mixing them would "
+                         "corrupt it (" + "; ".join(differences) + "). Use the same options, or a new --study name.")
 
 
 def _check_counts(options: SearchOptions) -> None:

@@ -14,6 +14,22 @@ from search.store.location import (BUCKET_SCHEMES, PROBE_SECONDS, Location, Loca
                                    location_of)
 
 
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")  # what pyarrow.fs reads
+
+
+def check_uri(text: str, *, what: str = "--runs-dir") -> None:
+    """What can be refused in a URI without asking its server: an unknown scheme, credentials written in it."""
+    parts = urlsplit(text)
+    if parts.scheme not in SCHEMES:
+        raise LocationError(f"{what} {_redacted(parts) if parts.password else text}: Unrecognized filesystem type "
+                            f"{parts.scheme!r}; a local path, or a URI with one of {', '.join(SCHEMES)} "
+                            "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, hdfs://HOST/PATH, file:///PATH).")
+    if parts.username or parts.password:
+        raise LocationError(f"{what} {_redacted(parts)} carries credentials in the URI, which would be recorded in "
+                            "the study; put them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for "
+                            "S3) or give the nodes a role.")
+
+
 def open_location(text: str | Path, *, what: str = "--runs-dir") -> Location:
     """A local path or URI as a :class:`Location`, its bucket checked to answer (URIs only).
 
