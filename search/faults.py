@@ -58,10 +58,22 @@ def _reached(variable: str, name: str) -> bool:
     return _counts[key] == target[1]
 
 
+def _first(flag: str | None) -> bool:
+    """With ``MEMSEARCH_CRASH_ONCE`` (a file's path), only the first process of a run to get here crashes: a point
+    reached in trials' workers (each of which counts for itself) kills one worker, not every worker after it."""
+    if not flag:
+        return True
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def crash_point(name: str, pid: int | None = None) -> None:
     """SIGKILL this process (or the process ``pid``: a trial's worker) the n-th time it reaches ``name`` when
     ``MEMSEARCH_CRASH_AT=name:n``; hold it there when ``MEMSEARCH_PAUSE_AT=name:n``."""
-    if _reached("MEMSEARCH_CRASH_AT", name):
+    if _reached("MEMSEARCH_CRASH_AT", name) and _first(os.environ.get("MEMSEARCH_CRASH_ONCE")):
         os.kill(pid or os.getpid(), signal.SIGKILL)
     if _reached("MEMSEARCH_PAUSE_AT", name):
         flag = os.environ.get("MEMSEARCH_PAUSE_FLAG")

@@ -141,19 +141,20 @@ def faults_table() -> str:
              "| study | kills survived | worker killed | latest.pt cut, fallback said | trials lost | trials repeated | "
              "epochs trained twice (of those reported) | at most, as paced | equal to uninterrupted | wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    from benchmarks.faults import COMMON
+    from benchmarks.faults import KINDS
 
-    epochs = int(COMMON[COMMON.index("--epochs") + 1])  # what the cut latest.pt can cost at most: a trial's epochs
     kinds: dict[str, int] = {}
     for r in results["results"]:
         c = r["comparison"]
+        args = KINDS.get(r.get("kind", r["strategy"]), KINDS["greedy"])
+        epochs = int(args[args.index("--epochs") + 1])  # what the cut latest.pt can cost at most: a trial's epochs
         allowed = 2 * r["kills_survived"] + epochs  # per kill: the epoch being written and the next; the cut file
         lines.append(f"| {r['strategy']} ({c['trials']} trials, {c['epoch_rows'][0]} epoch rows) | {r['kills_survived']} | "
                      f"{r['worker_kills']} | {1 if r.get('truncated') else 0}, {len(r['checkpoint_notices'])} | "
                      f"{r['trials_lost']} | {r['trials_repeated']} | {r['epochs_repeated']} ({r['epochs_reported']}) | "
                      f"{allowed} | {'yes' if r['equal'] else '**no**'} | {r['seconds'] / 60:.0f} min |")
         for run in r["runs"]:
-            kind = (run["crash_at"] or "").split(":")[0] or ("timer" if run["kill_after"] is not None else "worker, then driver")
+            kind = (run["crash_at"] or "").split(":")[0] or "timer"
             if run["killed"]:
                 kinds[kind] = kinds.get(kind, 0) + 1
     notices = [n.split(" (")[0] + " ... " + n.rsplit(";", 1)[-1].strip() for r in results["results"]
