@@ -8,7 +8,7 @@ training pairs of the synthetic default) runs in this process twice: its checkpo
 local folder, then to a bucket on moto's S3 server started here on loopback. After each
 reported epoch its results are flushed through the study store as the driver flushes them
 (trials.parquet and epochs.parquet, each written whole). Every write and read of a study file
-is logged (``$MEMSEARCH_IO_LOG``, :mod:`search.store.location`); for the bucket the server's own
+is logged (``$MEMSEARCH_IO_LOG``, :mod:`trainables.storage`); for the bucket the server's own
 log also counts every request it answered, by method.
 
 The local server's timings are not S3's (no network, no TLS, no service latency): they say what
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import provenance
-from search.store.atomic import write_json_atomic
+from trainables.storage import write_json_atomic
 
 EPOCHS = 6
 REQUEST = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) ')

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import ROOT, provenance
-from search.store.atomic import write_json_atomic
+from trainables.storage import write_json_atomic
 
 KILL_AFTER = (4, 10)  # finished trials (the "[  n]" lines) at which the bucket run is killed
 COMMON = ["--strategy", "greedy", "--model", "autoencoder", "--preset", "cpu", "--max-concurrent", "1",
@@ -54,7 +54,7 @@ def _run(command: list[str], env: dict[str, str], kill_at: int | None) -> dict[s
 
 
 def _tables(runs: str, study: str) -> tuple[Any, Any]:
-    from search.store.opening import open_location
+    from trainables.opening import open_location
     from search.store.study import StudyStore
 
     store = StudyStore(open_location(runs), study)

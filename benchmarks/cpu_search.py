@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import ROOT, provenance
-from search.store.atomic import write_json_atomic
+from trainables.storage import write_json_atomic
 from trainables.synthetic import SyntheticSpec, cache_root, ensure_synthetic
 
 INDEPENDENT = SyntheticSpec(n_train=300, n_val=100, n_test=100, maps="independent", lit_share=0.2)

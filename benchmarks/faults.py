@@ -10,7 +10,7 @@ autoencoder, 6 epochs, ASHA, one trial at a time), ``pbt`` (a GAN population of 
 started here and stopped after). The kills are spread over the whole search (kill i comes when about
 i/(kills+1) of the reference's trials have finished) and drawn with a seeded generator among
 
-- the named crash points of :mod:`search.faults` the kind passes through (right after the searcher recorded a
+- the named crash points of :mod:`trainables.faults` the kind passes through (right after the searcher recorded a
   finished trial and before the results callback ran; with a Parquet, ``greedy_state.json``, ``study.json`` or
   ``schedules.parquet`` temporary file written but not yet moved into place; right after a Parquet flush), each at
   its n-th occurrence in the run;
@@ -67,8 +67,9 @@ KINDS = {  # the command's arguments of each kind of study (the bucket's runs fo
     "bucket": GREEDY,
 }
 STARTUP_SECONDS = 12.0  # a driver's start (imports, Ray, data) before its first trial trains, on 2 cores
-# Driver crash points each kind passes through -> the largest extra n drawn for it beyond the planned progress.
-POINTS = {"searcher-complete": 2, "parquet-tmp": 4, "results-flushed": 2, "study-json-tmp": 2, "greedy-state-tmp": 2,
+# Driver crash points each kind passes through -> the largest extra n drawn for it beyond the planned progress
+# (study.json is written when a run starts and, as summary.json, when it ends: only the first is mid-search).
+POINTS = {"searcher-complete": 2, "parquet-tmp": 4, "results-flushed": 2, "study-json-tmp": 1, "greedy-state-tmp": 2,
           "schedule-flushed": 3}
 KIND_POINTS = {"greedy": ["searcher-complete", "parquet-tmp", "results-flushed", "study-json-tmp", "greedy-state-tmp"],
                "tpe": ["searcher-complete", "parquet-tmp", "results-flushed", "study-json-tmp"],
@@ -93,7 +94,7 @@ class Target:
         return ["--runs-dir", self.runs] + (["--storage", self.storage] if self.storage else [])
 
     def store(self):
-        from search.store.opening import open_location
+        from trainables.opening import open_location
         from search.store.study import StudyStore
 
         return StudyStore(open_location(self.runs) if "://" in self.runs else self.runs, STUDY)

@@ -282,14 +282,7 @@ def write_table() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--publish" in argv:  # the mode that judges strategies by the test L1 of what they select
-        from benchmarks import publish
-
-        return publish.main([a for a in argv if a != "--publish"])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--publish", action="store_true",
-                        help="judge strategies by the final stage's test L1 of what each selects (benchmarks.publish; "
-                             "takes its options: --quick, --seeds, --keep, --render)")
     parser.add_argument("--quick", action="store_true",
                         help="autoencoder, 3 seeds; greedy, bohb, tpe and random: about 20 minutes on 2 cores")
     parser.add_argument("--families", default=None, help="comma-separated: autoencoder, gan")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import ROOT, provenance
-from search.store.atomic import write_json_atomic
+from trainables.storage import write_json_atomic
 
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed).*) in ([\d.]+)s")

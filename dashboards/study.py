@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from search.errors import StudyError
-from search.store.location import Location
+from trainables.storage import Location
 from search.store.results import ResultsStore
 from search.store.study import StudyStore
 

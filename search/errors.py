@@ -3,5 +3,8 @@
 from __future__ import annotations
 
 
-class StudyError(Exception):
+from trainables.errors import InputError
+
+
+class StudyError(InputError):
     """A problem with the study folder or the options; the message says how to fix it."""

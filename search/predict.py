@@ -34,8 +34,8 @@ from PIL import Image
 
 from search.errors import StudyError
 from search.runner.baseline import study_verdict
-from search.store.location import Location
-from search.store.opening import open_location
+from trainables.storage import Location
+from trainables.opening import open_location
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.evaluation import EVAL_BATCH, as_float

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 # Nothing heavy here: --help and a refused option answer before torch, Ray or Optuna are imported (main imports
 # the driver once the options pass).
@@ -67,12 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default="asha", help=f"one of {SCHEDULERS.choices()}")
     parser.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
     parser.add_argument("--reduction-factor", type=int, default=None, help="ASHA: keep 1/factor of trials at each rung")
-    _population_options(parser)
-    parser.add_argument("--max-sweeps", type=int, default=1, help="greedy: walk the parameter order up to this many times")
-    parser.add_argument("--greedy-margin", type=float, default=None,
-                        help="greedy: adopt a value only if it lowers the held value's L1 by more than this fraction "
-                             "(default: sqrt 2 x the family's measured seed-to-seed noise)")
-    parser.add_argument("--blocks", dest="max_blocks", type=int, default=None, help="greedy: only the first N parameters")
     parser.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose process fails")
     parser.add_argument("--final-top-k", type=int, default=3,
                         help="at the end, re-train the best K configurations over seeds and measure them on the test split (0: skip)")
@@ -88,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log the study to this MLflow tracking server: the study as a parent run, each trial as a "
                              "nested run (default: MLFLOW_TRACKING_URI when set; pip install -e '.[mlflow]')")
     parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
+    _strategy_options(parser)
     return parser
 
 
@@ -110,13 +106,20 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="working resolution")
 
 
-def _population_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--population", type=int, default=None,
-                        help="pbt/pb2: members trained at once (default: what --budget-epochs affords, else 4)")
-    parser.add_argument("--perturbation-interval", type=int, default=None,
-                        help="pbt/pb2: epochs between exploit/explore decisions (default: a quarter of a member's epochs)")
-    parser.add_argument("--from-study", default=None,
-                        help="pbt/pb2: start every member from this study's best configuration (same --runs-dir)")
+def _strategy_options(parser: argparse.ArgumentParser) -> None:
+    """Each strategy's own options (Strategy.options), in a group of the strategies that take them."""
+    takers: dict[str, list[str]] = {}
+    found: dict[str, Any] = {}
+    for name, strategy in STRATEGIES.items():
+        for option in strategy.options:
+            takers.setdefault(option.flag, []).append(name)
+            found.setdefault(option.flag, option)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag, option in found.items():
+        title = "/".join(takers[flag])
+        group = groups.setdefault(title, parser.add_argument_group(f"{title} options"))
+        group.add_argument(flag, dest=option.dest, type=option.type, default=argparse.SUPPRESS, metavar=option.metavar,
+                           help=option.help + (f" (default: {option.default})" if option.default is not None else ""))
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.space import StudyFileError
     from trainables.images import DataError
 
-    options = SearchOptions(**vars(args))
+    options = SearchOptions(**vars(args))  # a strategy's options only when given (their default: SUPPRESS)
     try:
         checked = check(options)
         from search.runner.driver import run_study  # torch, Ray and Optuna come with it: the options passed

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import check_choice
+from trainables.errors import InputError
 from trainables.families import FAMILIES, family_card
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -31,7 +32,7 @@ HISTORY_DIR = STUDIES_DIR / "history"  # earlier versions of the study files: <f
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-class StudyFileError(Exception):
+class StudyFileError(InputError):
     """A malformed or inconsistent study file; the message names the file and the fix."""
 
 
@@ -67,7 +68,9 @@ class Space:
         self.by_name = {p.name: p for p in order}
         self._raw = raw
         self.text: str | None = None  # the study file's text, when it was read from one
-        self.perturb: tuple[str, ...] = ()  # [pbt] perturb: what population-based training changes as members train
+        # A strategy's own sections of the study file (population-based training's [pbt]), as written: the strategy
+        # reads and checks its own (Strategy.study_sections).
+        self.sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in raw.items() if k not in CORE_KEYS}
 
     @property
     def names(self) -> list[str]:
@@ -234,25 +237,6 @@ def recorded_space(record: dict[str, Any] | None, current: Space, *, explicit: b
                    f"it continues with the space it was made with ({source})")
 
 
-def _parse_pbt(source: str, family_cls: Any, table: dict[str, Any], params: dict[str, Param]) -> tuple[str, ...]:
-    """``[pbt] perturb = [...]``: what population-based training changes while members train
-    (search/strategies/population.py). Each must be a parameter of the study that can change during
-    training (a loss weight or an optimizer setting: ``Family.retunable``)."""
-    unknown = set(table) - {"perturb"}
-    if unknown:
-        raise _fail(source, f"[pbt]: unknown keys {sorted(unknown)}; allowed: perturb.")
-    names = table.get("perturb", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise _fail(source, "[pbt] perturb must be a list of parameter names without repeats.")
-    for name in names:
-        if name not in params:
-            raise _fail(source, f"[pbt] perturb names {name!r}, which has no [params.{name}] table.")
-        if not family_cls.retunable(name):
-            raise _fail(source, f"[pbt] perturb names {name!r}, which cannot change while a {family_cls.name} model "
-                                f"trains; what can: {', '.join(n for n in family_cls.retunable_names() if n in params)}.")
-    return tuple(names)
-
-
 def _fail(source: str, message: str) -> StudyFileError:
     return StudyFileError(f"{source}: {message}")
 
@@ -300,11 +284,19 @@ def _parse_choice(source: str, where: str, kind: str, table: dict[str, Any]) -> 
     return Choice(tuple(values), default, low, high, log)
 
 
+CORE_KEYS = ("family", "description", "order", "params", "fixed")  # every study file's; a strategy may add its own
+
+
 def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
-    unknown = set(raw) - {"family", "description", "order", "params", "fixed", "pbt"}
+    from search.strategies import study_sections
+
+    unknown = set(raw) - set(CORE_KEYS) - set(study_sections())
     if unknown:
-        raise _fail(source, f"unknown top-level keys {sorted(unknown)}; "
-                            "allowed: family, description, order, params, fixed, pbt.")
+        raise _fail(source, f"unknown top-level keys {sorted(unknown)}; allowed: "
+                            f"{', '.join([*CORE_KEYS, *study_sections()])}.")
+    for name in set(raw) - set(CORE_KEYS):
+        if not isinstance(raw[name], dict):
+            raise _fail(source, f"[{name}] must be a table.")
     family = raw.get("family")
     if family not in FAMILIES:
         raise _fail(source, f"'family' must be one of {FAMILIES.choices()}, got {family!r}.")
@@ -328,7 +320,6 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
         seen[name] = _parse_param(source, name, kinds[name], dict(params_raw[name]), seen)
     fixed = _parse_fixed(source, family, dict(raw.get("fixed", {})), kinds, seen)
     space = Space(family, list(seen.values()), fixed, source, raw)
-    space.perturb = _parse_pbt(source, family_cls, dict(raw.get("pbt", {})), seen)
     try:  # the defaults must make a valid config of the family
         config_cls(**space.default_config())
     except (TypeError, ValueError) as err:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.store.location import LocationError
-from search.store.opening import open_location
+from trainables.storage import LocationError
+from trainables.opening import open_location
 from tests.conftest import assert_clean_error, run_cli
 from tests.postgres import postgres_url  # noqa: F401 - pytest fixture
 from tests.s3 import s3_server  # noqa: F401 - pytest fixture

@@ -56,3 +56,62 @@ def test_every_package_is_installed():
     found = {".".join(init.parent.relative_to(ROOT).parts) for package in SIZED
              for init in (ROOT / package).rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+FLOORS = ("models", "trainables", "search", "dashboards", "benchmarks")  # a floor imports only from the floors below
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project's modules it imports (any import statement, at any depth of the code)."""
+    modules = {}
+    for path in _modules(FLOORS):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            graph[name] |= {t for t in map(owner, targets) if t and t != name}
+    return graph
+
+
+def test_no_floor_imports_a_higher_one_and_no_module_imports_itself_back():
+    graph = _import_graph()
+    upward = [f"{m} -> {t}" for m, targets in graph.items() for t in targets
+              if FLOORS.index(t.split(".")[0]) > FLOORS.index(m.split(".")[0])]
+    assert not upward, upward
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for nxt in graph[node] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    # A package's __init__ that only hands names on is not a circle's member (as the shared import_graph tool reads it).
+    circles = sorted({tuple(sorted((m, t))) for m, targets in graph.items() for t in targets if reaches(t, m)
+                      and not _hands_off(t) and not _hands_off(m)})
+    assert not circles, circles
+
+
+def _hands_off(module: str) -> bool:
+    path = ROOT / module.replace(".", "/") / "__init__.py"
+    return path.is_file() and not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in ast.parse(path.read_text()).body)

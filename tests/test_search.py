@@ -179,7 +179,7 @@ def _finished(study: Path) -> int:
 
 
 def _crash(args: list[str], crash_at: str) -> None:
-    """Run the driver until it SIGKILLs itself at a named crash point (search.faults), then clear Ray's leftovers."""
+    """Run the driver until it SIGKILLs itself at a named crash point (trainables.faults), then clear Ray's leftovers."""
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "MEMSEARCH_CRASH_AT": crash_at}, start_new_session=True)
     try:

@@ -3,7 +3,7 @@
 ``<checkpoint_root>/<trial key>/`` holds latest.pt (everything needed to continue exactly),
 previous.pt (the latest.pt before it, the fallback), best.pt (the networks of the best
 validation epoch) and predictions.npz (that epoch's validation maps). The folder is a
-:class:`~search.store.location.Location`: on the local disk, or in the study's bucket, where
+:class:`~trainables.storage.Location`: on the local disk, or in the study's bucket, where
 every node that runs the trial finds it. Every file is written whole (the project's one atomic
 write on a disk, one upload in a bucket), in a background thread (:meth:`TrialStore.submit`).
 """
@@ -15,17 +15,14 @@ import fcntl
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from search.store.location import Location, location_of
+from trainables.storage import Location, location_of
 from trainables.config import parse_config, resolved_config
 from trainables.family import Family
-
-if TYPE_CHECKING:
-    from trainables.loop import Progress, Trial
 
 CHECKPOINT_FORMAT = 2
 CHECKPOINT_SHARE = 0.1  # at most this share of a trial's time goes to writing latest.pt
@@ -43,10 +40,15 @@ def host_copy(obj: Any) -> Any:
 
 
 class TrialStore:
-    """A trial's checkpoint folder: latest.pt (every epoch) with previous.pt (the epoch before), best.pt and predictions.npz."""
+    """A trial's checkpoint folder: latest.pt (every epoch) with previous.pt (the epoch before), best.pt and predictions.npz.
 
-    def __init__(self, folder: Location | str | Path) -> None:
+    The one storage object a trial's worker receives (picklable until a write runs): its folder (a
+    :class:`~trainables.storage.Location`, which knows its filesystem) and its trial key, both from the study store
+    (search.runner.plan.TrialConfigs.storage); the worker joins no path."""
+
+    def __init__(self, folder: Location | str | Path, key: str | None = None) -> None:
         self.folder = folder if isinstance(folder, Location) else location_of(folder)
+        self.key = key or self.folder.name  # the trial key of what trains here (a member's folder is not named by it)
         self.notice: str | None = None  # what load_latest had to fall back from, for the trial's first report
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -136,7 +138,7 @@ class TrialStore:
         return None
 
     def save_best(self, state: dict[str, Any], predictions: np.ndarray, per_image_l1: np.ndarray, stems: list[str]) -> None:
-        from search.store.study import write_arrays
+        from trainables.storage import write_arrays
 
         (self.folder / "best.pt").write(lambda handle: torch.save(state, handle))
         write_arrays(self.folder / "predictions.npz", predictions=predictions, per_image_l1=per_image_l1,
@@ -148,7 +150,7 @@ class TrialStore:
         return load_state(self.folder / "best.pt")
 
 
-def write_checkpoint(trial: Trial, progress: Progress) -> None:
+def write_checkpoint(trial: Any, progress: Any) -> None:
     """latest.pt: everything needed to continue exactly (model, optimizers, scalers, every RNG); and
     best.pt (the networks) when an epoch since the last write was the best so far.
 
@@ -181,7 +183,7 @@ def write_checkpoint(trial: Trial, progress: Progress) -> None:
     store.submit(write)
 
 
-def checkpoint_state(trial: Trial, progress: Progress) -> dict[str, Any]:
+def checkpoint_state(trial: Any, progress: Any) -> dict[str, Any]:
     """Everything needed to continue a trial exactly (model, optimizers, scalers, every RNG), copied to the host."""
     device = trial.device
     return host_copy({

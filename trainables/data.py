@@ -240,8 +240,8 @@ def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0,
         folder = ensure_synthetic(SyntheticSpec(size=size) if size != 64 else SyntheticSpec())
         dataset = load_dataset(folder, size=size, seed=seed)
     else:
-        from search.store.location import is_uri
-        from search.store.opening import fetch_folder
+        from trainables.storage import is_uri
+        from trainables.opening import fetch_folder
 
         if is_uri(data_dir):  # copied once into the driver's cache; trials get the arrays through Ray's object store
             dataset = load_dataset(fetch_folder(str(data_dir), cache_root() / "remote", what="--data"), size=size,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainables.config import OPTIMIZER_SETTINGS, RunSettings
+from trainables.families import carry
 from trainables.device import FastPath, Precision
 
 
@@ -57,9 +58,7 @@ class Family(ABC):
         super().__init_subclass__(**kwargs)
         card = cls.__dict__.get("card")
         if card is not None:
-            cls.name, cls.aliases, cls.config_cls = card.name, card.aliases, card.config_cls
-            cls.noise, cls.width_params, cls.metrics = card.noise, card.width_params, card.metrics
-            cls.loss_weights, cls.retune_prefixes = card.loss_weights, card.retune_prefixes
+            carry(cls, card)
 
     @classmethod
     def noise_margin(cls) -> float:

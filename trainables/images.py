@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from trainables.errors import InputError
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 
 
-class DataError(Exception):
+class DataError(InputError):
     """A dataset problem the user must fix; the message says what, where and how."""
 
 

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from search.store.location import location_of
-from search.store.retry import said_since_last
+from trainables.storage import location_of
+from trainables.retry import said_since_last
 from trainables.augment import AugmentConfig
 from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy, write_checkpoint
 from trainables.config import RunSettings, parse_config, resolved_config, trial_key
@@ -113,6 +113,7 @@ def run_trial(
     data: VMSDataset,
     family_cls: type[Family],
     *,
+    storage: TrialStore | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration, reporting every epoch; returns the last reported row.
@@ -123,7 +124,7 @@ def run_trial(
     (:func:`trainables.checkpoints.write_checkpoint`) and report.
     """
     report = report or default_report
-    trial = set_up_trial(config, data, family_cls)
+    trial = set_up_trial(config, data, family_cls, storage)
     with trial.store.locked() if trial.store else contextlib.nullcontext():
         progress, report = _resume(trial, report)
         if progress.ended or progress.epoch >= trial.settings.epochs:
@@ -157,13 +158,16 @@ def retune(trial: Trial, changes: dict[str, Any]) -> None:
         trial.steps.reset()
 
 
-def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Family]) -> Trial:
-    """Parse the config, seed from the trial's key, put the data on the device, build the model."""
+def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Family],
+                 storage: TrialStore | None = None) -> Trial:
+    """Parse the config, seed from the trial's key, put the data on the device, build the model. ``storage``: the
+    trial's checkpoint folder and key from the study store (a search's trial); without it, a ``checkpoint_root``
+    setting names the folder (a trial run on its own, by a test or a benchmark), or there are no checkpoints."""
     settings, hp = parse_config(config, family_cls.config_cls)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if settings.threads and device.type == "cpu":
         torch.set_num_threads(settings.threads)
-    key = trial_key(settings, hp)
+    key = storage.key if storage is not None else trial_key(settings, hp)
     torch.manual_seed(int(key, 16) % 2**31 ^ settings.seed)
     batch_gen = torch.Generator().manual_seed(int(key, 16) % 2**31 + settings.seed)
     if device.type == "cuda":  # actors are reused across trials: measure this trial's peak only
@@ -171,7 +175,8 @@ def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Fami
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
     tensors = DeviceData.from_dataset(data, device)
     family = family_cls.build(hp, settings, device)
-    store = TrialStore(location_of(settings.checkpoint_root) / key) if settings.checkpoint_root else None
+    store = storage if storage is not None else (
+        TrialStore(location_of(settings.checkpoint_root) / key) if settings.checkpoint_root else None)
     # A fixed, evenly spread subset of the training images: train L1 is measured on it, and
     # BatchNorm statistics are re-estimated on it before every evaluation.
     n = len(tensors.train_images)

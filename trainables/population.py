@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from search.store.location import Location, location_of
+from trainables.storage import Location, location_of
 from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, checkpoint_state
 from trainables.config import member_folder, parse_config
 from trainables.data import VMSDataset
@@ -101,21 +101,21 @@ def report_with_pointer(row: dict[str, Any], member: int) -> None:
 
 
 def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family], *,
-               pointer: dict[str, int] | None = None,
+               storage: TrialStore | None = None, pointer: dict[str, int] | None = None,
                report: Callable[[dict[str, Any], int], None] = report_with_pointer) -> dict[str, Any]:
     """Train one member from where it stands to its last epoch; returns the last row.
 
     ``pointer``: where to start (see the module's docstring); None inside Ray reads ``tune.get_checkpoint()``.
     """
     settings, _ = parse_config(config, family_cls.config_cls)
-    if settings.member < 0 or not settings.checkpoint_root:
-        raise ValueError("a population member needs its index (member >= 0) and a checkpoint_root")
+    if settings.member < 0 or not (storage or settings.checkpoint_root):
+        raise ValueError("a population member needs its index (member >= 0) and its storage (or a checkpoint_root)")
     if pointer is None:
         from ray import tune
 
         pointer = read_pointer(tune.get_checkpoint())
-    trial = set_up_trial(config, data, family_cls)
-    root = location_of(settings.checkpoint_root)
+    trial = set_up_trial(config, data, family_cls, storage)
+    root = storage.folder.parent if storage is not None else location_of(settings.checkpoint_root)
     store = MemberStore(root, settings.member, settings.snapshots)
     trial.store = store
     wanted = {name: getattr(trial.hp, name) for name in family_cls.retunable_names() if hasattr(trial.hp, name)}

@@ -14,7 +14,7 @@ import signal
 from typing import Any, Iterator
 
 from search.errors import StudyError
-from search.store.retry import RETRY_ENV
+from trainables.retry import RETRY_ENV
 from search.runner.addresses import check_reachable, cluster_address
 from search.runner.options import SearchOptions
 from search.runner.plan import StudyPlan, TrialConfigs

@@ -11,7 +11,7 @@ import math
 import resource
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from search.runner.baseline import beats_on_val, verdict_line
 from search.runner.final import format_final
@@ -32,10 +32,12 @@ def hp_line(hp: dict[str, Any], only: str | None = None) -> str:
 class Printer:
     """One concise line per finished trial."""
 
-    def __init__(self, start_count: int, progress: SearchProgress | None = None) -> None:
+    def __init__(self, start_count: int, progress: SearchProgress | None = None,
+                 trial_line: Callable[[dict[str, Any]], tuple[str, str | None]] | None = None) -> None:
         self.count = start_count
         self.best = math.inf
         self.progress = progress
+        self.trial_line = trial_line  # the strategy's: a prefix, and the one hyperparameter to show
 
     def seed_best(self, store: ResultsStore) -> None:
         for row in store.trials.values():
@@ -49,8 +51,7 @@ class Printer:
             self.best = min(self.best, value)
         config = json.loads(row["config_json"]) if row.get("config_json") else {}
         hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
-        varied = row.get("greedy_param")
-        where = f"block {row['greedy_block']} " if varied else ""
+        where, varied = self.trial_line(row) if self.trial_line else ("", None)
         shown = f"{value:.4f}" if value is not None else "   -  "
         suffix, clear = "", ""
         if self.progress is not None:

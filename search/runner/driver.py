@@ -27,7 +27,7 @@ from search.runner.reconcile import reconcile
 from search.runner.tracking import MLflowTracker, tracking_uri
 from search.space import Space
 from search.store.results import ResultsStore
-from search.store.retry import RETRY_ENV
+from trainables.retry import RETRY_ENV
 from search.store.study import StudyStore
 from search.strategies.base import OpenSearch, SearchContext
 from search.strategies.budget import EpochBudget
@@ -62,7 +62,7 @@ def _run_held(options: SearchOptions, family: type[Family], space: Space, store:
     if plan.auto_share:
         cluster.pack(plan, configs)
     results = ResultsStore(store, strategy=plan.strategy.name, family=family.name,
-                           hp_kinds={p.name: p.kind for p in plan.space.params})
+                           hp_kinds={p.name: p.kind for p in plan.space.params}, columns=plan.strategy.columns)
     uri = tracking_uri(plan.options.mlflow)
     if uri:
         plan.tracker = MLflowTracker(uri, results)

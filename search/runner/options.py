@@ -8,8 +8,8 @@ refuses bad input before anything starts, with one message that says how to fix 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from models.registry import Registry
 from search.errors import StudyError
@@ -69,8 +69,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
-@dataclass
+@dataclass(init=False)
 class SearchOptions:
+    """The search's options. Those of the strategy (``population`` for pbt, ``greedy_margin`` for greedy: each
+    strategy's :attr:`~search.strategies.base.Strategy.options`) are given by name like the others, kept in
+    :attr:`strategy_options`, and read as attributes (their strategy's default when not given)."""
+
     strategy: str | Strategy  # a name of search.strategies.STRATEGIES, or a Strategy object (a benchmark's variant)
     model: str
     study: str | None = None
@@ -93,12 +97,6 @@ class SearchOptions:
     scheduler: str = "asha"
     grace_period: int | None = None
     reduction_factor: int | None = None
-    max_sweeps: int = 1
-    population: int | None = None  # pbt/pb2: members (None: what --budget-epochs affords, else 4)
-    perturbation_interval: int | None = None  # pbt/pb2: epochs between decisions (None: a quarter of the epochs)
-    from_study: str | None = None  # pbt/pb2: start the members from this study's best configuration
-    greedy_margin: float | None = None  # None: the family's measured noise (search.strategies.greedy.default_margin)
-    max_blocks: int | None = None
     max_failures: int = 1
     final_top_k: int = 3
     final_seeds: int = 3
@@ -110,6 +108,28 @@ class SearchOptions:
     cuda_graphs: str = "auto"
     mlflow: str | None = None  # a tracking server (None: MLFLOW_TRACKING_URI if set, else no tracking)
     store_retry: float | None = None  # seconds a bucket or database that stops answering is waited for (None: 300)
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # the strategy's own, as given
+
+    def __init__(self, strategy: str | Strategy, model: str, **given: Any) -> None:
+        self.strategy, self.model = strategy, model
+        for item in fields(self):
+            if item.name in ("strategy", "model"):
+                continue
+            if item.name in given:
+                setattr(self, item.name, given.pop(item.name))
+            else:
+                setattr(self, item.name, item.default_factory() if item.default_factory is not MISSING else item.default)
+        self.strategy_options = {**self.strategy_options, **given}  # checked against the strategy's (validate)
+
+    def __getattr__(self, name: str) -> Any:  # a strategy's option: as given, else its strategy's default
+        given = self.__dict__.get("strategy_options", {})
+        if name in given:
+            return given[name]
+        if "strategy" in self.__dict__:
+            defaults = self.strategy_object.option_defaults()
+            if name in defaults:
+                return defaults[name]
+        raise AttributeError(f"SearchOptions has no option {name!r}")
 
     @property
     def strategy_object(self) -> Strategy:
@@ -156,7 +176,7 @@ def validate_options(options: SearchOptions) -> None:
     _check_resources(options)
     if options.size < 16 or options.size % 32:
         raise StudyError(f"--size must be a multiple of 32 (the UNet halves it five times), got {options.size}.")
-    from search.store.location import is_database_url, is_uri
+    from trainables.storage import is_database_url, is_uri
 
     if options.data and not is_uri(options.data):  # a bucket is checked when the driver opens it
         from trainables.data import check_data_folder
@@ -164,7 +184,7 @@ def validate_options(options: SearchOptions) -> None:
         check_data_folder(options.data, layout=True)
 
     if is_uri(options.runs_dir):  # the bucket itself is asked when the driver opens it
-        from search.store.opening import check_uri
+        from trainables.opening import check_uri
 
         check_uri(options.runs_dir)
     from search.runner.addresses import check_reachable, cluster_address
@@ -200,7 +220,7 @@ def check_storage_url(url: str) -> None:
     except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError, ValueError: all "not a URL"
         raise StudyError(f"--storage {url!r} is not a database URL; give postgresql://USER@HOST:PORT/DB (or "
                          "sqlite:///FILE for one machine).") from None
-    from search.store.location import is_database_url
+    from trainables.storage import is_database_url
     from search.store.lease import safe_url
 
     if not is_database_url(url):
@@ -244,7 +264,7 @@ def check(options: SearchOptions) -> Checked:
 def _check_existing_study(options: SearchOptions, family: "FamilyCard", space: "Space") -> None:
     """An existing study of this name made with another model, strategy or (a named) study file is refused here,
     before Ray starts; everything else that makes a study is checked when the driver has the data (plan.py)."""
-    from search.store.location import is_uri
+    from trainables.storage import is_uri
     from search.store.study import StudyStore
 
     if is_uri(options.runs_dir):
@@ -263,15 +283,12 @@ def _check_existing_study(options: SearchOptions, family: "FamilyCard", space: "
 
 
 def _check_counts(options: SearchOptions) -> None:
-    for name in ("epochs", "samples", "budget_epochs", "max_concurrent", "grace_period", "max_blocks"):
+    for name in ("epochs", "samples", "budget_epochs", "max_concurrent", "grace_period"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise StudyError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}.")
     if options.reduction_factor is not None and options.reduction_factor < 2:
         raise StudyError(f"--reduction-factor must be at least 2, got {options.reduction_factor}.")
-    if options.greedy_margin is not None and not 0.0 <= options.greedy_margin < 1.0:
-        raise StudyError(f"--greedy-margin is a fraction of the held value's L1 in [0, 1) (0.05: 5% lower), "
-                         f"got {options.greedy_margin}.")
     if options.val_share is not None and not 0.0 <= options.val_share < 1.0:
         raise StudyError(f"--val-share is a share of the training pairs in [0, 1) (0.2: a fifth held out for "
                          f"validation; 0: none, the data's val split is used and there is no test split), "
@@ -279,8 +296,6 @@ def _check_counts(options: SearchOptions) -> None:
     if options.store_retry is not None and options.store_retry < 0:
         raise StudyError(f"--store-retry is the seconds a bucket or database that stops answering is waited for "
                          f"(0: not at all), got {options.store_retry}.")
-    if options.max_sweeps < 1:
-        raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
     for name in ("final_top_k", "final_seeds", "max_failures"):
         if getattr(options, name) < 0:
             raise StudyError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")

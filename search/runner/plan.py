@@ -18,7 +18,9 @@ from search.store.results import TrialIdentity
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy
 from search.strategies.base import UNBOUNDED
-from trainables.config import DEVICE_SETTINGS, PER_TRIAL_SETTINGS, RunSettings, parse_config, trial_key
+from trainables.checkpoints import TrialStore
+from trainables.config import (DEVICE_SETTINGS, PER_TRIAL_SETTINGS, RunSettings, checkpoint_folder, parse_config,
+                               trial_key)
 from trainables.data import VMSDataset
 from trainables.family import Family
 
@@ -194,6 +196,7 @@ class TrialConfigs:
         self.config_cls = plan.family.config_cls
         self.width_params = plan.family.width_params
         self.space, self.settings, self.fixed = plan.space, dict(plan.settings), dict(plan.space.fixed)
+        self.trials = plan.store.trials_root
 
     def full(self, config: dict[str, Any]) -> dict[str, Any]:
         """The searcher's config with the study's fixed values and run settings (a member's index kept)."""
@@ -201,7 +204,17 @@ class TrialConfigs:
         return {**self.fixed, **self.space.canonical(config), **self.settings, **own}
 
     def key(self, config: dict[str, Any]) -> str:
-        return trial_key(*parse_config(self.full(config), self.config_cls))
+        """The trial key of a searcher's config."""
+        return self.key_of_full(self.full(config))
+
+    def key_of_full(self, full: dict[str, Any]) -> str:
+        """The trial key of a complete config: the one place a key is computed (search, workers, final stage)."""
+        return trial_key(*parse_config(full, self.config_cls))
+
+    def storage(self, full: dict[str, Any]) -> TrialStore:
+        """Where a trial of this complete config keeps its checkpoints: the storage object its worker receives."""
+        key = self.key_of_full(full)
+        return TrialStore(self.trials / checkpoint_folder(key, full), key=key)
 
     def identity(self) -> TrialIdentity:
         """The results' view of a Ray trial: its trial key, full config and hyperparameters."""

@@ -12,7 +12,7 @@ manager reports the one death twice, first to the actor's failure callback, then
 And the trial stays in the controller's set of trials being reset, so a requeued trial could wait for a reset that
 never comes. Here the first report is handled as Ray does, the trial leaves that set, and the second report of the
 same exception is dropped: the trial is retried from its checkpoint like any trial whose worker died mid-epoch.
-(The crash point ``worker-handoff`` of :mod:`search.faults` kills a worker exactly there: ``benchmarks.faults`` and
+(The crash point ``worker-handoff`` of :mod:`trainables.faults` kills a worker exactly there: ``benchmarks.faults`` and
 ``tests/test_reliability.py`` use it.)
 
 Only the two methods are wrapped, and only for the Ray version they were read in: another version runs unmended,

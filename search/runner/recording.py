@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from search.faults import crash_point
+from trainables.faults import crash_point
 from search.store.results import ResultsStore, TrialIdentity, final_status, trial_metrics, utc_now
 
 
@@ -31,11 +31,11 @@ class ResultsCallback(Callback):
     """Ray Tune callback: keeps trials.parquet and epochs.parquet current while the search runs."""
 
     def __init__(self, store: ResultsStore, identity: TrialIdentity, *, segment: int, epochs_planned: int,
-                 block_of: Callable[[str], Any] | None = None, flush_seconds: float = 5.0,
+                 columns_of: Callable[[str], dict[str, Any]] | None = None, flush_seconds: float = 5.0,
                  on_finish: tuple[Callable[[dict[str, Any]], None], ...] = (),
                  on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store, self.identity, self.segment, self.epochs_planned = store, identity, segment, epochs_planned
-        self.block_of = block_of
+        self.columns_of = columns_of
         self.on_result = on_result
         self.flush_seconds = flush_seconds
         self.on_finish = on_finish
@@ -49,9 +49,9 @@ class ResultsCallback(Callback):
         return self._ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        block = self.block_of(trial.trial_id) if self.block_of else None
+        columns = self.columns_of(trial.trial_id) if self.columns_of else None
         self.store.record_start(self._trial_id(trial), self.identity, trial.config, ray_trial_id=trial.trial_id,
-                                segment=self.segment, epochs_planned=self.epochs_planned, block=block)
+                                segment=self.segment, epochs_planned=self.epochs_planned, columns=columns)
         self._maybe_flush(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

@@ -154,7 +154,7 @@ class MLflowTracker:
         trial_id = row["trial_id"]
         run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
             "mlflow.parentRunId": self.run_id, TRIAL_TAG: trial_id, STATUS_TAG: row["status"],
-            **({"memsearch.greedy_block": str(row["greedy_block"])} if row.get("greedy_block") is not None else {})})
+            **{f"memsearch.{c}": str(row[c]) for c in self.results.columns if row.get(c) is not None}})
         params = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
         params["epochs_planned"] = row.get("epochs_planned")
         epochs = sorted((r for (tid, _), r in self.results.epochs.items() if tid == trial_id), key=lambda r: r["epoch"])

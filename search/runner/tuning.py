@@ -22,7 +22,6 @@ from search.runner.ray_fixes import mend_worker_handoff
 from search.runner.recording import ResultsCallback
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
-from trainables.config import parse_config, trial_key
 from trainables.data import VMSDataset
 from trainables.family import Family
 from trainables.loop import run_trial
@@ -55,7 +54,8 @@ def asha(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
                               reduction_factor=options.reduction_factor or plan.preset.reduction_factor,
                               group_of=_block_index(search.block_of) if search.block_of else None)
     # A resumed study: its finished trials' rungs, as the uninterrupted search had them.
-    scheduler.seed_rungs(results.finished_epochs(), results.greedy_blocks())
+    groups = results.column_values(search.group_column) if search.group_column else {}
+    scheduler.seed_rungs(results.finished_epochs(), {tid: int(group) for tid, group in groups.items()})
     return scheduler
 
 
@@ -106,15 +106,17 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
                         budget_epochs=budget_left, fewest=fewest, most=most), flush=True)
 
 
-def _trainable(plan: StudyPlan, config_of: Callable[[dict[str, Any]], dict[str, Any]], train: Callable | None = None):
+def _trainable(plan: StudyPlan, configs: TrialConfigs, config_of: Callable[[dict[str, Any]], dict[str, Any]],
+               train: Callable | None = None):
     """The family's trainable (``train``: the strategy's, else the shared loop) with the dataset in Ray's
-    object store and a trial's resources."""
+    object store, a trial's resources, and its storage from the study store."""
     from ray import tune
 
     train = train or run_trial
 
     def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family]) -> None:
-        train(config_of(config), data, family)
+        full = config_of(config)
+        train(full, data, family, storage=configs.storage(full))
 
     return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family),
                                cluster.resources(plan))
@@ -146,16 +148,16 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     done = len(results.finished_ids())
     progress = SearchProgress(search.planned_total(), epochs_per_trial=plan.epochs,
                               done_trials=done, final_runs=plan.final_runs, budget_left=budget_left)
-    printer = Printer(done, progress)
+    printer = Printer(done, progress, plan.strategy.trial_line)
     printer.seed_best(results)
     callback = ResultsCallback(results, search.identity(configs), segment=plan.segment, epochs_planned=plan.epochs,
-                               block_of=search.block_of, on_result=progress.on_epoch,
+                               columns_of=search.columns_of, on_result=progress.on_epoch,
                                on_finish=(printer, *((plan.tracker.trial_finished,) if plan.tracker else ())))
     cluster.allow_pending_trials(plan)
     scheduler = search.scheduler(plan, results) or SCHEDULERS.get(options.scheduler)(plan, results, search)
     space = search.param_space()
     tuner = tune.Tuner(
-        _trainable(plan, configs.full, search.train_function()),
+        _trainable(plan, configs, configs.full, search.train_function()),
         **({"param_space": space} if space is not None else {}),
         tune_config=tune.TuneConfig(metric=search.metric, mode="min", search_alg=budget or search.searcher,
                                     scheduler=scheduler, num_samples=search.num_samples,
@@ -222,7 +224,7 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
         return None, False
     seeds = final_seeds(options.seed, options.final_seeds)
     runs = plan_runs(top, seeds, configs.full)
-    keys = [trial_key(*parse_config(run.config, configs.config_cls)) for run in runs]
+    keys = [configs.key_of_full(run.config) for run in runs]
     print(f"final: re-training the top {len(top)} configurations with seeds {', '.join(map(str, seeds))} "
           f"({len(runs)} runs of {plan.epochs} epochs, no early stopping); the epoch is chosen on val, "
           + ("then measured once on the test split" if plan.data.has_test
@@ -230,7 +232,7 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
           flush=True)
     cluster.allow_pending_trials(plan)
     tuner = tune.Tuner(
-        _trainable(plan, lambda config: runs[config["index"]].config),
+        _trainable(plan, configs, lambda config: runs[config["index"]].config),
         param_space={"index": tune.grid_search(list(range(len(runs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=_run_config(plan, f"final-{plan.segment}", [_final_printer(runs)]),

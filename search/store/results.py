@@ -49,7 +49,7 @@ GPU: the trial's own only when it had the GPU alone) (float64), reported_at
 (timestamp[us, UTC]).
 
 Both files are rewritten whole (they are small) through the study store's atomic write
-(:mod:`search.store.atomic`): a reader sees the old or the new file, never half of one, and a
+(:mod:`trainables.storage`): a reader sees the old or the new file, never half of one, and a
 crash mid-write leaves the previous version intact.
 """
 
@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 
-from search.faults import crash_point
+from trainables.faults import crash_point
 
 if TYPE_CHECKING:
     from search.store.study import StudyStore
@@ -77,9 +77,9 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("epochs_run", pa.int64()), ("epochs_planned", pa.int64()), ("wall_seconds", pa.float64()),
     ("device", pa.string()), ("node_id", pa.string()),
     ("started_at", pa.timestamp("us", tz="UTC")), ("ended_at", pa.timestamp("us", tz="UTC")),
-    ("error", pa.string()), ("greedy_sweep", pa.int64()), ("greedy_block", pa.int64()), ("greedy_param", pa.string()),
-    ("config_json", pa.string()),
-]
+    ("error", pa.string()),
+]  # then the strategy's own columns (Strategy.columns: greedy's greedy_sweep, greedy_block, greedy_param), then:
+TRIAL_COLUMNS_AFTER = [("config_json", pa.string())]
 # Every epoch row's metrics: the shared loop's, and between them every registered family's own losses
 # (trainables.families: its card's metrics), so a family's losses are columns without an edit here.
 EPOCH_METRICS_BEFORE = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
@@ -118,11 +118,14 @@ class ResultsStore:
 
     TRIALS, EPOCHS = "trials.parquet", "epochs.parquet"
 
-    def __init__(self, store: "StudyStore", *, strategy: str, family: str, hp_kinds: dict[str, str]) -> None:
+    def __init__(self, store: "StudyStore", *, strategy: str, family: str, hp_kinds: dict[str, str],
+                 columns: dict[str, str] | None = None) -> None:
         self.store = store
         self.meta = {"study": store.name, "strategy": strategy, "family": family}
         self.hp_kinds = hp_kinds
-        self.trial_schema = pa.schema(TRIAL_COLUMNS + [(f"hp_{k}", HP_TYPES[v]) for k, v in hp_kinds.items()])
+        self.columns = dict(columns or {})  # the strategy's own: name -> int, float, str or bool
+        self.trial_schema = pa.schema(TRIAL_COLUMNS + [(k, HP_TYPES[v]) for k, v in self.columns.items()]
+                                      + TRIAL_COLUMNS_AFTER + [(f"hp_{k}", HP_TYPES[v]) for k, v in hp_kinds.items()])
         self.epoch_schema = pa.schema(epoch_columns())
         self.epoch_metrics = epoch_metrics()
         self.trials: dict[str, dict[str, Any]] = {}
@@ -150,8 +153,8 @@ class ResultsStore:
         return {f"hp_{name}": hp.get(name) for name in self.hp_kinds}
 
     def record_start(self, trial_id: str, identity: "TrialIdentity", config: dict[str, Any], *, ray_trial_id: str | None,
-                     segment: int, epochs_planned: int, block: Any = None) -> dict[str, Any]:
-        """A trial (re)starts: its row says running, with its config, hyperparameters and greedy block."""
+                     segment: int, epochs_planned: int, columns: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A trial (re)starts: its row says running, with its config, hyperparameters and the strategy's columns."""
         existing = self.trials.get(trial_id, {})
         values = dict(
             ray_trial_id=ray_trial_id, segment=segment, status="running", epochs_planned=epochs_planned,
@@ -159,8 +162,7 @@ class ResultsStore:
             config_json=json.dumps(identity.full_config(config), sort_keys=True),
             **self.hp_columns(identity.hyperparameters(config)),
         )
-        if block is not None:
-            values.update(greedy_sweep=block.sweep, greedy_block=block.index, greedy_param=block.param)
+        values.update(columns or {})
         return self.upsert_trial(trial_id, **values)
 
     def flush(self) -> None:
@@ -172,9 +174,9 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return {tid for tid, row in self.trials.items() if row["status"] not in ("running", None)}
 
-    def greedy_blocks(self) -> dict[str, int]:
-        """trial id -> greedy block of every trial that has one."""
-        return {tid: int(row["greedy_block"]) for tid, row in self.trials.items() if row.get("greedy_block") is not None}
+    def column_values(self, column: str) -> dict[str, Any]:
+        """trial id -> its value of ``column``, for every trial that has one (a strategy's group: greedy's block)."""
+        return {tid: row[column] for tid, row in self.trials.items() if row.get(column) is not None}
 
     def finished_epochs(self) -> list[tuple[str, int, float | None]]:
         """(trial id, epoch, best val L1) of every finished trial's epochs, in the order they were reported."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 
-from search.faults import crash_point
+from trainables.faults import crash_point
 from search.store.results import HP_TYPES, _finite_or_none
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ A study lives in ``<runs dir>/<study>/``::
     ray/              Ray Tune's own files, one folder per driver run
 
 The runs folder may be a bucket (``s3://bucket/prefix``): every file goes through a
-:class:`~search.store.location.Location`, whole or not at all, and every node reads and writes
+:class:`~trainables.storage.Location`, whole or not at all, and every node reads and writes
 the same objects. Ray Tune's own files (``ray/``) go there too (``storage_filesystem``).
 
-Every write is atomic (:mod:`search.store.atomic` on a local disk, one upload in a bucket). The
+Every write is atomic (:mod:`trainables.storage` on a local disk, one upload in a bucket). The
 driver holds a local study with a lock file; a bucket has no file locks, so a bucket study is
 held by the lease in its ``--storage`` database (:mod:`search.store.lease`), as is every study
 shared through a database.
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from search.errors import StudyError
-from search.store.location import Location, is_database_url, location_of
-from search.store.opening import open_location
+from trainables.opening import open_location
+from trainables.storage import Location, is_database_url, location_of, read_arrays, write_arrays
 
 STUDY_FORMAT = 1
 
@@ -182,8 +182,13 @@ class StudyStore:
 
     @property
     def checkpoint_root(self) -> str:
-        """The folder of the trials' checkpoint folders (a run setting every trial receives: a path or a URI)."""
-        return str(self.root / "trials")
+        """The folder of the trials' checkpoint folders, as recorded in every trial's config (a path or a URI)."""
+        return str(self.trials_root)
+
+    @property
+    def trials_root(self) -> Location:
+        """The folder of the trials' checkpoint folders."""
+        return self.root / "trials"
 
     def trial_folder(self, trial_id: str, config: dict[str, Any] | None = None) -> Location:
         """A trial's folder under ``trials/``; ``config``, the trial's flat config, names a population member's
@@ -222,20 +227,3 @@ class StudyStore:
         """A trial's stored predictions on the validation split (predictions.npz), or None (``config`` as for
         trial_folder)."""
         return read_arrays(self.trial_folder(trial_id, config) / "predictions.npz")
-
-
-def write_arrays(where: Location, **arrays: Any) -> None:
-    """Arrays as a compressed ``.npz``, written whole (lists become arrays)."""
-    import numpy as np
-
-    where.write(lambda handle: np.savez_compressed(handle, **{k: np.asarray(v) for k, v in arrays.items()}))
-
-
-def read_arrays(where: Location) -> dict[str, Any] | None:
-    """The arrays of an ``.npz`` (None if absent)."""
-    import numpy as np
-
-    if not where.is_file():
-        return None
-    with where.reader() as handle, np.load(handle) as arrays:
-        return {name: arrays[name] for name in arrays.files}

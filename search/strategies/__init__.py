@@ -28,6 +28,11 @@ STRATEGIES = Registry("--strategy", {
 })
 
 
+def study_sections() -> list[str]:
+    """The study-file sections the registered strategies read (population-based training's ``pbt``)."""
+    return list(dict.fromkeys(section for _, strategy in STRATEGIES.items() for section in strategy.study_sections))
+
+
 def find_strategy(strategy: str | Strategy) -> Strategy:
     """The strategy of a name (or the object itself: a benchmark's variant); a clear error for an unknown name."""
     if isinstance(strategy, Strategy):

@@ -16,9 +16,25 @@ from typing import TYPE_CHECKING, Any, Callable
 from search.errors import StudyError
 
 if TYPE_CHECKING:
-    from search.space import Space
     from trainables.family import Family
     from search.store.study import StudyStore
+
+@dataclass(frozen=True)
+class StrategyOption:
+    """A command-line option a strategy brings (``--greedy-margin``, ``--population``): the driver and the CLI learn
+    it from the strategy (pix2pix's ``modify_commandline_options``), and the strategy reads it as
+    ``options.<dest>``, its ``default`` when not given."""
+
+    flag: str  # "--greedy-margin"
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
 
 UNBOUNDED = 1_000_000  # trials of an Optuna study that --budget-epochs ends (and no --samples)
 DOMAINS = ("grid", "ranges")  # what a strategy samples: the study's values (greedy's grid) or its ranges
@@ -39,7 +55,7 @@ class SearchContext:
     """What a strategy opens a search with: the study, its space, and the options of this run."""
 
     store: "StudyStore"
-    space: "Space"
+    space: Any  # search.space.Space
     family: "type[Family]"
     options: Any  # search.runner.options.SearchOptions: the strategy reads its own options there
     domain: str
@@ -65,6 +81,10 @@ class OpenSearch(ABC):
     # Ray trial id -> the group it belongs to (greedy: its block, judged after earlier blocks only), where trials
     # come in groups; None: ASHA judges each trial against all. Ray pickles it with the callbacks: no lease in it.
     block_of: Callable[[str], Any] | None = None
+    # Ray trial id -> the strategy's columns of trials.parquet for it (Strategy.columns); None: it adds none. Ray
+    # pickles it with the callbacks too. group_column: the column that holds a trial's group (ASHA's resumed rungs).
+    columns_of: Callable[[str], dict[str, Any]] | None = None
+    group_column: str | None = None
     metric = "best_val_l1"  # what Ray Tune's scheduler ranks trials by
     ray_checkpoints_kept = 1  # Ray checkpoints kept per trial (trials checkpoint in the study store: trainables.loop)
     reuse_actors = True  # Ray Tune runs a new trial in a finished trial's worker process (no start-up per trial)
@@ -120,18 +140,39 @@ class OpenSearch(ABC):
 
 
 class Strategy(ABC):
-    """One search strategy; subclasses set ``name`` and ``summary`` and implement :meth:`open`."""
+    """One search strategy; subclasses set ``name`` and ``summary`` and implement :meth:`open`.
+
+    What a strategy brings beyond its search: its command-line ``options`` (:class:`StrategyOption`), the
+    ``columns`` it adds to trials.parquet (name -> int, float, str or bool; :meth:`OpenSearch.trial_columns` fills
+    them), and the ``study_sections`` of a study file it reads (``[pbt]``)."""
 
     name: str
     summary: str
     domains: tuple[str, ...] = DOMAINS
     legacy_domain = "ranges"  # the domain of a study made before --domain existed
+    options: tuple[StrategyOption, ...] = ()
+    columns: dict[str, str] = {}
+    study_sections: tuple[str, ...] = ()
 
     def check(self, options: Any) -> None:
         """Refuse options this strategy cannot honour (raises StudyError)."""
+        mine = {option.dest for option in self.options}
+        others = sorted(set(options.strategy_options) - mine)
+        if others:
+            flags = ", ".join("--" + name.replace("_", "-") for name in others)
+            own = ", ".join(option.flag for option in self.options) or "none of its own"
+            raise StudyError(f"{flags}: not an option of --strategy {self.name} (its options: {own}); drop it, or "
+                             "pick the strategy it belongs to.")
         if options.domain is not None and options.domain not in self.domains:
             raise StudyError(f"--domain {options.domain}: {self.name} samples {' or '.join(self.domains)} only; "
                              "drop --domain, or pick another strategy.")
+
+    def trial_line(self, row: dict[str, Any]) -> tuple[str, str | None]:
+        """How a finished trial's line names it: a prefix, and the one hyperparameter to show (None: all of them)."""
+        return "", None
+
+    def option_defaults(self) -> dict[str, Any]:
+        return {option.dest: option.default for option in self.options}
 
     def check_space(self, space: Any, options: Any) -> None:
         """Refuse a study file (and the options read with it) this strategy cannot search, before Ray starts."""

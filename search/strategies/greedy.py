@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from search.errors import StudyError
-from search.strategies.base import OpenSearch, SearchContext, Strategy
+from search.strategies.base import OpenSearch, SearchContext, Strategy, StrategyOption
 
 if TYPE_CHECKING:
     from trainables.families import FamilyCard
@@ -47,8 +47,28 @@ class GreedyStrategy(Strategy):
     summary = "the report's coordinate descent over the study's values, from its defaults"
     domains = ("grid",)
     legacy_domain = "grid"
+    options = (
+        StrategyOption("--max-sweeps", "greedy: walk the parameter order up to this many times", int, 1),
+        StrategyOption("--greedy-margin", "greedy: adopt a value only if it lowers the held value's L1 by more than "
+                       "this fraction (default: sqrt 2 x the family's measured seed-to-seed noise)", float),
+        StrategyOption("--blocks", "greedy: only the first N parameters", int, metavar="N"),
+    )
+    columns = {"greedy_sweep": "int", "greedy_block": "int", "greedy_param": "str"}
+
+    def trial_line(self, row: dict[str, Any]) -> tuple[str, str | None]:
+        if row.get("greedy_param"):  # the block's parameter, the one value the trial changed
+            return f"block {row['greedy_block']} ", row["greedy_param"]
+        return "", None
 
     def check(self, options: Any) -> None:
+        super().check(options)
+        if options.max_sweeps < 1:
+            raise StudyError(f"--max-sweeps must be at least 1, got {options.max_sweeps}.")
+        if options.blocks is not None and options.blocks < 1:
+            raise StudyError(f"--blocks must be a positive whole number, got {options.blocks}.")
+        if options.greedy_margin is not None and not 0.0 <= options.greedy_margin < 1.0:
+            raise StudyError(f"--greedy-margin is a fraction of the held value's L1 in [0, 1) (0.05: 5% lower), "
+                             f"got {options.greedy_margin}.")
         if options.domain == "ranges":
             from search.strategies import STRATEGIES
 
@@ -63,7 +83,7 @@ class GreedyStrategy(Strategy):
         margin = options.greedy_margin if options.greedy_margin is not None else default_margin(context.family)
         state = context.store.state_file("greedy_state.json")
         searcher = GreedySearcher(context.space, max_sweeps=options.max_sweeps,
-                                  max_blocks=options.max_blocks or context.max_blocks, state_file=state,
+                                  max_blocks=options.blocks or context.max_blocks, state_file=state,
                                   margin=margin, on_block=lambda block: context.say(block_line(block)))
         if state.exists():
             searcher.set_state(state.read(), state)

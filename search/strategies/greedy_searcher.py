@@ -29,6 +29,7 @@ store) after every completed trial, so a killed driver resumes in the block it w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -36,9 +37,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ray.tune.search import Searcher
 
-from search.faults import crash_point
+from trainables.faults import crash_point
 from search.space import Space
-from search.store.atomic import write_json_atomic
+from trainables.storage import write_json_atomic
 from search.store.study import JsonFile
 from search.strategies.base import OpenSearch, SearcherRecord
 from trainables.config import DIVERGED_L1
@@ -263,6 +264,8 @@ class GreedySearch(OpenSearch):
     def __init__(self, searcher: GreedySearcher, key_of: Callable[[dict[str, Any]], str]) -> None:
         self.searcher = searcher
         self.block_of = searcher.trial_blocks.get
+        self.columns_of = functools.partial(block_columns, searcher.trial_blocks)
+        self.group_column = "greedy_block"
         self.to_run = 0 if searcher.state.finished else None
         first_block: dict[str, Block] = {}
         for block in searcher.state.blocks:
@@ -280,6 +283,13 @@ class GreedySearch(OpenSearch):
 
     def reached_end(self) -> bool:
         return self.searcher.state.finished
+
+
+def block_columns(trial_blocks: dict[str, Block], ray_trial_id: str) -> dict[str, Any]:
+    """Greedy's columns of trials.parquet for a trial: its sweep, block and the parameter the block varied."""
+    block = trial_blocks.get(ray_trial_id)
+    return {} if block is None else {"greedy_sweep": block.sweep, "greedy_block": block.index,
+                                     "greedy_param": block.param}
 
 
 def block_line(block: Block) -> str:

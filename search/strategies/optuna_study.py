@@ -31,10 +31,10 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.faults import crash_point
+from trainables.faults import crash_point
 from search.space import Space
 from search.store.lease import safe_url
-from search.store.retry import retrying
+from trainables.retry import retrying
 from search.strategies.base import UNBOUNDED, OpenSearch, SearcherRecord
 
 INTERRUPTED = "interrupted"  # user attribute of a trial a dead driver left RUNNING
@@ -166,7 +166,7 @@ def _not_answering(err: BaseException) -> bool:
 
 
 class WaitingStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose calls wait out a database that stops answering (search.store.retry): a restart of
+    """Optuna's RDBStorage whose calls wait out a database that stops answering (trainables.retry): a restart of
     the server costs a line, not the search. Each call is one transaction, whole or not at all."""
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from search.errors import StudyError
-from search.strategies.base import OpenSearch, SearchContext, Strategy
+from search.strategies.base import OpenSearch, SearchContext, Strategy, StrategyOption
 
 if TYPE_CHECKING:
     from search.strategies.population_search import PopulationSearch
@@ -49,6 +49,15 @@ class PopulationStrategy(Strategy):
     name = "pbt"
     summary = "population-based training (Ray Tune's PopulationBasedTraining): members copy and perturb the best"
     domains = ("ranges",)
+    options = (
+        StrategyOption("--population", "pbt/pb2: members trained at once (default: what --budget-epochs affords, "
+                       "else 4)", int),
+        StrategyOption("--perturbation-interval", "pbt/pb2: epochs between exploit/explore decisions (default: a "
+                       "quarter of a member's epochs)", int),
+        StrategyOption("--from-study", "pbt/pb2: start every member from this study's best configuration (same "
+                       "--runs-dir)"),
+    )
+    study_sections = ("pbt",)
 
     def check(self, options: Any) -> None:
         super().check(options)
@@ -58,7 +67,7 @@ class PopulationStrategy(Strategy):
             raise StudyError("--perturbation-interval must be at least 1 epoch.")
 
     def check_space(self, space: Any, options: Any) -> None:
-        if not space.perturb:
+        if not perturbed(space):
             raise StudyError(f"{space.source} has no [pbt] perturb list: name the hyperparameters members may change "
                              "while they train (studies/gan.toml shows one), or pick another --strategy.")
         self.require_ranges(space)
@@ -87,10 +96,10 @@ class PopulationStrategy(Strategy):
 
         base = from_study(options, space, context) if options.from_study else space.defaults()
         context.say(f"{self.name}: {population} members of {context.epochs} epochs, perturbing "
-                    f"{', '.join(space.perturb)} every {interval} epochs (the bottom {QUANTILE:.0%} take the weights "
+                    f"{', '.join(perturbed(space))} every {interval} epochs (the bottom {QUANTILE:.0%} take the weights "
                     f"of the top {QUANTILE:.0%}); everything else fixed"
                     + (f" at {options.from_study}'s best" if options.from_study else " at the study's defaults"))
-        return PopulationSearch(self, context, base, population, interval)
+        return PopulationSearch(self, context, base, population, interval, perturbed(space))
 
     def require_ranges(self, space: Any) -> None:
         """PBT perturbs a range continuously and moves along values; both will do."""
@@ -125,7 +134,7 @@ class PB2Strategy(PopulationStrategy):
     summary = "population-based bandits (Ray Tune's PB2): PBT whose explore step is a Gaussian-process bandit"
 
     def require_ranges(self, space: Any) -> None:
-        missing = [n for n in space.perturb if not space.choice(n, space.defaults()).has_range]
+        missing = [n for n in perturbed(space) if not space.choice(n, space.defaults()).has_range]
         if missing:
             raise StudyError(f"{space.source}: pb2 explores continuous ranges, and {', '.join(missing)} "
                              "has none: add a range to its [params] table, or use --strategy pbt.")
@@ -142,3 +151,31 @@ class PB2Strategy(PopulationStrategy):
 
 STRATEGY = PopulationStrategy()
 PB2 = PB2Strategy()
+
+
+def perturbed(space: Any) -> tuple[str, ...]:
+    """The study file's ``[pbt] perturb = [...]``: what population-based training changes while members train. Each
+    must be a parameter of the study that can change during training (a loss weight or an optimizer setting: the
+    family card's ``retunable``); anything else is a StudyFileError naming the file."""
+    from search.space import StudyFileError
+    from trainables.families import family_card
+
+    source, table, params = space.source, space.sections.get("pbt", {}), space.by_name
+    family_cls = family_card(space.family)
+
+    def _fail(source: str, message: str) -> StudyFileError:
+        return StudyFileError(f"{source}: {message}")
+
+    unknown = set(table) - {"perturb"}
+    if unknown:
+        raise _fail(source, f"[pbt]: unknown keys {sorted(unknown)}; allowed: perturb.")
+    names = table.get("perturb", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _fail(source, "[pbt] perturb must be a list of parameter names without repeats.")
+    for name in names:
+        if name not in params:
+            raise _fail(source, f"[pbt] perturb names {name!r}, which has no [params.{name}] table.")
+        if not family_cls.retunable(name):
+            raise _fail(source, f"[pbt] perturb names {name!r}, which cannot change while a {family_cls.name} model "
+                                f"trains; what can: {', '.join(n for n in family_cls.retunable_names() if n in params)}.")
+    return tuple(names)

@@ -118,13 +118,13 @@ class PopulationSearch(OpenSearch):
     reuse_actors = False
 
     def __init__(self, strategy: Any, context: SearchContext, base: dict[str, Any],
-                 population: int, interval: int) -> None:
+                 population: int, interval: int, perturb: tuple[str, ...]) -> None:
         self.strategy, self.context, self.base = strategy, context, base
         self.population, self.interval = population, interval
         # Pointers only (trainables.population); PBT reads a donor's after it has reported more, so keep a few.
         self.ray_checkpoints_kept = interval + 2
         self.space = context.space
-        self.perturb = list(context.space.perturb)
+        self.perturb = list(perturb)
         results = ResultsStore(context.store, strategy=strategy.name, family=context.family.name,
                                hp_kinds={p.name: p.kind for p in context.space.params})
         ended = {self.member_of(row) for row in results.trials.values() if row["status"] in ("completed", "diverged")}
@@ -170,10 +170,9 @@ class PopulationSearch(OpenSearch):
         not trained again (a finished member restarted would wait forever at PBT's next decision) but recorded
         from its snapshot's history by the driver's reconciliation. A member that continues does not replay its
         epochs to Ray (PBT would decide on them again): reconciliation records the ones epochs.parquet lacks."""
-        from search.store.location import location_of
         from trainables.population import MemberStore
 
-        root = location_of(context.store.checkpoint_root)
+        root = context.store.trials_root
         done, resumed = {}, {}
         for member in list(self.configs):
             state = MemberStore(root, member, self.interval + 1).load_epoch()

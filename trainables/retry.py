@@ -4,7 +4,7 @@ Optuna study. A call that fails because the server does not answer (refused, res
 with a line when the wait starts and one when the server answers again; then the search goes on. A server that
 answers no (a missing object, refused credentials, a bad query) is not waited for. When the wait runs out, the
 error says so and how to resume. Each attempt is whole: a write is one upload or one transaction, so nothing is
-half-written in between (search/store/location.py, search/strategies/optuna_study.py).
+half-written in between (trainables/storage.py, search/strategies/optuna_study.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from search.store.location import (BUCKET_SCHEMES, PROBE_SECONDS, Location, LocationError, _make_filesystem,
-                                   location_of)
+from trainables.storage import (BUCKET_SCHEMES, PROBE_SECONDS, Location, LocationError, _make_filesystem,
+                                location_of)
 
 
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")  # what pyarrow.fs reads

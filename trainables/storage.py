@@ -8,9 +8,15 @@ with its query options (``?endpoint_override=host:port&scheme=http&region=...``)
 write through it, and nothing else touches a study's files.
 
 Writes are whole or nothing on both kinds. A local file is written beside its target and moved
-into place (:mod:`search.store.atomic`); an object store has no rename, but a PUT (or a multipart
-upload's completion) makes an object appear whole, so each file is one upload. A checkpoint's
-``previous.pt`` is a server-side copy of ``latest.pt`` before the new upload.
+into place with ``os.replace`` (:func:`write_atomic`, atomic on POSIX: a reader, or a driver resumed after a
+SIGKILL, sees the old version or the new one, never half of one); an object store has no rename, but a PUT (or a
+multipart upload's completion) makes an object appear whole, so each file is one upload. A checkpoint's
+``previous.pt`` is a server-side copy of ``latest.pt`` before the new upload. ``crash`` names a fault-injection
+point (:mod:`trainables.faults`) between the two steps. A store that stops answering is waited for
+(:mod:`trainables.retry`).
+
+This module sits at the training floor: the driver's study store (search/store/study.py) and a trial's checkpoints
+(trainables/checkpoints.py) both write through it.
 
 Credentials are the filesystem's own: for S3 the ``AWS_*`` variables, ``~/.aws`` or the node's
 role, on the driver and on every node that runs trials. A URI that carries them
@@ -20,6 +26,7 @@ role, on the driver and on every node that runs trials. A URI that carries them
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -28,8 +35,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from search.errors import StudyError
-from search.store.retry import retrying
+from trainables.errors import InputError
+from trainables.faults import crash_point
+from trainables.retry import retrying
 
 IO_LOG = "MEMSEARCH_IO_LOG"  # a file: every write and read of a study file appends a line to it (benchmarks/bucket.py)
 PROBE_SECONDS = 5.0  # an endpoint that does not answer within this is refused before Ray starts
@@ -39,7 +47,7 @@ _filesystems: dict[str, Any] = {}  # one pyarrow filesystem per (scheme, authori
 _lock = threading.Lock()
 
 
-class LocationError(StudyError):
+class LocationError(InputError):
     """A runs folder, data folder or study URI that cannot be used; the message says why and how to fix it."""
 
 
@@ -54,7 +62,7 @@ def _not_answering(err: BaseException) -> bool:
 
 
 def _retrying(what: str, where: "Location", call: Callable[[], Any]) -> Any:
-    """A remote store's call, waited for while the store does not answer (search.store.retry)."""
+    """A remote store's call, waited for while the store does not answer (trainables.retry)."""
     return retrying(f"bucket: {what} {where.name}", call, _not_answering)
 
 
@@ -165,8 +173,6 @@ class Location:
         """
         started = time.perf_counter()
         if self.is_local:
-            from search.store.atomic import write_atomic
-
             size = 0
 
             def to_file(tmp: Path) -> None:
@@ -179,8 +185,6 @@ class Location:
                          keep_previous=None if keep_previous is None else Path(keep_previous.path))
             _account("write", self, size, started)
             return
-        from search.faults import crash_point
-
         buffer = io.BytesIO()
         fill(buffer)
         if crash:
@@ -209,6 +213,49 @@ class Location:
             Path(self.path).unlink(missing_ok=True)
         elif self.is_file():
             _retrying("deleting", self, lambda: self.fs.delete_file(self.path))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None], *, crash: str | None = None, fsync: bool = False,
+                 keep_previous: Path | None = None) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``; then it replaces ``path`` in one step.
+
+    ``keep_previous``: the version being replaced is moved there first (a checkpoint's fallback).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # one writer per file (the study's lock, a trial folder's lock)
+    write(tmp)
+    if fsync:
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    if crash:
+        crash_point(crash)
+    if keep_previous is not None and path.exists():
+        os.replace(path, keep_previous)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any, *, crash: str | None = None, fsync: bool = False,
+                      sort_keys: bool = True) -> None:
+    """``payload`` as indented JSON, written atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text), crash=crash, fsync=fsync)
+
+
+def write_arrays(where: Location, **arrays: Any) -> None:
+    """Arrays as a compressed ``.npz``, written whole (lists become arrays)."""
+    import numpy as np
+
+    where.write(lambda handle: np.savez_compressed(handle, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def read_arrays(where: Location) -> dict[str, Any] | None:
+    """The arrays of an ``.npz`` (None if absent)."""
+    import numpy as np
+
+    if not where.is_file():
+        return None
+    with where.reader() as handle, np.load(handle) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 def _account(op: str, where: Location, nbytes: int, started: float) -> None:

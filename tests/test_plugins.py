@@ -1,0 +1,113 @@
+"""Plug-ins registered at run time, from this file alone (CONTRIBUTING.md, "Add a plug-in"): a toy strategy with an
+option of its own that adds a column to trials.parquet, and a toy family with a metric of its own that becomes a
+column of epochs.parquet. Both run end to end through the command's own main(), with a real local Ray."""
+
+from __future__ import annotations
+
+import functools
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from search.strategies import STRATEGIES
+from search.strategies.base import StrategyOption
+from search.strategies.random_sampling import RandomStrategy
+from trainables.config import AugmentConfig, RunSettings
+from trainables.families import FamilyCard, register, unregister
+from trainables.family import Family, step
+from trainables.losses import masked_l1
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = """
+family = "toy"
+order = ["width"]
+[params.width]
+values = [4, 8]
+default = 8
+"""
+
+
+@dataclass(frozen=True)
+class ToyConfig(AugmentConfig):
+    width: int = 8
+    lr: float = 0.01
+    batch_size: int = 16
+
+
+class ToyFamily(Family):
+    """Two convolutions, and a loss of its own to report."""
+
+    def __init__(self, hp: ToyConfig, settings: RunSettings, device: torch.device) -> None:
+        super().__init__(hp, settings, device)
+        self.net = nn.Sequential(nn.Conv2d(3, hp.width, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hp.width, 3, 3, padding=1)).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
+        self.scaler = self.precision.scaler()
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": self.opt}
+
+    def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        prediction = self.predict(image)
+        loss = masked_l1(prediction, vms, valid)
+        step(loss, self.opt, self.scaler)
+        return {"train_loss": loss.detach(), "toy_brightness": prediction.detach().mean()}
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(image))
+
+
+def toy_columns(label: str, ray_trial_id: str) -> dict[str, str]:
+    return {"toy_label": label}
+
+
+class ToyStrategy(RandomStrategy):
+    name = "toy"
+    summary = "random sampling, each trial labelled"
+    options = (StrategyOption("--toy-label", "toy: the label every trial carries", str, "unlabelled"),)
+    columns = {"toy_label": "str"}
+
+    def open(self, context):
+        search = super().open(context)
+        search.columns_of = functools.partial(toy_columns, context.options.toy_label)
+        return search
+
+
+def test_a_strategy_and_a_family_registered_from_one_file_run_end_to_end(ray_local, tmp_path):
+    from search.run import main
+
+    study_file = tmp_path / "toy.toml"
+    study_file.write_text(STUDY)
+    card = register(FamilyCard("toy", ("toy-net",), ToyConfig, ToyFamily, metrics=("train_loss", "toy_brightness")))
+    STRATEGIES.add("toy", ToyStrategy())
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["--strategy", "toy", "--model", "toy-net", "--space", str(study_file), "--preset", "smoke",
+                     "--samples", "2", "--final-top-k", "0", "--runs-dir", str(tmp_path / "runs"), "--toy-label", "hi"])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        STRATEGIES.remove("toy")
+        unregister(card.name)
+    assert code == 0
+    trials = pd.read_parquet(tmp_path / "runs" / "toy-toy" / "trials.parquet")
+    assert len(trials) == 2 and (trials["toy_label"] == "hi").all(), "the option parsed, the strategy's column filled"
+    epochs = pd.read_parquet(tmp_path / "runs" / "toy-toy" / "epochs.parquet")
+    assert "toy_brightness" in epochs and epochs["toy_brightness"].notna().all(), "the family's metric kept"
+
+
+def test_contributing_counts_the_files_a_plug_in_touches():
+    """CONTRIBUTING.md says how many files each kind of plug-in touches; the test above added one of each from one
+    file, registering it where CONTRIBUTING says (STRATEGIES.add, register)."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    rows = dict(re.findall(r"^\| (a strategy|a model family|a map loss) \| (\d+) \|", text, re.M))
+    assert rows == {"a strategy": "1", "a model family": "2", "a map loss": "1"}, rows
+    assert "STRATEGIES.add" in text and "register(" in text and "MAP_LOSSES.add" in text
