@@ -31,7 +31,7 @@ twice, after a kill sent a trial back to its last checkpoint (checkpoints are pa
 per kind, and the whole record in ``benchmarks/results/faults.json``.
 
 Runs greedy and tpe one trial at a time on purpose: with two or more at once ASHA's decisions depend on which result
-arrives first, so even two uninterrupted runs can differ (see the README). A population's members run together (a
+arrives first, so even two uninterrupted runs can differ (see docs/reliability.md). A population's members run together (a
 population is decided on all of them), and its decisions wait for every member, so it repeats all the same.
 """
 

@@ -14,24 +14,25 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
-from benchmarks.tables import bucket, cpu, gpu, publish, searches
+from benchmarks.tables import bucket, cpu, gpu, publish, reference, searches
 from benchmarks.tables.common import RESULTS, ROOT, RenderError
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     # README.md
     "main-job": ("README.md", searches.main_job_time),
-    "preset-times": ("README.md", searches.preset_times),
-    "strategies": ("README.md", searches.strategy_comparison),
-    "publish-recommendation": ("README.md", publish.recommendation),
-    "unlearnable": ("README.md", searches.unlearnable_run),
+    "preset-times": ("docs/options.md", searches.preset_times),
+    "strategies": ("docs/strategies.md", searches.strategy_comparison),
+    "publish-recommendation": ("docs/strategies.md", publish.recommendation),
+    "unlearnable": ("docs/data.md", searches.unlearnable_run),
     "test-time": ("README.md", cpu.test_time),
     "example-run": ("README.md", searches.example_run),
     "channels": ("README.md", searches.channel_reading),
-    "baselines": ("README.md", searches.data_baselines),
-    "gpu-summary": ("README.md", gpu.gpu_summary),
-    "gpu-check": ("README.md", gpu.gpu_check),
+    "baselines": ("docs/data.md", searches.data_baselines),
+    "gpu-summary": ("docs/clusters.md", gpu.gpu_summary),
+    "gpu-check": ("docs/clusters.md", gpu.gpu_check),
     # benchmarks/README.md, in the order of its sections
     "overhead": ("benchmarks/README.md", cpu.overhead_table),
     "datapath": ("benchmarks/README.md", cpu.datapath_table),
@@ -51,8 +52,13 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
     "startup": ("benchmarks/README.md", cpu.startup_table),
-    # docs/
+    # docs/: reference generated from the code
+    "options": ("docs/options.md", reference.options_table),
+    "strategy-list": ("docs/strategies.md", reference.strategies_table),
+    "parquet-schema": ("docs/results.md", reference.schema_table),
+    # docs/: measured
     "bad-inputs": ("docs/reliability.md", cpu.bad_inputs_table),
+    "faults-summary": ("docs/reliability.md", cpu.faults_summary),
     "bucket-cost": ("benchmarks/README.md", bucket.bucket_cost),
     "bucket-search": ("benchmarks/README.md", bucket.bucket_search),
 }
@@ -83,6 +89,47 @@ def unmarked_tables(text: str) -> list[str]:
                 and not (i and lines[i - 1].strip() == NOT_MEASURED)):
             found.append(line[:80])
     return found
+
+
+# Prose (README.md and docs/, outside rendered blocks, code and comments) states no measurement and no comparison:
+# those belong in a rendered block, from a result file. A number with a unit, or a comparing word, is refused.
+PROSE_DOCS = ("README.md", "docs")
+UNIT = re.compile(r"(?<![\w.])\d[\d,.]*\s?(?:x\b|×|%|ms\b|s\b|secs?\b|seconds?\b|min\b|mins\b|minutes?\b|h\b|hours?\b|"
+                  r"days?\b|weeks?\b|[KMGT]i?B\b)", re.I)
+COMPARISON = re.compile(r"\b(?:faster|slower|quicker|better|worse|beats?|outperforms?|x the|times as)\b", re.I)
+# Phrases that name settings or behaviour, not measurements (each is the code's own value, or a rule it applies).
+PROSE_ALLOWED = (
+    "95%",  # the interval the final stage reports (a setting: mean and 95% interval)
+    "When nothing beats the baseline", "nothing beats the", "beats the all-black", "beats them", "beat them",
+    "beats_baseline", "no configuration beats", "beats the held one",  # the rules that decide it, by name
+    "every 10 s", "after 60 s", "60 s without",  # the lease's heartbeat and timeout (MEMSEARCH_LEASE_TIMEOUT)
+    "within 5 s", "default 300 s",  # the store checks' and --store-retry's settings
+    "15% to spare", "95% busy",  # --gpus-per-trial auto's packing rule
+    "80/20", "1% of",  # the data split's and zero terminal SNR's rules
+    "the better of the two baselines", "the better baseline", "the better one", "better baseline",  # a baseline's name
+)
+
+
+def prose_claims(text: str) -> list[str]:
+    """Stretches of prose outside rendered blocks, code and comments that state a measurement or a comparison
+    (each paragraph or table row read as one line, so a phrase broken over lines is still read whole)."""
+    text = BLOCK.sub("", text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    found = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        for line in (paragraph.split("\n") if paragraph.lstrip().startswith("|") else [" ".join(paragraph.split())]):
+            bare = re.sub(r"`[^`]*`", "", line)
+            for allowed in PROSE_ALLOWED:
+                bare = bare.replace(allowed, "")
+            match = UNIT.search(bare) or COMPARISON.search(bare)
+            if match:
+                found.append(bare[max(0, match.start() - 50):match.end() + 30].strip())
+    return found
+
+
+def prose_docs() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _provenance_problem(prov: object) -> str | None:
@@ -139,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"(benchmarks/tables/), or mark a table of settings with {NOT_MEASURED} on the line above"
                 for doc in sorted({where for where, _ in BLOCKS.values()})
                 for table in unmarked_tables((ROOT / doc).read_text())] + result_problems()
+    problems += [f"{path.relative_to(ROOT)}: a measurement or comparison in prose, outside a rendered block: "
+                 f"{line!r}; render it from a result file, or drop it" for path in prose_docs()
+                 for line in prose_claims(path.read_text())]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

@@ -91,7 +91,7 @@ def section_answer(studies: list[Study]) -> str:
     header = "".join(f"<th>{h}</th>" for h in ("study", "configuration to use", "headline (mean ± 95% interval)",
                                                "remembered / falsely remembered", "validation", "baselines on the same split"))
     warning = "".join(f'<p class="warning">{html.escape(line)}: that trivial map does as well. Try '
-                      "more data, a smaller model or stronger regularisation (README, 'When nothing beats the "
+                      "more data, a smaller model or stronger regularisation (docs/data.md, 'When nothing beats the "
                       "baseline').</p>" for line in beaten)
     return (warning + f'<table class="answer"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             + ANSWER_LEGEND + splits_legend(studies))

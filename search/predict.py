@@ -78,7 +78,7 @@ def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
     if study_verdict(summary) is False:
         print(f"warning: study {study.name}: no configuration beats the better of the all-black and mean maps on its "
               "data (summary.json, beats_baseline); these maps are no better than that trivial map "
-              "(README, 'When nothing beats the baseline')", file=sys.stderr)
+              "(docs/data.md, 'When nothing beats the baseline')", file=sys.stderr)
     checkpoint = study.best_checkpoint(trial, summary.get("best_config"))
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "

@@ -59,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPUs per trial; fractions share a GPU; auto: measure one trial alone on a GPU and share "
                              "each GPU between as many trials as fit in its memory and its idle time "
                              "(default: auto with GPUs, 0 without)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (a trial's threads)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
     _store_options(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the study's seed: the samplers', the trials' and the data split's")
     parser.add_argument("--resume", action="store_true", help="continue an existing study (refuse to start a new one)")
     parser.add_argument("--scheduler", default="asha", help=f"one of {SCHEDULERS.choices()}")
     parser.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")

@@ -277,7 +277,7 @@ def test_trials_whose_train_val_gap_keeps_growing_after_their_best_epoch_are_fla
 
 
 def test_tensorboard_reads_a_studys_event_files(greedy_study):  # noqa: F811
-    """The README's `tensorboard --logdir runs/<study>/ray`: TensorBoard's own reader opens the event files Ray wrote."""
+    """docs/results.md's `tensorboard --logdir runs/<study>/ray`: TensorBoard's own reader opens the event files Ray wrote."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     epochs = pd.read_parquet(greedy_study / "epochs.parquet")
@@ -295,7 +295,7 @@ def test_tensorboard_reads_a_studys_event_files(greedy_study):  # noqa: F811
 
 
 def test_optuna_dashboard_serves_a_studys_optuna_storage(tpe_study):  # noqa: F811
-    """The README's `optuna-dashboard sqlite:///runs/<study>/optuna.db`: its server answers for the study."""
+    """docs/results.md's `optuna-dashboard sqlite:///runs/<study>/optuna.db`: its server answers for the study."""
     import json
     import socket
     import urllib.request

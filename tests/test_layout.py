@@ -115,3 +115,13 @@ def test_no_floor_imports_a_higher_one_and_no_module_imports_itself_back():
 def _hands_off(module: str) -> bool:
     path = ROOT / module.replace(".", "/") / "__init__.py"
     return path.is_file() and not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in ast.parse(path.read_text()).body)
+
+
+def test_docs_agree_with_the_code_and_state_no_unrendered_claim(capsys):
+    """The rendered blocks (options, Parquet schema and strategies generated from the code; measured tables from
+    benchmarks/results/) are up to date, and README.md and docs/ state no measurement or comparison in prose:
+    python -m benchmarks.render --check."""
+    from benchmarks.render import main, prose_claims
+
+    assert prose_claims("It trains in 3 minutes.\n\nIt is faster than\nthe old one.") != []  # the rule can fail
+    assert main(["--check"]) == 0, capsys.readouterr().err

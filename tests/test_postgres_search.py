@@ -110,7 +110,7 @@ def _run_until(args: list[str], line_starts: str, then, env: dict | None = None)
 def test_a_database_restart_mid_study_costs_a_line_not_the_search(postgres_server, tmp_path):  # noqa: F811
     """The PostgreSQL server that holds a TPE study and its lease is restarted (down 5 s) while trials run: the
     driver waits for it with a line, goes on, keeps its lease, and ends equal to a study no restart touched."""
-    url = postgres_server.database("restart").replace("+psycopg2", "")  # as the README writes it: SQLAlchemy's default driver
+    url = postgres_server.database("restart").replace("+psycopg2", "")  # as docs/clusters.md writes it: SQLAlchemy's default driver
 
     def args(study: str) -> list[str]:
         return ["search.run", "--runs-dir", str(tmp_path), "--storage", url, "--preset", "smoke", "--final-top-k", "0",

@@ -34,6 +34,7 @@ class FamilyCard:
     noise: float = 0.0
     width_params: tuple[str, ...] = ("width",)  # hyperparameters that set the networks' widths
     metrics: tuple[str, ...] = ("train_loss",)  # what its train_step reports every epoch (epochs.parquet columns)
+    metric_meanings: dict[str, str] = field(default_factory=dict)  # what each of its own metrics is (docs/results.md)
     # Named changes to its study defaults that the benchmarks train (benchmarks/seeds.py and learning.py).
     variants: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
     # What may change while a model trains (population-based training, Family.retune): the loss weights it names,
@@ -112,11 +113,15 @@ AUTOENCODER = register(FamilyCard(
     variants={"seeds": ({}, {"p_translation": 0.0}), "learning": ({},)}))
 GAN = register(FamilyCard(
     "gan", ("pix2pix",), GANConfig, "trainables.gan:GANFamily", noise=0.047, width_params=("g_width", "d_width"),
-    metrics=("train_loss", "g_loss", "g_adv_loss", "d_loss"), loss_weights=("l1_weight",), retune_prefixes=("g_", "d_"),
+    metrics=("train_loss", "g_loss", "g_adv_loss", "d_loss"),
+    metric_meanings={"g_loss": "gan: the generator's whole loss (adversarial + L1 weight x map loss)",
+                     "g_adv_loss": "gan: the generator's adversarial term", "d_loss": "gan: the discriminator's loss"},
+    loss_weights=("l1_weight",), retune_prefixes=("g_", "d_"),
     # seeds: every L1 weight greedy's block 0 visits (1 is the study default), then what it holds after block 0.
     variants={"seeds": ({}, {"l1_weight": 10.0}, {"l1_weight": 100.0}, {"l1_weight": 100.0, "p_translation": 0.0}),
               "learning": ({}, {"l1_weight": 100.0})}))
 DIFFUSION = register(FamilyCard(
     "diffusion", ("palette",), DiffusionConfig, "trainables.diffusion:DiffusionFamily", noise=0.035,
     metrics=("train_loss", "noise_loss"),
+    metric_meanings={"noise_loss": "diffusion: the denoising loss on its target (eps, x0 or v)"},
     variants={"seeds": ({"p_translation": 0.0},), "learning": ({}, {"denoise_loss": "mse"})}))

@@ -160,7 +160,7 @@ def fetch_folder(text: str, cache: Path, *, what: str) -> Path:
     infos = where.fs.get_file_info(pafs.FileSelector(where.path, recursive=True, allow_not_found=True))
     listing = sorted([i.path[len(where.path) + 1:], i.size] for i in infos if i.type == pafs.FileType.File)
     if not listing:
-        raise LocationError(f"{what} {text}: no files there; it should hold images/ and maps/ (the README's layouts).")
+        raise LocationError(f"{what} {text}: no files there; it should hold images/ and maps/ (the layouts of docs/data.md).")
     manifest = folder / ".listing.json"
     if manifest.is_file() and json.loads(manifest.read_text()) == listing:
         return folder

@@ -165,6 +165,23 @@ def faults_table() -> str:
     return "\n".join(lines)
 
 
+def faults_summary() -> str:
+    """docs/reliability.md: per kind of study, the kills it survived and whether it ended equal (results/faults.json)."""
+    results = load("faults.json")
+    prov = results.get("provenance")
+    lines = [f"Measured on {measured(prov)} (`{prov['command']}`; the whole table is section 8 of "
+             "`benchmarks/README.md`):", ""]
+    for r in results["results"]:
+        c = r["comparison"]
+        how = "equal to the uninterrupted run" if r["equal"] else (
+            "**not equal** to the uninterrupted run: "
+            + ", ".join(part for part, ok in (("its trials", c["trials_equal"]), ("its epoch curves", c["epoch_curves_equal"]))
+                        if not ok) + f" differ ({c['epoch_rows'][1]} epoch rows against {c['epoch_rows'][0]})")
+        lines.append(f"- {r.get('kind', r['strategy'])}: {r['kills_survived']} kills survived, {r['trials_lost']} trials "
+                     f"lost, {r['trials_repeated']} repeated; {how}.")
+    return "\n".join(lines)
+
+
 def test_time() -> str:
     """README.md's opening: how long the test command took, as CI runs it (benchmarks/suite.py)."""
     r = load("tests.json")

@@ -197,7 +197,7 @@ def gpu_targets() -> str:
 
 
 def gpu_summary() -> str:
-    """README.md, "Ray clusters and GPUs": what the CUDA path measured, from gpu-h100.json."""
+    """docs/clusters.md: what the CUDA path measured, from gpu-h100.json."""
     gpu = load("gpu-h100.json")
     rows = {(r["family"], r["width"], r["variant"]): r for r in gpu["train"]["rows"]}
     eager, graphed = rows[("gan", 64, "bf16")], rows[("gan", 64, "bf16+cl+graphs")]

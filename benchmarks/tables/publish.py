@@ -60,7 +60,7 @@ def publish_table() -> str:
 
 
 def recommendation() -> str:
-    """README.md, "Which strategy": what the publish table supports, per family, and nothing more."""
+    """docs/strategies.md: what the publish table supports, per family, and nothing more."""
     from benchmarks.publish import excludes_zero, summarize
 
     rows = _rows()

@@ -58,7 +58,7 @@ def cpu_search_table() -> str:
 
 
 def unlearnable_run() -> str:
-    """README.md: the greedy autoencoder search on data that cannot be learned, as printed."""
+    """docs/data.md: the greedy autoencoder search on data that cannot be learned, as printed."""
     case = load("cpu_search.json")["autoencoder-independent"]
     s = case["summary"]
     black = s["baselines"]["black_l1"]
@@ -74,7 +74,7 @@ def unlearnable_run() -> str:
 
 
 def strategy_comparison() -> str:
-    """README.md: each strategy against greedy on the same seeds, at greedy's budget (benchmarks/search.py's runs)."""
+    """docs/strategies.md: each strategy against greedy on the same seeds, at greedy's budget (benchmarks/search.py's runs)."""
     import pandas as pd
 
     from benchmarks.search import interval
@@ -114,7 +114,7 @@ def strategy_comparison() -> str:
 
 
 def preset_times() -> str:
-    """README.md: how long whole cpu-preset greedy searches took, final stage included."""
+    """docs/options.md: how long whole cpu-preset greedy searches took, final stage included."""
     results = load("cpu_search.json")
     current = [name for name in sorted(results) if not results[name].get("note")]  # a note marks a superseded file
     parts = [f"{name} {results[name]['wall_seconds'] / 60:.0f} min ({results[name]['summary']['trials']} trials)"
@@ -168,11 +168,11 @@ def main_job_time() -> str:
     return (f"(Measured on {measured(case['provenance'])}, without a GPU: {case['wall_seconds'] / 60:.0f} minutes, "
             f"{s['trials']} trials of search, then the final stage, the top {len(final.get('configurations', []))} "
             f"configurations re-trained with {len(final.get('seeds', []))} new seeds each ({runs} runs) and measured on "
-            "the test split; plus about 2 minutes of install. Its first lines state an estimate measured on your "
+            "the test split. Its first lines state an estimate measured on your "
             "machine, and every finished trial's line says how many trials are done and how long is left. With a GPU "
             f"it runs the report's full budget instead: on one {gpu['env']['device']} ({measured(gpu['provenance'])}, "
             f"an earlier study file), {blocks} greedy blocks ({search['trials']} trials) took "
-            f"{search['total_s'] / 60:.0f} minutes before the lease ran out, where the report spent about 3 days.)")
+            f"{search['total_s'] / 60:.0f} minutes before the lease ran out; the report's GAN search took approximately 3 days on an RTX 3070.)")
 
 
 def example_run() -> str:
@@ -212,7 +212,7 @@ def channel_reading() -> str:
 
 
 def data_baselines() -> str:
-    """README.md: the synthetic default's baselines on val (learning.json) and test (a cpu search's final stage)."""
+    """docs/data.md: the synthetic default's baselines on val (learning.json) and test (a cpu search's final stage)."""
     val = load("learning.json")["baselines"]
     test = load("cpu_search.json")["gan-synthetic"]["summary"]["final"]["test_baselines"]
     return (f"Its baselines: all-black map val L1 {val['black_l1']:.4f}, mean training map {val['mean_map_l1']:.4f} "

@@ -14,7 +14,7 @@ contenders. A configuration beats them only:
 
 When nothing beats the baseline the search says so in a line of its own, ``summary.json`` says
 ``"beats_baseline": false`` (and inside ``final``), the dashboard's answer says it, and
-``search.predict`` warns (README, "When nothing beats the baseline").
+``search.predict`` warns (docs/data.md, "When nothing beats the baseline").
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def verdict_line(beats: bool | None, final: dict[str, Any] | None, best_val_l1: 
         reach = f"its 95% interval reaches {upper:.4f}" if upper is not None else "one seed gives no interval"
         return (f"no configuration beats {name} on this data: the recommended one's {split} L1 is "
                 f"{stat['mean']:.4f} and {reach}, not below {name}'s {value:.4f} "
-                "(README, 'When nothing beats the baseline')")
+                "(docs/data.md, 'When nothing beats the baseline')")
     if beats is None or beats:
         return None
     name, value = better_baseline(val_baselines)
     return (f"no configuration beats {name} on this data: the best val L1 {best_val_l1:.4f} is not below "
             f"{name}'s {value:.4f} by more than the noise margin ({margin:.1%}) "
-            "(README, 'When nothing beats the baseline')")
+            "(docs/data.md, 'When nothing beats the baseline')")

@@ -1,52 +1,7 @@
 """Study results as Parquet, written incrementally and atomically while a search runs.
 
-Schema version 2 (also in the README; version 2 added the per-channel L1 columns). ``trials.parquet``, one row per trial:
-
-==================  ==================  ===============================================
-column              type                meaning
-==================  ==================  ===============================================
-schema_version      int32               1
-study               string              study name (its folder under the runs dir)
-strategy            string              greedy | tpe | random
-family              string              autoencoder | gan | diffusion
-trial_id            string              stable key of what the trial trains (12 hex)
-ray_trial_id        string              Ray Tune's id in the segment that ran it last
-segment             int32               which driver run (0, 1, ...) ran it last
-status              string              running | completed | stopped | diverged | errored
-best_val_l1         float64             lowest validation L1 over its epochs
-best_val_l1_remembered float64          at that best epoch: L1 of the red "remembered" channel
-best_val_l1_falsely_remembered float64  ... and of the green "falsely remembered" channel
-final_val_l1        float64             validation L1 at its last epoch
-final_train_l1      float64             train L1 (fixed training subset) at its last epoch
-final_val_spearman  float64             Spearman's rho of implied scores, last epoch
-final_sampler_val_l1 float64            diffusion: val L1 with the final sampler
-epochs_run          int64               epochs reported
-epochs_planned      int64               the study's epoch budget
-wall_seconds        float64             training wall time of the trial
-device              string              cpu | cuda
-node_id             string              Ray node that ran it
-started_at          timestamp[us, UTC]  first start
-ended_at            timestamp[us, UTC]  end (null while running)
-error               string              error text of errored trials
-greedy_sweep        int64               greedy only: sweep index
-greedy_block        int64               greedy only: block index within the study
-greedy_param        string              greedy only: the parameter the block varied
-config_json         string              the complete resolved trial config (JSON)
-hp_<name>           int64/float64/      one typed column per hyperparameter of the
-                    string/bool         study's space (null where inactive)
-==================  ==================  ===============================================
-
-``epochs.parquet``, one row per reported epoch per trial: schema_version, study,
-trial_id, epoch (int64), status, train_l1, val_l1, val_l1_remembered,
-val_l1_falsely_remembered (the two meaningful channels), best_val_l1,
-best_val_l1_remembered, best_val_l1_falsely_remembered (channels at the best epoch), val_spearman,
-train_loss, g_loss, g_adv_loss, d_loss, noise_loss, final_val_l1 (float64, null where a
-family does not report them), epoch_seconds, wall_seconds, peak_rss_mb (peak resident
-memory of the process running the trial, reused across trials), gpu_peak_mb (the trial's
-peak CUDA memory in tensors), gpu_reserved_mb (its process's peak on the device: allocator cache
-and CUDA context included), gpu_util (the GPU's mean utilisation over the epoch, 0 to 1, whole
-GPU: the trial's own only when it had the GPU alone) (float64), reported_at
-(timestamp[us, UTC]).
+The columns and their meanings are below (``TRIAL_COLUMNS``, ``epoch_columns``, ``MEANINGS``), with each
+strategy's own columns and each family's metrics; docs/results.md renders them from here.
 
 Both files are rewritten whole (they are small) through the study store's atomic write
 (:mod:`trainables.storage`): a reader sees the old or the new file, never half of one, and a
@@ -98,6 +53,41 @@ def epoch_columns() -> list[tuple[str, pa.DataType]]:
              ("status", pa.string())]
             + [(m, pa.float64()) for m in epoch_metrics()]
             + [("reported_at", pa.timestamp("us", tz="UTC"))])
+MEANINGS = {
+    "schema_version": "the schema's version (2 added the per-channel L1 columns)",
+    "study": "the study's name (its folder under the runs dir)",
+    "strategy": "the search strategy", "family": "the model family",
+    "trial_id": "the trial's key: a hash of what it trains (hyperparameters, seed, width divisor, data)",
+    "ray_trial_id": "Ray Tune's id of the trial in the driver run that ran it last",
+    "segment": "which driver run (0, 1, ...) ran it last",
+    "status": "running, completed, stopped (ended early by ASHA), diverged or errored",
+    "best_val_l1": "the lowest validation L1 over its epochs",
+    "best_val_l1_remembered": "at the best epoch: the L1 of the red remembered channel",
+    "best_val_l1_falsely_remembered": "at the best epoch: the L1 of the green falsely remembered channel",
+    "final_val_l1": "validation L1 at its last epoch (epochs.parquet: diffusion's val L1 with the final sampler)",
+    "final_train_l1": "train L1 (a fixed training subset) at its last epoch",
+    "final_val_spearman": "Spearman's rho between the image scores the predicted and true maps imply, last epoch",
+    "final_sampler_val_l1": "diffusion: val L1 with the final sampler",
+    "epochs_run": "epochs reported", "epochs_planned": "the epochs a trial may train",
+    "wall_seconds": "training wall time (epochs.parquet: since the trial started)",
+    "device": "cpu or cuda", "node_id": "the Ray node that ran it",
+    "started_at": "its first start", "ended_at": "its end (null while running)",
+    "error": "the error text of an errored trial",
+    "config_json": "the whole resolved trial config (JSON)",
+    "hp_<name>": "one typed column per hyperparameter of the space (null where inactive, such as hp_beta1 under SGD)",
+    "epoch": "the epoch (1, 2, ...)",
+    "train_l1": "train L1 (a fixed training subset)", "val_l1": "validation L1, maps in [-1, 1]",
+    "val_l1_remembered": "val L1 of the red remembered channel",
+    "val_l1_falsely_remembered": "val L1 of the green falsely remembered channel",
+    "val_spearman": "Spearman's rho between the image scores the predicted and true maps imply",
+    "train_loss": "the training loss the family minimises",
+    "epoch_seconds": "the epoch's wall time",
+    "peak_rss_mb": "peak resident memory of the process running the trial (Ray reuses processes: the peak so far)",
+    "gpu_peak_mb": "the trial's peak CUDA memory in tensors",
+    "gpu_reserved_mb": "its process's peak on the device, PyTorch's cache and the CUDA context included",
+    "gpu_util": "the GPU's mean utilisation over the epoch, 0 to 1 (the whole GPU's)",
+    "reported_at": "when the epoch was reported",
+}
 HP_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 STATUSES = ("running", "completed", "stopped", "diverged", "errored")
 

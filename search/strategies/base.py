@@ -152,6 +152,7 @@ class Strategy(ABC):
     legacy_domain = "ranges"  # the domain of a study made before --domain existed
     options: tuple[StrategyOption, ...] = ()
     columns: dict[str, str] = {}
+    column_meanings: dict[str, str] = {}  # what each of its columns holds (docs/results.md renders it)
     study_sections: tuple[str, ...] = ()
 
     def check(self, options: Any) -> None:

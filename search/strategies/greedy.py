@@ -54,6 +54,8 @@ class GreedyStrategy(Strategy):
         StrategyOption("--blocks", "greedy: only the first N parameters", int, metavar="N"),
     )
     columns = {"greedy_sweep": "int", "greedy_block": "int", "greedy_param": "str"}
+    column_meanings = {"greedy_sweep": "the sweep (a pass over the order)", "greedy_block": "the block (one parameter's "
+                       "values) within the study", "greedy_param": "the parameter the block varied"}
 
     def trial_line(self, row: dict[str, Any]) -> tuple[str, str | None]:
         if row.get("greedy_param"):  # the block's parameter, the one value the trial changed
