@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT, run_cli
 
@@ -92,6 +94,43 @@ def test_a_trial_that_errors_before_it_starts_is_recorded_with_its_config(tmp_pa
     row = results.trials["key-0.5"]
     assert (row["status"], row["segment"], row["error"]) == ("errored", 3, "worker died")
     assert '"lr": 0.5' in row["config_json"] and row["hp_lr"] == 0.5
+
+
+def test_a_driver_killed_after_asha_stopped_a_trial_keeps_its_last_epoch(tmp_path):
+    """ASHA stops a trial after its epoch 2; the trial's checkpoint is paced and holds epoch 1 only; the driver is
+    killed after the searcher recorded the end and before the results callback did. The epoch Ray marked done was
+    flushed before the searcher heard of it, so the resumed study records the trial as stopped after 2 epochs,
+    both epochs in epochs.parquet, as an uninterrupted run would."""
+    from search.runner.reconcile import reconcile
+    from search.runner.recording import ResultsCallback
+    from search.store.results import ResultsStore, TrialIdentity
+    from search.store.study import StudyStore
+    from search.strategies.base import SearcherRecord
+    from trainables.checkpoints import CHECKPOINT_FORMAT
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    identity = TrialIdentity(full_config=dict, key_of=lambda c: f"key-{c['lr']}", hyperparameters=lambda c: {})
+    results = ResultsStore(store, strategy="tpe", family="autoencoder", hp_kinds={})
+    callback = ResultsCallback(results, identity, segment=0, epochs_planned=4, flush_seconds=3600.0)
+    trial = SimpleNamespace(trial_id="ray-1", config={"lr": 0.5})
+    rows = [{"epoch": e, "val_l1": 0.9 - e / 10, "best_val_l1": 0.9 - e / 10, "status": "running"} for e in (1, 2)]
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, dict(rows[0]))  # not flushed: within the flush interval
+    callback.on_trial_result(0, [], trial, dict(rows[1], done=True))  # ASHA's stop: flushed now
+    checkpoints = store.trial_checkpoints("key-0.5")
+    checkpoints.folder.make_dirs()
+    checkpoints.save_latest({"format": CHECKPOINT_FORMAT, "epoch": 1, "history": rows[:1]})
+
+    reopened = ResultsStore(store, strategy="tpe", family="autoencoder", hp_kinds={})  # the killed driver's files
+    assert reopened.trials["key-0.5"]["status"] == "running"
+    done = {"key-0.5": SearcherRecord(config={"lr": 0.5}, errored=False)}
+    lines = reconcile(reopened, identity, done, store, segment=1, epochs_planned=4)
+    assert lines == ["trial key-0.5: finished before the driver was killed; recorded as stopped after 2 epochs "
+                     "(from its checkpoint)"]
+    row = ResultsStore(store, strategy="tpe", family="autoencoder", hp_kinds={}).trials["key-0.5"]
+    assert (row["status"], row["epochs_run"], row["best_val_l1"]) == ("stopped", 2, pytest.approx(0.7))
+    assert sorted(e for (_, e) in reopened.epochs) == [1, 2]
 
 
 def test_a_population_members_unflushed_epochs_are_recorded_from_its_snapshot(tmp_path):

@@ -60,8 +60,14 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
                                epochs_planned=epochs_planned, block=record.block)
         for result in history:
             store.add_epoch(tid, dict(result, replayed=True))
-        if history:
+        # Its last epoch: the checkpoint's (paced, it may lag) or the last reported row the flush on a trial's
+        # last result put on disk before the searcher heard of its end (ResultsCallback), whichever is later.
+        recorded = (row or {}).get("epochs_run") or 0
+        if history and int(history[-1]["epoch"]) > recorded:
             store.upsert_trial(tid, **trial_metrics(history[-1]))
+        last = max([*history, *(r for (t, _), r in store.epochs.items() if t == tid)],
+                   key=lambda r: int(r["epoch"]), default=None)
+        history = [last] if last is not None else []
         if record.errored and not (history and history[-1].get("status") in ("completed", "diverged")):
             status = "errored"
             store.upsert_trial(tid, status=status, ended_at=utc_now(),
@@ -71,7 +77,7 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
             status = final_status(history[-1] if history else {}, epochs_planned)
             store.upsert_trial(tid, status=status, ended_at=utc_now())
         lines.append(f"trial {tid}: finished before the driver was killed; recorded as {status} "
-                     f"after {len(history)} epochs (from its checkpoint)")
+                     f"after {int(history[-1]['epoch']) if history else 0} epochs (from its checkpoint)")
 
     # Finished trials whose last epochs missed the Parquet flush.
     for tid, row in store.trials.items():
@@ -83,7 +89,10 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
         checkpoint = study.trial_checkpoints(tid).load_latest()
         for result in (checkpoint["history"] if checkpoint else []):
             store.add_epoch(tid, dict(result, replayed=True))
-        lines.append(f"trial {tid}: {row['epochs_run'] - held} epoch rows restored from its checkpoint")
+        restored = sum(1 for (t, _) in store.epochs if t == tid) - held
+        lines.append(f"trial {tid}: {restored} epoch rows restored from its checkpoint"
+                     + (f"; {row['epochs_run'] - held - restored} were lost with the driver" if held + restored < row["epochs_run"]
+                        else ""))
     if lines:
         store.flush()
     return lines

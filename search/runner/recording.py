@@ -65,7 +65,10 @@ class ResultsCallback(Callback):
             print(f"trial {tid}: {result['notice']}", flush=True)
         self.store.add_epoch(tid, result)
         self.store.upsert_trial(tid, **trial_metrics(result))
-        self._maybe_flush()
+        # A trial's last result (ASHA stops it: Ray marks it done before the searcher hears of the end; or it
+        # ended) reaches the disk before the searcher records the end: a driver killed in between leaves the
+        # searcher's record and the epochs that led to it, whatever the trial's paced checkpoint holds.
+        self._maybe_flush(force=bool(result.get("done")) or result.get("status") in ("completed", "diverged"))
         if self.on_result:
             self.on_result(result)
 

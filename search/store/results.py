@@ -156,9 +156,11 @@ class ResultsStore:
         return self.upsert_trial(trial_id, **values)
 
     def flush(self) -> None:
-        self.store.write_table(self.TRIALS, list(self.trials.values()), self.trial_schema)
+        """Epochs first: a driver killed between the two writes leaves trials.parquet behind epochs.parquet, never
+        ahead of it (a trial's row never claims epochs that are not recorded)."""
         ordered = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
         self.store.write_table(self.EPOCHS, ordered, self.epoch_schema)
+        self.store.write_table(self.TRIALS, list(self.trials.values()), self.trial_schema)
         crash_point("results-flushed")
 
     def finished_ids(self) -> set[str]:
