@@ -36,7 +36,7 @@ REQUEST = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) ')
 
 
 def _trial_config(checkpoint_root: str) -> dict[str, Any]:
-    from search.space import load_space
+    from search.study_file import load_space
 
     return {**load_space("autoencoder").defaults(), "epochs": EPOCHS, "width_divisor": 4, "threads": 2, "seed": 0,
             "checkpoint_root": checkpoint_root}

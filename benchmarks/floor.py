@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.provenance import provenance
-from search.space import load_space
+from search.study_file import load_space
 from trainables.config import RunSettings
 from trainables.families import FAMILIES, find_family
 from trainables.family import Family

@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.provenance import provenance, write_family_rows
 from search.runner.options import PRESETS
-from search.space import load_space
+from search.study_file import load_space
 from trainables.families import FAMILIES, find_family
 from trainables.data import MAP_CHANNELS, resolve_data
 from trainables.loop import run_trial

@@ -34,7 +34,7 @@ TRAIN_EVAL = 160  # training images on which train L1 is measured each epoch (as
 
 
 def study_defaults(family: str) -> dict[str, Any]:
-    from search.space import load_space
+    from search.study_file import load_space
 
     space = load_space(family)
     return space.default_config()

@@ -90,14 +90,9 @@ def _table(s3, study: str, name: str) -> pd.DataFrame:
     return StudyStore(open_location(s3.uri("runs")), study).read_table(name).to_pandas()
 
 
-def _local_study_files(roots: list[Path], since: float, skip: Path) -> list[str]:
-    found = []
-    for root in roots:
-        for path in (root.rglob("*") if root.is_dir() else [root]):
-            if (path.name in STUDY_FILES and skip not in path.parents and path.is_file()
-                    and path.stat().st_mtime >= since):
-                found.append(str(path))
-    return found
+def _local_study_files(root: Path, since: float) -> list[str]:
+    return [str(path) for path in root.rglob("*")
+            if path.name in STUDY_FILES and path.is_file() and path.stat().st_mtime >= since]
 
 
 def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postgres_url, tiny_data_dir, tmp_path,
@@ -114,8 +109,12 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
     folders = {name: tmp_path / name for name in ("head", "worker", "driver")}
     for folder in folders.values():
         folder.mkdir()
-    env = {**s3.env(), "RAY_AUTH_MODE": "disabled"}
-    with local_cluster(env, (folders["head"], folders["worker"])) as (address, ray_temp):
+    # Every process of the test writes its temporary files and Ray's results folder under tmp_path, which is
+    # then the one place checked for study files that should have gone to the bucket.
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "home").mkdir()
+    env = {**s3.env(), "RAY_AUTH_MODE": "disabled", "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path / "home")}
+    with local_cluster(env, (folders["head"], folders["worker"])) as (address, _):
         runs = s3.uri("runs")
 
         def command(study: str) -> list[str]:
@@ -150,8 +149,7 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
     keys = s3.keys("runs/killed/")
     assert "runs/killed/final.parquet" in keys and any(k.endswith("/best.pt") for k in keys)
     assert any(k.startswith("runs/killed/ray/") for k in keys), "Ray Tune's files are not in the bucket"
-    new_in_tmp = [p for p in Path("/tmp").iterdir() if p.stat().st_mtime >= started and p != ray_temp]
-    assert not _local_study_files([tmp_path, Path.home() / "ray_results", *new_in_tmp], started, skip=ray_temp)
+    assert not _local_study_files(tmp_path, started)
 
     from dashboards.build import build
     from search.predict import predict_images
@@ -177,7 +175,11 @@ def test_a_bucket_that_stops_answering_for_30_s_costs_a_line_not_the_search(s3_s
         monkeypatch.setenv(name, value)
     proxy = Outage(s3.port)
     runs = s3.uri("outage").replace(s3.endpoint, f"127.0.0.1:{proxy.port}")
-    env = {**s3.env(), "RAY_AUTH_MODE": "disabled"}
+    # Every process of the test writes its temporary files and Ray's results folder under tmp_path, which is
+    # then the one place checked for study files that should have gone to the bucket.
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "home").mkdir()
+    env = {**s3.env(), "RAY_AUTH_MODE": "disabled", "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path / "home")}
 
     def command(study: str) -> list[str]:
         return [sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke",

@@ -14,7 +14,7 @@ from search.store.study import JsonFile
 from search.strategies.greedy_searcher import GreedySearcher, block_line, config_key
 import tomllib
 
-from search.space import load_space, parse_space, study_path
+from search.study_file import load_space, parse_space, study_path
 
 # Ray workers cannot import test modules: ship this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

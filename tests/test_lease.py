@@ -151,8 +151,14 @@ def test_another_machines_fresh_lease_is_refused_even_if_its_pid_is_unknown_here
 
 def test_heartbeat_keeps_a_live_lease(storage, study, db):
     with StudyLease(storage, study, timeout=1.0, heartbeat_every=0.15) as alive:
+        beats = {row_of(db, study).heartbeat}
+        for _ in range(600):  # the heartbeat moves on its own, however loaded the machine (at most a minute)
+            if len(beats) >= 3:
+                break
+            time.sleep(0.1)
+            beats.add(row_of(db, study).heartbeat)
+        assert len(beats) >= 3, beats
         time.sleep(1.6)  # longer than the timeout: only the heartbeat keeps it fresh
-        assert time.time() - row_of(db, study).heartbeat < 0.8
         with pytest.raises(LeaseHeld):
             StudyLease(storage, study, timeout=1.0).acquire()
         assert alive.held

@@ -101,7 +101,7 @@ def _study_values(space, name):
 
 def test_terminal_signal_is_pure_noise_for_every_study_configuration():
     """Sampling starts from pure noise, so training must reach it: below 1% of the map at the last step."""
-    from search.space import load_space
+    from search.study_file import load_space
 
     space = load_space("diffusion")
     fixed_ztsnr = space.fixed.get("zero_terminal_snr", True)

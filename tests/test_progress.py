@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import io
 
 from ray.tune.search import Searcher
@@ -119,13 +121,13 @@ def test_estimate_counts_rounds_of_parallel_trials_block_by_block():
 def test_one_epoch_is_measured_on_this_machine(tiny_data):
     from dataclasses import asdict
 
-    from search.space import load_space
+    from search.study_file import load_space
     from trainables.config import RunSettings
 
     space = load_space("autoencoder")
     config = {**space.default_config(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
     seconds = measure_epoch_seconds(find_family("autoencoder"), config, tiny_data)
-    assert 0 < seconds < 60
+    assert seconds > 0 and math.isfinite(seconds)
 
 
 def test_estimate_gives_a_range_up_to_the_widest_models():
@@ -158,14 +160,14 @@ def test_under_a_budget_with_early_stops_the_estimate_gives_the_trials_range_and
 
 
 def test_a_short_trial_measures_an_epoch_as_search_trials_run_it(tiny_data):
-    from search.space import load_space
+    from search.study_file import load_space
     from trainables.measure import measure_trial_epoch
 
     space = load_space("autoencoder")
     config = {**space.default_config(), "width_divisor": 16, "train_eval_size": 16, "epochs": 100}
     row = measure_trial_epoch(find_family("autoencoder"), config, tiny_data)
     assert row["epoch"] == 2 and row["status"] == "completed"  # its own 2 epochs, not the config's 100
-    assert 0 < row["epoch_seconds"] < 60 and row["device"] == "cpu"
+    assert row["epoch_seconds"] > 0 and math.isfinite(row["epoch_seconds"]) and row["device"] == "cpu"
 
 
 def test_a_log_gets_a_progress_line_when_none_was_printed_for_five_minutes():

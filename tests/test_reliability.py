@@ -122,15 +122,24 @@ def test_a_driver_killed_after_asha_stopped_a_trial_keeps_its_last_epoch(tmp_pat
     checkpoints.folder.make_dirs()
     checkpoints.save_latest({"format": CHECKPOINT_FORMAT, "epoch": 1, "history": rows[:1]})
 
+    # A second trial ended before its first row was ever flushed: only its checkpoint and the searcher know it.
+    complete = [{"epoch": e, "val_l1": 0.5, "best_val_l1": 0.5, "status": "running" if e < 4 else "completed"}
+                for e in (1, 2, 3, 4)]
+    other = store.trial_checkpoints("key-0.7")
+    other.folder.make_dirs()
+    other.save_latest({"format": CHECKPOINT_FORMAT, "epoch": 4, "history": complete})
+
     reopened = ResultsStore(store, strategy="tpe", family="autoencoder", hp_kinds={})  # the killed driver's files
     assert reopened.trials["key-0.5"]["status"] == "running"
-    done = {"key-0.5": SearcherRecord(config={"lr": 0.5}, errored=False)}
+    done = {"key-0.5": SearcherRecord(config={"lr": 0.5}, errored=False),
+            "key-0.7": SearcherRecord(config={"lr": 0.7}, errored=False)}
     lines = reconcile(reopened, identity, done, store, segment=1, epochs_planned=4)
     assert lines == ["trial key-0.5: finished before the driver was killed; recorded as stopped after 2 epochs "
-                     "(from its checkpoint)"]
+                     "(from its checkpoint)", "trial key-0.7: finished before the driver was killed; recorded as "
+                     "completed after 4 epochs (from its checkpoint)"]
     row = ResultsStore(store, strategy="tpe", family="autoencoder", hp_kinds={}).trials["key-0.5"]
     assert (row["status"], row["epochs_run"], row["best_val_l1"]) == ("stopped", 2, pytest.approx(0.7))
-    assert sorted(e for (_, e) in reopened.epochs) == [1, 2]
+    assert sorted(e for (t, e) in reopened.epochs if t == "key-0.5") == [1, 2]
 
 
 def test_a_population_members_unflushed_epochs_are_recorded_from_its_snapshot(tmp_path):

@@ -19,7 +19,7 @@ from search.strategies.bohb_sampler import RungTPESampler
 from search.strategies.budget import EpochBudget
 from search.strategies.optuna_strategy import OptunaStrategy
 from search.strategies.optuna_study import open_storage, open_study
-from search.space import load_space
+from search.study_file import load_space
 from search.strategies import STRATEGIES
 from tests.conftest import run_cli
 from tests.test_search import SMOKE, _crash
@@ -202,7 +202,7 @@ def test_on_the_grid_no_configuration_is_trained_twice(strategy, tmp_path):
     raw = tomllib.loads((Path(__file__).parent.parent / "studies" / "autoencoder.toml").read_text())
     raw["order"] = ["batch_size"]
     raw["params"] = {"batch_size": raw["params"]["batch_size"]}
-    from search.space import parse_space
+    from search.study_file import parse_space
 
     space = parse_space(raw)
     study = open_study(open_storage(f"sqlite:///{tmp_path / 'o.db'}"), "s", space, sampler=_sampler(strategy, space, 10),

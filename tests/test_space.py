@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.space import STUDIES_DIR, StudyFileError, load_space, parse_space
+from search.space import STUDIES_DIR, StudyFileError
+from search.study_file import load_space, parse_space
 from tests.conftest import assert_clean_error, run_cli
 
 
@@ -106,7 +107,7 @@ def _changed(space_text: str) -> str:
 def test_a_study_keeps_the_space_it_was_made_with_when_the_study_file_changes(tmp_path):
     import tomllib
 
-    from search.space import load_space, parse_space, recorded_space
+    from search.study_file import load_space, parse_space, recorded_space
 
     current = load_space("autoencoder")
     before_text = _changed(current.text)

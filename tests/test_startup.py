@@ -49,3 +49,26 @@ def test_answers_without_importing_torch_ray_or_optuna(argv, said, tmp_path):
     answer = _answer(argv)
     assert answer["code"] == (0 if argv == ["--help"] else 2) and said in answer["said"], answer
     assert answer["heavy"] == [], f"{answer['heavy']} imported to answer {argv}"
+
+
+def test_the_command_line_and_search_options_agree():
+    """Every option the command parses is a SearchOptions field (or a strategy's own option), with the same
+    default, and every SearchOptions field but the strategy's own options dict is an option of the command."""
+    import argparse
+    from dataclasses import MISSING, fields
+
+    from search.run import build_parser
+    from search.runner.options import SearchOptions
+    from search.strategies import STRATEGIES
+
+    own = {option.dest for _, strategy in STRATEGIES.items() for option in strategy.options}
+    parsed = {a.dest: a for a in build_parser()._actions if not isinstance(a, argparse._HelpAction)}
+    declared = {f.name: f for f in fields(SearchOptions) if f.name != "strategy_options"}
+    assert set(parsed) - own == set(declared), (set(parsed) - own) ^ set(declared)
+    for name, item in declared.items():
+        if item.default is MISSING:
+            assert parsed[name].required, name
+        else:
+            assert parsed[name].default == item.default, (name, parsed[name].default, item.default)
+    for name in own:
+        assert parsed[name].default is argparse.SUPPRESS, name  # its strategy's default, read through SearchOptions

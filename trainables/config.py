@@ -195,20 +195,31 @@ class DiffusionConfig(AugmentConfig):
 
 
 T = TypeVar("T")
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+KINDS = {"int": int, "float": float, "str": str, "bool": bool}  # a hyperparameter's kind -> its Python type
 
 
-def _coerce(cls: type, name: str, kind: str, value: Any) -> Any:
-    expected = _TYPES[kind]
+def coerce(kind: str, value: Any) -> Any:
+    """``value`` as a hyperparameter of ``kind`` (int, float, str or bool): an int where a float is wanted becomes
+    one, a whole float where an int is wanted becomes one; anything else of the wrong type (a bool for a number
+    included) raises ``TypeError`` naming what it got. The one coercion of a searched value, from a study file
+    (search.space) to a trial's config (here)."""
+    expected = KINDS[kind]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) and expected is not bool:
-        raise TypeError(f"{cls.__name__}.{name} must be {kind}, got the boolean {value!r}")
+        raise TypeError(f"must be {kind}, got the boolean {value!r}")
     if not isinstance(value, expected):
-        raise TypeError(f"{cls.__name__}.{name} must be {kind}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"must be {kind}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _coerce(cls: type, name: str, kind: str, value: Any) -> Any:
+    try:
+        return coerce(kind, value)
+    except TypeError as err:
+        raise TypeError(f"{cls.__name__}.{name} {err}") from None
 
 
 def _build(cls: type[T], values: dict[str, Any]) -> T:

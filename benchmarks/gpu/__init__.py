@@ -73,7 +73,7 @@ def bench_data():
 
 def thesis_config(family: str, width: int, **settings: Any) -> dict[str, Any]:
     """The study's defaults at thesis width ``width`` (both networks of the GAN), with run settings."""
-    from search.space import load_space
+    from search.study_file import load_space
 
     space = load_space(family)
     config = space.default_config()

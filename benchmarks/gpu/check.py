@@ -56,7 +56,7 @@ def _ddim25(data) -> dict[str, Any]:
 
 def _probe(data) -> dict[str, Any]:
     from search.runner.packing import choose_share
-    from search.space import load_space
+    from search.study_file import load_space
     from trainables.families import find_family
     from trainables.measure import GpuProbe, probe_gpu
 

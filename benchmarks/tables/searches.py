@@ -26,7 +26,7 @@ def _verdict(value: bool | None) -> str:
 
 def _departures(case: dict) -> str:
     """What a search changed: its best configuration against the current study file's defaults."""
-    from search.space import load_space
+    from search.study_file import load_space
 
     defaults = load_space(case["model"]).defaults()
     best = case["summary"]["best_config"]
@@ -202,7 +202,7 @@ def channel_reading() -> str:
              f"and the red \"remembered\" one at {best['remembered'] / base['black_l1_remembered']:.2f}x."]
     seeds = [r for r in load("seeds.json")["families"] if r["family"] == "gan" and set(r["changed"]) <= {"l1_weight"}]
     if seeds:
-        from search.space import load_space
+        from search.study_file import load_space
 
         default = load_space("gan").defaults()["l1_weight"]
         noise = ", ".join(f"{r['cv']:.1%} at L1 weight {r['changed'].get('l1_weight', default):g}" for r in seeds)

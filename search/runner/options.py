@@ -249,7 +249,8 @@ def check(options: SearchOptions) -> Checked:
     """Everything that can be checked before anything starts, with nothing heavy imported (no torch, Ray or
     Optuna): the options, and the study file (its family, its plug-ins' names, what the strategy needs of it).
     Returns the family's card and the study's space; raises StudyError or StudyFileError with one message."""
-    from search.space import StudyFileError, load_space
+    from search.space import StudyFileError
+    from search.study_file import load_space
 
     validate_options(options)
     family = resolve_family(options)

@@ -13,7 +13,8 @@ from typing import Any
 
 from search.errors import StudyError
 from search.runner.options import Preset, SearchOptions, find_preset
-from search.space import Space, recorded_space
+from search.space import Space
+from search.study_file import recorded_space
 from search.store.results import TrialIdentity
 from search.store.study import STUDY_FORMAT, StudyStore
 from search.strategies import Strategy

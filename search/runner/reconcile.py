@@ -45,41 +45,54 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
         row = store.trials.get(tid)
         if row is not None and row["status"] != "running":
             continue
-        if record.history is not None:  # the strategy read it from its own checkpoints (population members)
-            history = record.history
-        else:
-            if row is None and not study.has_trial_folder(tid):
-                continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
-            trial_store = study.trial_checkpoints(tid)
-            checkpoint = trial_store.load_latest()
-            history = checkpoint["history"] if checkpoint else []
-            if trial_store.notice:  # its newest checkpoint was unreadable: the record may miss its last epochs
-                lines.append(f"trial {tid}: {trial_store.notice}; its record may miss the epochs after that")
-        if row is None:
-            store.record_start(tid, identity, record.config, ray_trial_id=None, segment=segment,
-                               epochs_planned=epochs_planned, block=record.block)
-        for result in history:
-            store.add_epoch(tid, dict(result, replayed=True))
-        # Its last epoch: the checkpoint's (paced, it may lag) or the last reported row the flush on a trial's
-        # last result put on disk before the searcher heard of its end (ResultsCallback), whichever is later.
-        recorded = (row or {}).get("epochs_run") or 0
-        if history and int(history[-1]["epoch"]) > recorded:
-            store.upsert_trial(tid, **trial_metrics(history[-1]))
-        last = max([*history, *(r for (t, _), r in store.epochs.items() if t == tid)],
-                   key=lambda r: int(r["epoch"]), default=None)
-        history = [last] if last is not None else []
-        if record.errored and not (history and history[-1].get("status") in ("completed", "diverged")):
-            status = "errored"
-            store.upsert_trial(tid, status=status, ended_at=utc_now(),
-                               error="the trial failed; its error text was lost when the driver was killed "
-                                     "before recording it (see the worker logs under ray/)")
-        else:
-            status = final_status(history[-1] if history else {}, epochs_planned)
-            store.upsert_trial(tid, status=status, ended_at=utc_now())
-        lines.append(f"trial {tid}: finished before the driver was killed; recorded as {status} "
-                     f"after {int(history[-1]['epoch']) if history else 0} epochs (from its checkpoint)")
+        if record.history is None and row is None and not study.has_trial_folder(tid):
+            continue  # run by another driver on a shared storage (another machine's --runs-dir): not ours to record
+        lines += _close(store, identity, tid, record, row, study, segment=segment, epochs_planned=epochs_planned)
+    lines += _missing_epochs(store, study)
+    if lines:
+        store.flush()
+    return lines
 
-    # Finished trials whose last epochs missed the Parquet flush.
+
+def _close(store: ResultsStore, identity: TrialIdentity, tid: str, record: SearcherRecord, row: dict[str, Any] | None,
+           study: StudyStore, *, segment: int, epochs_planned: int) -> list[str]:
+    """A trial the searcher saw end that the Parquet files still call running (or lack): recorded from its
+    checkpoint and what was flushed of it."""
+    lines = []
+    if record.history is not None:  # the strategy read it from its own checkpoints (population members)
+        history = record.history
+    else:
+        trial_store = study.trial_checkpoints(tid)
+        checkpoint = trial_store.load_latest()
+        history = checkpoint["history"] if checkpoint else []
+        if trial_store.notice:  # its newest checkpoint was unreadable: the record may miss its last epochs
+            lines.append(f"trial {tid}: {trial_store.notice}; its record may miss the epochs after that")
+    if row is None:
+        store.record_start(tid, identity, record.config, ray_trial_id=None, segment=segment,
+                           epochs_planned=epochs_planned, columns=record.columns)
+    for result in history:
+        store.add_epoch(tid, dict(result, replayed=True))
+    # Its last epoch: the checkpoint's (paced, it may lag) or the last reported row the flush on a trial's
+    # last result put on disk before the searcher heard of its end (ResultsCallback), whichever is later.
+    if history and int(history[-1]["epoch"]) > ((row or {}).get("epochs_run") or 0):
+        store.upsert_trial(tid, **trial_metrics(history[-1]))
+    last = max([*history, *(r for (t, _), r in store.epochs.items() if t == tid)],
+               key=lambda r: int(r["epoch"]), default=None) or {}
+    if record.errored and last.get("status") not in ("completed", "diverged"):
+        status = "errored"
+        store.upsert_trial(tid, status=status, ended_at=utc_now(),
+                           error="the trial failed; its error text was lost when the driver was killed "
+                                 "before recording it (see the worker logs under ray/)")
+    else:
+        status = final_status(last, epochs_planned)
+        store.upsert_trial(tid, status=status, ended_at=utc_now())
+    return lines + [f"trial {tid}: finished before the driver was killed; recorded as {status} "
+                    f"after {int(last.get('epoch', 0))} epochs (from its checkpoint)"]
+
+
+def _missing_epochs(store: ResultsStore, study: StudyStore) -> list[str]:
+    """Finished trials whose last epochs missed the Parquet flush: filled in from their checkpoints."""
+    lines = []
     for tid, row in store.trials.items():
         if row["status"] == "running" or not row.get("epochs_run"):
             continue
@@ -90,9 +103,7 @@ def reconcile(store: ResultsStore, identity: TrialIdentity, searcher_done: dict[
         for result in (checkpoint["history"] if checkpoint else []):
             store.add_epoch(tid, dict(result, replayed=True))
         restored = sum(1 for (t, _) in store.epochs if t == tid) - held
+        lost = row["epochs_run"] - held - restored
         lines.append(f"trial {tid}: {restored} epoch rows restored from its checkpoint"
-                     + (f"; {row['epochs_run'] - held - restored} were lost with the driver" if held + restored < row["epochs_run"]
-                        else ""))
-    if lines:
-        store.flush()
+                     + (f"; {lost} were lost with the driver" if lost > 0 else ""))
     return lines

@@ -75,12 +75,14 @@ def _block_index(block_of: Callable[[str], Any]) -> Callable[[str], int | None]:
     return group_of
 
 
-def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, budget_left: int | None = None) -> None:
+def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, budget_left: int | None = None,
+                   own_scheduler: bool = False) -> None:
     """The first promise: this search's size times one epoch measured where trials train, before anything runs.
-    Under --budget-epochs (``budget_left``: epochs still to spend), only the trials the budget affords."""
+    Under --budget-epochs (``budget_left``: epochs still to spend), only the trials the budget affords
+    (``own_scheduler``: the strategy's scheduler replaces --scheduler)."""
     if search.to_run == 0:
         return
-    early_stops = plan.options.scheduler == "asha" and not search.replaces_scheduler
+    early_stops = plan.options.scheduler == "asha" and not own_scheduler
     per_trial, grace = plan.epochs, plan.epochs
     if early_stops:  # under a budget, the trials it affords are as long as ASHA lets them be on average
         options = plan.options
@@ -144,7 +146,8 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
 
     options = plan.options
     budget_left = budget.budget - budget.spent if budget is not None else None
-    print_estimate(plan, search, configs, budget_left)
+    run = search.tune_run(plan, results)
+    print_estimate(plan, search, configs, budget_left, own_scheduler=run.scheduler is not None)
     done = len(results.finished_ids())
     progress = SearchProgress(search.planned_total(), epochs_per_trial=plan.epochs,
                               done_trials=done, final_runs=plan.final_runs, budget_left=budget_left)
@@ -154,16 +157,15 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
                                columns_of=search.columns_of, on_result=progress.on_epoch,
                                on_finish=(printer, *((plan.tracker.trial_finished,) if plan.tracker else ())))
     cluster.allow_pending_trials(plan)
-    scheduler = search.scheduler(plan, results) or SCHEDULERS.get(options.scheduler)(plan, results, search)
-    space = search.param_space()
+    scheduler = run.scheduler or SCHEDULERS.get(options.scheduler)(plan, results, search)
     tuner = tune.Tuner(
-        _trainable(plan, configs, configs.full, search.train_function()),
-        **({"param_space": space} if space is not None else {}),
-        tune_config=tune.TuneConfig(metric=search.metric, mode="min", search_alg=budget or search.searcher,
-                                    scheduler=scheduler, num_samples=search.num_samples,
-                                    max_concurrent_trials=options.max_concurrent, reuse_actors=search.reuse_actors),
-        run_config=_run_config(plan, f"segment-{plan.segment}", [callback, *search.callbacks(plan)],
-                               checkpoints=search.ray_checkpoints_kept),
+        _trainable(plan, configs, configs.full, run.train),
+        **({"param_space": run.param_space} if run.param_space is not None else {}),
+        tune_config=tune.TuneConfig(metric=search.metric, mode="min", search_alg=budget or run.searcher,
+                                    scheduler=scheduler, num_samples=run.num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=run.reuse_actors),
+        run_config=_run_config(plan, f"segment-{plan.segment}", [callback, *run.callbacks],
+                               checkpoints=run.checkpoints_kept),
     )
     # Record the segment before it runs, so a killed driver's segment still counts.
     record = plan.record

@@ -46,7 +46,7 @@ class SearcherRecord:
 
     config: dict[str, Any]  # as the searcher proposed it
     errored: bool  # the searcher recorded a failure (not a result)
-    block: Any = None  # greedy's block that proposed it
+    columns: dict[str, Any] | None = None  # the strategy's columns of trials.parquet for it (greedy's block)
     history: list[dict[str, Any]] | None = None  # its reported epochs, where the strategy keeps its own checkpoints
 
 
@@ -71,6 +71,22 @@ class SearchContext:
         return self.store.name
 
 
+@dataclass
+class TuneRun:
+    """How Ray Tune runs a search's trials (:meth:`OpenSearch.tune_run`). A searcher strategy gives its searcher
+    and keeps the rest as it is; a strategy that is not a searcher (population-based training) brings its own
+    trials (``param_space``), trial scheduler, trainable and callbacks, on its own path."""
+
+    searcher: Any = None  # the Ray Tune Searcher; None: the trials come from param_space
+    num_samples: int = -1  # for Tune: -1 (until the searcher says FINISHED) or a count
+    param_space: dict[str, Any] | None = None
+    scheduler: Any = None  # the strategy's own trial scheduler; None: --scheduler's
+    train: Callable | None = None  # the trainable's function (config, data, family); None: trainables.loop.run_trial
+    callbacks: list[Any] = field(default_factory=list)  # more Ray Tune callbacks
+    checkpoints_kept: int = 1  # Ray checkpoints kept per trial (trials checkpoint in the study store: trainables.loop)
+    reuse_actors: bool = True  # a new trial runs in a finished trial's worker process (no start-up per trial)
+
+
 class OpenSearch(ABC):
     """A strategy's search on one study, opened or resumed for one driver run."""
 
@@ -86,29 +102,14 @@ class OpenSearch(ABC):
     columns_of: Callable[[str], dict[str, Any]] | None = None
     group_column: str | None = None
     metric = "best_val_l1"  # what Ray Tune's scheduler ranks trials by
-    ray_checkpoints_kept = 1  # Ray checkpoints kept per trial (trials checkpoint in the study store: trainables.loop)
-    reuse_actors = True  # Ray Tune runs a new trial in a finished trial's worker process (no start-up per trial)
-    replaces_scheduler = False  # the strategy brings its own trial scheduler (then --scheduler does not apply)
 
     def identity(self, configs: Any) -> Any:
         """The results' view of a trial (search.store.results.TrialIdentity): by default, what its config trains."""
         return configs.identity()
 
-    def param_space(self) -> dict[str, Any] | None:
-        """Ray Tune's ``param_space``, for a search without a searcher (population-based training); None: the searcher's."""
-        return None
-
-    def train_function(self) -> Callable | None:
-        """The trainable's function (config, data, family) -> None; None: the shared loop (trainables.loop.run_trial)."""
-        return None
-
-    def scheduler(self, plan: Any, results: Any) -> Any:
-        """The strategy's own Ray Tune trial scheduler (population-based training); None: ``--scheduler``'s."""
-        return None
-
-    def callbacks(self, plan: Any) -> list[Any]:
-        """More Ray Tune callbacks for the search's run."""
-        return []
+    def tune_run(self, plan: Any, results: Any) -> TuneRun:
+        """How Ray Tune runs this search's trials: by default its searcher proposing them to the shared loop."""
+        return TuneRun(searcher=self.searcher, num_samples=self.num_samples)
 
     def final_configurations(self, results: Any, k: int) -> list[tuple[str, dict[str, Any]]] | None:
         """The final stage's configurations, as (trial id, config) best first; None: the ``k`` best trials'

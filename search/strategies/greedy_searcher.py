@@ -272,7 +272,7 @@ class GreedySearch(OpenSearch):
             for key in block.keys:
                 first_block.setdefault(key, block)
         self.done = {key_of(json.loads(key)): SearcherRecord(json.loads(key), errored=value >= DIVERGED_L1,
-                                                             block=first_block.get(key))
+                                                             columns=_columns(first_block.get(key)))
                      for key, value in searcher.state.evaluated.items()}
 
     def planned_total(self) -> Callable[[], int]:
@@ -287,7 +287,10 @@ class GreedySearch(OpenSearch):
 
 def block_columns(trial_blocks: dict[str, Block], ray_trial_id: str) -> dict[str, Any]:
     """Greedy's columns of trials.parquet for a trial: its sweep, block and the parameter the block varied."""
-    block = trial_blocks.get(ray_trial_id)
+    return _columns(trial_blocks.get(ray_trial_id))
+
+
+def _columns(block: Block | None) -> dict[str, Any]:
     return {} if block is None else {"greedy_sweep": block.sweep, "greedy_block": block.index,
                                      "greedy_param": block.param}
 

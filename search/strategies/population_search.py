@@ -38,7 +38,7 @@ from typing import Any, Callable
 from search.errors import StudyError
 from search.store.results import ResultsStore, TrialIdentity
 from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters, read_rows
-from search.strategies.base import OpenSearch, SearchContext, SearcherRecord
+from search.strategies.base import OpenSearch, SearchContext, SearcherRecord, TuneRun
 from trainables.config import PER_TRIAL_SETTINGS
 
 class _MemberValue:
@@ -112,17 +112,11 @@ class PopulationSearch(OpenSearch):
     """A population on one study: its members' configs, Ray Tune's scheduler, and the final stage's schedules."""
 
     metric = "val_l1"  # the members' current val L1: PBT ranks what each member's weights do now
-    replaces_scheduler = True
-    # A reused worker answers PBT's "save" with the last result it reported, which may be another member's:
-    # an exploit then copied the wrong weights (seen: a member perturbed with no donor). One worker per start.
-    reuse_actors = False
 
     def __init__(self, strategy: Any, context: SearchContext, base: dict[str, Any],
                  population: int, interval: int, perturb: tuple[str, ...]) -> None:
         self.strategy, self.context, self.base = strategy, context, base
         self.population, self.interval = population, interval
-        # Pointers only (trainables.population); PBT reads a donor's after it has reported more, so keep a few.
-        self.ray_checkpoints_kept = interval + 2
         self.space = context.space
         self.perturb = list(perturb)
         results = ResultsStore(context.store, strategy=strategy.name, family=context.family.name,
@@ -199,25 +193,26 @@ class PopulationSearch(OpenSearch):
 
     # -- what the driver asks -----------------------------------------------------------------
 
-    def train_function(self) -> Callable:
-        from trainables.population import run_member
-
-        return run_member
-
-    def scheduler(self, plan: Any, results: Any) -> Any:
+    def tune_run(self, plan: Any, results: Any) -> TuneRun:
+        """The members as Ray Tune's trials (a grid over them), trained by trainables.population under Ray's
+        PBT (or PB2) scheduler, with the schedules' callback."""
         import numpy as np
+        from trainables.population import run_member
 
         random.seed(plan.options.seed)  # Ray's PBT draws donors and perturbations from these
         np.random.seed(plan.options.seed)
         scheduler = self.strategy.scheduler(self)
         scheduler.continue_after(self.last_decision)
-        return scheduler
-
-    def callbacks(self, plan: Any) -> list[Any]:
         kinds = {name: self.space.by_name[name].kind for name in self.perturb}
         snapshots = [record.history for record in self.done.values()] + list(self.resumed.values())
-        return [ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
-                                 snapshots)]
+        schedules = ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
+                                     snapshots)
+        # A reused worker answers PBT's "save" with the last result it reported, which may be another member's:
+        # an exploit then copied the wrong weights (seen: a member perturbed with no donor). One worker per start.
+        # Ray's checkpoints are pointers only (trainables.population); PBT reads a donor's after it has reported
+        # more, so a few are kept.
+        return TuneRun(param_space=self.param_space(), num_samples=self.num_samples, scheduler=scheduler,
+                       train=run_member, callbacks=[schedules], checkpoints_kept=self.interval + 2, reuse_actors=False)
 
     def planned_total(self) -> Callable[[], int] | None:
         total = self.population
