@@ -63,7 +63,7 @@ GREEDY = ["--strategy", "greedy", "--model", "autoencoder", "--epochs", "6", "--
 KINDS = {  # the command's arguments of each kind of study (the bucket's runs folder and database come at run time)
     "greedy": GREEDY,
     "tpe": ["--strategy", "tpe", "--model", "autoencoder", "--epochs", "6", "--max-concurrent", "1", "--samples", "14"],
-    "pbt": ["--strategy", "pbt", "--model", "gan", "--epochs", "8", "--population", "2"],
+    "pbt": ["--strategy", "pbt", "--model", "gan", "--epochs", "24", "--population", "2"],  # long enough for 10 kills
     "bucket": GREEDY,
 }
 STARTUP_SECONDS = 12.0  # a driver's start (imports, Ray, data) before its first trial trains, on 2 cores
@@ -150,6 +150,15 @@ def _finished(target: Target) -> dict[str, Any]:
     return {row.trial_id: (row.status, str(row.ended_at)) for row in done.itertuples()}
 
 
+def _progress(name: str, target: Target) -> int:
+    """How far the faulted study has got, in the unit its kills are planned in: finished trials, or for a
+    population (whose members all finish at the end) recorded epochs."""
+    if name != "pbt":
+        return len(_finished(target))
+    epochs = target.table("epochs.parquet")
+    return 0 if epochs is None else len(epochs)
+
+
 def _truncate_newest_unfinished(target: Target) -> str | None:
     """Cut the newest ``latest.pt`` of an unfinished trial in half (a disk that lost its tail), wherever it lives."""
     trials = target.table("trials.parquet")
@@ -203,7 +212,7 @@ def _kill_spec(name: str, i: int, kills: int, total: int, per_trial: float, targ
     one of its own (then the driver, by a timer)."""
     # Spread the kills over the whole search: kill i comes once about (i + 1) / (kills + 1)
     # of the reference's trials have finished, at a point drawn around there.
-    ahead = max(0, round((i + 1) * total / (kills + 1)) - len(_finished(target)))
+    ahead = max(0, round((i + 1) * total / (kills + 1)) - _progress(name, target))
     timer = round(STARTUP_SECONDS + (ahead + rng.random()) * per_trial, 1)
     draw = rng.random()
     if draw < 0.25:
@@ -217,7 +226,9 @@ def _kill_spec(name: str, i: int, kills: int, total: int, per_trial: float, targ
     # and when it ends; a population member's epoch per schedule flush).
     per = {"searcher-complete": 1, "greedy-state-tmp": 1, "results-flushed": 2, "parquet-tmp": 4,
            "schedule-flushed": 1}.get(point, 0)
-    return {"crash_at": f"{point}:{max(1, per * ahead + rng.randint(1, POINTS[point]))}"}
+    if name == "pbt" and point in ("results-flushed", "parquet-tmp"):  # members' results: a flush every 5 s
+        per = (1 if point == "results-flushed" else 2) * per_trial / 5.0
+    return {"crash_at": f"{point}:{max(1, round(per * ahead) + rng.randint(1, POINTS[point]))}"}
 
 
 def run_kind(name: str, reference: Target, faulted: Target, kills: int, rng: random.Random) -> dict[str, Any]:
