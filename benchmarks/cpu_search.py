@@ -10,7 +10,8 @@ synthetic default or on a set whose maps are drawn independently of their images
 100 val and 100 test pairs, a fifth of the blocks lit: nothing can be learned, so the all-black
 map is the answer). It records, in ``results/cpu_search.json`` under the case's name, the
 search's summary (best val L1, both baselines, whether the best beats them, the final stage's
-test L1 over seeds), the last lines it printed, and the commit, command and machine.
+test L1 over seeds), the last lines it printed, where its wall time went (benchmarks/profile.py),
+and the commit, command and machine.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.profile import profile
 from benchmarks.provenance import ROOT, provenance
 from trainables.storage import write_json_atomic
 from trainables.synthetic import SyntheticSpec, cache_root, ensure_synthetic
@@ -53,20 +56,25 @@ def run_case(name: str, runs_dir: Path) -> dict:
                "--runs-dir", str(runs_dir), "--study", study, *extra]
     if spec is not None:
         command += ["--data", str(ensure_synthetic(spec))]
-    start = time.perf_counter()
+    start, started = time.perf_counter(), datetime.now(timezone.utc)
     lines: list[str] = []
+    final_at = None  # when the command said it starts the final stage
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
             lines.append(line.rstrip("\n"))
+            if final_at is None and line.startswith("final:"):
+                final_at = datetime.now(timezone.utc)
     if process.returncode != 0:
         raise SystemExit(f"error: the search of case {name} failed (exit {process.returncode}); see its output above.")
+    ended = datetime.now(timezone.utc)
     summary = json.loads((runs_dir / study / "summary.json").read_text())
     return {"model": model, "data": "synthetic default" if spec is None else spec.name,
             "search_command": portable(" ".join(["python", "-m", "search.run", *command[3:]])),
             "wall_seconds": round(time.perf_counter() - start, 1), "first_lines": [portable(line) for line in lines[:16]],
             "last_lines": [portable(line) for line in lines[-8:]], "lines": len(lines),
-            "summary": {key: summary.get(key) for key in KEPT}}
+            "summary": {key: summary.get(key) for key in KEPT},
+            "profile": profile(runs_dir / study, started, final_at, ended)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "memory": ("benchmarks/README.md", cpu.memory_table),
     "scaling": ("benchmarks/README.md", cpu.scaling_table),
     "cpu-search": ("benchmarks/README.md", searches.cpu_search_table),
+    "main-job-profile": ("benchmarks/README.md", searches.main_job_profile),
     "learning": ("benchmarks/README.md", cpu.learning_table),
     "faults": ("benchmarks/README.md", cpu.faults_table),
     "seeds": ("benchmarks/README.md", cpu.seeds_table),

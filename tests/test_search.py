@@ -96,6 +96,15 @@ def test_greedy_run_prints_lines_and_writes_results(greedy_study):
     epochs = pd.read_parquet(greedy_study / "epochs.parquet")
     assert len(epochs) == 10 and set(epochs["trial_id"]) == set(trials["trial_id"])
     assert epochs["epoch"].dtype == "int64" and epochs["val_l1"].dtype == "float64"
+    # Where each epoch went: its training steps and its measuring are parts of it, its snapshot follows.
+    phases = epochs[["train_seconds", "eval_seconds", "checkpoint_seconds"]]
+    assert phases.notna().all().all() and (phases >= 0).all().all()
+    assert (epochs["train_seconds"] + epochs["eval_seconds"] <= epochs["epoch_seconds"] + 1e-6).all()
+    from benchmarks.profile import profile
+
+    spent = profile(greedy_study)  # the search's slot-seconds, split by what they held, add up
+    assert spent["trials"] == 5 and spent["epochs"] == 10
+    assert abs(sum(spent["search"].values()) - spent["slot_seconds"]) < 1e-6 and min(spent["search"].values()) >= 0
     # Per-channel L1 beside the overall L1: the overall is the mean of the three channels (blue is
     # black in every map), so the two meaningful channels bound it.
     for column in ("val_l1_remembered", "val_l1_falsely_remembered"):

@@ -137,9 +137,14 @@ def run_trial(
             epoch_start = time.perf_counter()
             trial.utilisation.start()
             losses = train_epoch(trial)
+            train_seconds = time.perf_counter() - epoch_start
             row = _measure(trial, progress, epoch, losses, epoch_start)
             progress.history.append(row)
+            written = time.perf_counter()
             write_checkpoint(trial, progress)
+            # Where the epoch went (search.store.results: epochs.parquet); checkpoint_seconds is the snapshot the
+            # trial waits for (the file is written in the background), and a replayed row may lack it.
+            row.update(train_seconds=train_seconds, checkpoint_seconds=time.perf_counter() - written)
             if row["status"] != "running" and trial.store:  # the last report: its checkpoint on disk first, and any
                 trial.store.wait()                          # wait for the store on the way told with it
                 notices = [n for n in (row.pop("notice", None), *said_since_last()) if n]
@@ -253,6 +258,7 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
     """The epoch's row: divergence, val and train L1 (on eval epochs), best so far (saving best.pt), timing."""
     settings, family, tensors = trial.settings, trial.family, trial.tensors
     diverged = not all(math.isfinite(v) for v in losses.values()) or not _finite_weights(family)
+    measuring = time.perf_counter()
     row: dict[str, Any] = {"epoch": epoch, "status": "diverged" if diverged else "running", **losses,
                            "device": trial.device.type, "node_id": trial.node}
     if diverged:
@@ -278,7 +284,8 @@ def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, flo
     if not diverged and epoch == settings.epochs and settings.evaluate_test:
         row.update(_selected_metrics(trial))
     now = time.perf_counter()
-    row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, **_memory(trial.device))
+    row.update(epoch_seconds=now - epoch_start, wall_seconds=now - progress.wall_start, eval_seconds=now - measuring,
+               **_memory(trial.device))
     utilisation = trial.utilisation.mean()
     if utilisation is not None:
         row["gpu_util"] = utilisation

@@ -175,6 +175,22 @@ def main_job_time() -> str:
             f"{search['total_s'] / 60:.0f} minutes before the lease ran out; the report's GAN search took approximately 3 days on an RTX 3070.)")
 
 
+def main_job_profile() -> str:
+    """benchmarks/README.md: where the main job's wall time went (benchmarks/profile.py on the gan-synthetic case)."""
+    from benchmarks.profile import table
+
+    case = load("cpu_search.json")["gan-synthetic"]
+    if "profile" not in case:
+        return ("Not measured at the commit of the case above (its run predates the per-epoch phase columns): "
+                "`python -m benchmarks.cpu_search --case gan-synthetic` records it.")
+    p = case["profile"]
+    notes = [] if not p["epochs_without_phases"] else [
+        "", f"{p['epochs_without_phases']} epoch rows had no phase columns (replayed after a resume): counted as set-up."]
+    return "\n".join([f"Case `gan-synthetic`, {measured(case['provenance'])}:", "", *table(p), *notes, "",
+                      "Made by `python -m benchmarks.cpu_search --case gan-synthetic` (`benchmarks/profile.py` on its "
+                      "study; `results/cpu_search.json`, the case's `profile`)."])
+
+
 def example_run() -> str:
     """README.md: a whole cpu-preset search as the command prints it (the first and last lines of a case)."""
     results = load("cpu_search.json")

@@ -39,8 +39,8 @@ TRIAL_COLUMNS_AFTER = [("config_json", pa.string())]
 # (trainables.families: its card's metrics), so a family's losses are columns without an edit here.
 EPOCH_METRICS_BEFORE = ["train_l1", "val_l1", "val_l1_remembered", "val_l1_falsely_remembered", "best_val_l1",
                         "best_val_l1_remembered", "best_val_l1_falsely_remembered", "val_spearman"]
-EPOCH_METRICS_AFTER = ["final_val_l1", "epoch_seconds", "wall_seconds", "peak_rss_mb", "gpu_peak_mb", "gpu_reserved_mb",
-                       "gpu_util"]
+EPOCH_METRICS_AFTER = ["final_val_l1", "epoch_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds",
+                       "wall_seconds", "peak_rss_mb", "gpu_peak_mb", "gpu_reserved_mb", "gpu_util"]
 
 
 def epoch_metrics() -> list[str]:
@@ -81,7 +81,11 @@ MEANINGS = {
     "val_l1_falsely_remembered": "val L1 of the green falsely remembered channel",
     "val_spearman": "Spearman's rho between the image scores the predicted and true maps imply",
     "train_loss": "the training loss the family minimises",
-    "epoch_seconds": "the epoch's wall time",
+    "epoch_seconds": "the epoch's wall time: training and measuring (its checkpoint follows)",
+    "train_seconds": "of it, the training steps",
+    "eval_seconds": "of it, the measuring: BatchNorm re-estimation, train and val L1 (on evaluation epochs), at the "
+                    "last epoch the final sampler and the selected model's test L1",
+    "checkpoint_seconds": "after it, the epoch's checkpoint snapshot the trial waits for (the file is written in the background)",
     "peak_rss_mb": "peak resident memory of the process running the trial (Ray reuses processes: the peak so far)",
     "gpu_peak_mb": "the trial's peak CUDA memory in tensors",
     "gpu_reserved_mb": "its process's peak on the device, PyTorch's cache and the CUDA context included",
