@@ -29,9 +29,17 @@ class AutoencoderFamily(OneNetworkFamily):
         self.scaler = self.precision.scaler()
         self.map_loss = hp.map_loss
 
+    # Fused trials (trainables/fused.py): configurations that differ only in what is not listed here (the optimizer's
+    # settings, augmentation, the seed) train as one batched network, each with its own optimizer.
+    fusion_fields = ("width", "norm", "dropout", "map_loss", "batch_size", "optimizer")
+
+    def member_loss(self, logits: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The training loss of the network's logits on a batch: the one function a lone and a fused trial both take."""
+        return masked_map_loss(self.map_loss, logits, vms, valid)
+
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
-            loss = masked_map_loss(self.map_loss, self.net.logits(image), vms, valid)
+            loss = self.member_loss(self.net.logits(image), vms, valid)
         step(loss, self.opt, self.scaler)
         return {"train_loss": loss.detach()}
 

@@ -119,14 +119,14 @@ def run_trial(
     """Train one configuration, reporting every epoch; returns the last reported row.
 
     The steps, in order: set the trial up (:func:`set_up_trial`), resume from its checkpoint and
-    replay what it had reported (:func:`_resume`), then per epoch train
-    (:func:`train_epoch`), measure (:func:`_measure`), checkpoint
+    replay what it had reported (:func:`resume`), then per epoch train
+    (:func:`train_epoch`), measure (:func:`measure_epoch`), checkpoint
     (:func:`trainables.checkpoints.write_checkpoint`) and report.
     """
     report = report or default_report
     trial = set_up_trial(config, data, family_cls, storage)
     with trial.store.locked() if trial.store else contextlib.nullcontext():
-        progress, report = _resume(trial, report)
+        progress, report = resume(trial, report)
         if progress.ended or progress.epoch >= trial.settings.epochs:
             return progress.history[-1]
         progress.wall_start = time.perf_counter() - (progress.history[-1]["wall_seconds"] if progress.history else 0.0)
@@ -138,7 +138,7 @@ def run_trial(
             trial.utilisation.start()
             losses = train_epoch(trial)
             train_seconds = time.perf_counter() - epoch_start
-            row = _measure(trial, progress, epoch, losses, epoch_start)
+            row = measure_epoch(trial, progress, epoch, losses, epoch_start)
             progress.history.append(row)
             written = time.perf_counter()
             write_checkpoint(trial, progress)
@@ -197,7 +197,7 @@ def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Fami
                             graphs=settings.cuda_graphs != "off" and device.type == "cuda"))
 
 
-def _resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
+def resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
     """Load the newest readable checkpoint (model, optimizers, RNGs) and replay its epochs.
 
     Returns the progress and the report function to use from here on: when the checkpoint
@@ -254,7 +254,7 @@ def train_epoch(trial: Trial) -> dict[str, float]:
     return {name: float(total) / max(batches, 1) for name, total in sums.items()}
 
 
-def _measure(trial: Trial, progress: Progress, epoch: int, losses: dict[str, float], epoch_start: float) -> dict[str, Any]:
+def measure_epoch(trial: Trial, progress: Progress, epoch: int, losses: dict[str, float], epoch_start: float) -> dict[str, Any]:
     """The epoch's row: divergence, val and train L1 (on eval epochs), best so far (saving best.pt), timing."""
     settings, family, tensors = trial.settings, trial.family, trial.tensors
     diverged = not all(math.isfinite(v) for v in losses.values()) or not _finite_weights(family)

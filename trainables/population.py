@@ -42,7 +42,7 @@ from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, checkpoint_sta
 from trainables.config import member_folder, parse_config
 from trainables.data import VMSDataset
 from trainables.family import Family
-from trainables.loop import Progress, Trial, _measure, restore, retune, set_up_trial, train_epoch
+from trainables.loop import Progress, Trial, measure_epoch, restore, retune, set_up_trial, train_epoch
 
 POINTER = "member.json"
 
@@ -128,7 +128,7 @@ def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family
         for epoch in range(progress.epoch + 1, settings.epochs + 1):
             started = time.perf_counter()
             trial.utilisation.start()
-            row = _measure(trial, progress, epoch, train_epoch(trial), started)
+            row = measure_epoch(trial, progress, epoch, train_epoch(trial), started)
             row.update(member=settings.member, member_hp=dict(wanted))
             if donor is not None:
                 row.update(donor_member=donor[0], donor_epoch=donor[1])
