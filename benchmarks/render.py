@@ -53,6 +53,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-targets": ("benchmarks/README.md", gpu.gpu_targets),
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
     "startup": ("benchmarks/README.md", cpu.startup_table),
+    "levers": ("benchmarks/README.md", cpu.levers_table),
     # docs/: reference generated from the code
     "options": ("docs/options.md", reference.options_table),
     "strategy-list": ("docs/strategies.md", reference.strategies_table),

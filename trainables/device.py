@@ -76,11 +76,12 @@ class FastPath:
         H100 at the thesis sizes (64x64 maps, batch 16, c = 64 and 100; benchmarks/README.md,
         section 10): with CUDA graphs, channels-last trained every family 13-21% faster (the
         GAN at c = 64: 0.230 s an epoch against 0.268), so it is on. ``torch.compile`` has not
-        been measured there yet, so it stays off unless asked for (``--compile on``).
+        been measured there yet, so it stays off unless asked for (``--compile on``). ``on``
+        means on, on the CPU too (``benchmarks/levers.py`` measures both levers there).
         """
         cuda = device.type == "cuda"
-        return cls(channels_last=_switch(channels_last, "channels_last", True) and cuda,
-                   compile=_switch(compile, "compile", False) and cuda)
+        return cls(channels_last=_switch(channels_last, "channels_last", cuda),
+                   compile=_switch(compile, "compile", False))
 
     def prepare(self, net: nn.Module) -> nn.Module:
         """The network in this path's memory format, compiled in place (its state_dict keys unchanged)."""

@@ -222,3 +222,31 @@ def bad_inputs_table() -> str:
                 message = " ".join(w if not w.startswith(long_path) else "…/" + w.rsplit("/", 1)[-1] for w in message.split())
         lines.append(f"| {r['kind']} | {r['what']} | {message} | {r['exit']} |")
     return "\n".join(lines)
+
+
+def levers_table() -> str:
+    """benchmarks/README.md, section 13: the speed levers on the CPU, paired against the default (benchmarks/levers.py)."""
+    results = load("levers.json")
+    lines = [f"`python -m benchmarks.levers` ({measured(results['provenance'])}; `results/levers.json`): "
+             f"{results['repeats']} repeats, {results['epochs']} epochs a cell (the first left out), "
+             f"{results['n_train']} training pairs. Speed-up: the variant's trial-epochs per second over its family's "
+             "default cell in the same repeat; mean and 95% interval over repeats.", "",
+             "| lever | speed-up | faster? |", "| --- | --- | --- |"]
+    for row in results["levers"]:
+        s = row["speedup"]
+        half = s.get("ci95")
+        if half is None:
+            verdict = "one repeat: no interval"
+        elif s["mean"] - half > 1.0:
+            verdict = "yes"
+        elif s["mean"] + half < 1.0:
+            verdict = "**no**, slower"
+        else:
+            verdict = "not resolved"
+        lines.append(f"| {row['variant']} | {s['mean']:.2f}x" + (f" ± {half:.2f}" if half is not None else "")
+                     + f" | {verdict} |")
+    base = {c["cell"]: c for c in results["cells"] if c["repeat"] == 0}
+    lines += ["", "The default cells' epochs (repeat 0, seconds: steps, measuring, checkpoint snapshot): "
+              + "; ".join(f"{name} {c['train_seconds']:.2f}, {c['eval_seconds']:.2f}, {c['checkpoint_seconds']:.3f}"
+                          for name, c in base.items() if name in ("gan", "autoencoder")) + "."]
+    return "\n".join(lines)
