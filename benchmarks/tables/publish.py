@@ -41,6 +41,19 @@ def claims(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["family"], _claim(r)) for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
 
 
+BUDGET_CAP = "82a7e92"  # --budget-epochs became a cap: rows measured before it spent over their budget
+
+
+def _descends(commit: str, ancestor: str) -> bool:
+    """Whether ``commit`` contains ``ancestor`` (False where git cannot say: a shallow clone, an unknown commit)."""
+    import subprocess
+
+    from benchmarks.tables.common import ROOT
+
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT, capture_output=True)
+    return done.returncode == 0
+
+
 def publish_table() -> str:
     """benchmarks/README.md, section 3b: the table, when and how it was measured, what is not measured yet."""
     from benchmarks.publish import table
@@ -51,10 +64,17 @@ def publish_table() -> str:
     runs = sorted({(measured(r["provenance"]), r["provenance"]["command"]) for r in rows if r.get("provenance")})
     found = claims(rows)
     missing = _unmeasured(rows)
+    before_cap = sorted({r["provenance"]["commit"][:7] for r in rows if r.get("provenance")
+                         and not _descends(r["provenance"]["commit"], BUDGET_CAP)})
+    stale = ([f"**Stale: the epochs-spent column.** {len(before_cap)} of the measuring commits "
+              f"({', '.join(before_cap)}) predate commit {BUDGET_CAP}, where `--budget-epochs` became a cap (a trial "
+              "that cannot fit is not started): their spending over 1.00x B is the old behaviour, and their selections (the test L1 columns) "
+              "were made under it. `python -m benchmarks.publish` re-measures both."] if before_cap else [])
     return "\n".join([
         "Measured " + "; ".join(f"{where}, with `{command}`" for where, command in runs) + " (`results/publish.json`):",
         "", table(rows), "",
         "Where the paired interval excludes 0: " + ("; ".join(text for _, text in found) if found else "nowhere") + ".",
+        *([""] + stale if stale else []),
         *(["", "Not measured yet: " + ", ".join(missing) + " (`python -m benchmarks.publish --keep` adds them)."]
           if missing else [])])
 

@@ -237,3 +237,24 @@ def data_baselines() -> str:
             f"{val['mean_map_l1_falsely_remembered']:.4f}); on test, all-black {test['black_l1']:.4f}, mean map "
             f"{test['mean_map_l1']:.4f} (per channel {test['black_l1_remembered']:.4f} / "
             f"{test['black_l1_falsely_remembered']:.4f} all-black).")
+
+
+def same_behaviour_table() -> str:
+    """benchmarks/README.md, section 14: the smoke studies before and after a restructuring (benchmarks/same_behaviour.py)."""
+    results = load("same_behaviour.json")
+    lines = [f"`{results['provenance']['command']}` ({measured(results['provenance'])}; `results/same_behaviour.json`): "
+             f"commit {results['before'][:7]} against {results['after'][:7]}.", "",
+             "| study | trials | epochs | final stage | printed lines (times taken out) |", "| --- | --- | --- | --- | --- |"]
+
+    def cell(v: dict) -> str:
+        rows = v.get("rows", v.get("count"))
+        size = "none" if rows == [None, None] else f"{rows[0]} / {rows[1]}"
+        return ("same" if v["equal"] else "**differ**") + f" ({size})"
+
+    for name, v in results["studies"].items():
+        lines.append(f"| `{v['command']}` | {cell(v['trials.parquet'])} | {cell(v['epochs.parquet'])} | "
+                     f"{cell(v['final.parquet'])} | {cell(v['lines'])} |")
+    for name, v in results["studies"].items():
+        for before, after in v["lines"]["differing"]:
+            lines += ["", f"{name}, a line that differs:", "", "```", f"- {before}", f"+ {after}", "```"]
+    return "\n".join(lines)
