@@ -76,7 +76,7 @@ CASES = [
     Case("command line", "a budget of 0 epochs", lambda s: [*T, "--budget-epochs", "0"], "--budget-epochs must be a positive"),
     Case("command line", "an unknown scheduler", lambda s: [*G, "--scheduler", "fifo"], "unknown --scheduler"),
     Case("command line", "an unknown domain", lambda s: [*T, "--domain", "box"], "unknown --domain 'box'"),
-    Case("command line", "ranges for greedy", lambda s: [*G, "--domain", "ranges"], "--domain ranges: greedy walks"),
+    Case("command line", "ranges for greedy", lambda s: [*G, "--domain", "ranges"], "--domain ranges: greedy samples grid only"),
     Case("command line", "an unknown precision", lambda s: [*G, "--precision", "fp8"], "--precision must be one of"),
     Case("command line", "a switch that is not auto, on or off", lambda s: [*G, "--compile", "maybe"],
          "--compile must be one of auto, on, off"),

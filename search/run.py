@@ -22,7 +22,6 @@ from typing import Any
 
 # Nothing heavy here: --help and a refused option answer before torch, Ray or Optuna are imported (main imports
 # the driver once the options pass).
-from search.errors import StudyError
 from search.runner.options import PRESETS, SCHEDULERS, STRATEGIES, SearchOptions, check
 from trainables.families import FAMILIES
 
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM anywhere is Ctrl-C: everything saved, Ray shut down, exit 130
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; --verbose brings them back
-    from search.space import StudyFileError
-    from trainables.images import DataError
+    from trainables.errors import InputError  # the base of every error a user can fix: study, study file, data, location
 
     options = SearchOptions(**vars(args))  # a strategy's options only when given (their default: SUPPRESS)
     try:
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from search.runner.driver import run_study  # torch, Ray and Optuna come with it: the options passed
 
         summary = run_study(options, checked)
-    except (StudyError, StudyFileError, DataError) as err:
+    except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as err:

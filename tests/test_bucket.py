@@ -5,9 +5,11 @@ whose nodes run from different working directories, and nothing of the study on 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ STUDY_FILES = ("study.json", "summary.json", "trials.parquet", "epochs.parquet",
                "val_data.npz", "latest.pt", "previous.pt", "best.pt", "predictions.npz")
 
 
-def test_bad_bucket_inputs_get_one_message_and_touch_nothing(s3_server, monkeypatch, tmp_path):
+def test_bad_bucket_inputs_get_one_message_and_touch_nothing(s3_server, postgres_url, monkeypatch, tmp_path):  # noqa: F811
     s3 = s3_server
     s3.client().put_object(Bucket=s3.bucket, Key="kept/untouched.txt", Body=b"mine")
     for name, value in s3.credentials().items():
@@ -54,8 +56,10 @@ def test_bad_bucket_inputs_get_one_message_and_touch_nothing(s3_server, monkeypa
     # From the command line: one message, before Ray starts, and a bucket study needs a database for its lease.
     common = ["search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke", "--study", "bad"]
     assert_clean_error(run_cli(*common, "--runs-dir", s3.uri("runs", bucket="no-such-bucket"),
-                               "--storage", "postgresql://nobody@127.0.0.1:1/none", env=s3.env(), timeout=60),
+                               "--storage", postgres_url, env=s3.env(), timeout=60),
                        "bucket 'no-such-bucket' does not exist")
+    assert_clean_error(run_cli(*common, "--runs-dir", s3.uri("runs"), "--storage", "postgresql://nobody@127.0.0.1:1/none",
+                               env=s3.env(), timeout=60), "cannot reach the database of --storage")
     assert_clean_error(run_cli(*common, "--runs-dir", s3.uri("runs"), env=s3.env(), timeout=60),
                        "is a bucket, which has no file lock", "give --storage with a database URL")
     assert s3.keys("") == ["kept/untouched.txt"]
@@ -96,7 +100,7 @@ def _local_study_files(root: Path, since: float) -> list[str]:
 
 
 def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postgres_url, tiny_data_dir, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, request):
     s3 = s3_server
     started = time.time()
     for name, value in s3.credentials().items():
@@ -109,11 +113,13 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
     folders = {name: tmp_path / name for name in ("head", "worker", "driver")}
     for folder in folders.values():
         folder.mkdir()
-    # Every process of the test writes its temporary files and Ray's results folder under tmp_path, which is
-    # then the one place checked for study files that should have gone to the bucket.
-    (tmp_path / "tmp").mkdir()
+    # Every process of the test writes its temporary files and Ray's results folder in the test's own folders
+    # (TMPDIR a short one of its own: Ray's socket paths must stay under 108 bytes), which are then the one place
+    # checked for study files that should have gone to the bucket.
+    scratch = Path(tempfile.mkdtemp(prefix="mb-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     (tmp_path / "home").mkdir()
-    env = {**s3.env(), "RAY_AUTH_MODE": "disabled", "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path / "home")}
+    env = {**s3.env(), "RAY_AUTH_MODE": "disabled", "TMPDIR": str(scratch), "HOME": str(tmp_path / "home")}
     with local_cluster(env, (folders["head"], folders["worker"])) as (address, _):
         runs = s3.uri("runs")
 
@@ -149,7 +155,7 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
     keys = s3.keys("runs/killed/")
     assert "runs/killed/final.parquet" in keys and any(k.endswith("/best.pt") for k in keys)
     assert any(k.startswith("runs/killed/ray/") for k in keys), "Ray Tune's files are not in the bucket"
-    assert not _local_study_files(tmp_path, started)
+    assert not _local_study_files(tmp_path, started) + _local_study_files(scratch, started)
 
     from dashboards.build import build
     from search.predict import predict_images
@@ -175,11 +181,7 @@ def test_a_bucket_that_stops_answering_for_30_s_costs_a_line_not_the_search(s3_s
         monkeypatch.setenv(name, value)
     proxy = Outage(s3.port)
     runs = s3.uri("outage").replace(s3.endpoint, f"127.0.0.1:{proxy.port}")
-    # Every process of the test writes its temporary files and Ray's results folder under tmp_path, which is
-    # then the one place checked for study files that should have gone to the bucket.
-    (tmp_path / "tmp").mkdir()
-    (tmp_path / "home").mkdir()
-    env = {**s3.env(), "RAY_AUTH_MODE": "disabled", "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path / "home")}
+    env = {**s3.env(), "RAY_AUTH_MODE": "disabled"}
 
     def command(study: str) -> list[str]:
         return [sys.executable, "-m", "search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke",

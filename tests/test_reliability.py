@@ -177,3 +177,32 @@ def test_a_worker_killed_as_it_is_handed_the_next_trial_loses_no_trial(tmp_path)
 
     study = optuna.load_study(study_name="handoff", storage=f"sqlite:///{tmp_path / 'handoff' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def test_a_sigterm_swallowed_inside_a_destructor_still_stops_the_run(ray_local, tmp_path):
+    """A SIGTERM that lands while Ray runs an object's __del__ raises a KeyboardInterrupt Python only prints; the
+    driver still stops at the controller's next step (search.runner.tuning.StopWhenInterrupted)."""
+    from ray import tune
+
+    from search.runner import tuning
+
+    def trainable(config):
+        for epoch in range(1, 200):
+            time.sleep(0.05)
+            tune.report({"epoch": epoch})
+
+    class Swallowed(tune.Callback):  # what the signal handler leaves behind when its exception is lost
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result["epoch"] == 2:
+                tuning._interrupted.set()
+
+    seen = []
+
+    class Seen(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen.append(result["epoch"])
+
+    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), run_config=tune.RunConfig(
+        storage_path=str(tmp_path), verbose=0, callbacks=[Swallowed(), Seen(), tuning.StopWhenInterrupted()]))
+    assert tuning.run_tuner(tuner) is None  # interrupted, as a Ctrl-C
+    assert max(seen) < 199

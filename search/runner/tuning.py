@@ -9,8 +9,12 @@ The final stage: the top configurations trained again with new seeds, measured o
 from __future__ import annotations
 
 import signal
+import sys
+import threading
 import time
 from typing import Any, Callable
+
+from ray.tune import Callback
 
 from search.runner import cluster
 from search.runner.console import Printer
@@ -27,20 +31,48 @@ from trainables.family import Family
 from trainables.loop import run_trial
 
 
+_interrupted = threading.Event()  # a SIGTERM arrived during this tuner's run
+
+
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    _interrupted.set()
     raise KeyboardInterrupt
+
+
+def _quiet_unraisable(previous):
+    """Python's hook for an exception it cannot raise (one inside an object's ``__del__``), quiet for the
+    KeyboardInterrupt a SIGTERM raised there: :class:`StopWhenInterrupted` stops the run instead."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted.is_set():
+            return
+        previous(unraisable)
+
+    return hook
+
+
+class StopWhenInterrupted(Callback):
+    """A SIGTERM whose KeyboardInterrupt was swallowed (it arrived while Ray ran an object's ``__del__``, where
+    Python only prints an exception) still stops the run, at the controller's next step."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
 
 
 def run_tuner(tuner):
     """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
     mend_worker_handoff()
+    _interrupted.clear()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
-        return tuner.fit()
+        results = tuner.fit()
+        return None if _interrupted.is_set() else results
     except KeyboardInterrupt:
         return None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        sys.unraisablehook = previous_hook
 
 
 def asha(plan: StudyPlan, results: ResultsStore, search: OpenSearch):
@@ -132,7 +164,7 @@ def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: i
     storage_path, storage_filesystem = plan.store.ray_storage()
     return tune.RunConfig(
         name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-        callbacks=[*callbacks, *cluster.gpu_callbacks(plan)],
+        callbacks=[*callbacks, *cluster.gpu_callbacks(plan), StopWhenInterrupted()],
         verbose=2 if options.verbose else 0, log_to_file=not options.verbose,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints) if checkpoints else None)
