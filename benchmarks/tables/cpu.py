@@ -235,7 +235,9 @@ def levers_table() -> str:
     for row in results["levers"]:
         s = row["speedup"]
         half = s.get("ci95")
-        if half is None:
+        if "projected" in row["variant"]:
+            verdict = "projected from the phases, not a measured pair"
+        elif half is None:
             verdict = "one repeat: no interval"
         elif s["mean"] - half > 1.0:
             verdict = "yes"
@@ -243,7 +245,7 @@ def levers_table() -> str:
             verdict = "**no**, slower"
         else:
             verdict = "not resolved"
-        lines.append(f"| {row['variant']} | {s['mean']:.2f}x" + (f" ± {half:.2f}" if half is not None else "")
+        lines.append(f"| {row['variant']} | {s['mean']:.3f}x" + (f" ± {half:.3f}" if half is not None else "")
                      + f" | {verdict} |")
     base = {c["cell"]: c for c in results["cells"] if c["repeat"] == 0}
     lines += ["", "The default cells' epochs (repeat 0, seconds: steps, measuring, checkpoint snapshot): "
