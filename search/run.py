@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto",
                         help="CUDA training precision: auto (bf16, fp16 where bf16 is missing), bf16, fp16 or fp32 "
                              "(the CPU always trains in fp32)")
-    parser.add_argument("--channels-last", default="auto", help="networks in channels-last memory format (auto: on with CUDA, off on the CPU; on; off)")
+    parser.add_argument("--channels-last", default="auto", help="networks in channels-last memory format (auto: on with CUDA, and on the CPU for a family measured there, the GAN; on; off)")
     parser.add_argument("--compile", default="auto", help="torch.compile the networks (auto: off; on, the CPU too; off)")
     parser.add_argument("--cuda-graphs", default="auto",
                         help="CUDA: replay each training step as one CUDA graph (auto|on|off; auto: on, except with fp16's loss scaler)")

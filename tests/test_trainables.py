@@ -146,3 +146,17 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tiny_data,
     run_trial(config, tiny_data, family_cls, report=again.append)
     assert "restarted from epoch 0" in again[0]["notice"] and [r["epoch"] for r in again] == [1, 2, 3]
     assert [r["val_l1"] for r in again] == [r["val_l1"] for r in reference]
+
+
+def test_channels_last_on_the_cpu_where_a_family_measured_it():
+    """--channels-last auto on the CPU: on for the GAN (benchmarks/levers.py measured it there), off for the others;
+    on and off are obeyed."""
+    device = torch.device("cpu")
+    for name, auto in (("gan", True), ("autoencoder", False), ("diffusion", False)):
+        family = find_family(name)
+        for switch, expected in (("auto", auto), ("on", True), ("off", False)):
+            settings, hp = parse_config({**TINY, **FAMILY_EXTRA[name], "channels_last": switch}, family.config_cls)
+            built = family.build(hp, settings, device)
+            assert built.fast.channels_last is expected, (name, switch)
+            weight = next(p for p in built.modules[next(iter(built.modules))].parameters() if p.dim() == 4)
+            assert weight.is_contiguous(memory_format=torch.channels_last) is expected or weight.shape[-1] == 1

@@ -69,10 +69,12 @@ class FastPath:
     compile: bool = False
 
     @classmethod
-    def resolve(cls, device: torch.device, channels_last: str = "auto", compile: str = "auto") -> "FastPath":
+    def resolve(cls, device: torch.device, channels_last: str = "auto", compile: str = "auto",
+                cpu_channels_last: bool = False) -> "FastPath":
         """The settings' choices, with ``auto`` resolved for this device.
 
-        ``auto`` is off on the CPU. On CUDA it follows what benchmarks/gpu/ measured on an
+        On the CPU ``auto`` is off, but channels-last is on for a family that says it measured it faster there
+        (``cpu_channels_last``: the GAN, benchmarks/README.md section 13). On CUDA it follows what benchmarks/gpu/ measured on an
         H100 at the thesis sizes (64x64 maps, batch 16, c = 64 and 100; benchmarks/README.md,
         section 10): with CUDA graphs, channels-last trained every family 13-21% faster (the
         GAN at c = 64: 0.230 s an epoch against 0.268), so it is on. ``torch.compile`` has not
@@ -80,7 +82,7 @@ class FastPath:
         means on, on the CPU too (``benchmarks/levers.py`` measures both levers there).
         """
         cuda = device.type == "cuda"
-        return cls(channels_last=_switch(channels_last, "channels_last", cuda),
+        return cls(channels_last=_switch(channels_last, "channels_last", cuda or cpu_channels_last),
                    compile=_switch(compile, "compile", False))
 
     def prepare(self, net: nn.Module) -> nn.Module:

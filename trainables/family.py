@@ -53,6 +53,8 @@ class Family(ABC):
     noise: ClassVar[float] = 0.0  # seed-to-seed noise of one run's best val L1, as a fraction of it
     width_params: ClassVar[tuple[str, ...]] = ("width",)  # hyperparameters that set the networks' widths
     metrics: ClassVar[tuple[str, ...]] = ("train_loss",)  # what train_step reports (epochs.parquet columns)
+    # --channels-last auto on the CPU: on where benchmarks/levers.py measured it faster for this family (paired).
+    cpu_channels_last: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,7 +71,7 @@ class Family(ABC):
     def __init__(self, hp: Any, settings: RunSettings, device: torch.device) -> None:
         self.hp, self.settings, self.device = hp, settings, device
         self.precision = Precision(device, settings.precision)
-        self.fast = FastPath.resolve(device, settings.channels_last, settings.compile)
+        self.fast = FastPath.resolve(device, settings.channels_last, settings.compile, self.cpu_channels_last)
 
     @classmethod
     def build(cls, hp: Any, settings: RunSettings, device: torch.device) -> "Family":

@@ -27,6 +27,7 @@ from trainables.optimizers import build_optimizer
 
 class GANFamily(Family):
     card = GAN  # name, aliases, config, noise, widths: trainables/families.py
+    cpu_channels_last = True  # measured faster on 2 cores, paired (benchmarks/README.md, section 13)
 
     def __init__(self, hp: GANConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
