@@ -37,7 +37,7 @@ def _rayjob() -> dict:
 
 
 def _crd_file() -> Path | None:
-    for candidate in (os.environ.get(CRD_ENV), ROOT.parent / "shared" / "kuberay" / "ray.io_rayjobs.yaml"):
+    for candidate in (os.environ.get(CRD_ENV), DEPLOY / PIN["file"]):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None
