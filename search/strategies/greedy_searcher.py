@@ -1,30 +1,6 @@
 """The greedy searcher itself (a Ray Tune ``Searcher``; its strategy object is in ``greedy.py``).
 
-The report's greedy coordinate descent as a Ray Tune Searcher.
-
-Start from the study's defaults. For each parameter in the study's order (a *block*),
-propose every candidate value with all other parameters held; when the whole block has
-finished, the value with the lowest objective becomes the new default and the next
-block starts. Configurations already evaluated are never proposed again (the held
-default of every block was evaluated in an earlier one). Parameters that do not exist
-under the current defaults (Adam's beta1 when the optimizer is SGD) are skipped. With
-``max_sweeps > 1`` the order is walked again until a sweep changes nothing.
-
-A challenger replaces the held value only if its L1 is lower by more than ``margin`` (a
-fraction of the held value's L1): one training run per configuration cannot tell apart
-differences smaller than the seed-to-seed noise, and adopting them makes the path a coin
-toss (each family's ``Family.noise`` is its measured noise; ``benchmarks/seeds.py`` measures it).
-Each block records its held value, the best challenger's advantage and the decision.
-
-Ray calls ``suggest`` whenever a slot is free; within a block all proposals are made at
-once (in parallel as far as resources allow), and ``suggest`` answers ``None`` (wait)
-until the block resolves. Trials stopped early by a scheduler such as ASHA, diverged
-trials and errored trials all report a value (their best so far, or the worst possible
-L1), so every block resolves.
-
-The state is explicit, versioned JSON, saved atomically (``greedy_state.json`` in the study
-store) after every completed trial, so a killed driver resumes in the block it was in.
-:class:`GreedyStrategy` is the strategy object the driver finds by the name ``greedy``.
+What it does and why: the docstring of ``search/strategies/greedy.py``.
 """
 
 from __future__ import annotations

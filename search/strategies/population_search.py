@@ -1,31 +1,6 @@
 """Population-based training's search on Ray Tune's schedulers (its strategy objects are in ``population.py``).
 
-Population-based training (``--strategy pbt``, Jaderberg et al. 2017) and PB2 (``--strategy pb2``, Parker-Holder et al. 2020).
-
-A population of members trains at once, each from the study's defaults (or ``--from-study``'s
-best configuration) with the study file's ``[pbt] perturb`` hyperparameters drawn afresh (member 0
-keeps the defaults). Every ``--perturbation-interval`` epochs Ray Tune's scheduler ranks the members
-by their current val L1: each member of the bottom quarter takes the weights of one of the top
-quarter (exploit) and goes on with that member's hyperparameters perturbed (explore). PBT perturbs
-by a factor of 0.8 or 1.2, or draws the value again (one time in four), within the study's range
-(values without a range move to a neighbouring value); PB2 chooses the new values with a
-Gaussian-process bandit inside the ranges, fitted to the change of each member's val L1 between
-decisions (so at the first decision, with one result per member, it copies the donor's values).
-Both are Ray Tune's own schedulers (``PopulationBasedTraining``, ``PB2``), in synchronous mode:
-decisions wait until every member has reached the interval, so they do not depend on which member
-reports first.
-
-Members are trials of one Ray Tune run whose configs change at each exploit. Their identity is
-their index (``member``): a member's trial key (``trials.parquet``'s ``trial_id``) hashes the
-study's base configuration and the index, not the hyperparameters it has now, so its rows stay one
-trial. Weights live in the study store (:mod:`trainables.population`); each member's schedule (the
-hyperparameters of each epoch, and whose weights it took) lands in ``schedules.parquet``
-(:mod:`search.store.schedules`). A new driver after a kill hands each member the hyperparameters it
-last had and it continues from its newest snapshot.
-
-The final stage re-trains the best members' schedules (their lineage: the epochs of the donors
-they copied, then their own) from scratch with new seeds, so a population study has a test L1
-with an interval like every other study (the idea of Ray Tune's ``PopulationBasedTrainingReplay``).
+What it does and why: the docstring of ``search/strategies/population.py``.
 """
 
 from __future__ import annotations
