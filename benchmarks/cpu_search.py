@@ -56,7 +56,7 @@ def run_case(name: str, runs_dir: Path) -> dict:
                "--runs-dir", str(runs_dir), "--study", study, *extra]
     if spec is not None:
         command += ["--data", str(ensure_synthetic(spec))]
-    start, started = time.perf_counter(), datetime.now(timezone.utc)
+    started = datetime.now(timezone.utc)
     lines: list[str] = []
     final_at = None  # when the command said it starts the final stage
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
@@ -71,7 +71,7 @@ def run_case(name: str, runs_dir: Path) -> dict:
     summary = json.loads((runs_dir / study / "summary.json").read_text())
     return {"model": model, "data": "synthetic default" if spec is None else spec.name,
             "search_command": portable(" ".join(["python", "-m", "search.run", *command[3:]])),
-            "wall_seconds": round(time.perf_counter() - start, 1), "first_lines": [portable(line) for line in lines[:16]],
+            "wall_seconds": round((ended - started).total_seconds(), 1), "first_lines": [portable(line) for line in lines[:16]],
             "last_lines": [portable(line) for line in lines[-8:]], "lines": len(lines),
             "summary": {key: summary.get(key) for key in KEPT},
             "profile": profile(runs_dir / study, started, final_at, ended)}

@@ -66,7 +66,7 @@ def _config(family: str, overrides: dict[str, Any], seed: int, epochs: int, root
             "threads": 0, "seed": seed, "checkpoint_root": root, **overrides}
 
 
-def _process(args: tuple[str, int, int, dict[str, Any], int, int, int]) -> list[dict[str, Any]]:
+def _process(args: tuple[str, int, dict[str, Any], int, int, int]) -> list[dict[str, Any]]:
     """One process of a cell: its trial (or fused trials) for ``epochs`` epochs; every reported row."""
     import torch
 
@@ -74,7 +74,7 @@ def _process(args: tuple[str, int, int, dict[str, Any], int, int, int]) -> list[
     from trainables.families import find_family
     from trainables.synthetic import ensure_synthetic
 
-    family_name, _, threads, overrides, members, seed, epochs = args
+    family_name, threads, overrides, members, seed, epochs = args
     torch.set_num_threads(threads)
     data = load_dataset(ensure_synthetic()).subset(N_TRAIN, None)
     family = find_family(family_name)
@@ -95,7 +95,7 @@ def _process(args: tuple[str, int, int, dict[str, Any], int, int, int]) -> list[
 def run_cell(name: str, seed: int, epochs: int) -> dict[str, Any]:
     """A cell once: its processes at once; trial-epochs per second and the default's phases."""
     family, processes, threads, overrides, members = CELLS[name]
-    jobs = [(family, processes, threads, overrides, members, seed + i, epochs) for i in range(processes)]
+    jobs = [(family, threads, overrides, members, seed + i, epochs) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         outputs = pool.map(_process, jobs)
     measured = [r for rows in outputs for r in rows if r["epoch"] > 1]  # the first epoch warms up

@@ -53,7 +53,7 @@ def profile(study: Path, started: datetime | None = None, final_at: datetime | N
     concurrency = _max_overlap(spans)
 
     def total(column: str) -> float:
-        return sum(r[column] or 0.0 for r in epochs if r.get(column) is not None)
+        return sum(r[column] for r in epochs if r.get(column) is not None)
 
     missing = sum(1 for r in epochs if r.get("train_seconds") is None)
     train, measure, snapshot = total("train_seconds"), total("eval_seconds"), total("checkpoint_seconds")

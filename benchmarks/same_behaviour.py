@@ -82,7 +82,7 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     lines = [sorted(TIMES.sub("<t>", line.replace(str(s["folder"].parent), "<runs>")) for line in s["lines"])
              for s in (before, after)]
     differing = [(a, b) for a, b in zip(*lines) if a != b]
-    verdict["lines"] = {"equal": lines[0] == lines[1], "count": [len(x) for x in lines],
+    verdict["lines"] = {"equal": lines[0] == lines[1], "count": [len(x) for x in lines], "n_differing": len(differing),
                         "differing": differing[:6] + ([(f"... {len(lines[0])} lines", f"{len(lines[1])} lines")]
                                                       if len(lines[0]) != len(lines[1]) else [])}
     return verdict

@@ -15,7 +15,7 @@ from torch import nn
 
 from trainables.augment import AugmentConfig
 from trainables.config import RunSettings
-from trainables.family import Family, step
+from trainables.family import OneNetworkFamily, step
 from trainables.losses import masked_l1
 
 STUDY = """
@@ -39,8 +39,10 @@ class TinyConfig(AugmentConfig):
     batch_size: int = 16
 
 
-class TinyFamily(Family):
+class TinyFamily(OneNetworkFamily):
     """Two convolutions: the smallest model that trains through the shared loop."""
+
+    net_key = "net"
 
     name, aliases, config_cls = "tiny", ("tiny-net",), TinyConfig
     noise = 0.0
@@ -51,13 +53,6 @@ class TinyFamily(Family):
                                  nn.Conv2d(hp.width, 3, 3, padding=1)).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
         self.scaler = self.precision.scaler()
-
-    @property
-    def modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"net": self.opt}
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = masked_l1(self.predict(image), vms, valid)

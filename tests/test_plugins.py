@@ -19,7 +19,7 @@ from search.strategies.base import StrategyOption
 from search.strategies.random_sampling import RandomStrategy
 from trainables.config import AugmentConfig, RunSettings
 from trainables.families import FamilyCard, register, unregister
-from trainables.family import Family, step
+from trainables.family import OneNetworkFamily, step
 from trainables.losses import masked_l1
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,10 @@ class ToyConfig(AugmentConfig):
     batch_size: int = 16
 
 
-class ToyFamily(Family):
+class ToyFamily(OneNetworkFamily):
     """Two convolutions, and a loss of its own to report."""
+
+    net_key = "net"
 
     def __init__(self, hp: ToyConfig, settings: RunSettings, device: torch.device) -> None:
         super().__init__(hp, settings, device)
@@ -48,13 +50,6 @@ class ToyFamily(Family):
                                  nn.Conv2d(hp.width, 3, 3, padding=1)).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
         self.scaler = self.precision.scaler()
-
-    @property
-    def modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"net": self.opt}
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         prediction = self.predict(image)

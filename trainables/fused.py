@@ -41,14 +41,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from trainables.augment import diff_augment
-from trainables.checkpoints import TrialStore, write_checkpoint
+from trainables.checkpoints import TrialStore
 from trainables.config import parse_config
 from trainables.data import VMSDataset
-from trainables.evaluation import as_float
 from trainables.family import Family
-from trainables.loop import Progress, Trial, measure_epoch, resume, default_report, run_trial, set_up_trial
-from trainables.retry import said_since_last
+from trainables.loop import Progress, Trial, close_epoch, default_report, resume, run_trial, set_up_trial
+from trainables.steps import augmented_batch
 
 Report = Callable[[dict[str, Any]], Any]  # a member's report; returning True stops that member
 
@@ -113,6 +111,8 @@ def run_fused(configs: list[dict[str, Any]], data: VMSDataset, family_cls: type[
                          "group them with trainables.fused.fusion_groups")
     if any(parse_config(c, family_cls.config_cls)[0].replay for c in configs):
         raise ValueError("a replayed population member's schedule cannot train fused; run it alone")
+    if len(configs) == 1:
+        return [run_trial(configs[0], data, family_cls, storage=storages[0], report=reports[0])]
     with contextlib.ExitStack() as locks:
         members = []
         for index, config in enumerate(configs):
@@ -123,7 +123,7 @@ def run_fused(configs: list[dict[str, Any]], data: VMSDataset, family_cls: type[
             members.append(_Member(index, trial, progress, report, torch.get_rng_state(),
                                    progress.history[-1] if progress.history else None))
         epochs = {m.progress.epoch for m in members}
-        if len(epochs) == 1 and len(members) > 1:
+        if len(epochs) == 1:
             return _train(members, epochs.pop())
     # Resumed at different epochs: each alone (its checkpoint, read again, resumes it the same way).
     return [run_trial(c, data, family_cls, storage=s, report=r) for c, s, r in zip(configs, storages, reports)]
@@ -143,15 +143,7 @@ def _train(members: list[_Member], done_epochs: int) -> list[dict[str, Any]]:
         share = (time.perf_counter() - started) / len(active)  # each member's share of the group's steps
         for m, loss in zip(active, losses):
             torch.set_rng_state(m.rng)
-            row = measure_epoch(m.trial, m.progress, epoch, loss, time.perf_counter() - share)
-            m.progress.history.append(row)
-            written = time.perf_counter()
-            write_checkpoint(m.trial, m.progress)
-            row.update(train_seconds=share, checkpoint_seconds=time.perf_counter() - written)
-            if row["status"] != "running" and m.trial.store:  # as a lone trial's last report
-                m.trial.store.wait()
-                notices = [n for n in (row.pop("notice", None), *said_since_last()) if n]
-                row.update({"notice": "; ".join(notices)} if notices else {})
+            row = close_epoch(m.trial, m.progress, epoch, loss, share)  # as a lone trial's epoch ends
             stop = m.report(dict(row))
             m.rng, m.last = torch.get_rng_state(), row
             m.done = row["status"] != "running" or stop is True
@@ -191,11 +183,10 @@ def train_epoch_fused(members: list[_Member]) -> list[dict[str, float]]:
         for m, order in zip(members, orders):
             index = order[start : start + batch_size]
             torch.set_rng_state(m.rng)
-            image, vms, valid = diff_augment(as_float(tensors.train_images[index]), as_float(tensors.train_maps[index]),
-                                             m.trial.augment)
+            image, vms, valid = augmented_batch(family, tensors.train_images, tensors.train_maps, index, m.trial.augment)
             m.rng = torch.get_rng_state()
-            images.append(family.fast.input(image))
-            maps.append(family.fast.input(vms))
+            images.append(image)
+            maps.append(vms)
             valids.append(valid)
         stacked_p = {k: torch.stack([p[k] for p in params]) for k in params[0]}
         stacked_b = {k: torch.stack([b[k] for b in buffers]) for k in buffers[0]}

@@ -137,22 +137,29 @@ def run_trial(
             epoch_start = time.perf_counter()
             trial.utilisation.start()
             losses = train_epoch(trial)
-            train_seconds = time.perf_counter() - epoch_start
-            row = measure_epoch(trial, progress, epoch, losses, epoch_start)
-            progress.history.append(row)
-            written = time.perf_counter()
-            write_checkpoint(trial, progress)
-            # Where the epoch went (search.store.results: epochs.parquet); checkpoint_seconds is the snapshot the
-            # trial waits for (the file is written in the background), and a replayed row may lack it.
-            row.update(train_seconds=train_seconds, checkpoint_seconds=time.perf_counter() - written)
-            if row["status"] != "running" and trial.store:  # the last report: its checkpoint on disk first, and any
-                trial.store.wait()                          # wait for the store on the way told with it
-                notices = [n for n in (row.pop("notice", None), *said_since_last()) if n]
-                row.update({"notice": "; ".join(notices)} if notices else {})
+            row = close_epoch(trial, progress, epoch, losses, time.perf_counter() - epoch_start)
             report(dict(row))
             if row["status"] == "diverged":
                 break
         return row
+
+
+def close_epoch(trial: Trial, progress: Progress, epoch: int, losses: dict[str, float],
+                train_seconds: float) -> dict[str, Any]:
+    """After an epoch's training steps (``train_seconds`` of them): measure it, keep its row, checkpoint; the row to
+    report. The last row waits for its checkpoint on disk, and carries any notice of a store waited for."""
+    row = measure_epoch(trial, progress, epoch, losses, time.perf_counter() - train_seconds)
+    progress.history.append(row)
+    written = time.perf_counter()
+    write_checkpoint(trial, progress)
+    # Where the epoch went (search.store.results: epochs.parquet); checkpoint_seconds is the snapshot the
+    # trial waits for (the file is written in the background), and a replayed row may lack it.
+    row.update(train_seconds=train_seconds, checkpoint_seconds=time.perf_counter() - written)
+    if row["status"] != "running" and trial.store:  # the last report: its checkpoint on disk first, and any
+        trial.store.wait()                          # wait for the store on the way told with it
+        notices = [n for n in (row.pop("notice", None), *said_since_last()) if n]
+        row.update({"notice": "; ".join(notices)} if notices else {})
+    return row
 
 
 def retune(trial: Trial, changes: dict[str, Any]) -> None:

@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from trainables.family import Family
 
 
+def augmented_batch(family: "Family", images: torch.Tensor, maps: torch.Tensor, index: torch.Tensor,
+                    augment: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch as a step takes it: gathered, as floats, augmented (from the global random stream), laid out
+    as the family's networks expect; ``(image, maps, valid)``."""
+    image, vms, valid = diff_augment(as_float(images[index]), as_float(maps[index]), augment)
+    return family.fast.input(image), family.fast.input(vms), valid
+
+
 class TrainSteps:
     """A trial's training steps: gather the batch, augment it, and take the family's step.
 
@@ -44,9 +52,7 @@ class TrainSteps:
         self.graph, self.index, self.outputs, self.warm = None, None, {}, 0
 
     def _step(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        image, vms = as_float(self.images[index]), as_float(self.maps[index])
-        image, vms, valid = diff_augment(image, vms, self.augment)
-        return self.family.train_step(self.family.fast.input(image), self.family.fast.input(vms), valid)
+        return self.family.train_step(*augmented_batch(self.family, self.images, self.maps, index, self.augment))
 
     def __call__(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.graphs:

@@ -250,7 +250,7 @@ def same_behaviour_table() -> str:
         rows = v.get("rows", v.get("count"))
         size = "none" if rows == [None, None] else f"{rows[0]} / {rows[1]}"
         if "differing" in v and not v["equal"] and rows[0] == rows[1]:
-            return f"**{len(v['differing'])} of {rows[0]} differ** (below)"
+            return f"**{v.get('n_differing', len(v['differing']))} of {rows[0]} differ** (below)"
         return ("same" if v["equal"] else "**differ**") + f" ({size})"
 
     for name, v in results["studies"].items():
