@@ -16,9 +16,18 @@ a member reports to Ray with every epoch is only a pointer, ``member.json``:
   hyperparameters (the explored ones); its first new epoch's row names the donor (a kill before
   that epoch is written loses the exploit, not the member: it resumes from its own snapshot with
   the hyperparameters it had, and the schedule stays true);
-- its own pointer, or none (a new driver after a kill, whose searcher hands each member the
-  hyperparameters it last had): its own newest snapshot, so no member restarts from epoch 0;
+- its own pointer: its own newest snapshot (a member Ray paused at a decision, or restarted after a
+  lost worker), so no member restarts from epoch 0;
+- none, in a new driver after a kill, whose searcher hands each member the hyperparameters it last
+  had: the donor's snapshot when the killed driver's last decision for this member, in
+  ``decisions.json``, was an exploit the member had not yet trained from; else its own newest
+  snapshot, whose last row it reports again (marked replayed) so that a decision the kill
+  interrupted is made at the epoch it was due, on that epoch's val L1, as in a run never killed;
 - nothing: epoch 0.
+
+``decisions.json`` (beside the member folders) is written by the driver at each decision, before
+the members go on: per decision epoch, each exploiting member's donor (member, epoch) and new
+hyperparameters (:func:`record_decision`).
 
 Every reported row carries ``member``, ``member_hp`` (the hyperparameters it trained with) and, on the
 first epoch after an exploit, ``donor_member`` and ``donor_epoch``; the search's schedule callback writes them, with the hyperparameters in
@@ -45,6 +54,40 @@ from trainables.family import Family
 from trainables.loop import Progress, Trial, measure_epoch, restore, retune, set_up_trial, train_epoch
 
 POINTER = "member.json"
+DECISIONS = "decisions.json"
+
+
+def read_decisions(root: Location) -> dict[int, dict[int, dict[str, Any]]]:
+    """The population's decisions so far: decision epoch -> exploiting member -> {"donor": [member, epoch],
+    "config": {hyperparameter: value}} ({} for a decision in which no member exploited); {} when none was made."""
+    where = root / DECISIONS
+    if not where.is_file():
+        return {}
+    return {int(epoch): {int(m): outcome for m, outcome in made.items()}
+            for epoch, made in json.loads(where.read_text()).items()}
+
+
+def record_decision(root: Location, epoch: int, exploits: dict[int, dict[str, Any]]) -> None:
+    """Add the decision made at ``epoch`` (see :func:`read_decisions`), written whole and atomically."""
+    decisions = read_decisions(root)
+    decisions[int(epoch)] = exploits
+    payload = {str(e): {str(m): o for m, o in sorted(made.items())} for e, made in sorted(decisions.items())}
+    (root / DECISIONS).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", fsync=True)
+
+
+def pending_exploit(root: Location, member: int, newest: int) -> dict[str, int] | None:
+    """The donor pointer of the last decision's exploit of ``member`` when the member has not trained past it
+    (its newest snapshot is at ``newest``): a driver killed after deciding and before the member's first epoch
+    from the donor. None otherwise."""
+    decisions = read_decisions(root)
+    if not decisions:
+        return None
+    last = max(decisions)
+    outcome = decisions[last].get(member)
+    if outcome is None or newest > last:
+        return None
+    donor_member, donor_epoch = outcome["donor"]
+    return {"member": int(donor_member), "epoch": int(donor_epoch)}
 
 
 class MemberStore(TrialStore):
@@ -110,21 +153,27 @@ def run_member(config: dict[str, Any], data: VMSDataset, family_cls: type[Family
     settings, _ = parse_config(config, family_cls.config_cls)
     if settings.member < 0 or not (storage or settings.checkpoint_root):
         raise ValueError("a population member needs its index (member >= 0) and its storage (or a checkpoint_root)")
-    if pointer is None:
+    fresh = pointer is None  # in Ray: the first start of this member under this driver
+    if fresh:
         from ray import tune
 
         pointer = read_pointer(tune.get_checkpoint())
+        fresh = pointer is None
     trial = set_up_trial(config, data, family_cls, storage)
     root = storage.folder.parent if storage is not None else location_of(settings.checkpoint_root)
     store = MemberStore(root, settings.member, settings.snapshots)
     trial.store = store
     wanted = {name: getattr(trial.hp, name) for name in family_cls.retunable_names() if hasattr(trial.hp, name)}
     with store.locked():
+        if fresh:
+            pointer = pending_exploit(root, settings.member, max(store.epochs(), default=0))
         progress, donor = _start(trial, store, root, pointer)
         retune(trial, wanted)  # the config's hyperparameters, over what the snapshot's optimizers held
         row: dict[str, Any] = progress.history[-1] if progress.history else {}
         if progress.ended or progress.epoch >= settings.epochs:  # finished, and the search has recorded it
             return row
+        if fresh and donor is None and row:  # a decision due at this epoch is made on it, as if never killed
+            report(dict(row, replayed=True), settings.member)
         for epoch in range(progress.epoch + 1, settings.epochs + 1):
             started = time.perf_counter()
             trial.utilisation.start()

@@ -58,7 +58,7 @@ class ResultsCallback(Callback):
         tid = self._trial_id(trial)
         self._last_result[tid] = result
         log = os.environ.get(EPOCH_LOG)
-        if log:  # every epoch a trial reported to this driver, replays excluded (benchmarks/faults.py counts them)
+        if log and not result.get("replayed"):  # every epoch a trial trained and reported to this driver
             with open(log, "a") as handle:
                 handle.write(f"{tid}\t{result.get('epoch')}\n")
         if result.get("notice"):  # the trial's checkpoint could not be used as it was

@@ -15,6 +15,7 @@ from search.store.results import ResultsStore, TrialIdentity
 from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters, read_rows
 from search.strategies.base import OpenSearch, SearchContext, SearcherRecord, TuneRun
 from trainables.config import PER_TRIAL_SETTINGS
+from trainables.population import read_decisions
 
 class _MemberValue:
     """A member's starting value of one hyperparameter, for Ray Tune's ``sample_from`` (after the grid over members)."""
@@ -36,6 +37,15 @@ class _KeepsMember:
     decision is kept past the latest member's epoch (in an uninterrupted run it always is)."""
 
     _decided_at = 0  # epoch of the last decision a killed run made (0: none, or a fresh population)
+    _seed = 0  # the study's seed: each member's draws at a decision come from (seed, member, epoch)
+    _root: Any = None  # the members' folders (trainables.population.record_decision)
+
+    def keep_decisions(self, root: Any, seed: int) -> None:
+        """Record each decision in ``root``'s decisions.json, and draw each member's exploit and explore from its
+        own generator state, so that a decision a kill interrupted is made again as it was (Ray's schedulers draw
+        from Python's and NumPy's global generators, whose state a new driver does not have)."""
+        self._root, self._seed = root, seed
+        self._exploits: dict[int, dict[str, Any]] = {}
 
     def continue_after(self, decision: int) -> None:
         """A resumed population whose killed run last decided at epoch ``decision``: the next decision comes one
@@ -53,10 +63,34 @@ class _KeepsMember:
         before = self._next_perturbation_sync
         decision = super().on_trial_result(tune_controller, trial, result)
         if self._synch and self._next_perturbation_sync != before:  # a decision was made
+            if self._root is not None:  # before any member goes on from it
+                from trainables.population import record_decision
+
+                record_decision(self._root, int(result[self._time_attr]), self._exploits)
+                self._exploits = {}
             latest = max(state.last_train_time for state in self._trial_state.values())
             if self._next_perturbation_sync <= latest:
                 self._next_perturbation_sync = latest + self._perturbation_interval
         return decision
+
+    def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list) -> None:
+        import numpy as np
+
+        epoch = int(self._trial_state[trial].last_train_time)
+        draws = random.Random(f"{self._seed}-{int(trial.config['member'])}-{epoch}")
+        random.seed(draws.getrandbits(64))
+        np.random.seed(draws.getrandbits(32))
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        from trainables.population import read_pointer
+
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        if self._root is not None:
+            donor = read_pointer(self._trial_state[trial_to_clone].last_checkpoint)
+            self._exploits[int(trial.config["member"])] = {
+                "donor": [donor["member"], donor["epoch"]],
+                "config": {name: trial.config[name] for name in self._hyperparam_mutations if name in trial.config}}
 
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         config, operations = super()._get_new_config(trial, trial_to_clone)
@@ -105,7 +139,14 @@ class PopulationSearch(OpenSearch):
         # In synchronous mode no member passes a decision before it is made: one past epoch e means e's was made.
         reached = max([row["epoch"] for row in rows]
                       + [history[-1]["epoch"] for history in self.resumed.values() if history], default=0)
-        self.last_decision = (reached - 1) // interval * interval if reached else 0
+        decisions = read_decisions(context.store.trials_root)
+        self.last_decision = max((reached - 1) // interval * interval if reached else 0, max(decisions, default=0))
+        newest = {m: max([r["epoch"] for r in rows if r["member"] == m]
+                         + [h[-1]["epoch"] for k, h in self.resumed.items() if h and self.key_of({"member": m}) == k],
+                         default=0) for m in self.configs}
+        for member, outcome in decisions.get(self.last_decision, {}).items():
+            if member in self.configs and newest[member] <= self.last_decision:  # decided, not yet trained from:
+                self.configs[member].update(outcome["config"])  # the member goes on from its donor (run_member)
         self.to_run = len(self.configs)
         self.num_samples = 1
 
@@ -171,13 +212,11 @@ class PopulationSearch(OpenSearch):
     def tune_run(self, plan: Any, results: Any) -> TuneRun:
         """The members as Ray Tune's trials (a grid over them), trained by trainables.population under Ray's
         PBT (or PB2) scheduler, with the schedules' callback."""
-        import numpy as np
         from trainables.population import run_member
 
-        random.seed(plan.options.seed)  # Ray's PBT draws donors and perturbations from these
-        np.random.seed(plan.options.seed)
         scheduler = self.strategy.scheduler(self)
         scheduler.continue_after(self.last_decision)
+        scheduler.keep_decisions(plan.store.trials_root, plan.options.seed)
         kinds = {name: self.space.by_name[name].kind for name in self.perturb}
         snapshots = [record.history for record in self.done.values()] + list(self.resumed.values())
         schedules = ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
