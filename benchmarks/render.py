@@ -39,6 +39,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "search-efficiency": ("benchmarks/README.md", searches.search_efficiency),
     "publish": ("benchmarks/README.md", publish.publish_table),
     "population": ("benchmarks/README.md", publish.population_table),
+    "budget": ("benchmarks/README.md", cpu.budget_table),
     "sampling": ("benchmarks/README.md", cpu.sampling_table),
     "memory": ("benchmarks/README.md", cpu.memory_table),
     "scaling": ("benchmarks/README.md", cpu.scaling_table),

@@ -88,6 +88,29 @@ def test_a_member_takes_a_donors_weights_with_changed_hyperparameters(killed_and
     epochs = pd.read_parquet(study / "epochs.parquet")
     assert epochs.groupby("trial_id")["epoch"].apply(lambda e: sorted(e) == [1, 2, 3, 4]).all(), epochs
     assert "pbt: 2 members of 4 epochs" in stdout
+    # Each decision is recorded before the members go on, and each recorded exploit is the one trained from.
+    decisions = json.loads((study / "trials" / "decisions.json").read_text())
+    assert sorted(decisions) == ["2"], decisions  # one decision, at epoch 2 (the killed run's, not made twice)
+    for epoch, made in decisions.items():
+        for member, outcome in made.items():
+            row = rows[(rows["member"] == int(member)) & (rows["epoch"] == int(epoch) + 1)].iloc[0]
+            assert [row["donor_member"], row["donor_epoch"]] == outcome["donor"], (row, outcome)
+            assert all(row[f"hp_{n}"] == pytest.approx(v) for n, v in outcome["config"].items()), (row, outcome)
+
+
+def test_a_member_killed_between_a_decision_and_its_first_epoch_from_the_donor_goes_on_from_the_donor(tmp_path):
+    from trainables.population import pending_exploit, read_decisions, record_decision
+    from trainables.storage import location_of
+
+    root = location_of(str(tmp_path))
+    assert read_decisions(root) == {} and pending_exploit(root, 1, 2) is None
+    record_decision(root, 2, {1: {"donor": [0, 2], "config": {"l1_weight": 40.0}}})
+    assert pending_exploit(root, 1, 2) == {"member": 0, "epoch": 2}  # decided at 2, its newest snapshot is 2
+    assert pending_exploit(root, 1, 3) is None  # it has trained from the donor already
+    assert pending_exploit(root, 0, 2) is None  # the donor itself goes on from its own weights
+    record_decision(root, 4, {})  # a later decision in which member 1 kept its weights
+    assert pending_exploit(root, 1, 4) is None
+    assert read_decisions(root) == {2: {1: {"donor": [0, 2], "config": {"l1_weight": 40.0}}}, 4: {}}
 
 
 def test_after_a_sigkill_no_member_restarts_from_epoch_0(killed_and_resumed):

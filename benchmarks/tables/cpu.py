@@ -206,6 +206,21 @@ def startup_table() -> str:
     return "\n".join(lines)
 
 
+def budget_table() -> str:
+    """benchmarks/README.md section 3d: what --budget-epochs spent, per strategy and trials at once (results/budget.json)."""
+    result = load("budget.json")
+    rows = result["rows"]
+    met = sum(1 for r in rows if r["ratio"] <= result["target"])
+    lines = [f"Measured on {measured(result['provenance'])} (`{result['provenance']['command']}`; the autoencoder, "
+             f"smoke preset, {rows[0]['epochs_per_trial']}-epoch trials, budget B = {rows[0]['budget']} epochs; "
+             f"target: at most {result['target']:g} B). {met} of {len(rows)} cases within the target.", "",
+             "| strategy | trials at once | trials | epochs spent | x B | unspent | the search's last line on it |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['strategy']} | {r['concurrency']} | {r['trials']} | {r['spent']} | {r['ratio']:.2f} | {r['unspent']} | "
+              f"{r['said'] or '-'} |" for r in rows]
+    return "\n".join(lines)
+
+
 def bad_inputs_table() -> str:
     """docs/reliability.md: every bad-input case and the line the command answered it with (results/bad_inputs.json)."""
     result = load("bad_inputs.json")

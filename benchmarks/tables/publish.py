@@ -69,7 +69,8 @@ def publish_table() -> str:
     stale = ([f"**Stale: the epochs-spent column.** {len(before_cap)} of the measuring commits "
               f"({', '.join(before_cap)}) predate commit {BUDGET_CAP}, where `--budget-epochs` became a cap (a trial "
               "that cannot fit is not started): their spending over 1.00x B is the old behaviour, and their selections (the test L1 columns) "
-              "were made under it. `python -m benchmarks.publish` re-measures both."] if before_cap else [])
+              "were made under it. `python -m benchmarks.publish` re-measures both; what the cap spends today, per strategy "
+              "and trials at once, is section 3d."] if before_cap else [])
     return "\n".join([
         "Measured " + "; ".join(f"{where}, with `{command}`" for where, command in runs) + " (`results/publish.json`):",
         "", table(rows), "",

@@ -60,6 +60,10 @@ class _KeepsMember:
         self._trial_state[trial].last_perturbation_time = self._decided_at
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get("status") == "completed":  # a member's last epoch: nothing is left to train from a decision
+            from ray.tune.schedulers import TrialScheduler  # (Ray's would copy weights and values never trained on)
+
+            return TrialScheduler.CONTINUE
         before = self._next_perturbation_sync
         decision = super().on_trial_result(tune_controller, trial, result)
         if self._synch and self._next_perturbation_sync != before:  # a decision was made
