@@ -5,7 +5,7 @@
 
 For each kind, a smoke study is run once without interruption (the reference), then again in another place where
 the driver is SIGKILLed ``--kills`` times and resumed after each kill. The kinds: ``greedy`` and ``tpe`` (the
-autoencoder, 6 epochs, ASHA, one trial at a time), ``pbt`` (a GAN population of 2, 8 epochs each) and ``bucket``
+autoencoder, 6 epochs, ASHA, one trial at a time), ``pbt`` (a GAN population of 2, 40 epochs each) and ``bucket``
 (the greedy study with its runs folder in a bucket, moto's S3 server on loopback, and its lease in PostgreSQL, both
 started here and stopped after). The kills are spread over the whole search (kill i comes when about
 i/(kills+1) of the reference's trials have finished) and drawn with a seeded generator among
@@ -63,7 +63,7 @@ GREEDY = ["--strategy", "greedy", "--model", "autoencoder", "--epochs", "6", "--
 KINDS = {  # the command's arguments of each kind of study (the bucket's runs folder and database come at run time)
     "greedy": GREEDY,
     "tpe": ["--strategy", "tpe", "--model", "autoencoder", "--epochs", "6", "--max-concurrent", "1", "--samples", "14"],
-    "pbt": ["--strategy", "pbt", "--model", "gan", "--epochs", "24", "--population", "2"],  # long enough for 10 kills
+    "pbt": ["--strategy", "pbt", "--model", "gan", "--epochs", "40", "--population", "2"],  # long enough for 10 kills
     "bucket": GREEDY,
 }
 STARTUP_SECONDS = 12.0  # a driver's start (imports, Ray, data) before its first trial trains, on 2 cores

@@ -11,7 +11,7 @@ Gaussian-process bandit inside the ranges, fitted to the change of each member's
 decisions (so at the first decision, with one result per member, it copies the donor's values).
 Both are Ray Tune's own schedulers (``PopulationBasedTraining``, ``PB2``), in synchronous mode:
 decisions wait until every member has reached the interval, so they do not depend on which member
-reports first.
+reports first. No decision is made at the members' last epoch: nothing would train from it.
 
 Members are trials of one Ray Tune run whose configs change at each exploit. Their identity is
 their index (``member``): a member's trial key (``trials.parquet``'s ``trial_id``) hashes the
