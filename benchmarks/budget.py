@@ -3,7 +3,8 @@
     python -m benchmarks.budget [--budget 13] [--concurrency 1 2 4] [--strategies greedy tpe random bohb]
 
 Each case is the command a user types (``python -m search.run --preset smoke --model autoencoder --strategy S
---budget-epochs B --max-concurrent C``, the study's own folder, no final stage), run to its end. What a study
+--budget-epochs B --max-concurrent C``, the study's own folder, no final stage; greedy walks 8 parameters, not the
+preset's 3, so that its plan needs more than B), run to its end. What a study
 spent is the epochs its trials trained, as the study holds them (``epochs.parquet``'s rows: each epoch once);
 the last line it printed about the budget is kept beside it. The target is at most 1.02 B in every case; what went
 unspent is reported beside it (a trial that cannot fit is not started). A budget that is not
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.02  # spent / B, at most
 EPOCHS = 2  # the smoke preset's epochs per trial
 RUN_TIMEOUT = 900
+MORE = {"greedy": ["--blocks", "8"]}  # the smoke preset walks 3 parameters, a plan the budget would not reach
 
 
 def _run(runs: Path, strategy: str, budget: int, concurrency: int) -> dict:
@@ -38,7 +40,7 @@ def _run(runs: Path, strategy: str, budget: int, concurrency: int) -> dict:
     command = [sys.executable, "-m", "search.run", "--runs-dir", str(runs), "--study", study, "--preset", "smoke",
                "--model", "autoencoder", "--strategy", strategy, "--epochs", str(EPOCHS), "--budget-epochs",
                str(budget), "--max-concurrent", str(concurrency), "--cpus-per-trial", f"{2 / concurrency:g}",
-               "--final-top-k", "0", "--seed", "0"]
+               "--final-top-k", "0", "--seed", "0", *MORE.get(strategy, [])]
     started = time.monotonic()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
