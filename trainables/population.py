@@ -13,9 +13,7 @@ a member reports to Ray with every epoch is only a pointer, ``member.json``:
 ``{"member": i, "epoch": e}``. So a member starts from:
 
 - a pointer to another member: that donor's ``epoch-<e>.pt`` (an exploit), with the config's
-  hyperparameters (the explored ones); its first new epoch's row names the donor (a kill before
-  that epoch is written loses the exploit, not the member: it resumes from its own snapshot with
-  the hyperparameters it had, and the schedule stays true);
+  hyperparameters (the explored ones); its first new epoch's row names the donor;
 - its own pointer: its own newest snapshot (a member Ray paused at a decision, or restarted after a
   lost worker), so no member restarts from epoch 0;
 - none, in a new driver after a kill, whose searcher hands each member the hyperparameters it last
