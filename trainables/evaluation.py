@@ -7,6 +7,7 @@ throughout; :func:`as_float` turns the uint8 tensors the data is held in into th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +41,24 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class Evaluation:
-    """A model's predictions over one split, and their errors."""
+    """A model's predictions over one split, and their errors. Spearman's rho and the uint8 predictions are worked
+    out when first read: train L1's pass reads neither."""
 
     l1: float  # mean absolute error over every pixel and channel, maps in [-1, 1]
     channel_l1: dict[str, float]  # the same per meaningful map channel (MAP_CHANNELS), so a model that ignores one shows it
     per_image_l1: np.ndarray
-    spearman: float  # rho between the image-level scores the predicted and true maps imply
-    predictions: torch.Tensor  # uint8 (N, 3, H, W)
+    pred: torch.Tensor  # float (N, 3, H, W) in [-1, 1]
+    truth: torch.Tensor
+
+    @functools.cached_property
+    def spearman(self) -> float:
+        """rho between the image-level scores the predicted and true maps imply"""
+        return spearman(image_scores(self.pred), image_scores(self.truth))
+
+    @functools.cached_property
+    def predictions(self) -> torch.Tensor:
+        """uint8 (N, 3, H, W)"""
+        return ((self.pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         return {prefix: self.l1, **{f"{prefix}_{name}": value for name, value in self.channel_l1.items()}}
@@ -102,6 +114,4 @@ def evaluate(family: Family, images: torch.Tensor, maps: torch.Tensor, final: bo
     error = (pred - truth).abs()
     per_image = error.mean(dim=(1, 2, 3))
     channel_l1 = {name: float(error[:, c].mean()) for name, c in MAP_CHANNELS.items()}
-    rho = spearman(image_scores(pred), image_scores(truth))
-    pred_u8 = ((pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return Evaluation(float(per_image.mean()), channel_l1, per_image.cpu().numpy(), rho, pred_u8)
+    return Evaluation(float(per_image.mean()), channel_l1, per_image.cpu().numpy(), pred, truth)
