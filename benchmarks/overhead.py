@@ -186,6 +186,35 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _paired(family: str, data: VMSDataset, repeat: int, epochs: int, divisor: int, threads: int) -> dict[str, float]:
+    """One repeat of one family: a trial under Ray Tune, then the bare loop; seconds per epoch, medians."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    hp = study_defaults(family)
+    if family == "diffusion":
+        hp.update(prediction="x0", steps=500)
+    loggers = [_timed(cls) for cls in (JsonLoggerCallback, CSVLoggerCallback, TBXLoggerCallback)]
+    # The bare loop keeps PyTorch's default memory format, so ours does too: what differs is the framework.
+    config = {**hp, "epochs": epochs, "width_divisor": divisor, "threads": threads,
+              "train_eval_size": TRAIN_EVAL, "channels_last": "off", "seed": repeat}
+    rows = _ours(family, config, data, loggers)
+    walls = [r["wall_seconds"] for r in rows]
+    steady = rows[1:]  # the first epoch warms up
+    row = {"ours_s": statistics.median(b - a for a, b in zip(walls, walls[1:])),
+           "ours_train_s": statistics.median(r["train_seconds"] for r in steady),
+           "ours_eval_s": statistics.median(r["eval_seconds"] for r in steady),
+           "ray_logs_s": sum(cb.spent for cb in loggers) / max(1, min(cb.calls for cb in loggers))}
+    torch.set_num_threads(threads)
+    torch.manual_seed(repeat)
+    epoch = _bare_epoch(family, hp, data, divisor)
+    epoch()  # warm-up
+    bare = [epoch() for _ in range(epochs - 1)]
+    row.update(bare_s=statistics.median(t + e for t, e in bare), bare_train_s=statistics.median(t for t, _ in bare),
+               bare_eval_s=statistics.median(e for _, e in bare))
+    row["ratio"] = row["ours_s"] / row["bare_s"]
+    return row
+
+
 def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     """Epoch time inside our trainable under Ray Tune against a bare loop, same model, loss and tensors, paired
     over repeats: each repeat runs one trial under Ray Tune, then the bare loop, for every family in turn.
@@ -194,7 +223,6 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     checkpoint and the report); the bare loop's is its training plus its evaluation. The first epoch of each warms
     up and is left out; each repeat's ratio is of the medians over its other epochs."""
     import ray
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     epochs, repeats = (4, 5) if quick else (6, 5)
     divisor = 8
@@ -206,29 +234,7 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     try:
         for repeat in range(repeats):
             for family in FAMILIES:
-                hp = study_defaults(family)
-                if family == "diffusion":
-                    hp.update(prediction="x0", steps=500)
-                loggers = [_timed(cls) for cls in (JsonLoggerCallback, CSVLoggerCallback, TBXLoggerCallback)]
-                # The bare loop keeps PyTorch's default memory format, so ours does too: what differs is the framework.
-                config = {**hp, "epochs": epochs, "width_divisor": divisor, "threads": threads,
-                          "train_eval_size": TRAIN_EVAL, "channels_last": "off", "seed": repeat}
-                rows = _ours(family, config, data, loggers)
-                walls = [r["wall_seconds"] for r in rows]
-                steady = rows[1:]  # the first epoch warms up
-                ours = {"ours_s": statistics.median(b - a for a, b in zip(walls, walls[1:])),
-                        "ours_train_s": statistics.median(r["train_seconds"] for r in steady),
-                        "ours_eval_s": statistics.median(r["eval_seconds"] for r in steady),
-                        "ray_logs_s": sum(cb.spent for cb in loggers) / max(1, min(cb.calls for cb in loggers))}
-                torch.set_num_threads(threads)
-                torch.manual_seed(repeat)
-                epoch = _bare_epoch(family, hp, data, divisor)
-                epoch()  # warm-up
-                bare = [epoch() for _ in range(epochs - 1)]
-                row = {**ours, "bare_s": statistics.median(t + e for t, e in bare),
-                       "bare_train_s": statistics.median(t for t, _ in bare),
-                       "bare_eval_s": statistics.median(e for _, e in bare)}
-                row["ratio"] = row["ours_s"] / row["bare_s"]
+                row = _paired(family, data, repeat, epochs, divisor, threads)
                 measured[family].append(row)
                 print(f"  overhead {family} repeat {repeat + 1}/{repeats}: ours {row['ours_s']:.2f} s/epoch "
                       f"(training {row['ours_train_s']:.2f}, evaluation {row['ours_eval_s']:.2f}), bare "

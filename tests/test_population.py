@@ -162,16 +162,18 @@ def test_predict_uses_the_best_members_networks(killed_and_resumed, tmp_path):
 
 
 def test_pb2_runs_a_population_with_its_final_stage(tmp_path):
-    """PB2: values chosen by its Gaussian-process bandit inside the study's ranges. The bandit fits the change of
-    each member's val L1 between decisions, so the first decision (epoch 2) copies a donor's values as they are;
-    the second (epoch 4) explores. Two members, so both train at once (no member waits for a worker)."""
+    """PB2: values chosen by its Gaussian-process bandit inside the study's ranges. The bandit explores only from a
+    donor that kept its values over the last interval (it fits the change of val L1 between decisions under one
+    configuration); otherwise it copies the donor's values as they are. A donor that took new values at one decision
+    has kept them by the next, so of three decisions (epochs 2, 4 and 6) a later one explores, whichever member
+    reports first. Two members, so both train at once (no member waits for a worker)."""
     args = ["search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "pb2", "--model", "gan",
-            "--epochs", "6", "--population", "2", "--perturbation-interval", "2", "--final-top-k", "1",
+            "--epochs", "8", "--population", "2", "--perturbation-interval", "2", "--final-top-k", "1",
             "--final-seeds", "1", "--study", "pb2"]
     result = run_cli(*args, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = pd.read_parquet(tmp_path / "pb2" / "schedules.parquet")
-    assert len(rows) == 12 and _explored(rows), rows
+    assert len(rows) == 16 and _explored(rows), rows
     for name, (low, high) in {"l1_weight": (1.0, 200.0), "g_beta1": (0.0, 0.95)}.items():
         assert rows[f"hp_{name}"].between(low, high).all()
     final = pd.read_parquet(tmp_path / "pb2" / "final.parquet")
