@@ -108,6 +108,7 @@ PROSE_ALLOWED = (
     "beats_baseline", "no configuration beats", "beats the held one",  # the rules that decide it, by name
     "every 10 s", "after 60 s", "60 s without",  # the lease's heartbeat and timeout (MEMSEARCH_LEASE_TIMEOUT)
     "within 5 s", "default 300 s",  # the store checks' and --store-retry's settings
+    "for 60 s and then exit 1", "at most 8 s after",  # Ray's gcs_rpc_server_reconnect_timeout_s; search.run's INTERRUPT_S
     "15% to spare", "95% busy",  # --gpus-per-trial auto's packing rule
     "80/20", "1% of",  # the data split's and zero terminal SNR's rules
     "the better of the two baselines", "the better baseline", "the better one", "better baseline",  # a baseline's name

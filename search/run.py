@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 # Nothing heavy here: --help and a refused option answer before torch, Ray or Optuna are imported (main imports
 # the driver once the options pass).
@@ -126,9 +126,80 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's sign
     raise KeyboardInterrupt
 
 
+INTERRUPTED = "interrupted: finished trials are saved; re-run the same command to resume."
+INTERRUPT_S = 8.0  # from SIGTERM or Ctrl-C to the exit, at most (search.run's own answer takes a few seconds)
+
+
+def _watch_interrupts() -> Callable[[], None]:
+    """Exit 130 at most INTERRUPT_S after a SIGTERM or Ctrl-C, whatever the driver is doing; returns the call that
+    stands the watch down (main's return: the teardown has its own watch, :func:`_leave`).
+
+    Python runs a signal's handler in the main thread between two bytecodes. When a pod's or a terminal's whole
+    process group is signalled, the local Ray's GCS dies with the driver's signal, and the main thread sits inside
+    Ray's client: it retries the GCS for 60 s (``gcs_rpc_server_reconnect_timeout_s``), then Ray ends the process
+    with exit 1, and the handler never runs. The interpreter also writes each signal's number to a wake-up pipe
+    (``signal.set_wakeup_fd``) from its C-level handler; this thread reads it. Should the driver still be at work
+    INTERRUPT_S later, it stops the Ray processes this driver started and leaves with the line a handled interrupt
+    prints. What is stored is safe either way: every file is written whole (a temporary file, then a rename)."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread (main() called from a thread): no watch
+        os.close(read_fd)
+        os.close(write_fd)
+        return lambda: None
+    armed = threading.Event()
+    armed.set()
+
+    def watch() -> None:
+        try:
+            while not any(number in (signal.SIGTERM, signal.SIGINT) for number in os.read(read_fd, 64) or b"\0"):
+                if not armed.is_set():  # stood down: the end of the pipe (read as b"\0")
+                    return
+        finally:
+            os.close(read_fd)
+        time.sleep(INTERRUPT_S)
+        if not armed.is_set():
+            return
+        print(f"error: the driver had not stopped {INTERRUPT_S:.0f} s after the interrupt (its Ray did not answer: "
+              "stopped with it?); stopping the Ray processes it started", file=sys.stderr, flush=True)
+        _stop_started_ray()
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def stand_down() -> None:
+        armed.clear()
+        signal.set_wakeup_fd(previous)
+        os.close(write_fd)  # the watch reads the end of the pipe and returns
+
+    threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
+    return stand_down
+
+
+def _stop_started_ray() -> None:
+    """Kill the local Ray this driver started (none when it joined a cluster), as ``ray.shutdown`` would."""
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        if node is not None and node.is_head():
+            node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    except Exception:  # noqa: BLE001 - leaving is what matters now
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM anywhere is Ctrl-C: everything saved, Ray shut down, exit 130
+    stand_down = _watch_interrupts()
+    try:
+        return _search(args)
+    finally:
+        stand_down()
+
+
+def _search(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; --verbose brings them back
     from trainables.errors import InputError  # the base of every error a user can fix: study, study file, data, location
 
@@ -145,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         # SystemExit(15): SIGTERM while ray.init ran, which answers it with sys.exit(signum) until it returns.
         if isinstance(err, SystemExit) and err.code != signal.SIGTERM:
             raise
-        print("interrupted: finished trials are saved; re-run the same command to resume.", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except OSError as err:
         print(f"error: {err.filename or ''}: {err.strerror or err} (check the runs folder is writable and has free space)",
@@ -163,7 +234,8 @@ TEARDOWN_S = 8.0  # the interpreter's teardown after the command has finished: f
 def _leave(code: int) -> None:
     """Exit with ``code`` through the interpreter's normal teardown (atexit hooks, threads), watched: should the
     teardown hold the process longer than TEARDOWN_S, every thread's stack is printed (what held it) and the process
-    leaves with ``code`` anyway. (A SIGTERMed driver was once seen held for 120 s in CI, by a cause not found since.)"""
+    leaves with ``code`` anyway. (The hold once seen after a SIGTERM was inside ``main``: Ray's client retrying a GCS
+    that the signal had stopped too, see :func:`_watch_interrupts`; this watch stays for whatever else may hold.)"""
     sys.stdout.flush()
     sys.stderr.flush()
     faulthandler.dump_traceback_later(TEARDOWN_S, exit=False)
