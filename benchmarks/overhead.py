@@ -25,7 +25,7 @@ from models.patchgan import PatchGANConfig, build_patchgan
 from models.unet import UNetConfig, build_unet
 
 from trainables.augment import diff_augment, hide_invalid
-from trainables.config import AugmentConfig
+from trainables.config import PLAIN_DENOISE_LOSSES, AugmentConfig
 from trainables.data import VMSDataset
 from trainables.evaluation import as_float
 from trainables.families import FAMILIES, find_family
@@ -75,7 +75,7 @@ def _bare_gan(hp: dict[str, Any], width_divisor: int) -> Bare:
 def _bare_diffusion(hp: dict[str, Any], width_divisor: int) -> Bare:
     """The denoiser's noise-prediction step; validation samples maps with the few-step sampler."""
     model = build_denoiser(DenoiserConfig(width=scaled_width(hp["width"], width_divisor), norm=hp["norm"]), hp["steps"])
-    on_logits = hp["denoise_loss"] not in ("mse", "l1")  # a map loss reads the x0 output as the map's logits
+    on_logits = hp["denoise_loss"] not in PLAIN_DENOISE_LOSSES  # a map loss reads the x0 output as the map's logits
     schedule = NoiseSchedule(hp["schedule"], hp["steps"], hp["beta_start"], hp["beta_end"], prediction=hp["prediction"],
                              x0_logits=on_logits)
     loss_fn = (functools.partial(masked_map_loss, hp["denoise_loss"]) if on_logits
@@ -175,17 +175,6 @@ def _ours(family: str, config: dict[str, Any], data: VMSDataset, loggers: list[A
     return rows
 
 
-def _interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
-
-
 def _paired(family: str, data: VMSDataset, repeat: int, epochs: int, divisor: int, threads: int) -> dict[str, float]:
     """One repeat of one family: a trial under Ray Tune, then the bare loop; seconds per epoch, medians."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
@@ -224,6 +213,8 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     up and is left out; each repeat's ratio is of the medians over its other epochs."""
     import ray
 
+    from benchmarks.search import interval
+
     epochs, repeats = (4, 5) if quick else (6, 5)
     divisor = 8
     threads = 1
@@ -245,10 +236,9 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)
     for family, rows in measured.items():
         summary = {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "ratio"}
-        ratio, low, high = _interval([r["ratio"] for r in rows])
-        train_ratio = _interval([r["ours_train_s"] / r["bare_train_s"] for r in rows])
-        out["families"][family] = {**summary, "ratio": ratio, "ratio_low": low, "ratio_high": high,
-                                   "train_ratio": train_ratio[0], "ratios": [r["ratio"] for r in rows],
+        ratio, half = interval([r["ratio"] for r in rows])
+        out["families"][family] = {**summary, "ratio": ratio, "ratio_low": ratio - half, "ratio_high": ratio + half,
+                                   "ratios": [r["ratio"] for r in rows],
                                    "ray_logs_ms": summary["ray_logs_s"] * 1000,
                                    "ray_logs_fraction": summary["ray_logs_s"] / summary["ours_s"]}
     out["search"] = _search_overhead()

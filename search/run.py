@@ -154,9 +154,12 @@ def _watch_interrupts() -> Callable[[], None]:
 
     def watch() -> None:
         try:
-            while not any(number in (signal.SIGTERM, signal.SIGINT) for number in os.read(read_fd, 64) or b"\0"):
-                if not armed.is_set():  # stood down: the end of the pipe (read as b"\0")
+            while True:
+                numbers = os.read(read_fd, 64)
+                if not numbers:  # the end of the pipe: stood down
                     return
+                if signal.SIGTERM in numbers or signal.SIGINT in numbers:
+                    break
         finally:
             os.close(read_fd)
         time.sleep(INTERRUPT_S)
