@@ -199,3 +199,62 @@ def test_a_test_split_from_lists_or_folders_and_never_overlapping(tiny_data_dir,
                 shutil.copy(tiny_data_dir / kind / f"{stem}.png", folders / split / kind / f"{stem}.png")
     loaded = load_dataset(folders)
     assert loaded.test_stems == sorted(data.test_stems[:3]) and "and test/" in loaded.notes[-1]
+
+
+def test_decoded_splits_are_kept_until_a_file_changes(tiny_data_dir, tmp_path, monkeypatch):
+    """A second load of the same files reads the kept arrays; a changed, added or removed file is decoded afresh;
+    a split that fails to decode is never kept."""
+    from trainables import decoded
+    from trainables.data import _decode_files
+    from trainables.layouts import find_splits
+
+    monkeypatch.setenv("MEMSEARCH_CACHE", str(tmp_path / "cache"))
+    folder = _copy(tiny_data_dir, tmp_path / "d")
+    calls: list[int] = []
+
+    def counting(pairs, size):
+        calls.append(len(pairs))
+        return _decode_files(pairs, size)
+
+    def split():
+        train, _, _ = find_splits(folder, {"hidden or system file": [], "sub-folder": [],
+                                           "not an image file (extension)": []}, [], {}, seed=0, val_fraction=0.2)
+        return train
+
+    first = decoded.cached(split(), 64, counting)
+    again = decoded.cached(split(), 64, counting)
+    assert calls == [48] and all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert load_dataset(folder).train_images.tobytes() == first[0].tobytes()  # the loader goes through it
+
+    stem = split()[0][0]
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(folder / "maps" / f"{stem}.png")
+    changed = decoded.cached(split(), 64, counting)
+    assert calls == [48, 48] and changed[1][0].min() == 255 and not np.array_equal(changed[1], first[1])
+
+    (folder / "images" / f"{stem}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot be decoded"):
+        decoded.cached(split(), 64, counting)
+    with pytest.raises(DataError, match="cannot be decoded"):  # not kept: refused again, not read from the cache
+        load_dataset(folder)
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2 + 2  # both kept versions, val and test
+
+
+def test_decoded_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    from trainables import decoded
+
+    monkeypatch.setenv("MEMSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(decoded, "KEEP", 2)
+    files = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (i, i, i)).save(path)
+        files.append([(str(i), path, path)])
+
+    def decode(pairs, size):
+        return np.full((1, 3, size, size), int(pairs[0][0]), np.uint8), np.zeros((1, 3, size, size), np.uint8)
+
+    for pairs in files:
+        decoded.cached(pairs, 4, decode)
+    kept = {p.stem for p in (tmp_path / "cache" / "decoded").glob("*.npz")}
+    assert kept == {decoded.key(files[1], 4), decoded.key(files[2], 4)}
+    assert not list((tmp_path / "cache" / "decoded").glob("*.tmp"))

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables import decoded
 from trainables.images import DataError, decode_rgb
 from trainables.layouts import MAX_LISTED, find_splits, listing
 from trainables.synthetic import MAP_KINDS, SyntheticSpec, cache_root, ensure_synthetic, generate
@@ -156,6 +157,11 @@ def to_unit_range(array: np.ndarray) -> np.ndarray:
 
 
 def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split's arrays: decoded once, then kept in the cache until one of its files changes (trainables.decoded)."""
+    return decoded.cached(pairs, size, _decode_files)
+
+
+def _decode_files(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
     def one(pair: tuple[str, Path, Path]) -> tuple[np.ndarray, np.ndarray, str | None]:
         _, image_path, map_path = pair
         try:
@@ -174,13 +180,13 @@ def _decode_pairs(pairs: list[tuple[str, Path, Path]], size: int) -> tuple[np.nd
 
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(one, pairs))
-    errors = [err for _, _, err in decoded if err]
+        results = list(pool.map(one, pairs))
+    errors = [err for _, _, err in results if err]
     if errors:
         raise DataError(f"{len(errors)} files could not be used: " + " | ".join(errors[:MAX_LISTED])
                         + (f" | ... ({len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""))
-    images = np.stack([image for image, _, _ in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8)
-    maps = np.stack([vms for _, vms, _ in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8)
+    images = np.stack([image for image, _, _ in results]) if results else np.zeros((0, 3, size, size), np.uint8)
+    maps = np.stack([vms for _, vms, _ in results]) if results else np.zeros((0, 3, size, size), np.uint8)
     return images, maps
 
 
