@@ -21,15 +21,16 @@ from trainables.family import Family
 
 from trainables.config import DIVERGED_L1  # noqa: E402,F401 - the loop's and the tests' name for it
 EVAL_BATCH = 64
+KEEP_BYTES = 64 * 2**20  # CalibrationBatches keeps its augmented batches up to this size
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(127.5).sub_(1.0)
 
 
-def image_scores(maps: torch.Tensor) -> np.ndarray:
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
     """Image-level memorability implied by a map: mean of the 'remembered' channel in [0, 1]."""
-    return ((maps[:, 0].float() + 1.0) / 2.0).mean(dim=(1, 2)).cpu().numpy()
+    return ((maps[:, 0].float() + 1.0) / 2.0).mean(dim=(1, 2))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,25 +48,50 @@ class Evaluation:
     l1: float  # mean absolute error over every pixel and channel, maps in [-1, 1]
     channel_l1: dict[str, float]  # the same per meaningful map channel (MAP_CHANNELS), so a model that ignores one shows it
     per_image_l1: np.ndarray
-    pred: torch.Tensor  # float (N, 3, H, W) in [-1, 1]
-    truth: torch.Tensor
+    batches: list[torch.Tensor]  # the predictions, float (B, 3, H, W) in [-1, 1], one tensor per batch
+    scores: tuple[torch.Tensor, torch.Tensor]  # image-level scores the predicted and the true maps imply (image_scores)
 
     @functools.cached_property
     def spearman(self) -> float:
         """rho between the image-level scores the predicted and true maps imply"""
-        return spearman(image_scores(self.pred), image_scores(self.truth))
+        return spearman(*(scores.cpu().numpy() for scores in self.scores))
 
     @functools.cached_property
     def predictions(self) -> torch.Tensor:
         """uint8 (N, 3, H, W)"""
-        return ((self.pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return torch.cat([((pred + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8) for pred in self.batches])
 
     def metrics(self, prefix: str) -> dict[str, float]:
         return {prefix: self.l1, **{f"{prefix}_{name}": value for name, value in self.channel_l1.items()}}
 
 
-def recalibrate_batchnorm(family: Family, images: torch.Tensor, maps: torch.Tensor, augment: AugmentConfig,
-                          *, seed: int = 0) -> None:
+class CalibrationBatches:
+    """The training batches BatchNorm statistics are re-estimated on, augmented as in training by a generator seeded
+    the same each time: so the same batches at every evaluation. They are augmented once and kept while they take at
+    most :data:`KEEP_BYTES` (the fixed subset at 64 px: about 16 MB); larger ones are augmented again each time."""
+
+    def __init__(self, images: torch.Tensor, maps: torch.Tensor, seed: int = 0) -> None:
+        self.images, self.maps, self.seed = images, maps, seed
+        self._kept: tuple[AugmentConfig, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def get(self, augment: AugmentConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(augmented image, map with its invalid pixels hidden) per batch of at most EVAL_BATCH."""
+        if self._kept is not None and self._kept[0] == augment:
+            return self._kept[1]
+        generator = torch.Generator(device=self.images.device).manual_seed(self.seed)
+        batches = []
+        with torch.no_grad():
+            for start in range(0, len(self.images), EVAL_BATCH):
+                image, vms, valid = diff_augment(as_float(self.images[start : start + EVAL_BATCH]),
+                                                 as_float(self.maps[start : start + EVAL_BATCH]), augment,
+                                                 generator=generator)
+                batches.append((image, hide_invalid(vms, valid)))
+        size = sum(t.numel() * t.element_size() for pair in batches for t in pair)
+        self._kept = (augment, batches) if size <= KEEP_BYTES else None
+        return batches
+
+
+def recalibrate_batchnorm(family: Family, batches: CalibrationBatches, augment: AugmentConfig) -> None:
     """Re-estimate the prediction networks' BatchNorm statistics on a fixed set of training batches.
 
     During training the running statistics are an exponential average (momentum 0.1) over
@@ -88,30 +114,34 @@ def recalibrate_batchnorm(family: Family, images: torch.Tensor, maps: torch.Tens
         m.reset_running_stats()
         m.momentum = None
         m.train(True)
-    generator = torch.Generator(device=images.device).manual_seed(seed)
     with torch.no_grad(), family.precision.autocast():
-        for start in range(0, len(images), EVAL_BATCH):
-            image, vms, valid = diff_augment(as_float(images[start : start + EVAL_BATCH]),
-                                             as_float(maps[start : start + EVAL_BATCH]), augment, generator=generator)
-            family.calibration_forward(family.fast.input(image), family.fast.input(hide_invalid(vms, valid)))
+        for image, vms in batches.get(augment):
+            family.calibration_forward(family.fast.input(image), family.fast.input(vms))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         m.train(False)
 
 
 def evaluate(family: Family, images: torch.Tensor, maps: torch.Tensor, final: bool = False) -> Evaluation:
-    """Predict a whole split in eval mode and measure it against the true maps."""
+    """Predict a whole split in eval mode and measure it against the true maps, batch by batch (no split-sized
+    float copy of the maps or the errors)."""
     family.train(False)
-    preds = []
-    with torch.no_grad(), family.precision.autocast():
+    preds, per_image, per_channel, scores = [], [], [], ([], [])
+    with torch.no_grad():
         for start in range(0, len(images), EVAL_BATCH):
-            batch = family.fast.input(as_float(images[start : start + EVAL_BATCH]))
-            out = family.final_predict(batch) if final else family.predict(batch)
-            preds.append(out.float().clamp(-1, 1))
+            with family.precision.autocast():
+                batch = family.fast.input(as_float(images[start : start + EVAL_BATCH]))
+                out = family.final_predict(batch) if final else family.predict(batch)
+            pred = out.float().clamp(-1, 1)
+            truth = as_float(maps[start : start + EVAL_BATCH])
+            error = (pred - truth).abs().mean(dim=(2, 3))  # (B, 3): each image's L1 per channel
+            preds.append(pred)
+            per_image.append(error.mean(dim=1))
+            per_channel.append(error)
+            scores[0].append(image_scores(pred))
+            scores[1].append(image_scores(truth))
     family.train(True)
-    pred = torch.cat(preds)
-    truth = as_float(maps)
-    error = (pred - truth).abs()
-    per_image = error.mean(dim=(1, 2, 3))
-    channel_l1 = {name: float(error[:, c].mean()) for name, c in MAP_CHANNELS.items()}
-    return Evaluation(float(per_image.mean()), channel_l1, per_image.cpu().numpy(), pred, truth)
+    image_l1, channel = torch.cat(per_image), torch.cat(per_channel).mean(dim=0)
+    channel_l1 = {name: float(channel[c]) for name, c in MAP_CHANNELS.items()}
+    return Evaluation(float(image_l1.mean()), channel_l1, image_l1.cpu().numpy(), preds,
+                      (torch.cat(scores[0]), torch.cat(scores[1])))

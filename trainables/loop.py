@@ -31,7 +31,7 @@ from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy, wri
 from trainables.config import RunSettings, parse_config, resolved_config, trial_key
 from trainables.data import VMSDataset
 from trainables.device import GpuUtilisation, cuda_context_mb
-from trainables.evaluation import DIVERGED_L1, evaluate, recalibrate_batchnorm
+from trainables.evaluation import DIVERGED_L1, CalibrationBatches, evaluate, recalibrate_batchnorm
 from trainables.family import Family
 from trainables.schedule import Schedule
 from trainables.steps import TrainSteps
@@ -82,6 +82,7 @@ class Trial:
     node: str
     utilisation: GpuUtilisation  # the GPU's, over each epoch (CUDA with NVML only)
     steps: TrainSteps
+    calibration: CalibrationBatches  # the fixed subset, augmented as in training: BatchNorm re-estimation
     pending_best: tuple | None = None  # best.pt's state and predictions, written with the epoch's checkpoint
 
 
@@ -197,11 +198,13 @@ def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Fami
     if settings.evaluate_test and not store:
         raise ValueError("evaluate_test needs a checkpoint_root: the test split is measured on best.pt")
     test = (data.test_images, data.test_maps) if settings.evaluate_test and data.has_test else None
-    return Trial(settings, hp, device, family_cls, family, tensors, tensors.train_images[train_eval],
-                 tensors.train_maps[train_eval], data.val_stems, test, augment, store, batch_gen, _node_id(),
+    subset = tensors.train_images[train_eval], tensors.train_maps[train_eval]
+    return Trial(settings, hp, device, family_cls, family, tensors, *subset, data.val_stems, test, augment, store,
+                 batch_gen, _node_id(),
                  GpuUtilisation(device),
                  TrainSteps(family, tensors.train_images, tensors.train_maps, augment,
-                            graphs=settings.cuda_graphs != "off" and device.type == "cuda"))
+                            graphs=settings.cuda_graphs != "off" and device.type == "cuda"),
+                 CalibrationBatches(*subset, settings.seed))
 
 
 def resume(trial: Trial, report: Callable[[dict[str, Any]], None]) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
@@ -271,7 +274,7 @@ def measure_epoch(trial: Trial, progress: Progress, epoch: int, losses: dict[str
     if diverged:
         row.update(train_l1=float("nan"), val_l1=float("nan"), best_val_l1=DIVERGED_L1, val_spearman=float("nan"))
     elif epoch % settings.eval_every == 0 or epoch == settings.epochs or not progress.history:
-        recalibrate_batchnorm(family, trial.train_images, trial.train_maps, trial.augment, seed=settings.seed)
+        recalibrate_batchnorm(family, trial.calibration, trial.augment)
         val = evaluate(family, tensors.val_images, tensors.val_maps)
         train_l1 = evaluate(family, trial.train_images, trial.train_maps).l1
         if val.l1 < progress.best:

@@ -55,7 +55,7 @@ def _evaluate_epoch(trial) -> None:
     """The evaluation passes one epoch makes (BatchNorm re-estimation, val, train subset)."""
     from trainables.evaluation import evaluate, recalibrate_batchnorm
 
-    recalibrate_batchnorm(trial.family, trial.train_images, trial.train_maps, trial.augment, seed=0)
+    recalibrate_batchnorm(trial.family, trial.calibration, trial.augment)
     evaluate(trial.family, trial.tensors.val_images, trial.tensors.val_maps)
     evaluate(trial.family, trial.train_images, trial.train_maps)
 
