@@ -89,3 +89,27 @@ def test_hidden_map_pixels_never_enter_a_loss(family):
         out = model.train_step(image, labels, valid)
         losses.append({k: float(v) for k, v in out.items()})
     assert losses[0] == losses[1]
+
+
+def test_the_calibration_batches_are_augmented_once_as_a_fresh_generator_would(monkeypatch):
+    """BatchNorm re-estimation augments its fixed subset with a generator seeded the same each time: the kept batches
+    are those a fresh augmentation gives; another augmentation is made afresh; too large a set is not kept."""
+    from dataclasses import replace
+
+    from trainables import evaluation
+    from trainables.evaluation import CalibrationBatches
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (70, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    maps = torch.randint(0, 256, (70, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    kept = CalibrationBatches(images, maps, seed=3)
+    first = kept.get(BOTH)
+    assert kept.get(BOTH) is first and len(first) == 2  # batches of 64 and 6
+    fresh = CalibrationBatches(images, maps, seed=3).get(BOTH)
+    assert all(torch.equal(a, b) for pair, again in zip(first, fresh) for a, b in zip(pair, again))
+    other = kept.get(replace(BOTH, p_cutout=0.0))
+    assert not torch.equal(other[0][0], first[0][0])
+    monkeypatch.setattr(evaluation, "KEEP_BYTES", 0)
+    small = CalibrationBatches(images, maps, seed=3)
+    again = small.get(BOTH)
+    assert small.get(BOTH) is not again and torch.equal(small.get(BOTH)[1][1], again[1][1])
