@@ -1,7 +1,8 @@
 """Measuring a model on a split: predictions, L1 (overall and per map channel), Spearman's rho.
 
-:func:`evaluate` predicts a whole split in eval mode; :func:`recalibrate_batchnorm` re-estimates
-the BatchNorm statistics first (the loop does so before every evaluation). Maps are in [-1, 1]
+:func:`evaluate` predicts a whole split in eval mode, batch by batch; :func:`recalibrate_batchnorm`
+re-estimates the BatchNorm statistics first (the loop does so before every evaluation) on the trial's
+:class:`CalibrationBatches`, augmented once and kept while they are small. Maps are in [-1, 1]
 throughout; :func:`as_float` turns the uint8 tensors the data is held in into that range.
 """
 
