@@ -111,5 +111,5 @@ def test_the_calibration_batches_are_augmented_once_as_a_fresh_generator_would(m
     assert not torch.equal(other[0][0], first[0][0])
     monkeypatch.setattr(evaluation, "KEEP_BYTES", 0)
     small = CalibrationBatches(images, maps, seed=3)
-    again = small.get(BOTH)
-    assert small.get(BOTH) is not again and torch.equal(small.get(BOTH)[1][1], again[1][1])
+    again = list(small.get(BOTH))
+    assert small.get(BOTH) is not small.get(BOTH) and torch.equal(list(small.get(BOTH))[1][1], again[1][1])

@@ -57,10 +57,12 @@ def cached(pairs: Pairs, size: int, decode: Callable[[Pairs, int], tuple[np.ndar
     try:
         with np.load(path) as kept:
             images, maps = kept["images"], kept["maps"]
-        os.utime(path)  # recently used
-        return images, maps
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # not kept yet, or unreadable: decode (and keep) afresh
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # not kept, or unreadable: decode afresh
         pass
+    else:
+        with contextlib.suppress(OSError):  # a cache this user may read but not write is still read
+            os.utime(path)  # recently used
+        return images, maps
     images, maps = decode(pairs, size)
     _keep(folder, path, images, maps)
     return images, maps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -75,21 +76,25 @@ class CalibrationBatches:
         self.images, self.maps, self.seed = images, maps, seed
         self._kept: tuple[AugmentConfig, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
-    def get(self, augment: AugmentConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(augmented image, map with its invalid pixels hidden) per batch of at most EVAL_BATCH."""
+    def get(self, augment: AugmentConfig) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """(augmented image, map with its invalid pixels hidden) per batch of at most EVAL_BATCH: the kept list, or,
+        for a set over KEEP_BYTES, made one batch at a time (no more than one batch held, as without keeping)."""
         if self._kept is not None and self._kept[0] == augment:
             return self._kept[1]
+        batches = self._augmented(augment)
+        if self.images.numel() * 2 * 4 > KEEP_BYTES:  # two float32 tensors per image: the image and its map
+            return batches
+        kept = list(batches)
+        self._kept = (augment, kept)
+        return kept
+
+    def _augmented(self, augment: AugmentConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator(device=self.images.device).manual_seed(self.seed)
-        batches = []
-        with torch.no_grad():
-            for start in range(0, len(self.images), EVAL_BATCH):
-                image, vms, valid = diff_augment(as_float(self.images[start : start + EVAL_BATCH]),
-                                                 as_float(self.maps[start : start + EVAL_BATCH]), augment,
-                                                 generator=generator)
-                batches.append((image, hide_invalid(vms, valid)))
-        size = sum(t.numel() * t.element_size() for pair in batches for t in pair)
-        self._kept = (augment, batches) if size <= KEEP_BYTES else None
-        return batches
+        for start in range(0, len(self.images), EVAL_BATCH):
+            image, vms, valid = diff_augment(as_float(self.images[start : start + EVAL_BATCH]),
+                                             as_float(self.maps[start : start + EVAL_BATCH]), augment,
+                                             generator=generator)
+            yield image, hide_invalid(vms, valid)
 
 
 def recalibrate_batchnorm(family: Family, batches: CalibrationBatches, augment: AugmentConfig) -> None:
