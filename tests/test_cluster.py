@@ -119,8 +119,13 @@ def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):
 
 
 def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
-    """``ray job submit`` (what KubeRay's RayJob runs): the driver finds its cluster through RAY_ADDRESS, passes it no
-    resources, and a second submission of the same study (here with ``--address auto``) continues it."""
+    """``ray job submit`` (what KubeRay's RayJob runs): the driver finds its cluster through RAY_ADDRESS and passes it
+    no resources. ``ray job stop`` (what deleting a RayJob, or its deadline, does: SIGTERM, SIGKILL 3 s later) while a
+    worker writes a checkpoint ends the job with the driver's interrupted line; the same command submitted again resumes the
+    study to its end, no trial or epoch trained twice, and a third submission (``--address auto``) has nothing left."""
+    import json
+    import re
+
     port, dashboard, agent = _free_port(), _free_port(), _free_port()
     temp = Path(tempfile.mkdtemp(prefix="rayjob", dir="/tmp"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -131,23 +136,41 @@ def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
                         "--num-cpus=2", "--node-ip-address=127.0.0.1", "--disable-usage-stats"], env)
     command = ["python", "-m", "search.run", "--strategy", "greedy", "--model", "autoencoder", "--preset", "smoke",
                "--final-top-k", "0", "--runs-dir", str(tmp_path), "--study", "job"]
+    jobs = f"--address=http://127.0.0.1:{dashboard}"
 
-    def submit(*extra: str) -> subprocess.CompletedProcess:
+    def submit(*extra: str, job_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         deadline = time.monotonic() + 90
         while True:  # the Jobs server answers before its node's agent has registered: "try again later"
-            done = subprocess.run([RAY, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
-                                   f"--working-dir={ROOT}", "--", *command, *extra],
-                                  capture_output=True, text=True, env=env, timeout=300)
+            done = subprocess.run([RAY, "job", "submit", jobs, f"--working-dir={ROOT}", *job_options, "--", *command,
+                                   *extra], capture_output=True, text=True, env=env, timeout=300)
             if "No available agent" not in done.stderr or time.monotonic() > deadline:
                 return done
             time.sleep(2)
 
+    def job(*args: str) -> str:
+        return subprocess.run([RAY, "job", *args, jobs], capture_output=True, text=True, env=env, timeout=120).stdout
+
+    flag = tmp_path / "paused"  # a worker holds in its third checkpoint write (trainables.faults), the first trial done
+    paused = json.dumps({"env_vars": {"MEMSEARCH_PAUSE_AT": "checkpoint-tmp:3", "MEMSEARCH_PAUSE_FLAG": str(flag)}})
     try:
+        stopped = submit(job_options=("--no-wait", f"--runtime-env-json={paused}"))
+        name = re.search(r"raysubmit_[A-Za-z0-9]+", stopped.stdout + stopped.stderr)
+        assert stopped.returncode == 0 and name, stopped.stdout[-3000:] + stopped.stderr
+        deadline = time.monotonic() + 180
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert flag.exists(), job("logs", name.group(0))[-3000:]
+        job("stop", name.group(0))  # returns once the job has stopped
+        assert "was stopped" in job("status", name.group(0))
+        said = job("logs", name.group(0))
+        assert "interrupted: finished trials are saved" in said and "Traceback" not in said, said[-3000:]
         first = submit()
         assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:] + first.stderr
         assert "4/4 trials" in first.stdout and "Traceback" not in first.stdout
         trials = pd.read_parquet(tmp_path / "job" / "trials.parquet")
-        assert len(trials) == 4
+        epochs = pd.read_parquet(tmp_path / "job" / "epochs.parquet")
+        assert len(trials) == 4 and trials["trial_id"].is_unique and set(trials["status"]) <= {"completed", "stopped"}
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
         again = submit("--address", "auto")
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr
         assert "[  1]" not in again.stdout, again.stdout  # nothing re-run: the study resumed, finished
