@@ -161,23 +161,49 @@ def test_predict_uses_the_best_members_networks(killed_and_resumed, tmp_path):
     assert (tmp_path / "maps" / "a_map.png").is_file()
 
 
-def test_pb2_runs_a_population_with_its_final_stage(tmp_path):
+def _pb2_args(runs, study: str) -> list[str]:
+    return ["search.run", "--runs-dir", str(runs), "--preset", "smoke", "--strategy", "pb2", "--model", "gan",
+            "--epochs", "8", "--population", "2", "--perturbation-interval", "2", "--final-top-k", "1",
+            "--final-seeds", "1", "--study", study]
+
+
+@pytest.fixture(scope="module")
+def pb2_study(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("pb2")
+    result = run_cli(*_pb2_args(runs, "pb2"), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs / "pb2"
+
+
+def test_pb2_runs_a_population_with_its_final_stage(pb2_study):
     """PB2: values chosen by its Gaussian-process bandit inside the study's ranges. The bandit explores only from a
     donor that kept its values over the last interval (it fits the change of val L1 between decisions under one
     configuration); otherwise it copies the donor's values as they are. A donor that took new values at one decision
     has kept them by the next, so of three decisions (epochs 2, 4 and 6) a later one explores, whichever member
     reports first. Two members, so both train at once (no member waits for a worker)."""
-    args = ["search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "pb2", "--model", "gan",
-            "--epochs", "8", "--population", "2", "--perturbation-interval", "2", "--final-top-k", "1",
-            "--final-seeds", "1", "--study", "pb2"]
-    result = run_cli(*args, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = pd.read_parquet(tmp_path / "pb2" / "schedules.parquet")
+    rows = pd.read_parquet(pb2_study / "schedules.parquet")
     assert len(rows) == 16 and _explored(rows), rows
     for name, (low, high) in {"l1_weight": (1.0, 200.0), "g_beta1": (0.0, 0.95)}.items():
         assert rows[f"hp_{name}"].between(low, high).all()
-    final = pd.read_parquet(tmp_path / "pb2" / "final.parquet")
+    final = pd.read_parquet(pb2_study / "final.parquet")
     assert len(final) == 1 and final["test_l1"].notna().all()
+
+
+def test_a_resumed_pb2_population_chooses_as_the_uninterrupted_one(pb2_study, tmp_path):
+    """SIGKILLed after its second decision (epoch 4), one member into epoch 5: the new driver's bandit reads the
+    observations the killed one had made (bandit.json), so its decision at epoch 6 explores the same values as the
+    uninterrupted run's, and every member's schedule, val L1 and final test L1 equal that run's. (A bandit started
+    empty copied the donor's values instead.)"""
+    _kill(_pb2_args(tmp_path, "pb2"), "schedule-flushed:9")
+    assert list(tmp_path.rglob("bandit.json")), "the killed driver kept no bandit observations"
+    result = run_cli(*_pb2_args(tmp_path, "pb2"), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    columns = ["member", "epoch", "donor_member", "donor_epoch", "val_l1", *[f"hp_{n}" for n in PERTURBED]]
+    ref, got = (pd.read_parquet(study / "schedules.parquet").sort_values(["member", "epoch"])[columns]
+                .reset_index(drop=True) for study in (pb2_study, tmp_path / "pb2"))
+    pd.testing.assert_frame_equal(ref, got)
+    ref_final, got_final = (pd.read_parquet(study / "final.parquet") for study in (pb2_study, tmp_path / "pb2"))
+    assert got_final["test_l1"].tolist() == ref_final["test_l1"].tolist()
 
 
 def test_lineage_follows_donors_back_to_epoch_1():

@@ -142,10 +142,10 @@ class PB2Strategy(PopulationStrategy):
     def scheduler(self, search: "PopulationSearch") -> Any:
         from ray.tune.schedulers.pb2 import PB2
 
-        from search.strategies.population_search import _scheduler_class
+        from search.strategies.population_search import KeepsBanditData, _scheduler_class
 
         bounds = {name: list(search.bounds(name)[:2]) for name in search.perturb}
-        return _scheduler_class(PB2)(time_attr="epoch", perturbation_interval=search.interval, hyperparam_bounds=bounds,
+        return _scheduler_class(PB2, KeepsBanditData)(time_attr="epoch", perturbation_interval=search.interval, hyperparam_bounds=bounds,
                    quantile_fraction=QUANTILE, synch=True)
 
 

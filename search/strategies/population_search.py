@@ -55,6 +55,9 @@ class _KeepsMember:
         self._decided_at = decision
         self._next_perturbation_sync = max(self._next_perturbation_sync, decision + self._perturbation_interval)
 
+    def after_decision(self, epoch: int) -> None:
+        """Called once a decision is recorded (decisions.json), before any member trains from it."""
+
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         self._trial_state[trial].last_perturbation_time = self._decided_at
@@ -72,6 +75,7 @@ class _KeepsMember:
 
                 record_decision(self._root, int(result[self._time_attr]), self._exploits)
                 self._exploits = {}
+                self.after_decision(int(result[self._time_attr]))
             latest = max(state.last_train_time for state in self._trial_state.values())
             if self._next_perturbation_sync <= latest:
                 self._next_perturbation_sync = latest + self._perturbation_interval
@@ -104,8 +108,77 @@ class _KeepsMember:
         return config, operations
 
 
-def _scheduler_class(base: type) -> type:
-    return type(f"Member{base.__name__}", (_KeepsMember, base), {})
+class KeepsBanditData:
+    """Mixed into PB2 (before :class:`_KeepsMember`): the bandit's observations survive a new driver.
+
+    Ray's PB2 fits its Gaussian process to ``self.data``: each member's val L1 at each decision under the values it
+    held, and each point it explored, rows labelled by trial. It keeps them in memory only, so a resumed population's
+    bandit started empty: with no observation of the donor it copied the donor's values where the uninterrupted run
+    explored. Here they are written to ``bandit.json`` beside decisions.json at every decision, labelled by member
+    (a new driver names its trials anew), and read back by the next driver's scheduler; before each choice the rows
+    are put in (epoch, member) order, which the order results arrive in does not change, so a resumed bandit fits
+    the same rows in the same order and chooses as the uninterrupted one did (tests/test_population.py).
+
+    A driver killed between writing decisions.json and bandit.json (one write apart) resumes with the observations
+    of the decision before: that decision's rows are missing, and the next choice may differ."""
+
+    def keep_decisions(self, root: Any, seed: int) -> None:
+        import numpy as np
+        import pandas as pd
+
+        super().keep_decisions(root, seed)
+        self._members: dict[str, int] = {}  # a trial's name in this driver -> its member
+        where = root / BANDIT_DATA
+        if not where.is_file():
+            return
+        stored = json.loads(where.read_text())
+        self.data = pd.DataFrame(stored["rows"], columns=stored["columns"])
+        self.last_exploration_time = stored["last_exploration_time"]
+        self.current = None if stored["current"] is None else np.array(stored["current"], dtype=float)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        member = int(trial.config["member"])
+        self._members[str(trial)] = member
+        if len(self.data):  # the stored rows of this member are this trial's
+            self.data["Trial"] = self.data["Trial"].replace(_member_label(member), str(trial))
+
+    def _member(self, name: str) -> int:
+        return self._members[name] if name in self._members else int(name.rsplit("-", 1)[1])
+
+    def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
+        if len(self.data):
+            order = self.data["Trial"].map(self._member)
+            self.data = self.data.assign(_member=order).sort_values(["Time", "_member"], kind="stable") \
+                .drop(columns="_member").reset_index(drop=True)
+        return super()._get_new_config(trial, trial_to_clone)
+
+    def after_decision(self, epoch: int) -> None:
+        super().after_decision(epoch)
+        if not len(self.data):
+            return
+        table = self.data.assign(Trial=self.data["Trial"].map(lambda name: _member_label(self._member(name))))
+        split = table.to_dict("split")
+        payload = {"decided_at": epoch, "columns": split["columns"],
+                   "rows": [[_plain(value) for value in row] for row in split["data"]],
+                   "last_exploration_time": _plain(self.last_exploration_time),
+                   "current": None if self.current is None else self.current.tolist()}
+        (self._root / BANDIT_DATA).write_text(json.dumps(payload) + "\n", fsync=True)
+
+
+BANDIT_DATA = "bandit.json"  # PB2's observations as of its last decision, in the members' folder (trials_root)
+
+
+def _member_label(member: int) -> str:
+    return f"member-{member}"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _scheduler_class(base: type, *mixins: type) -> type:
+    return type(f"Member{base.__name__}", (*mixins, _KeepsMember, base), {})
 
 
 class _Clip:
