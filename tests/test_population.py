@@ -198,6 +198,7 @@ def test_a_resumed_pb2_population_chooses_as_the_uninterrupted_one(pb2_study, tm
     assert list(tmp_path.rglob("bandit.json")), "the killed driver kept no bandit observations"
     result = run_cli(*_pb2_args(tmp_path, "pb2"), timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: pb2's bandit" not in result.stdout  # it had every observation the killed driver made
     columns = ["member", "epoch", "donor_member", "donor_epoch", "val_l1", *[f"hp_{n}" for n in PERTURBED]]
     ref, got = (pd.read_parquet(study / "schedules.parquet").sort_values(["member", "epoch"])[columns]
                 .reset_index(drop=True) for study in (pb2_study, tmp_path / "pb2"))

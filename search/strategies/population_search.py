@@ -126,12 +126,19 @@ class KeepsBanditData:
         import numpy as np
         import pandas as pd
 
+        from trainables.population import read_decisions
+
         super().keep_decisions(root, seed)
         self._members: dict[str, int] = {}  # a trial's name in this driver -> its member
-        where = root / BANDIT_DATA
-        if not where.is_file():
+        where, decided = root / BANDIT_DATA, max(read_decisions(root), default=0)
+        stored = json.loads(where.read_text()) if where.is_file() else None
+        if decided and (stored is None or stored["decided_at"] < decided):
+            kept = f"those of epoch {stored['decided_at']}" if stored else "none"
+            print(f"note: pb2's bandit kept its observations up to its decision at epoch {decided}, and {kept} are "
+                  f"in {BANDIT_DATA} (a study begun by earlier code, or a kill between two writes): its next choices "
+                  "may differ from an uninterrupted run's", flush=True)
+        if stored is None:
             return
-        stored = json.loads(where.read_text())
         self.data = pd.DataFrame(stored["rows"], columns=stored["columns"])
         self.last_exploration_time = stored["last_exploration_time"]
         self.current = None if stored["current"] is None else np.array(stored["current"], dtype=float)
@@ -144,7 +151,8 @@ class KeepsBanditData:
             self.data["Trial"] = self.data["Trial"].replace(_member_label(member), str(trial))
 
     def _member(self, name: str) -> int:
-        return self._members[name] if name in self._members else int(name.rsplit("-", 1)[1])
+        """A trial's member: a trial of this driver's, or a stored row's label (a member that ended before it)."""
+        return self._members[name] if name in self._members else int(name.removeprefix(MEMBER_LABEL))
 
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         if len(self.data):
@@ -169,8 +177,11 @@ class KeepsBanditData:
 BANDIT_DATA = "bandit.json"  # PB2's observations as of its last decision, in the members' folder (trials_root)
 
 
+MEMBER_LABEL = "member-"  # a stored row's trial: member-<i>
+
+
 def _member_label(member: int) -> str:
-    return f"member-{member}"
+    return f"{MEMBER_LABEL}{member}"
 
 
 def _plain(value: Any) -> Any:
