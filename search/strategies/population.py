@@ -145,8 +145,8 @@ class PB2Strategy(PopulationStrategy):
         from search.strategies.population_search import KeepsBanditData, _scheduler_class
 
         bounds = {name: list(search.bounds(name)[:2]) for name in search.perturb}
-        return _scheduler_class(PB2, KeepsBanditData)(time_attr="epoch", perturbation_interval=search.interval, hyperparam_bounds=bounds,
-                   quantile_fraction=QUANTILE, synch=True)
+        return _scheduler_class(PB2, KeepsBanditData)(time_attr="epoch", perturbation_interval=search.interval,
+                                                      hyperparam_bounds=bounds, quantile_fraction=QUANTILE, synch=True)
 
 
 STRATEGY = PopulationStrategy()

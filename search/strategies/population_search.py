@@ -126,11 +126,9 @@ class KeepsBanditData:
         import numpy as np
         import pandas as pd
 
-        from trainables.population import read_decisions
-
         super().keep_decisions(root, seed)
         self._members: dict[str, int] = {}  # a trial's name in this driver -> its member
-        where, decided = root / BANDIT_DATA, max(read_decisions(root), default=0)
+        where, decided = root / BANDIT_DATA, self._decided_at  # the killed run's last decision (continue_after)
         stored = json.loads(where.read_text()) if where.is_file() else None
         if decided and (stored is None or stored["decided_at"] < decided):
             kept = f"those of epoch {stored['decided_at']}" if stored else "none"
@@ -167,11 +165,11 @@ class KeepsBanditData:
             return
         table = self.data.assign(Trial=self.data["Trial"].map(lambda name: _member_label(self._member(name))))
         split = table.to_dict("split")
-        payload = {"decided_at": epoch, "columns": split["columns"],
-                   "rows": [[_plain(value) for value in row] for row in split["data"]],
-                   "last_exploration_time": _plain(self.last_exploration_time),
+        payload = {"decided_at": epoch, "columns": split["columns"], "rows": split["data"],
+                   "last_exploration_time": self.last_exploration_time,
                    "current": None if self.current is None else self.current.tolist()}
-        (self._root / BANDIT_DATA).write_text(json.dumps(payload) + "\n", fsync=True)
+        numpy_scalar = lambda value: value.item()  # noqa: E731 - json's fallback for NumPy's scalars in the rows
+        (self._root / BANDIT_DATA).write_text(json.dumps(payload, default=numpy_scalar) + "\n", fsync=True)
 
 
 BANDIT_DATA = "bandit.json"  # PB2's observations as of its last decision, in the members' folder (trials_root)
@@ -182,10 +180,6 @@ MEMBER_LABEL = "member-"  # a stored row's trial: member-<i>
 
 def _member_label(member: int) -> str:
     return f"{MEMBER_LABEL}{member}"
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _scheduler_class(base: type, *mixins: type) -> type:
