@@ -25,9 +25,10 @@ variants:
   phases (``eval_seconds``, ``checkpoint_seconds``) say what measuring every other epoch, or no
   checkpoint, would leave of its epoch.
 
-Test L1 is not measured here: channels-last, compilation, threads and fusion change the arithmetic's
-rounding only; evaluating every other epoch changes which epoch is selected, and no measurement of
-that was made, so it stays off.
+Test L1 is not measured here. Channels-last, compilation, threads and fusion change the arithmetic's
+rounding only; a lever the code turns on by default has its test L1 measured, paired over seeds, by
+``benchmarks.lever_quality``. Evaluating every other epoch changes which epoch is selected, and no
+measurement of that was made, so it stays off.
 """
 
 from __future__ import annotations

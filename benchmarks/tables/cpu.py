@@ -278,3 +278,34 @@ def levers_table() -> str:
               + "; ".join(f"{name} {c['train_seconds']:.2f}, {c['eval_seconds']:.2f}, {c['checkpoint_seconds']:.3f}"
                           for name, c in base.items() if name in ("gan", "autoencoder")) + "."]
     return "\n".join(lines)
+
+
+def lever_quality_table() -> str:
+    """benchmarks/README.md, section 13: each lever on by default, its test L1 paired against it off
+    (benchmarks/lever_quality.py)."""
+    results = load("lever_quality.json")
+    lines = [f"`python -m benchmarks.lever_quality` ({measured(results['provenance'])}; `results/lever_quality.json`): "
+             "each lever the code turns on by default on the CPU, on the main job's selected configuration at the "
+             "`cpu` preset's size, trained as the final stage trains it with the lever and without it, two runs at "
+             "once, paired by seed. Test L1: mean and 95% interval over seeds; the difference is on minus off.", "",
+             "| lever | configuration | seeds | test L1 on | test L1 off | on minus off, paired | speed-up, paired "
+             "| stays on? |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(s: dict, digits: int = 4, sign: str = "") -> str:
+        return f"{s['mean']:{sign}.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s.get("ci95") is not None else "")
+
+    for lever in results["levers"]:
+        d, speed = lever["difference"], lever["speedup"]
+        if d.get("ci95") is None:
+            verdict = "one seed: no interval"
+        elif d["mean"] - d["ci95"] > 0:
+            verdict = "**no**: test L1 higher with it"
+        elif speed.get("ci95") is not None and speed["mean"] + speed["ci95"] < 1.0:
+            verdict = "**no**: slower"
+        else:
+            verdict = "yes: test L1 inside the paired interval" + (
+                "" if d["mean"] + d["ci95"] >= 0 else " (lower with it)")
+        lines.append(f"| {lever['family']} {lever['lever']} | {lever['configuration_source']} | {d['n']} "
+                     f"| {cell(lever['test_l1_on'])} | {cell(lever['test_l1_off'])} | {cell(d, sign='+')} "
+                     f"| {cell(speed, 3)}x | {verdict} |")
+    return "\n".join(lines)
