@@ -55,6 +55,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "gpu-memory": ("benchmarks/README.md", gpu.gpu_memory),
     "startup": ("benchmarks/README.md", cpu.startup_table),
     "levers": ("benchmarks/README.md", cpu.levers_table),
+    "lever-quality": ("benchmarks/README.md", cpu.lever_quality_table),
     "same-behaviour": ("benchmarks/README.md", searches.same_behaviour_table),
     # docs/: reference generated from the code
     "options": ("docs/options.md", reference.options_table),

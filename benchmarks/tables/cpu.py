@@ -291,8 +291,9 @@ def lever_quality_table() -> str:
              "| lever | configuration | seeds | test L1 on | test L1 off | on minus off, paired | speed-up, paired "
              "| stays on? |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
-    def cell(s: dict, digits: int = 4, sign: str = "") -> str:
-        return f"{s['mean']:{sign}.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s.get("ci95") is not None else "")
+    def cell(s: dict, digits: int = 4, sign: str = "", unit: str = "") -> str:
+        return (f"{s['mean']:{sign}.{digits}f}{unit}"
+                + (f" ± {s['ci95']:.{digits}f}" if s.get("ci95") is not None else ""))
 
     for lever in results["levers"]:
         d, speed = lever["difference"], lever["speedup"]
@@ -307,5 +308,5 @@ def lever_quality_table() -> str:
                 "" if d["mean"] + d["ci95"] >= 0 else " (lower with it)")
         lines.append(f"| {lever['family']} {lever['lever']} | {lever['configuration_source']} | {d['n']} "
                      f"| {cell(lever['test_l1_on'])} | {cell(lever['test_l1_off'])} | {cell(d, sign='+')} "
-                     f"| {cell(speed, 3)}x | {verdict} |")
+                     f"| {cell(speed, 3, unit='x')} | {verdict} |")
     return "\n".join(lines)
