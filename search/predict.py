@@ -197,7 +197,8 @@ def predict_from_checkpoint(checkpoint: str | Path, model: str, images: np.ndarr
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="image", disable=not enabled or total < 2, file=sys.stderr)
+    on_terminal = sys.stderr.isatty()  # a log file or a pipe gets no bar
+    return tqdm(total=total, unit="image", disable=not enabled or total < 2 or not on_terminal, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,9 +34,19 @@ def _gpus(value: str) -> float | str:
         return value
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" where an option has a value by default, as docs/options.md's table shows them;
+    none after a required option, a switch, or an option whose help says what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_Defaults)
     parser.add_argument("--strategy", required=True, help=f"one of {STRATEGIES.choices()}")
     parser.add_argument("--model", required=True, help=f"one of {FAMILIES.choices()}")
     parser.add_argument("--study", default=None, help="study name: its folder under --runs-dir (default <strategy>-<model>)")

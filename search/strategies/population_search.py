@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from typing import Any, Callable
 
 from search.errors import StudyError
@@ -304,9 +305,11 @@ class PopulationSearch(OpenSearch):
         schedules = ScheduleCallback(plan.store, kinds, {m: self.key_of({"member": m}) for m in range(self.population)},
                                      snapshots)
         # A reused worker answers PBT's "save" with the last result it reported, which may be another member's:
-        # an exploit then copied the wrong weights (seen: a member perturbed with no donor). One worker per start.
+        # an exploit then copied the wrong weights (seen: a member perturbed with no donor). One worker per start,
+        # so Ray's advice to reuse workers, a warning printed at every run, is not shown.
         # Ray's checkpoints are pointers only (trainables.population); PBT reads a donor's after it has reported
         # more, so a few are kept.
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance by enabling `reuse_actors`")
         return TuneRun(param_space=self.param_space(), num_samples=self.num_samples, scheduler=scheduler,
                        train=run_member, callbacks=[schedules], checkpoints_kept=self.interval + 2, reuse_actors=False)
 
