@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +52,17 @@ def default_on_levers() -> list[dict[str, Any]]:
 def selected_configuration(family: str) -> tuple[dict[str, Any], str]:
     """The hyperparameters the main job recommended for ``family`` (its cpu_search case), and where they came from."""
     from search.study_file import load_space
-    from trainables.config import RunSettings
+    from trainables.config import parse_config
+    from trainables.families import find_family
 
     case = f"{family}-synthetic"
     cases = json.loads(CPU_SEARCH.read_text()) if CPU_SEARCH.is_file() else {}
     best = ((cases.get(case) or {}).get("summary") or {}).get("best_config")
     if not best:
         return load_space(family).default_config(), "the study file's defaults"
-    settings = {f.name for f in fields(RunSettings)}
+    _, hp = parse_config(best, find_family(family).config_cls)  # its hyperparameters, without the run settings
     commit = (cases[case].get("provenance") or {}).get("commit", "unknown")[:7]
-    return ({k: v for k, v in best.items() if k not in settings},
-            f"the best configuration of `benchmarks.cpu_search --case {case}` (commit {commit})")
+    return (asdict(hp), f"the best configuration of `benchmarks.cpu_search --case {case}` (commit {commit})")
 
 
 def _run(job: tuple[str, dict[str, Any], str, Any, int, int]) -> dict[str, Any]:

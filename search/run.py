@@ -34,14 +34,18 @@ def _gpus(value: str) -> float | str:
         return value
 
 
+def shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` and docs/options.md's table show an option's default: not for a required option, a switch,
+    or an option whose help says what happens without it (no value by default)."""
+    return not (action.required or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS)
+
+
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: ...)" where an option has a value by default, as docs/options.md's table shows them;
-    none after a required option, a switch, or an option whose help says what happens without it."""
+    """argparse's "(default: ...)" only where :func:`shows_default` says so."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) if shows_default(action) else action.help
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ def _cell(text: object) -> str:
 
 def options_table() -> str:
     """Every option of ``python -m search.run``, grouped as ``--help`` groups them, with its default and help."""
-    from search.run import build_parser
+    from search.run import build_parser, shows_default
 
     parser = build_parser()
     lines = []
@@ -26,9 +26,7 @@ def options_table() -> str:
         for action in actions:
             flags = ", ".join(f"`{flag}`" + (f" `{action.metavar or action.dest.upper()}`" if action.nargs != 0 else "")
                               for flag in action.option_strings)
-            default = ("required" if action.required else ""
-                       if action.default is None or action.default is argparse.SUPPRESS or action.default is False
-                       else f"`{action.default}`")
+            default = "required" if action.required else f"`{action.default}`" if shows_default(action) else ""
             lines.append(f"| {flags} | {default} | {_cell(action.help or '')} |")
     return ("Generated from the command's argument parser (`search/run.py` and each strategy's `options`) by "
             "`python -m benchmarks.render`; `python -m search.run --help` prints the same.\n" + "\n".join(lines))
