@@ -72,3 +72,39 @@ def test_the_command_line_and_search_options_agree():
             assert parsed[name].default == item.default, (name, parsed[name].default, item.default)
     for name in own:
         assert parsed[name].default is argparse.SUPPRESS, name  # its strategy's default, read through SearchOptions
+
+
+TAG_PROBE = """
+import json, sys
+from ray.air._internal import usage
+from ray.air.integrations.mlflow import MLflowLoggerCallback  # Ray's own count, for the comparison below
+from ray.tune import Callback
+from ray.tune.logger import LoggerCallback
+from ray.tune.logger.json import JsonLoggerCallback
+
+class Mine(Callback): pass
+class MyLogger(LoggerCallback): pass
+callbacks = [Mine(), MyLogger(), JsonLoggerCallback(), MLflowLoggerCallback(), object()]
+ray_counts = dict(usage._count_callbacks(callbacks))
+if sys.argv[1] == "mended":
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith(("mlflow.", "ray.air.integrations."))]:
+        del sys.modules[name]  # as in a driver that never imported them
+    from search.runner.ray_fixes import name_callbacks_without_importing
+    assert name_callbacks_without_importing()
+    usage.tag_callbacks(callbacks[:3])
+    print(json.dumps({"imported": "mlflow" in sys.modules, "counts": dict(usage._count_callbacks(callbacks)),
+                      "ray_counts": ray_counts}))
+"""
+
+
+def test_a_tuner_fit_does_not_import_mlflow_to_name_its_callbacks():
+    """Ray Tune's callback usage tag imported mlflow (through Ray's MLflow integration) in every Tuner.fit; the mend in
+    search/runner/ray_fixes.py counts the same callbacks under the same names without that import."""
+    pytest.importorskip("mlflow")
+    done = subprocess.run([sys.executable, "-c", TAG_PROBE, "mended"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["imported"] is False
+    assert answer["counts"] == answer["ray_counts"] == {"CustomCallback": 1, "CustomLoggerCallback": 1,
+                                                        "JsonLoggerCallback": 1, "MLflowLoggerCallback": 1}

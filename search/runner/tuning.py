@@ -22,7 +22,7 @@ from search.runner.final import aggregate, final_row, final_seeds, plan_runs, to
 from search.runner.options import SCHEDULERS
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
-from search.runner.ray_fixes import mend_worker_handoff
+from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_importing
 from search.runner.recording import ResultsCallback
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
@@ -62,6 +62,7 @@ class StopWhenInterrupted(Callback):
 def run_tuner(tuner):
     """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
     mend_worker_handoff()
+    name_callbacks_without_importing()
     _interrupted.clear()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
