@@ -13,6 +13,9 @@ import importlib
 from typing import Any, Iterator
 
 
+TRIAL_REGISTRIES: list["Registry"] = []  # the registries trials read where they train, in the order made
+
+
 class UnknownName(ValueError):
     """A name no plug-in of the registry's kind has; the message lists the choices."""
 
@@ -20,13 +23,17 @@ class UnknownName(ValueError):
 class Registry:
     """Plug-ins of one kind by name: ``add`` them (an object, or ``"module:attr"`` imported on first use), ``get`` one."""
 
-    def __init__(self, kind: str, entries: dict[str, Any] | None = None) -> None:
+    def __init__(self, kind: str, entries: dict[str, Any] | None = None, *, in_trials: bool = False) -> None:
+        """``in_trials``: trials read it where they train (a Ray worker), so what a driver adds reaches them there
+        (:func:`registrations`)."""
         self.kind = kind  # in messages: "unknown {kind} 'x'; choose one of ..."
         self._targets: dict[str, Any] = {}
         self._loaded: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}  # every name and alias -> the name
         for name, target in (entries or {}).items():
             self.add(name, target)
+        if in_trials:
+            TRIAL_REGISTRIES.append(self)
 
     def add(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), replace: bool = False) -> None:
         """Register ``target`` (an object, or ``"module:attr"``) under ``name`` and its ``aliases``."""
@@ -88,12 +95,31 @@ class Registry:
             yield name, self.get(name)
 
 
+def registrations() -> dict[str, dict[str, tuple[Any, tuple[str, ...]]]]:
+    """What this process has registered in the registries trials read (kind -> name -> (target, aliases)): sent
+    with a search's trials, so that a plug-in a driver's script added (``MAP_LOSSES.add`` from anywhere) is there in
+    the Ray workers that train them, which import only the project's own registrations."""
+    return {r.kind: {name: (r._targets[name], tuple(r.aliases(name))) for name in r} for r in TRIAL_REGISTRIES}
+
+
+def register_missing(sent: dict[str, dict[str, tuple[Any, tuple[str, ...]]]]) -> None:
+    """In a worker: add what :func:`registrations` sent and this process lacks (a registry not imported here yet is
+    skipped: nothing of it runs here before it is)."""
+    by_kind = {r.kind: r for r in TRIAL_REGISTRIES}
+    for kind, entries in sent.items():
+        registry = by_kind.get(kind)
+        for name, (target, aliases) in entries.items() if registry is not None else ():
+            if name not in registry:
+                registry.add(name, target, aliases=tuple(a for a in aliases if a not in registry))
+
+
 # The models' plug-ins, by the name a study file gives (each imported only when a network is built):
 NORMS = Registry("norm", {"batch": "torch.nn:BatchNorm2d", "instance": "models.layers:instance_norm",
-                          "none": "models.layers:no_norm"})  # name -> factory channels -> nn.Module
+                          "none": "models.layers:no_norm"}, in_trials=True)  # name -> factory channels -> nn.Module
 GAN_LOSSES = Registry("GAN loss", {"lsgan": "models.patchgan:LSGANLoss", "wgan-gp": "models.patchgan:WGANGPLoss",
-                                   "vanilla": "models.patchgan:VanillaGANLoss"})  # name -> models.patchgan.GANLoss
+                                   "vanilla": "models.patchgan:VanillaGANLoss"}, in_trials=True)  # -> patchgan.GANLoss
 SCHEDULES = Registry("noise schedule", {"linear": "models.diffusion:linear_betas", "cosine": "models.diffusion:cosine_betas",
-                                        "sigmoid": "models.diffusion:sigmoid_betas"})  # (steps, start, end) -> betas
-SAMPLERS = Registry("sampler", {"ddim": "models.diffusion:DDIMSampler", "ancestral": "models.diffusion:AncestralSampler"})
+                                        "sigmoid": "models.diffusion:sigmoid_betas"}, in_trials=True)  # -> betas
+SAMPLERS = Registry("sampler", {"ddim": "models.diffusion:DDIMSampler", "ancestral": "models.diffusion:AncestralSampler"},
+                    in_trials=True)
 PREDICTIONS = ("eps", "x0", "v")  # what a denoiser predicts (models.diffusion.NoiseSchedule.target)

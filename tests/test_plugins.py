@@ -1,6 +1,7 @@
 """Plug-ins registered at run time, from this file alone (CONTRIBUTING.md, "Add a plug-in"): a toy strategy with an
-option of its own that adds a column to trials.parquet, and a toy family with a metric of its own that becomes a
-column of epochs.parquet. Both run end to end through the command's own main(), with a real local Ray."""
+option of its own that adds a column to trials.parquet, a toy family with a metric of its own that becomes a
+column of epochs.parquet, and a map loss the toy family trains with. They run end to end through the command's own
+main(), with a real local Ray, whose workers get what this process registered."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from torch import nn
 from search.strategies import STRATEGIES
 from search.strategies.base import StrategyOption
 from search.strategies.random_sampling import RandomStrategy
-from trainables.config import AugmentConfig, RunSettings
+from trainables.config import MAP_LOSSES, AugmentConfig, RunSettings
 from trainables.families import FamilyCard, register, unregister
 from trainables.family import OneNetworkFamily, step
-from trainables.losses import masked_l1
+from trainables.losses import masked_l1, masked_map_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = """
 family = "toy"
-order = ["width"]
+order = ["width", "map_loss"]
 [params.width]
 values = [4, 8]
 default = 8
+[params.map_loss]
+values = ["toy-l1"]
+default = "toy-l1"
 """
 
 
@@ -37,6 +41,7 @@ class ToyConfig(AugmentConfig):
     width: int = 8
     lr: float = 0.01
     batch_size: int = 16
+    map_loss: str = "l1"
 
 
 class ToyFamily(OneNetworkFamily):
@@ -52,13 +57,17 @@ class ToyFamily(OneNetworkFamily):
         self.scaler = self.precision.scaler()
 
     def train_step(self, image: torch.Tensor, vms: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        prediction = self.predict(image)
-        loss = masked_l1(prediction, vms, valid)
+        logits = self.net(image)
+        loss = masked_map_loss(self.hp.map_loss, logits, vms, valid)
         step(loss, self.opt, self.scaler)
-        return {"train_loss": loss.detach(), "toy_brightness": prediction.detach().mean()}
+        return {"train_loss": loss.detach(), "toy_brightness": torch.tanh(logits).detach().mean()}
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(image))
+
+
+def toy_map_l1(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return masked_l1(torch.tanh(logits), target, valid)
 
 
 def toy_columns(label: str, ray_trial_id: str) -> dict[str, str]:
@@ -84,6 +93,7 @@ def test_a_strategy_and_a_family_registered_from_one_file_run_end_to_end(ray_loc
     study_file.write_text(STUDY)
     card = register(FamilyCard("toy", ("toy-net",), ToyConfig, ToyFamily, metrics=("train_loss", "toy_brightness")))
     STRATEGIES.add("toy", ToyStrategy())
+    MAP_LOSSES.add("toy-l1", toy_map_l1)
     handler = signal.getsignal(signal.SIGTERM)
     try:
         code = main(["--strategy", "toy", "--model", "toy-net", "--space", str(study_file), "--preset", "smoke",
@@ -91,12 +101,16 @@ def test_a_strategy_and_a_family_registered_from_one_file_run_end_to_end(ray_loc
     finally:
         signal.signal(signal.SIGTERM, handler)
         STRATEGIES.remove("toy")
+        MAP_LOSSES.remove("toy-l1")
         unregister(card.name)
     assert code == 0
     trials = pd.read_parquet(tmp_path / "runs" / "toy-toy" / "trials.parquet")
     assert len(trials) == 2 and (trials["toy_label"] == "hi").all(), "the option parsed, the strategy's column filled"
+    # Trained in Ray's workers, which get the family with what register() gave it and the loss MAP_LOSSES.add
+    # registered here (without either, every trial errored there).
+    assert trials["status"].isin(["completed", "stopped"]).all(), trials[["status", "error"]]
     epochs = pd.read_parquet(tmp_path / "runs" / "toy-toy" / "epochs.parquet")
-    assert "toy_brightness" in epochs and epochs["toy_brightness"].notna().all(), "the family's metric kept"
+    assert len(epochs) >= 2 and epochs["toy_brightness"].notna().all(), "the family's metric kept"
 
 
 def test_contributing_counts_the_files_a_plug_in_touches():

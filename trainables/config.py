@@ -21,12 +21,13 @@ SWITCHES = ("auto", "on", "off")
 
 # The optimizers a study may name: name -> (parameters, the config's settings, on CUDA) -> optimizer.
 OPTIMIZERS = Registry("optimizer", {"sgd": "trainables.optimizers:sgd", "adam": "trainables.optimizers:adam",
-                                    "adamw": "trainables.optimizers:adamw", "adadelta": "trainables.optimizers:adadelta"})
+                                    "adamw": "trainables.optimizers:adamw", "adadelta": "trainables.optimizers:adadelta"},
+                      in_trials=True)
 # The map losses a study may name (``map_loss``; diffusion's ``denoise_loss`` on the x0 target):
 # name -> (logits, target, valid) -> loss. Adding one: a function in trainables/losses.py and an entry here
 # (or ``MAP_LOSSES.add`` from anywhere): every family that takes a map loss takes it.
 MAP_LOSSES = Registry("map loss", {"l1": "trainables.losses:map_l1", "ce": "trainables.losses:map_ce",
-                                   "l1+ce": "trainables.losses:map_l1_ce"})
+                                   "l1+ce": "trainables.losses:map_l1_ce"}, in_trials=True)
 PLAIN_DENOISE_LOSSES = ("mse", "l1")
 OPTIMIZER_SETTINGS = ("lr", "beta1", "beta2", "momentum", "weight_decay")  # what an optimizer's groups may change
 DIVERGED_L1 = 2.0  # the worst possible L1 between maps in [-1, 1]: how searchers score a diverged trial  # diffusion's losses on any target: MSE (the report's) and L1

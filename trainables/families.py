@@ -14,6 +14,7 @@ register its card here (or call :func:`register` from anywhere, with a card or a
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,16 +80,41 @@ def register(family: Any) -> FamilyCard:
                             width_params=tuple(family.width_params), metrics=tuple(family.metrics),
                             loss_weights=tuple(family.loss_weights), retune_prefixes=tuple(family.retune_prefixes))
     if isinstance(family.implementation, type) and family.implementation.__dict__.get("card") is None:
-        carry(family.implementation, family)  # a class registered with a card made for it (a test's)
+        carry(family.implementation, family)  # a class registered with a card made for it (a test's, a user's)
+        _ship_by_value(family.implementation)
     FAMILIES.add(family.name, family.implementation, aliases=family.aliases)
     CARDS[family.name] = family
     return family
 
 
+_BY_VALUE: set[str] = set()  # modules whose classes Ray's pickler sends by value (_ship_by_value)
+
+
+def _ship_by_value(family_cls: type) -> None:
+    """The facts :func:`carry` gave a class at run time live in this process only: a Ray worker that imported the
+    class's module by name got the class without them (every trial errored on its missing ``config_cls``). Ray's
+    pickler sends that module's classes by value instead, their attributes with them (``__main__``'s always go so)."""
+    module = family_cls.__module__
+    if module == "__main__" or module not in sys.modules or module in _BY_VALUE:
+        return
+    from ray import cloudpickle  # the pickler Ray sends trials with; imported only for a family registered at run time
+
+    cloudpickle.register_pickle_by_value(sys.modules[module])
+    _BY_VALUE.add(module)
+
+
 def unregister(name: str) -> None:
     """Remove a family added by :func:`register` (tests register tiny ones)."""
+    implementation = FAMILIES.get(name) if isinstance(CARDS[name].implementation, type) else None
     FAMILIES.remove(name)
     CARDS.pop(name)
+    module = getattr(implementation, "__module__", None)
+    if module in _BY_VALUE and not any(isinstance(card.implementation, type) and card.implementation.__module__ == module
+                                       for card in CARDS.values()):
+        from ray import cloudpickle
+
+        cloudpickle.unregister_pickle_by_value(sys.modules[module])
+        _BY_VALUE.discard(module)
 
 
 def family_card(name: str) -> FamilyCard:

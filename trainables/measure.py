@@ -120,8 +120,10 @@ def measure_trial_epoch(family: "type[Family]", config: dict[str, Any], data: An
     return rows[-1]
 
 
-def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | None], data: Any) -> list[float | None]:
-    """Seconds per epoch of each config (None: skipped), on the device this process has.
+def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | None], data: Any,
+                      registered: dict | None = None) -> list[float | None]:
+    """Seconds per epoch of each config (None: skipped), on the device this process has (``registered``: the driver's
+    plug-ins, :func:`models.registry.registrations`).
 
     On the CPU, :func:`measure_epoch_seconds` (a few steps, scaled); on a GPU, where the first
     epoch captures CUDA graphs and a few steps say little, the second epoch of a short trial
@@ -130,6 +132,9 @@ def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | Non
     """
     import torch
 
+    from models.registry import register_missing
+
+    register_missing(registered or {})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if device == "cuda":

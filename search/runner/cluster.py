@@ -146,6 +146,7 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
     (None, with a line saying why, when it cannot be measured)."""
     import ray
 
+    from models.registry import registrations
     from trainables.measure import measure_on_worker
 
     if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
@@ -153,7 +154,8 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
         return epoch_s, widest_s
     measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
     try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
-        epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data), timeout=300)
+        epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
+                                     timeout=300)
     except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
         print(f"estimate: not available ({_last_line(err)})", flush=True)
         return None

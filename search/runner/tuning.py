@@ -24,6 +24,7 @@ from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_importing
 from search.runner.recording import ResultsCallback
+from models.registry import register_missing, registrations
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.data import VMSDataset
@@ -149,12 +150,13 @@ def _trainable(plan: StudyPlan, configs: TrialConfigs, config_of: Callable[[dict
 
     train = train or run_trial
 
-    def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family]) -> None:
+    def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family], registered: dict) -> None:
+        register_missing(registered)  # plug-ins the driver's script registered (models.registry)
         full = config_of(config)
         train(full, data, family, storage=configs.storage(full))
 
-    return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family),
-                               cluster.resources(plan))
+    return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family,
+                                                    registered=registrations()), cluster.resources(plan))
 
 
 def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: int = 0):
