@@ -242,6 +242,11 @@ def _search(args: argparse.Namespace) -> int:
     from search.runner.console import format_summary
 
     print(format_summary(summary))
+    if summary.every_trial_errored:  # nothing was selected: not a search that succeeded (a script, a Ray job's status)
+        print(f"error: every trial of study {summary.study} errored ({summary.trials} of {summary.trials}), so the search "
+              f"selected nothing; the first one's error ends: {summary.every_trial_errored} (each trial's error text is "
+              "in trials.parquet's error column, Ray's in the study's ray/ folder)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -49,6 +49,24 @@ def test_a_killed_worker_errors_its_trial_and_the_search_goes_on(tmp_path):
     assert "errored" in out
 
 
+def test_a_search_whose_every_trial_errors_exits_1_naming_the_first_error(tmp_path):
+    """Every trial's worker dies at its first checkpoint (as when each one is killed for its memory): the summary says
+    no trial finished, and the command ends with one line naming the first trial's error and exits 1, so a script or a
+    Ray job sees the failure (it exited 0, as a search that selected something)."""
+    result = run_cli("search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "random",
+                     "--model", "autoencoder", "--samples", "2", "--epochs", "2", "--max-failures", "0", "--scheduler", "none",
+                     "--study", "dead",
+                     timeout=240, env={"MEMSEARCH_CRASH_AT": "checkpoint-tmp:1"})
+    trials = pd.read_parquet(tmp_path / "dead" / "trials.parquet")
+    assert (trials["status"] == "errored").all() and len(trials) == 2, trials[["status", "error"]]
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "no trial has finished yet" in result.stdout and "final:" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every trial of study dead errored (2 of 2), so the search selected nothing"), last
+    ends = [error.strip().splitlines()[-1].strip() for error in trials["error"]]  # each error's last line
+    assert all(ends) and any(end in last for end in ends), (ends, last)
+
+
 def test_a_diverging_config_ends_diverged_and_the_block_resolves(tmp_path):
     space = tmp_path / "explode.toml"
     space.write_text("""

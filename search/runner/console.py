@@ -85,14 +85,19 @@ class Summary:
     baseline_margin: float = 0.0  # that margin: sqrt 2 x the family's measured noise
     epochs_trained: int = 0  # every trial's epochs, earlier driver runs included (the final stage's apart)
     budget_epochs: int | None = None  # --budget-epochs, when given
+    every_trial_errored: str | None = None  # when trials ran and every one errored: the first one's error, its last line
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
               finished: bool, final: dict[str, Any] | None, margin: float, budget_epochs: int | None = None) -> Summary:
     counts = {status: 0 for status in STATUSES}
     best_row = None
+    first_error = None
     for row in results.trials.values():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if row["status"] == "errored" and first_error is None:
+            first_error = next((line.strip() for line in reversed((row.get("error") or "").splitlines())
+                                if line.strip()), "no error text")
         if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
             if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
                 best_row = row
@@ -109,6 +114,7 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
         driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, final=final,
         beats_baseline=beats_on_val(best_row["best_val_l1"] if best_row else None, record["baselines"], margin),
         baseline_margin=margin, epochs_trained=len(results.epochs), budget_epochs=budget_epochs,
+        every_trial_errored=first_error if results.trials and counts["errored"] == len(results.trials) else None,
     )
 
 
