@@ -105,10 +105,9 @@ def _ship_by_value(family_cls: type) -> None:
 
 def unregister(name: str) -> None:
     """Remove a family added by :func:`register` (tests register tiny ones)."""
-    implementation = FAMILIES.get(name) if isinstance(CARDS[name].implementation, type) else None
+    implementation = CARDS.pop(name).implementation
     FAMILIES.remove(name)
-    CARDS.pop(name)
-    module = getattr(implementation, "__module__", None)
+    module = implementation.__module__ if isinstance(implementation, type) else None
     if module in _BY_VALUE and not any(isinstance(card.implementation, type) and card.implementation.__module__ == module
                                        for card in CARDS.values()):
         from ray import cloudpickle

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
+from models.registry import register_missing, registrations
 from search.runner import cluster
 from search.runner.console import Printer
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
@@ -24,7 +25,6 @@ from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_importing
 from search.runner.recording import ResultsCallback
-from models.registry import register_missing, registrations
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.data import VMSDataset
