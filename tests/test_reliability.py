@@ -61,10 +61,39 @@ def test_a_search_whose_every_trial_errors_exits_1_naming_the_first_error(tmp_pa
     assert (trials["status"] == "errored").all() and len(trials) == 2, trials[["status", "error"]]
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
     assert "no trial has finished yet" in result.stdout and "final:" not in result.stdout
+    assert "| best none yet" in result.stdout and "best inf" not in result.stdout  # each trial's line, none finished
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every trial of study dead errored (2 of 2), so the search selected nothing"), last
     ends = [error.strip().splitlines()[-1].strip() for error in trials["error"]]  # each error's last line
     assert all(ends) and any(end in last for end in ends), (ends, last)
+
+
+def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retries_it(tmp_path):
+    """The search selects, then every final-stage run's worker dies as it measures the test split: the command ends
+    with one line naming the first run's error and exits 1 (it exited 0 with nothing measured on test). Run again
+    without the fault, the same command keeps the search's trials, re-runs the final stage and exits 0 with test
+    numbers."""
+    args = ["search.run", "--runs-dir", str(tmp_path), "--preset", "smoke", "--strategy", "random", "--model",
+            "autoencoder", "--samples", "1", "--epochs", "2", "--max-failures", "0", "--scheduler", "none",
+            "--final-top-k", "1", "--final-seeds", "2", "--study", "lost"]
+    result = run_cli(*args, timeout=240, env={"MEMSEARCH_CRASH_AT": "final-test:1"})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    final = pd.read_parquet(tmp_path / "lost" / "final.parquet")
+    assert (final["status"] == "errored").all() and len(final) == 2, final[["status", "epochs_run"]]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every final-stage run of study lost errored (2 of 2), so nothing was measured"), last
+    assert "Traceback" not in last and "run the same command again" in last and "ends: no error text" not in last
+    for key in final["trial_id"]:  # each run checkpointed its first epoch before it died: the retry starts there
+        assert (tmp_path / "lost" / "trials" / key / "latest.pt").exists(), key
+    trials = pd.read_parquet(tmp_path / "lost" / "trials.parquet")
+    assert (trials["status"] == "completed").all(), trials[["status", "error"]]
+
+    again = run_cli(*args, timeout=240)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    final = pd.read_parquet(tmp_path / "lost" / "final.parquet")
+    assert (final["status"] == "completed").all() and final["test_l1"].notna().all(), final[["status", "test_l1"]]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "lost" / "trials.parquet")[["trial_id", "best_val_l1"]],
+                                  trials[["trial_id", "best_val_l1"]])
 
 
 def test_a_diverging_config_ends_diverged_and_the_block_resolves(tmp_path):

@@ -20,6 +20,8 @@ Points (the names ``MEMSEARCH_CRASH_AT`` accepts):
 ``worker-handoff``           a trial has ended and Ray Tune is about to hand its worker the next trial:
                              the driver SIGKILLs that *worker*, not itself
 ``checkpoint-tmp``           in a trial's worker: ``latest.pt``'s temporary file is written, not moved
+``final-test``               in a final-stage run's worker: its last epoch has trained, and ``best.pt`` is
+                             about to be measured on the test split
 ===========================  ===============================================================
 
 ``MEMSEARCH_PAUSE_AT=<point>:<n>`` holds the process there instead (it touches the file
@@ -34,7 +36,7 @@ import signal
 import time
 
 POINTS = ("searcher-complete", "greedy-state-tmp", "parquet-tmp", "results-flushed", "study-json-tmp",
-          "schedule-flushed", "worker-handoff", "checkpoint-tmp")
+          "schedule-flushed", "worker-handoff", "checkpoint-tmp", "final-test")
 PAUSE_S = 120.0
 _counts: dict[str, int] = {}
 

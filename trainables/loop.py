@@ -33,6 +33,7 @@ from trainables.data import VMSDataset
 from trainables.device import GpuUtilisation, cuda_context_mb
 from trainables.evaluation import DIVERGED_L1, CalibrationBatches, evaluate, recalibrate_batchnorm
 from trainables.family import Family
+from trainables.faults import crash_point
 from trainables.schedule import Schedule
 from trainables.steps import TrainSteps
 
@@ -314,6 +315,7 @@ def _selected_metrics(trial: Trial) -> dict[str, Any]:
     Selection (the epoch, the configuration) used validation data only; the test number is the one
     to report. Random numbers are drawn in a forked RNG so the trial's own stream is untouched.
     """
+    crash_point("final-test")
     if trial.pending_best is not None:  # this epoch's: not on disk yet
         best = trial.pending_best[0]
     else:

@@ -53,12 +53,13 @@ class Printer:
         hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
         where, varied = self.trial_line(row) if self.trial_line else ("", None)
         shown = f"{value:.4f}" if value is not None else "   -  "
+        best = f"{self.best:.4f}" if math.isfinite(self.best) else "none yet"
         suffix, clear = "", ""
         if self.progress is not None:
             self.progress.on_trial(row)
             clear, suffix = self.progress.clear(), f" | {self.progress.line()}"
         print(f"{clear}[{self.count:3d}] {row['trial_id']} {where}{hp_line(hp, varied)} | val_l1 {shown} "
-              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {self.best:.4f}"
+              f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {best}"
               + suffix, flush=True)
 
 
@@ -86,6 +87,12 @@ class Summary:
     epochs_trained: int = 0  # every trial's epochs, earlier driver runs included (the final stage's apart)
     budget_epochs: int | None = None  # --budget-epochs, when given
     every_trial_errored: str | None = None  # when trials ran and every one errored: the first one's error, its last line
+    every_final_run_errored: str | None = None  # likewise for the final stage's runs
+
+
+def last_line(error: str | None) -> str:
+    """An error's last non-blank line: where Python and Ray put what went wrong."""
+    return next((line.strip() for line in reversed((error or "").splitlines()) if line.strip()), "no error text")
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
@@ -96,8 +103,7 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
     for row in results.trials.values():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         if row["status"] == "errored" and first_error is None:
-            first_error = next((line.strip() for line in reversed((row.get("error") or "").splitlines())
-                                if line.strip()), "no error text")
+            first_error = last_line(row.get("error"))
         if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
             if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
                 best_row = row
@@ -115,6 +121,8 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
         beats_baseline=beats_on_val(best_row["best_val_l1"] if best_row else None, record["baselines"], margin),
         baseline_margin=margin, epochs_trained=len(results.epochs), budget_epochs=budget_epochs,
         every_trial_errored=first_error if results.trials and counts["errored"] == len(results.trials) else None,
+        every_final_run_errored=(final.get("first_error") or "no error text"
+                                 if final and final.get("runs") and final.get("errored") == final["runs"] else None),
     )
 
 

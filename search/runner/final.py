@@ -138,8 +138,10 @@ def write_final(rows: list[dict[str, Any]], store: "StudyStore") -> None:
     store.write_table(FINAL_TABLE, sorted(rows, key=lambda r: (r["rank"], r["seed"])), pa.schema(FINAL_COLUMNS))
 
 
-def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int]) -> dict[str, Any]:
-    """summary.json's ``final`` block: per rank, mean and 95% interval of val and test L1 over the seeds."""
+def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int],
+              first_error: str | None = None) -> dict[str, Any]:
+    """summary.json's ``final`` block: per rank, mean and 95% interval of val and test L1 over the seeds; how many
+    runs errored, and the last line of the first one's error (``first_error``)."""
     ranks = sorted({r["rank"] for r in rows})
     configurations = []
     for rank in ranks:
@@ -153,7 +155,8 @@ def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int]) ->
         configurations.append(entry)
     final = {"seeds": seeds, "has_test": data.has_test, "test_pairs": len(data.test_stems),
              "test_source": data.splits.get("test") if data.has_test else None,
-             "test_baselines": data.baselines("test") if data.has_test else None, "configurations": configurations}
+             "test_baselines": data.baselines("test") if data.has_test else None, "configurations": configurations,
+             "runs": len(rows), "errored": sum(1 for r in rows if r["status"] == "errored"), "first_error": first_error}
     chosen = recommended(final)
     final["recommended_rank"] = chosen["rank"] if chosen else None
     final["beats_baseline"] = beats_on_final(final, data.baselines())  # on test (search.runner.baseline)

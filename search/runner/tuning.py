@@ -18,7 +18,7 @@ from ray.tune import Callback
 
 from models.registry import register_missing, registrations
 from search.runner import cluster
-from search.runner.console import Printer
+from search.runner.console import Printer, last_line
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.options import SCHEDULERS
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
@@ -277,9 +277,11 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
     outcome = run_tuner(tuner)
     if outcome is None:
         return None, True
-    rows = []
+    rows, first_error = [], None
     for result in outcome:
         index = result.config["index"]
         rows.append(final_row(plan.name, runs[index], keys[index], result.metrics, result.error is not None))
+        if result.error is not None and first_error is None:
+            first_error = last_line(str(result.error))
     write_final(rows, plan.store)
-    return aggregate(rows, plan.data, seeds), False
+    return aggregate(rows, plan.data, seeds, first_error), False
