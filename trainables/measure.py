@@ -128,7 +128,8 @@ def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | Non
     On the CPU, :func:`measure_epoch_seconds` (a few steps, scaled); on a GPU, where the first
     epoch captures CUDA graphs and a few steps say little, the second epoch of a short trial
     (:func:`measure_trial_epoch`). The driver runs it as a Ray task with a trial's resources, so
-    it is measured where trials train and the driver itself never opens a CUDA context.
+    it is measured where trials train and the driver itself never opens a CUDA context (on a Ray
+    of one node without GPUs, the driver's, the driver calls :func:`measure_epoch_seconds` itself).
     """
     import torch
 

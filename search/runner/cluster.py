@@ -2,7 +2,8 @@
 
 ``--gpus-per-trial auto`` measures one trial alone on a GPU first (:func:`pack`); the first
 line's estimate measures an epoch where trials train (:func:`measure_epochs`). Both run as Ray
-tasks with a trial's resources, so the driver itself never opens a CUDA context.
+tasks with a trial's resources, so the driver itself never opens a CUDA context; on a Ray of one
+node without GPUs, the driver's own, the estimate is measured in the driver (no worker to start).
 """
 
 from __future__ import annotations
@@ -141,17 +142,39 @@ def pack(plan: StudyPlan, configs: TrialConfigs) -> None:
     print(f"--gpus-per-trial auto: {share.fraction:g} ({share.why})", flush=True)
 
 
+def _trials_train_beside_the_driver(plan: StudyPlan) -> bool:
+    """Whether trials train on this driver's CPUs: Ray is one node, the driver's, with no GPU (a local Ray)."""
+    import ray
+
+    if plan.gpus_available or plan.gpus_per_trial:
+        return False
+    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    return alive == [ray.get_runtime_context().get_node_id()]
+
+
 def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None, float | None] | None:
     """Seconds per epoch of the study default and of its widest models, measured where trials train
     (None, with a line saying why, when it cannot be measured)."""
     import ray
 
     from models.registry import registrations
-    from trainables.measure import measure_on_worker
+    from trainables.measure import measure_epoch_seconds, measure_on_worker
 
     if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
         epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
         return epoch_s, widest_s
+    try:
+        if _trials_train_beside_the_driver(plan):  # here: no worker process to start (and to import torch) for it
+            epoch_s, widest_s = (measure_epoch_seconds(plan.family, config, plan.data) if config is not None else None
+                                 for config in configs.widest())
+        else:  # a task with a trial's resources: measured where trials train, no CUDA context in the driver
+            measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
+            epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
+                                         timeout=300)
+    except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
+        print(f"estimate: not available ({_last_line(err)})", flush=True)
+        return None
+    return epoch_s, widest_s
     measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
     try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
         epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
