@@ -72,7 +72,15 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
     import ray
 
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        # No idle workers started ahead: trials' actors never take them (Ray Tune gives its actors their own runtime
+        # environment), and each would import Ray for nothing. Read by the raylet as it starts; a user's setting stands.
+        ours = "RAY_prestart_worker_first_driver" not in os.environ
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        try:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        finally:
+            if ours:
+                os.environ.pop("RAY_prestart_worker_first_driver", None)
         return
     check_reachable(address, named_by)
     if not in_ray_job():  # a job's workers run its own runtime environment; anything else gets the driver's code
