@@ -151,13 +151,17 @@ def pack(plan: StudyPlan, configs: TrialConfigs) -> None:
 
 
 def _trials_train_beside_the_driver(plan: StudyPlan) -> bool:
-    """Whether trials train on this driver's CPUs: Ray is one node, the driver's, with no GPU (a local Ray)."""
+    """Whether trials train on this driver's CPUs: Ray is one node, the driver's, with no GPU (a local Ray; never
+    through Ray Client, whose driver is elsewhere)."""
     import ray
 
-    if plan.gpus_available or plan.gpus_per_trial:
+    if plan.gpus_available or plan.gpus_per_trial or ray.util.client.ray.is_connected():
         return False
-    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
-    return alive == [ray.get_runtime_context().get_node_id()]
+    try:
+        alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+        return alive == [ray.get_runtime_context().get_node_id()]
+    except Exception:  # noqa: BLE001 - when in doubt, measure as a task where trials train
+        return False
 
 
 def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None, float | None] | None:
