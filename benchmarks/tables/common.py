@@ -40,6 +40,14 @@ def section_measured(results: dict, section: str) -> str:
     return f"{date}, {results.get('machine')} (before results recorded their commit)"
 
 
+def descends(commit: str, ancestor: str) -> bool:
+    """Whether ``commit`` contains ``ancestor`` (False where git cannot say: a shallow clone, an unknown commit)."""
+    import subprocess
+
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT, capture_output=True)
+    return done.returncode == 0
+
+
 def ratio(value: float | None, base: float | None) -> str:
     return "-" if value is None or not base else f"{value:.4f} ({value / base:.2f}x)"
 

@@ -3,7 +3,7 @@ configuration each search selects, paired against greedy on the same seeds."""
 
 from __future__ import annotations
 
-from benchmarks.tables.common import RESULTS, load, measured, row_measured
+from benchmarks.tables.common import RESULTS, descends, load, measured, row_measured
 
 
 def _rows() -> list[dict]:
@@ -44,16 +44,6 @@ def claims(rows: list[dict]) -> list[tuple[str, str]]:
 BUDGET_CAP = "82a7e92"  # --budget-epochs became a cap: rows measured before it spent over their budget
 
 
-def _descends(commit: str, ancestor: str) -> bool:
-    """Whether ``commit`` contains ``ancestor`` (False where git cannot say: a shallow clone, an unknown commit)."""
-    import subprocess
-
-    from benchmarks.tables.common import ROOT
-
-    done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT, capture_output=True)
-    return done.returncode == 0
-
-
 def publish_table() -> str:
     """benchmarks/README.md, section 3b: the table, when and how it was measured, what is not measured yet."""
     from benchmarks.publish import table
@@ -65,7 +55,7 @@ def publish_table() -> str:
     found = claims(rows)
     missing = _unmeasured(rows)
     before_cap = sorted({r["provenance"]["commit"][:7] for r in rows if r.get("provenance")  # greedy sets B, spends no
-                         and r["strategy"] != "greedy" and not _descends(r["provenance"]["commit"], BUDGET_CAP)})
+                         and r["strategy"] != "greedy" and not descends(r["provenance"]["commit"], BUDGET_CAP)})
     stale = ([f"**Stale: the epochs-spent column.** {len(before_cap)} of the commits that measured a budgeted strategy "
               f"({', '.join(before_cap)}) predate commit {BUDGET_CAP}, where `--budget-epochs` became a cap (a trial "
               "that cannot fit is not started): their spending over 1.00x B is the old behaviour, and their selections (the test L1 columns) "
