@@ -187,11 +187,3 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
         print(f"estimate: not available ({_last_line(err)})", flush=True)
         return None
     return epoch_s, widest_s
-    measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
-    try:  # as a task with a trial's resources: measured where trials train, no CUDA context in the driver
-        epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
-                                     timeout=300)
-    except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
-        print(f"estimate: not available ({_last_line(err)})", flush=True)
-        return None
-    return epoch_s, widest_s
