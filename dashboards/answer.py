@@ -79,8 +79,13 @@ def section_answer(studies: list[Study]) -> str:
             else:
                 best = done.nsmallest(1, "best_val_l1").iloc[0]
                 base = study.meta.get("baselines", {})
-                cells = [_config_text(study, best["trial_id"]), "no test numbers: the final stage has not run "
-                         "(re-run the search command, or drop --final-top-k 0)", "-",
+                lost = final.get("runs") and final.get("errored") == final["runs"]
+                cells = [_config_text(study, best["trial_id"]),
+                         f"no test numbers: every final-stage run errored ({final['runs']} of {final['runs']}; the "
+                         f"first one's error ends: {final.get('first_error') or 'no error text'}); once its cause is "
+                         "fixed, re-run the search command" if lost else
+                         "no test numbers: the final stage has not run (re-run the search command, or drop "
+                         "--final-top-k 0)", "-",
                          f"val L1 {best['best_val_l1']:.4f} (one run, selected on the same val: optimistic)",
                          f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"]
         if verdict is False:  # the trivial map is the answer: say so where the recommendation was
@@ -141,7 +146,7 @@ def section_final(studies: list[Study]) -> str:
             continue
         rows = table.to_pandas()
         final = (study.store.read_summary() or {}).get("final")
-        has_test = bool(rows["test_l1"].notna().any())
+        has_test = final.get("has_test") if final and "has_test" in final else bool(rows["test_l1"].notna().any())
         if not has_test:
             notes.append(f"{html.escape(study.label)} has no test split: its bars are validation numbers (optimistic).")
         for split, column, colour in (("test", "test_l1", "#d62728"), ("val", "selected_val_l1", "#1f77b4")):

@@ -247,12 +247,13 @@ def _search(args: argparse.Namespace) -> int:
               f"selected nothing; the first one's error ends: {summary.every_trial_errored} (each trial's error text is "
               "in trials.parquet's error column, Ray's in the study's ray/ folder)", file=sys.stderr)
         return 1
-    if summary.every_final_run_errored:  # the search selected, but nothing was measured on test: nothing to publish
+    if summary.every_final_run_errored:  # the search selected, but the final stage measured nothing: nothing to publish
         runs = summary.final["runs"]
+        split = "the test split" if summary.final.get("has_test") else "val (this study has no test split)"
         print(f"error: every final-stage run of study {summary.study} errored ({runs} of {runs}), so nothing was "
-              f"measured on the test split; the first one's error ends: {summary.every_final_run_errored} (Ray's "
-              "error is in the study's ray/ folder). The search's trials are kept: run the same command again to "
-              "retry the final stage", file=sys.stderr)
+              f"measured on {split}; the first one's error ends: {summary.every_final_run_errored} (Ray's error "
+              "files are in the study's ray/final-*/ folders). The search's trials are kept: once the cause is fixed, "
+              "run the same command again to retry the final stage", file=sys.stderr)
         return 1
     return 0
 

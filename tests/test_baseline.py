@@ -46,6 +46,26 @@ def test_after_the_final_stage_the_whole_interval_must_lie_below_the_test_baseli
     assert beats_on_final({"configurations": []}, VAL) is None
 
 
+def test_a_final_stage_fails_the_command_only_when_every_run_errored(tmp_path):
+    """summary.json's final block counts its runs and errored runs; the command exits 1 only when all errored (an old
+    summary's block, without the counts, never)."""
+    from search.runner.console import summarize
+    from search.store.results import ResultsStore
+    from search.store.study import StudyStore
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    results = ResultsStore(store, strategy="greedy", family="autoencoder", hp_kinds={})
+
+    def flagged(final):
+        return summarize(results, study_dir=str(store.root), preset="smoke", record={"baselines": VAL}, wall=0.0,
+                         finished=True, final=final, margin=0.0).every_final_run_errored
+
+    assert flagged({**_final(None, None), "runs": 3, "errored": 3, "first_error": "killed"}) == "killed"
+    assert flagged({**_final(0.04, 0.005), "runs": 3, "errored": 2, "first_error": "killed"}) is None
+    assert flagged(_final(0.04, 0.005)) is None and flagged(None) is None
+
+
 def test_the_verdict_line_says_what_lost_and_by_how_much():
     final = {**_final(0.048, 0.005), "beats_baseline": False}
     line = verdict_line(False, final, 0.06, VAL, 0.058)

@@ -118,15 +118,25 @@ def test_estimate_counts_rounds_of_parallel_trials_block_by_block():
     assert "5.0 s" in line and "about 2m00s" in line
 
 
-def test_one_epoch_is_measured_on_this_machine(tiny_data):
+def test_one_epoch_is_measured_on_this_machine_leaving_the_callers_torch_as_it_was(tiny_data):
+    """A local search's driver measures its estimate itself (search.runner.cluster): its thread count and random
+    stream must come back unchanged."""
     from dataclasses import asdict
+
+    import torch
 
     from search.study_file import load_space
     from trainables.config import RunSettings
 
     space = load_space("autoencoder")
     config = {**space.default_config(), **asdict(RunSettings(epochs=2, width_divisor=16, threads=1))}
-    seconds = measure_epoch_seconds(find_family("autoencoder"), config, tiny_data)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(2)
+    try:
+        seconds = measure_epoch_seconds(find_family("autoencoder"), config, tiny_data)
+        assert torch.get_num_threads() == 2 and torch.equal(torch.get_rng_state(), rng)
+    finally:
+        torch.set_num_threads(threads)
     assert seconds > 0 and math.isfinite(seconds)
 
 

@@ -87,6 +87,10 @@ def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retri
         assert (tmp_path / "lost" / "trials" / key / "latest.pt").exists(), key
     trials = pd.read_parquet(tmp_path / "lost" / "trials.parquet")
     assert (trials["status"] == "completed").all(), trials[["status", "error"]]
+    from dashboards.build import build  # the dashboard's answer says why there are no test numbers
+
+    page = build([tmp_path / "lost"], tmp_path / "report.html").read_text()
+    assert "every final-stage run errored (2 of 2" in page and "the final stage has not run" not in page
 
     again = run_cli(*args, timeout=240)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]

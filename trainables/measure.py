@@ -1,7 +1,8 @@
 """How long an epoch takes and how much of a GPU a trial uses, measured where trials train.
 
 :func:`measure_on_worker` gives the search's first estimate its seconds per epoch (a Ray task
-with a trial's resources); :func:`probe_gpu` measures one trial alone on a whole GPU for
+with a trial's resources; on a Ray of one node without GPUs, the driver's, the driver calls
+:func:`measure_epoch_seconds` itself); :func:`probe_gpu` measures one trial alone on a whole GPU for
 ``--gpus-per-trial auto`` (:func:`search.runner.packing.choose_share`). Heavy imports (torch, the
 families) happen inside the functions: the driver imports this module for :class:`GpuProbe`.
 """

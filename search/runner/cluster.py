@@ -176,7 +176,9 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
         epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
         return epoch_s, widest_s
     try:
-        if _trials_train_beside_the_driver(plan):  # here: no worker process to start (and to import torch) for it
+        # Here: no worker process to start (and to import torch) for it. A few steps of CPU-sized models, so the
+        # task's timeout and process isolation are given up; a GPU or a cluster keeps them.
+        if _trials_train_beside_the_driver(plan):
             epoch_s, widest_s = (measure_epoch_seconds(plan.family, config, plan.data) if config is not None else None
                                  for config in configs.widest())
         else:  # a task with a trial's resources: measured where trials train, no CUDA context in the driver

@@ -187,7 +187,8 @@ class MLflowTracker:
                 "memsearch.finished": str(finished).lower()}
         try:
             self._log(self.run_id, metrics=[(k, float(v), 0, 0) for k, v in metrics.items() if _finite(v)], tags=tags)
-            self.client.set_terminated(self.run_id, status="FINISHED" if finished else "KILLED")
+            failed = summary.get("every_trial_errored") or summary.get("every_final_run_errored")  # the command exits 1
+            self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED" if finished else "KILLED")
         except Exception as err:  # noqa: BLE001
             self.say(f"mlflow: the study's numbers were not logged ({str(err).strip().splitlines()[-1][:160]})")
 
