@@ -36,6 +36,25 @@ def _config_text(study: Study, trial_id: str) -> str:
                     for c in study.hp_columns if pd.notna(values[c]))
 
 
+def _without_final(study: Study, final: dict[str, Any]) -> list[str]:
+    """The answer's cells of a study without final-stage numbers: the search's best single run, said to be optimistic,
+    and why there are no test numbers (the stage has not run, or every one of its runs errored)."""
+    done = finished(study)
+    if done.empty:
+        return ["-", "no trial has finished yet", "-", "-", "-"]
+    best = done.nsmallest(1, "best_val_l1").iloc[0]
+    base = study.meta.get("baselines", {})
+    if final.get("runs") and final.get("errored") == final["runs"]:
+        why = (f"no test numbers: every final-stage run errored ({final['runs']} of {final['runs']}; the first one's "
+               f"error ends: {final.get('first_error') or 'no error text'}); once its cause is fixed, re-run the search "
+               "command")
+    else:
+        why = "no test numbers: the final stage has not run (re-run the search command, or drop --final-top-k 0)"
+    return [_config_text(study, best["trial_id"]), why, "-",
+            f"val L1 {best['best_val_l1']:.4f} (one run, selected on the same val: optimistic)",
+            f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"]
+
+
 def section_answer(studies: list[Study]) -> str:
     """The answer first: per study, the configuration to use and its numbers to publish.
 
@@ -73,21 +92,7 @@ def section_answer(studies: list[Study]) -> str:
                 + ("" if split == "test" else " (no test split: validation numbers, optimistic)"),
             ]
         else:
-            done = finished(study)
-            if done.empty:
-                cells = ["-", "no trial has finished yet", "-", "-", "-"]
-            else:
-                best = done.nsmallest(1, "best_val_l1").iloc[0]
-                base = study.meta.get("baselines", {})
-                lost = final.get("runs") and final.get("errored") == final["runs"]
-                cells = [_config_text(study, best["trial_id"]),
-                         f"no test numbers: every final-stage run errored ({final['runs']} of {final['runs']}; the "
-                         f"first one's error ends: {final.get('first_error') or 'no error text'}); once its cause is "
-                         "fixed, re-run the search command" if lost else
-                         "no test numbers: the final stage has not run (re-run the search command, or drop "
-                         "--final-top-k 0)", "-",
-                         f"val L1 {best['best_val_l1']:.4f} (one run, selected on the same val: optimistic)",
-                         f"all-black {base.get('black_l1', float('nan')):.4f}, mean map {base.get('mean_map_l1', float('nan')):.4f}"]
+            cells = _without_final(study, final)
         if verdict is False:  # the trivial map is the answer: say so where the recommendation was
             name = better_baseline(final.get("test_baselines") or study.meta.get("baselines", {}))[0]
             beaten.append(f"No configuration beats {name} on this data in study {study.label}")
