@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from dashboards.study import BASELINES, Study, baseline_legend, baseline_lines, empty, figure_html, finished
 from search.runner.baseline import better_baseline, recommended, study_verdict
-from search.runner.final import FINAL_TABLE
+from search.runner.final import FINAL_TABLE, every_run_errored
 
 
 def _channel_cell(done: pd.DataFrame, base: dict[str, Any], channel: str) -> str:
@@ -44,10 +44,10 @@ def _without_final(study: Study, final: dict[str, Any]) -> list[str]:
         return ["-", "no trial has finished yet", "-", "-", "-"]
     best = done.nsmallest(1, "best_val_l1").iloc[0]
     base = study.meta.get("baselines", {})
-    if final.get("runs") and final.get("errored") == final["runs"]:
+    lost = every_run_errored(final)
+    if lost:
         why = (f"no test numbers: every final-stage run errored ({final['runs']} of {final['runs']}; the first one's "
-               f"error ends: {final.get('first_error') or 'no error text'}); once its cause is fixed, re-run the search "
-               "command")
+               f"error ends: {lost}); once its cause is fixed, re-run the search command")
     else:
         why = "no test numbers: the final stage has not run (re-run the search command, or drop --final-top-k 0)"
     return [_config_text(study, best["trial_id"]), why, "-",

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from search.errors import StudyError
 from trainables.retry import RETRY_ENV
 from search.runner.addresses import check_reachable, cluster_address
+from search.runner.console import last_line
 from search.runner.options import SearchOptions
 from search.runner.plan import StudyPlan, TrialConfigs
 
@@ -125,7 +126,7 @@ def gpu_callbacks(plan: StudyPlan) -> list[Any]:
 
 
 def _last_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[-1][:160]
+    return last_line(str(err))[:160]
 
 
 def pack(plan: StudyPlan, configs: TrialConfigs) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from search.runner.baseline import beats_on_val, verdict_line
-from search.runner.final import format_final
+from search.runner.final import every_run_errored, format_final
 from search.runner.progress import SearchProgress
 from search.store.results import STATUSES, ResultsStore
 from trainables.config import RunSettings
@@ -121,8 +121,7 @@ def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dic
         beats_baseline=beats_on_val(best_row["best_val_l1"] if best_row else None, record["baselines"], margin),
         baseline_margin=margin, epochs_trained=len(results.epochs), budget_epochs=budget_epochs,
         every_trial_errored=first_error if results.trials and counts["errored"] == len(results.trials) else None,
-        every_final_run_errored=(final.get("first_error") or "no error text"
-                                 if final and final.get("runs") and final.get("errored") == final["runs"] else None),
+        every_final_run_errored=every_run_errored(final),
     )
 
 

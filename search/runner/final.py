@@ -163,6 +163,14 @@ def aggregate(rows: list[dict[str, Any]], data: VMSDataset, seeds: list[int],
     return final
 
 
+def every_run_errored(final: dict[str, Any] | None) -> str | None:
+    """The last line of the first run's error when every run of a final stage errored (None otherwise, and for a block
+    written before summary.json counted its runs)."""
+    if final and final.get("runs") and final.get("errored") == final["runs"]:
+        return final.get("first_error") or "no error text"
+    return None
+
+
 def format_final(final: dict[str, Any] | None, val_baselines: dict[str, float]) -> list[str]:
     """The last lines the search prints: what to publish."""
     if not final or not final.get("configurations"):
