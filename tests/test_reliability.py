@@ -66,6 +66,9 @@ def test_a_search_whose_every_trial_errors_exits_1_naming_the_first_error(tmp_pa
     assert last.startswith("error: every trial of study dead errored (2 of 2), so the search selected nothing"), last
     ends = [error.strip().splitlines()[-1].strip() for error in trials["error"]]  # each error's last line
     assert all(ends) and any(end in last for end in ends), (ends, last)
+    # each errored trial's line says how its error ends; Ray Tune's traceback and its own list of trial names are not printed
+    assert result.stdout.count("      error: ") == 2 and "trials.parquet's error column" in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr and "Trials did not complete" not in result.stderr, result.stderr[-3000:]
 
 
 def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retries_it(tmp_path):
@@ -83,6 +86,7 @@ def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retri
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every final-stage run of study lost errored (2 of 2), so nothing was measured"), last
     assert "Traceback" not in last and "run the same command again" in last and "ends: no error text" not in last
+    assert "Traceback" not in result.stderr and result.stdout.count("      error: ") == 2, result.stdout + result.stderr
     for key in final["trial_id"]:  # each run checkpointed its first epoch before it died: the retry starts there
         assert (tmp_path / "lost" / "trials" / key / "latest.pt").exists(), key
     trials = pd.read_parquet(tmp_path / "lost" / "trials.parquet")
@@ -257,3 +261,23 @@ def test_a_sigterm_swallowed_inside_a_destructor_still_stops_the_run(ray_local, 
         storage_path=str(tmp_path), verbose=0, callbacks=[Swallowed(), Seen(), tuning.StopWhenInterrupted()]))
     assert tuning.run_tuner(tuner) is None  # interrupted, as a Ctrl-C
     assert max(seen) < 199
+
+
+def test_ray_tunes_trial_tracebacks_are_left_out_while_a_tuner_runs_and_a_users_own_setting_stands(monkeypatch):
+    import logging
+
+    from search.runner.console import error_line
+    from search.runner.tuning import trial_errors_in_our_lines
+
+    ray_list = logging.LogRecord("ray.tune.tune", logging.ERROR, "", 0, "Trials did not complete: %s", (["t"],), None)
+    monkeypatch.delenv("TUNE_PRINT_ALL_TRIAL_ERRORS", raising=False)
+    with trial_errors_in_our_lines():
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"  # Ray Tune's controller then logs no traceback
+        assert not logging.getLogger("ray.tune.tune").filter(ray_list)
+    assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ and logging.getLogger("ray.tune.tune").filter(ray_list)
+    monkeypatch.setenv("TUNE_PRINT_ALL_TRIAL_ERRORS", "1")
+    with trial_errors_in_our_lines():
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "1"
+    line = error_line("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: " + "v" * 300 + "\n\n")
+    assert line.startswith("      error: ValueError: vvv") and line.endswith("...") and len(line) == len("      error: ") + 200
+    assert error_line("OSError: disk full") == "      error: OSError: disk full"

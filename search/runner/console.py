@@ -61,6 +61,8 @@ class Printer:
         print(f"{clear}[{self.count:3d}] {row['trial_id']} {where}{hp_line(hp, varied)} | val_l1 {shown} "
               f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {best}"
               + suffix, flush=True)
+        if row["status"] == "errored":
+            print(error_line(row.get("error")) + " (whole: trials.parquet's error column)", flush=True)
 
 
 @dataclass
@@ -93,6 +95,13 @@ class Summary:
 def last_line(error: str | None) -> str:
     """An error's last non-blank line: where Python and Ray put what went wrong."""
     return next((line.strip() for line in reversed((error or "").splitlines()) if line.strip()), "no error text")
+
+
+def error_line(error: str | None, width: int = 200) -> str:
+    """An errored trial's or run's printed line under its own: the end of its error, cut at ``width`` characters (Ray
+    Tune's traceback is not printed, ``run_tuner``; the whole text is kept where the line says)."""
+    end = last_line(error)
+    return "      error: " + (end if len(end) <= width else end[:width - 3] + "...")
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,

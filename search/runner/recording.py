@@ -15,7 +15,8 @@ from trainables.faults import crash_point
 from search.store.results import ResultsStore, TrialIdentity, final_status, trial_metrics, utc_now
 
 
-def _error_text(trial: Any) -> str:
+def error_text(trial: Any) -> str:
+    """A Ray Tune trial's error: the end of its error file, else the error Ray holds."""
     path = getattr(trial, "error_file", None)
     if path and Path(path).exists():
         text = Path(path).read_text(errors="replace").strip()
@@ -87,7 +88,7 @@ class ResultsCallback(Callback):
         tid = self._trial_id(trial)
         if tid not in self.store.trials:  # it failed before it started (its worker died as it was handed the trial)
             self.on_trial_start(iteration, trials, trial)
-        row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=_error_text(trial))
+        row = self.store.upsert_trial(tid, status="errored", ended_at=utc_now(), error=error_text(trial))
         self._maybe_flush(force=True)
         for hook in self.on_finish:
             hook(row)

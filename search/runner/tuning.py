@@ -8,6 +8,9 @@ The final stage: the top configurations trained again with new seeds, measured o
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
 import sys
 import threading
@@ -18,13 +21,13 @@ from ray.tune import Callback
 
 from models.registry import register_missing, registrations
 from search.runner import cluster
-from search.runner.console import Printer, last_line
+from search.runner.console import Printer, error_line, last_line
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.options import SCHEDULERS
 from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_importing
-from search.runner.recording import ResultsCallback
+from search.runner.recording import ResultsCallback, error_text
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
 from trainables.data import VMSDataset
@@ -60,6 +63,29 @@ class StopWhenInterrupted(Callback):
             raise KeyboardInterrupt
 
 
+def _unlisted(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Trials did not complete")
+
+
+@contextlib.contextmanager
+def trial_errors_in_our_lines():
+    """Ray Tune logs each errored trial's traceback on stderr, and at the end a list of its own names for the trials that
+    did not complete. Here an errored trial's printed line says how its error ends, and where its whole text is kept
+    (``console.error_line``), so Ray's traceback and list are left out. A user's own ``TUNE_PRINT_ALL_TRIAL_ERRORS``
+    stands."""
+    unset = "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ
+    if unset:
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read as Tuner.fit builds its controller
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_unlisted)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(_unlisted)
+        if unset:
+            os.environ.pop("TUNE_PRINT_ALL_TRIAL_ERRORS", None)
+
+
 def run_tuner(tuner):
     """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
     mend_worker_handoff()
@@ -68,7 +94,8 @@ def run_tuner(tuner):
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
-        results = tuner.fit()
+        with trial_errors_in_our_lines():
+            results = tuner.fit()
         return None if _interrupted.is_set() else results
     except KeyboardInterrupt:
         return None
@@ -227,8 +254,8 @@ def _final_printer(runs):
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             run = runs[trial.config["index"]]
-            print(f"final #{run.rank} seed {run.seed}: errored (Ray's error file is in the study's ray/ folder)",
-                  flush=True)
+            print(f"final #{run.rank} seed {run.seed}: errored", flush=True)
+            print(error_line(error_text(trial)) + " (whole: the study's ray/final-*/ folders)", flush=True)
 
     return FinalPrinter()
 
