@@ -122,7 +122,8 @@ def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
     """``ray job submit`` (what KubeRay's RayJob runs): the driver finds its cluster through RAY_ADDRESS and passes it
     no resources. ``ray job stop`` (what deleting a RayJob, or its deadline, does: SIGTERM, SIGKILL 3 s later) while a
     worker writes a checkpoint ends the job with the driver's interrupted line; the same command submitted again resumes the
-    study to its end, no trial or epoch trained twice, and a third submission (``--address auto``) has nothing left."""
+    study to its end, no trial or epoch trained twice, and a third submission (``--address auto``) has nothing left. A
+    study whose every trial errors ends its job FAILED, with the driver's one error line and no traceback."""
     import json
     import re
 
@@ -177,6 +178,12 @@ def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
         after = pd.read_parquet(tmp_path / "job" / "trials.parquet")
         assert after["trial_id"].tolist() == trials["trial_id"].tolist()
         assert (after["ended_at"] == trials["ended_at"]).all()
+        # a study whose every trial errors (each worker SIGKILLed at its first checkpoint) fails its job: a RayJob sees it
+        crashing = json.dumps({"env_vars": {"MEMSEARCH_CRASH_AT": "checkpoint-tmp:1"}})
+        dead = submit("--study", "dead", "--max-failures", "0", "--scheduler", "none", job_options=(f"--runtime-env-json={crashing}",))
+        said = dead.stdout + dead.stderr
+        assert dead.returncode != 0 and "failed" in said and "error: every trial of study dead errored" in said, said[-3000:]
+        assert "Traceback" not in said, said[-3000:]
     finally:
         left = _stop_nodes([head], temp)
         shutil.rmtree(temp, ignore_errors=True)
