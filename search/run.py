@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow", default=None, metavar="URI",
                         help="log the study to this MLflow tracking server: the study as a parent run, each trial as a "
                              "nested run (default: MLFLOW_TRACKING_URI when set; pip install -e '.[mlflow]')")
-    parser.add_argument("--verbose", action="store_true", help="Ray's own progress tables and worker logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own progress tables, worker logs and errored trials' tracebacks")
     _strategy_options(parser)
     return parser
 

@@ -67,7 +67,7 @@ def test_a_search_whose_every_trial_errors_exits_1_naming_the_first_error(tmp_pa
     ends = [error.strip().splitlines()[-1].strip() for error in trials["error"]]  # each error's last line
     assert all(ends) and any(end in last for end in ends), (ends, last)
     # each errored trial's line says how its error ends; Ray Tune's traceback and its own list of trial names are not printed
-    assert result.stdout.count("      error: ") == 2 and "trials.parquet's error column" in result.stdout, result.stdout
+    assert result.stdout.count("      error: ") == 2 and "more in trials.parquet's error column" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr and "Trials did not complete" not in result.stderr, result.stderr[-3000:]
 
 
@@ -275,9 +275,12 @@ def test_ray_tunes_trial_tracebacks_are_left_out_while_a_tuner_runs_and_a_users_
         assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"  # Ray Tune's controller then logs no traceback
         assert not logging.getLogger("ray.tune.tune").filter(ray_list)
     assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ and logging.getLogger("ray.tune.tune").filter(ray_list)
-    monkeypatch.setenv("TUNE_PRINT_ALL_TRIAL_ERRORS", "1")
+    with pytest.raises(KeyboardInterrupt), trial_errors_in_our_lines():  # Ctrl-C or SIGTERM mid-run
+        raise KeyboardInterrupt
+    assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ and logging.getLogger("ray.tune.tune").filter(ray_list)
+    monkeypatch.setenv("TUNE_PRINT_ALL_TRIAL_ERRORS", "1")  # a user's own: Ray prints as they chose
     with trial_errors_in_our_lines():
-        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "1"
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "1" and logging.getLogger("ray.tune.tune").filter(ray_list)
     line = error_line("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: " + "v" * 300 + "\n\n")
     assert line.startswith("      error: ValueError: vvv") and line.endswith("...") and len(line) == len("      error: ") + 200
     assert error_line("OSError: disk full") == "      error: OSError: disk full"

@@ -62,7 +62,7 @@ class Printer:
               f"{row['status']} ({row.get('epochs_run') or 0}/{config.get('epochs', '?')} ep) | best {best}"
               + suffix, flush=True)
         if row["status"] == "errored":
-            print(error_line(row.get("error")) + " (whole: trials.parquet's error column)", flush=True)
+            print(error_line(row.get("error")) + " (more in trials.parquet's error column)", flush=True)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def last_line(error: str | None) -> str:
 
 def error_line(error: str | None, width: int = 200) -> str:
     """An errored trial's or run's printed line under its own: the end of its error, cut at ``width`` characters (Ray
-    Tune's traceback is not printed, ``run_tuner``; the whole text is kept where the line says)."""
+    Tune's traceback is not printed, ``run_tuner``; more of the text is kept where the line says)."""
     end = last_line(error)
     return "      error: " + (end if len(end) <= width else end[:width - 3] + "...")
 

@@ -70,31 +70,32 @@ def _unlisted(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def trial_errors_in_our_lines():
     """Ray Tune logs each errored trial's traceback on stderr, and at the end a list of its own names for the trials that
-    did not complete. Here an errored trial's printed line says how its error ends, and where its whole text is kept
-    (``console.error_line``), so Ray's traceback and list are left out. A user's own ``TUNE_PRINT_ALL_TRIAL_ERRORS``
-    stands."""
-    unset = "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ
-    if unset:
-        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read as Tuner.fit builds its controller
+    did not complete. Here an errored trial's printed line says how its error ends, and where more of it is kept
+    (``console.error_line``), so Ray's traceback and list are left out. Where a user has set
+    ``TUNE_PRINT_ALL_TRIAL_ERRORS`` themselves, Ray prints as they chose."""
+    if "TUNE_PRINT_ALL_TRIAL_ERRORS" in os.environ:
+        yield
+        return
     tune_log = logging.getLogger("ray.tune.tune")
-    tune_log.addFilter(_unlisted)
     try:
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read as Tuner.fit builds its controller
+        tune_log.addFilter(_unlisted)
         yield
     finally:
         tune_log.removeFilter(_unlisted)
-        if unset:
-            os.environ.pop("TUNE_PRINT_ALL_TRIAL_ERRORS", None)
+        os.environ.pop("TUNE_PRINT_ALL_TRIAL_ERRORS", None)
 
 
-def run_tuner(tuner):
-    """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted."""
+def run_tuner(tuner, verbose: bool = False):
+    """``tuner.fit()`` with SIGTERM treated as Ctrl-C; returns its results, or None when interrupted. ``verbose``
+    (``--verbose``): Ray Tune's own lines for errored trials are printed too."""
     mend_worker_handoff()
     name_callbacks_without_importing()
     _interrupted.clear()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
-        with trial_errors_in_our_lines():
+        with contextlib.nullcontext() if verbose else trial_errors_in_our_lines():
             results = tuner.fit()
         return None if _interrupted.is_set() else results
     except KeyboardInterrupt:
@@ -235,7 +236,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
                                               "gpus_per_trial": plan.gpus_per_trial})
     plan.store.write_record(record)
     try:
-        interrupted = run_tuner(tuner) is None
+        interrupted = run_tuner(tuner, plan.options.verbose) is None
     finally:
         results.flush()
     record["segments"][-1].update(ended_at=now_iso(), wall_seconds=time.perf_counter() - started,
@@ -255,7 +256,7 @@ def _final_printer(runs):
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             run = runs[trial.config["index"]]
             print(f"final #{run.rank} seed {run.seed}: errored", flush=True)
-            print(error_line(error_text(trial)) + " (whole: the study's ray/final-*/ folders)", flush=True)
+            print(error_line(error_text(trial)) + " (more in the study's ray/final-*/ folders)", flush=True)
 
     return FinalPrinter()
 
@@ -301,7 +302,7 @@ def final_stage(plan: StudyPlan, results: ResultsStore, configs: TrialConfigs,
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=_run_config(plan, f"final-{plan.segment}", [_final_printer(runs)]),
     )
-    outcome = run_tuner(tuner)
+    outcome = run_tuner(tuner, options.verbose)
     if outcome is None:
         return None, True
     rows, first_error = [], None
