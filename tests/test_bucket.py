@@ -129,6 +129,8 @@ def test_a_bucket_study_runs_on_two_nodes_without_a_shared_disk(s3_server, postg
         reference = subprocess.run(command("reference"), cwd=folders["driver"], env=env, capture_output=True,
                                    text=True, timeout=300)
         assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-3000:]
+        # Two nodes: the first line's epoch is measured as a Ray task with a trial's resources, not in the driver
+        assert "one epoch of the study default measured on a Ray worker at" in reference.stdout, reference.stdout[:3000]
         # The same study, its driver SIGKILLed once two trials have finished, then resumed to the end.
         driver = subprocess.Popen(command("killed"), cwd=folders["driver"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)

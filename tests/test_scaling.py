@@ -83,7 +83,7 @@ def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkey
         ray.shutdown()
     out = capsys.readouterr().out
     assert line in out and sum(1 for said in out.splitlines() if "NVML" in said) == (probe["util"] is None)
-    assert "one epoch of the study default measured here at 0.5 s" in out  # the probe's timing serves the estimate
+    assert "one epoch of the study default measured alone on a GPU at 0.5 s" in out  # the probe's timing serves the estimate
     assert summary.counts["completed"] == 3
     study = json.loads((tmp_path / "auto" / "study.json").read_text())
     assert study["segments"][-1]["gpus_per_trial"] == share

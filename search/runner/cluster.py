@@ -165,9 +165,9 @@ def _trials_train_beside_the_driver(plan: StudyPlan) -> bool:
         return False
 
 
-def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None, float | None] | None:
-    """Seconds per epoch of the study default and of its widest models, measured where trials train
-    (None, with a line saying why, when it cannot be measured)."""
+def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None, float | None, str] | None:
+    """Seconds per epoch of the study default and of its widest models, measured where trials train, and where that
+    was, in words for the estimate's line (None, with a line saying why, when it cannot be measured)."""
     import ray
 
     from models.registry import registrations
@@ -175,18 +175,20 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
 
     if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
         epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
-        return epoch_s, widest_s
+        return epoch_s, widest_s, "alone on a GPU"
     try:
         # Here: no worker process to start (and to import torch) for it. A few steps of CPU-sized models, so the
         # task's timeout and process isolation are given up; a GPU or a cluster keeps them.
         if _trials_train_beside_the_driver(plan):
             epoch_s, widest_s = (measure_epoch_seconds(plan.family, config, plan.data) if config is not None else None
                                  for config in configs.widest())
+            where = "here"
         else:  # a task with a trial's resources: measured where trials train, no CUDA context in the driver
             measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
             epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
                                          timeout=300)
+            where = "on a Ray worker"
     except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
         print(f"estimate: not available ({_last_line(err)})", flush=True)
         return None
-    return epoch_s, widest_s
+    return epoch_s, widest_s, where

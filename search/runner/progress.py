@@ -151,11 +151,13 @@ def within_budget(blocks: list[int], epochs: float, budget_left: int | None) -> 
 
 
 def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrency: int, epoch_s: float,
-                  widest_epoch_s: float | None = None, startup_s: float = 15.0, early_stops: bool = True,
-                  budget_epochs: int | None = None, fewest: int | None = None, most: int | None = None) -> str:
+                  widest_epoch_s: float | None = None, where: str = "here", startup_s: float = 15.0,
+                  early_stops: bool = True, budget_epochs: int | None = None, fewest: int | None = None,
+                  most: int | None = None) -> str:
     """The first line's promise: rounds of trials (each block's trials in parallel as far as
     ``concurrency`` allows, blocks one after another) times epochs times the measured epoch:
-    of the study default, and of its widest models (where the search may end up).
+    of the study default, and of its widest models (where the search may end up). ``where``: where that epoch was
+    measured, in words (``cluster.measure_epochs``: here in the driver, on a Ray worker, alone on a GPU).
 
     Under --budget-epochs (``budget_epochs``: epochs left to spend) the search trains no more than
     the budget, ``concurrency`` epochs at a time, however early stops divide it among trials; with
@@ -180,7 +182,7 @@ def estimate_line(*, blocks: list[int], epochs: int, final_runs: int, concurrenc
     if ranged and fewest < typical < most:
         trials += f" (about {typical} if ASHA stops its usual share)"
     line = (f"estimate: {trials}{final} of up to {epochs} epochs, {concurrency} at a time; one epoch of "
-            f"the study default measured here at {epoch_s:.1f} s")
+            f"the study default measured {where} at {epoch_s:.1f} s")
     suffix = (f" for the budget's {budget_epochs} epochs" + (" (the more ASHA stops early, the more trials)"
                                                                if ranged else "")
               if capped else _all_epochs(early_stops))

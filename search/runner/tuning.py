@@ -164,9 +164,9 @@ def print_estimate(plan: StudyPlan, search: OpenSearch, configs: TrialConfigs, b
     measured = cluster.measure_epochs(plan, configs)
     if measured is None or measured[0] is None:
         return
-    epoch_s, widest_s = measured
+    epoch_s, widest_s, where = measured
     print(estimate_line(blocks=blocks, epochs=plan.epochs, final_runs=plan.final_runs, concurrency=concurrency,
-                        epoch_s=epoch_s, widest_epoch_s=widest_s, early_stops=early_stops,
+                        epoch_s=epoch_s, widest_epoch_s=widest_s, where=where, early_stops=early_stops,
                         budget_epochs=budget_left, fewest=fewest, most=most), flush=True)
 
 
