@@ -28,6 +28,13 @@ _BATCH = 1000  # MLflow's log_batch takes at most 1000 metrics (and 100 params, 
 _RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED", "errored": "FAILED"}
 
 
+def _reason(err: Exception, width: int = 160) -> str:
+    """What went wrong, in one line: the error's last line, or its type where it has no message."""
+    from search.runner.console import last_line  # here: the option check imports this module before anything heavy
+
+    return last_line(str(err))[:width] if str(err).strip() else type(err).__name__
+
+
 def tracking_uri(option: str | None) -> str | None:
     """``--mlflow``, else ``MLFLOW_TRACKING_URI`` (MLflow's own variable), else None (no tracking)."""
     return option or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -53,7 +60,7 @@ def check_tracking(uri: str) -> None:
     except StudyError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure to reach it is the same message to the user
-        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        reason = _reason(err, 200)
         raise StudyError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, or drop --mlflow "
                          "(and unset MLFLOW_TRACKING_URI).") from None
 
@@ -145,7 +152,7 @@ class MLflowTracker:
         try:
             self._log_trial(row)
         except Exception as err:  # noqa: BLE001 - tracking must never end a search
-            self.say(f"mlflow: trial {trial_id} not logged ({str(err).strip().splitlines()[-1][:160]}); "
+            self.say(f"mlflow: trial {trial_id} not logged ({_reason(err)}); "
                      "it is logged when the study resumes")
             return
         self.logged.add(trial_id)
@@ -190,7 +197,7 @@ class MLflowTracker:
             failed = summary.get("every_trial_errored") or summary.get("every_final_run_errored")  # the command exits 1
             self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED" if finished else "KILLED")
         except Exception as err:  # noqa: BLE001
-            self.say(f"mlflow: the study's numbers were not logged ({str(err).strip().splitlines()[-1][:160]})")
+            self.say(f"mlflow: the study's numbers were not logged ({_reason(err)})")
 
     def _log(self, run_id: str, *, params: dict[str, Any] | None = None,
              metrics: list[tuple[str, float, int, int]] | None = None, tags: dict[str, str] | None = None) -> None:
