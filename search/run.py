@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-epochs", type=int, default=None,
                         help="stop starting trials once the study's trials have trained this many epochs in all")
     parser.add_argument("--domain", default=None,
-                        help="Optuna strategies: sample the study's 'values' (grid, the space greedy walks; the default) "
-                             "or its continuous 'ranges'")
+                        help="Optuna strategies: grid (the study's values, the space greedy walks; the default) or ranges "
+                             "(its continuous ranges)")
     parser.add_argument("--gpus-per-trial", type=_gpus, default=None,
                         help="GPUs per trial; fractions share a GPU; auto: measure one trial alone on a GPU and share "
                              "each GPU between as many trials as fit in its memory and its idle time "
@@ -240,19 +240,19 @@ def _search(args: argparse.Namespace) -> int:
         print(f"error: {err.filename or ''}: {err.strerror or err} (check the runs folder is writable and has free space)",
               file=sys.stderr)
         return 2
-    from search.runner.console import format_summary
+    from search.runner.console import cut, format_summary
 
     print(format_summary(summary))
     if summary.every_trial_errored:  # nothing was selected: not a search that succeeded (a script, a Ray job's status)
         print(f"error: every trial of study {summary.study} errored ({summary.trials} of {summary.trials}), so the search "
-              f"selected nothing; the first one's error ends: {summary.every_trial_errored} (each trial's error text is "
-              "in trials.parquet's error column, Ray's in the study's ray/ folder)", file=sys.stderr)
+              f"selected nothing; the first one's error ends: {cut(summary.every_trial_errored)} (each trial's error "
+              "text is in trials.parquet's error column, Ray's in the study's ray/ folder)", file=sys.stderr)
         return 1
     if summary.every_final_run_errored:  # the search selected, but the final stage measured nothing: nothing to publish
         runs = summary.final["runs"]
         split = "the test split" if summary.final.get("has_test") else "val (this study has no test split)"
         print(f"error: every final-stage run of study {summary.study} errored ({runs} of {runs}), so nothing was "
-              f"measured on {split}; the first one's error ends: {summary.every_final_run_errored} (Ray's error "
+              f"measured on {split}; the first one's error ends: {cut(summary.every_final_run_errored)} (Ray's error "
               "files are in the study's ray/final-*/ folders). The search's trials are kept: once the cause is fixed, "
               "run the same command again to retry the final stage", file=sys.stderr)
         return 1

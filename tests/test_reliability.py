@@ -86,6 +86,8 @@ def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retri
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every final-stage run of study lost errored (2 of 2), so nothing was measured"), last
     assert "Traceback" not in last and "run the same command again" in last and "ends: no error text" not in last
+    quoted = last.split("error ends: ", 1)[1].split(" (Ray's error files", 1)[0]  # Ray's paragraph, cut as a trial's
+    assert len(quoted) <= 200, quoted
     assert "Traceback" not in result.stderr and result.stdout.count("      error: ") == 2, result.stdout + result.stderr
     for key in final["trial_id"]:  # each run checkpointed its first epoch before it died: the retry starts there
         assert (tmp_path / "lost" / "trials" / key / "latest.pt").exists(), key

@@ -97,11 +97,15 @@ def last_line(error: str | None) -> str:
     return next((line.strip() for line in reversed((error or "").splitlines()) if line.strip()), "no error text")
 
 
+def cut(text: str, width: int = 200) -> str:
+    """``text`` cut at ``width`` characters: Ray's error ends run to a paragraph, and a printed line quotes its start."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def error_line(error: str | None, width: int = 200) -> str:
     """An errored trial's or run's printed line under its own: the end of its error, cut at ``width`` characters (Ray
     Tune's traceback is not printed, ``run_tuner``; more of the text is kept where the line says)."""
-    end = last_line(error)
-    return "      error: " + (end if len(end) <= width else end[:width - 3] + "...")
+    return "      error: " + cut(last_line(error), width)
 
 
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
