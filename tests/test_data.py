@@ -142,7 +142,12 @@ def test_train_val_subfolder_layout(tiny_data_dir, tmp_path):
     ("truncated", "cannot be decoded"),
     ("other_shape", "shapes differ"),
     ("text_as_image", "cannot be decoded"),
-    ("bad_split", "have no image/map pair"),
+    ("bad_split", "val.txt: 1 listed stems have no image/map pair"),
+    ("repeated_stem", "train.txt: 1 stems are listed more than once: syn_00004"),
+    ("empty_list", "val.txt: lists no pair"),
+    ("not_utf8", "train.txt: not UTF-8 text"),
+    ("broken_link", "syn_00004.png: cannot be read"),
+    ("gif_map", "passed over as not images by their extension: syn_00004.gif"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(tiny_data_dir, tmp_path, fault, needle):
     root = tmp_path / "bad"
@@ -167,10 +172,50 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_data_dir, tmp_path, faul
             image.write_text("not an image")
         elif fault == "bad_split":
             (root / "splits" / "val.txt").write_text("syn_99999\n")
+        elif fault == "repeated_stem":  # listed twice: trained on twice, or split across train and validation
+            listed = root / "splits" / "train.txt"
+            listed.write_text(listed.read_text().replace("syn_00004\n", "syn_00004\nsyn_00004\n"))
+            assert listed.read_text().count("syn_00004") == 2
+        elif fault == "empty_list":
+            (root / "splits" / "val.txt").write_text("# nothing yet\n\n")
+        elif fault == "not_utf8":  # Windows Notepad's "Unicode"
+            listed = root / "splits" / "train.txt"
+            listed.write_bytes(listed.read_text().encode("utf-16"))
+        elif fault == "broken_link":
+            image.unlink()
+            image.symlink_to(tmp_path / "moved-away.png")
+        elif fault == "gif_map":
+            Image.open(vms).save(vms.with_suffix(".gif"))
+            vms.unlink()
     with pytest.raises(DataError, match=needle):
         load_dataset(root)
     result = run_cli("trainables.data", "describe", "--data", str(root), timeout=60)
     assert_clean_error(result, needle)
+
+
+def test_files_decode_as_a_viewer_shows_them(tmp_path):
+    """A camera's EXIF rotation is applied (a map is drawn on the photo as shown); a faint 16-bit map stays faint
+    whatever its brightest pixel; a float map in [0, 1] is not read as black."""
+    from trainables.images import open_rgb
+
+    pixels = np.zeros((2, 4, 3), np.uint8)
+    pixels[0, 0] = 255
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to show
+    photo.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    assert Image.open(tmp_path / "rotated.jpg").size == (4, 2) and open_rgb(tmp_path / "rotated.jpg").size == (2, 4)
+    faint = np.zeros((4, 4), np.uint16)
+    faint[0, 0] = 200  # of 65535: black at 8 bits
+    Image.fromarray(faint).save(tmp_path / "faint.png")
+    faint[1, 1] = 65535
+    Image.fromarray(faint).save(tmp_path / "faint_with_a_peak.png")
+    for name in ("faint.png", "faint_with_a_peak.png"):
+        assert np.asarray(open_rgb(tmp_path / name))[0, 0].tolist() == [1, 1, 1], name
+    unit = np.zeros((4, 4), np.float32)
+    unit[0, 0] = 0.5
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    assert np.asarray(open_rgb(tmp_path / "unit.tif"))[0, 0].tolist() == [128, 128, 128]
 
 
 def test_describe_prints_counts_and_both_baselines(tiny_data_dir):

@@ -20,11 +20,11 @@ FINAL = ("--final-top-k", "1", "--final-seeds", "2")
 
 @pytest.fixture(scope="module")
 def vischema_layout(tiny_data_dir, tmp_path_factory) -> Path:
-    """images/, maps/, splits/train.txt and val.txt, no test list: 48 train and 16 val pairs."""
+    """images/, maps/, splits/train.txt and val.txt, no test list: 48 train and 16 val pairs, and 2 pairs in no list."""
     root = tmp_path_factory.mktemp("vischema") / "VISCHEMA"
     shutil.copytree(tiny_data_dir, root)
     (root / "splits" / "test.txt").unlink()
-    for stem in (tiny_data_dir / "splits" / "test.txt").read_text().split():  # pairs in no list
+    for stem in (tiny_data_dir / "splits" / "test.txt").read_text().split()[2:]:  # the first 2 are left in no list
         for kind in ("images", "maps"):
             (root / kind / f"{stem}.png").unlink()
     return root
@@ -71,6 +71,7 @@ def test_a_search_on_train_and_val_lists_reports_test_numbers(vischema_layout, t
     first = [line for line in out.splitlines() if line.startswith("data: ")]
     assert first and "val 10 pairs (a seeded 20% of splits/train.txt, seed 0), on which the search selects" in first[0]
     assert "test 16 pairs (splits/val.txt), read once by the final stage" in first[0]
+    assert "data: note: 2 pairs are in no split list and were left out" in out  # said, not dropped in silence
     assert " nan" not in out and "None" not in out, out
     final = pd.read_parquet(tmp_path / "vis" / "final.parquet")
     assert len(final) == 2 and final["test_l1"].notna().all() and final["best_epoch"].notna().all()

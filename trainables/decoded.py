@@ -24,9 +24,10 @@ from typing import Callable
 
 import numpy as np
 
+from trainables.images import DataError
 from trainables.synthetic import cache_root
 
-FORMAT = 1  # bump when what a split decodes to changes (conversion, resizing), so old entries are not read
+FORMAT = 2  # 2: EXIF orientation applied, 16-bit scaled by its depth, float read as [0, 1]. Bump when what a split decodes to changes (conversion, resizing), so old entries are not read
 STALE_S = 3600  # a temporary file this old was left by a search that was killed as it wrote
 KEEP = 6  # splits kept; with VISCHEMA's 1,600 pairs at 256 px, one is about 0.6 GB
 Pairs = list[tuple[str, Path, Path]]
@@ -42,7 +43,11 @@ def key(pairs: Pairs, size: int) -> str:
     for stem, image_path, map_path in pairs:
         digest.update(stem.encode())
         for path in (image_path, map_path):
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except OSError as err:  # a broken link, or a file moved away since the folder was read
+                raise DataError(f"{path}: cannot be read ({err.strerror}); restore the file (or the link's target), "
+                                "or move the pair out of the dataset.") from None
             digest.update(f"\0{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 

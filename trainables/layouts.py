@@ -8,6 +8,7 @@ stem; what is skipped (hidden and system files, sub-folders, other extensions) i
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -93,16 +94,36 @@ def _pairs(image_dir: Path, map_dir: Path, skipped: dict[str, list[str]]) -> lis
             f"{listing([maps[s].name for s in lonely_maps])}"
         )
     if problems:
+        passed_over = [path for path in skipped["not an image file (extension)"]
+                       if Path(path).parent in (image_dir, map_dir)]
+        if passed_over:  # the pairs may be there in a format this reader does not take
+            problems.append(f"{len(passed_over)} files were passed over as not images by their extension: "
+                            f"{listing([Path(path).name for path in passed_over])} (read: "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
         raise DataError("; ".join(problems) + ". Add the missing files or move the unpaired ones out.")
     return [(stem, images[stem], maps[stem]) for stem in sorted(images)]
 
 
 def _read_list(path: Path) -> list[str]:
+    """A split list's stems, one per line (blank lines and ``#`` comments skipped, an image extension or folder
+    dropped); a list that is empty, not UTF-8 text, or names a stem twice is a :class:`DataError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8, one stem "
+                        "per line.") from None
     stems = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             stems.append(Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line)
+    if not stems:
+        raise DataError(f"{path}: lists no pair; put one stem per line (an image's file name without its extension)"
+                        + (", or delete the file to have no test split." if path.name == "test.txt" else "."))
+    repeated = sorted(stem for stem, count in collections.Counter(stems).items() if count > 1)
+    if repeated:
+        raise DataError(f"{path}: {len(repeated)} stems are listed more than once: {listing(repeated)}. List each "
+                        "pair once (a repeated pair is trained on, or measured, twice).")
     return stems
 
 
@@ -140,10 +161,11 @@ def _listed_splits(root: Path, by_stem: dict[str, Pair], train_list: Path, val_l
         raise DataError(f"{root / 'splits'}: found only one of train.txt and val.txt; provide both or neither.")
     train_stems, val_stems = _read_list(train_list), _read_list(val_list)
     test_stems = _read_list(test_list) if test_list.exists() else []
-    unknown = [s for s in train_stems + val_stems + test_stems if s not in by_stem]
-    if unknown:
-        raise DataError(f"{root / 'splits'}: {len(unknown)} listed stems have no image/map pair: "
-                        f"{listing(unknown)}. Fix the list files or add the files.")
+    for listed, stems in ((train_list, train_stems), (val_list, val_stems), (test_list, test_stems)):
+        unknown = [s for s in stems if s not in by_stem]
+        if unknown:
+            raise DataError(f"{listed}: {len(unknown)} listed stems have no image/map pair: {listing(unknown)}. "
+                            "Fix the list or add the files.")
     for (a, sa), (b, sb) in [(("train.txt", train_stems), ("val.txt", val_stems)),
                              (("train.txt", train_stems), ("test.txt", test_stems)),
                              (("val.txt", val_stems), ("test.txt", test_stems))]:

@@ -94,6 +94,9 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
         preset.n_train, preset.n_val)
     print(f"data: {data.source}: {data.roles()}", flush=True)
+    for note in data.notes:  # what the reader left out (its split is in the line above)
+        if not note.startswith("split:"):
+            print(f"data: note: {note}", flush=True)
     n_train = len(data.train_stems)
     epochs = options.epochs or preset.epochs_for(n_train)
     if not options.epochs and epochs != preset.epochs:
