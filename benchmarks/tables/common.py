@@ -40,6 +40,17 @@ def section_measured(results: dict, section: str) -> str:
     return f"{date}, {results.get('machine')} (before results recorded their commit)"
 
 
+BUDGET_CAP = "82a7e92"  # --budget-epochs became a cap: runs measured before it spent over their budget
+BEFORE_CAP = (f"measured before commit {BUDGET_CAP}, where `--budget-epochs` became a cap (a trial starts only when its "
+              "whole length fits); then the trials running or queued when a search reached its budget finished. What "
+              "the cap spends today is section 3d of `benchmarks/README.md` (`python -m benchmarks.budget`)")
+
+
+def before_cap(commits) -> bool:
+    """Whether any of these commits (None: a row from before rows recorded one) predates :data:`BUDGET_CAP`."""
+    return any(not isinstance(c, str) or not descends(c, BUDGET_CAP) for c in commits)
+
+
 def descends(commit: str, ancestor: str) -> bool:
     """Whether ``commit`` contains ``ancestor`` (False where git cannot say: a shallow clone, an unknown commit)."""
     import subprocess

@@ -3,7 +3,7 @@ configuration each search selects, paired against greedy on the same seeds."""
 
 from __future__ import annotations
 
-from benchmarks.tables.common import RESULTS, descends, load, measured, row_measured
+from benchmarks.tables.common import BUDGET_CAP, RESULTS, descends, load, measured, row_measured
 
 
 def _rows() -> list[dict]:
@@ -41,7 +41,6 @@ def claims(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["family"], _claim(r)) for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
 
 
-BUDGET_CAP = "82a7e92"  # --budget-epochs became a cap: rows measured before it spent over their budget
 
 
 def publish_table() -> str:

@@ -35,7 +35,7 @@ def tpe_sampler(seed: int, *, startup: int) -> "BaseSampler":
 
 class TPEStrategy(OptunaStrategy):
     name = "tpe"
-    summary = "Optuna TPE, multivariate and grouped, constant liar, a third of the trials random"
+    summary = "Optuna TPE, multivariate and grouped, constant liar, a third of the trials (3 to 10) random"
 
     def sampler(self, samples: int, n_params: int) -> "Callable[[int], BaseSampler]":
         return functools.partial(tpe_sampler, startup=startup_trials(samples))
