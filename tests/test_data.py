@@ -148,6 +148,7 @@ def test_train_val_subfolder_layout(tiny_data_dir, tmp_path):
     ("not_utf8", "train.txt: not UTF-8 text"),
     ("broken_link", "syn_00004.png: cannot be read"),
     ("gif_map", "passed over as not images by their extension: syn_00004.gif"),
+    ("lists_elsewhere", "found splits/train.csv, splits/validation.txt, but split lists are read from"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(tiny_data_dir, tmp_path, fault, needle):
     root = tmp_path / "bad"
@@ -184,6 +185,10 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_data_dir, tmp_path, faul
         elif fault == "broken_link":
             image.unlink()
             image.symlink_to(tmp_path / "moved-away.png")
+        elif fault == "lists_elsewhere":  # not the names read: the pairs would be split at random instead
+            (root / "splits" / "train.txt").rename(root / "splits" / "train.csv")
+            (root / "splits" / "val.txt").rename(root / "splits" / "validation.txt")
+            (root / "splits" / "test.txt").unlink()
         elif fault == "gif_map":
             Image.open(vms).save(vms.with_suffix(".gif"))
             vms.unlink()

@@ -141,6 +141,11 @@ def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict
     if train_list.exists() or val_list.exists():
         sources.update(train="splits/train.txt", val="splits/val.txt", test="splits/test.txt")
         return _listed_splits(root, by_stem, train_list, val_list, test_list, notes)
+    elsewhere = _lists_elsewhere(root)
+    if elsewhere:  # a split the user meant would be replaced by a random one, and the "official val" with it
+        raise DataError(f"{root}: found {listing(elsewhere)}, but split lists are read from splits/train.txt, "
+                        "splits/val.txt and (optional) splits/test.txt, one stem per line. Move or rename them there, "
+                        "or move them out of the folder to have the pairs split at random (seeded).")
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_val = max(1, int(round(len(pairs) * val_fraction)))
     val_pairs = [pairs[i] for i in sorted(order[:n_val])]
@@ -152,6 +157,16 @@ def _one_folder_splits(root: Path, image_dir: Path, map_dir: Path, skipped: dict
     sources.update(train=f"a seeded {100 - share}% of {image_dir.name}/ (seed {seed})",
                    val=f"the other {share}% of {image_dir.name}/")
     return train_pairs, val_pairs, test_pairs
+
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing", "trainval"}
+
+
+def _lists_elsewhere(root: Path) -> list[str]:
+    """Files that look like split lists where none is read: DIR/train.txt, splits/validation.txt, splits/train.csv."""
+    return [str(path.relative_to(root)) for folder in (root, root / "splits") if folder.is_dir()
+            for path in sorted(folder.iterdir())
+            if path.is_file() and path.stem.lower() in SPLIT_NAMES and path.suffix.lower() in (".txt", ".csv", ".lst")]
 
 
 def _listed_splits(root: Path, by_stem: dict[str, Pair], train_list: Path, val_list: Path, test_list: Path,
