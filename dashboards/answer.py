@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboards.study import BASELINES, Study, baseline_legend, baseline_lines, empty, figure_html, finished
+from search.runner.console import cut
 from search.runner.baseline import better_baseline, recommended, study_verdict
 from search.runner.final import FINAL_TABLE, every_run_errored
 
@@ -41,13 +42,17 @@ def _without_final(study: Study, final: dict[str, Any]) -> list[str]:
     and why there are no test numbers (the stage has not run, or every one of its runs errored)."""
     done = finished(study)
     if done.empty:
+        statuses = study.trials["status"]
+        if len(statuses) and (statuses == "errored").all():
+            return ["-", f"every trial errored ({len(statuses)} of {len(statuses)}; each one's error is in "
+                    "trials.parquet's error column): fix its cause and re-run the search command", "-", "-", "-"]
         return ["-", "no trial has finished yet", "-", "-", "-"]
     best = done.nsmallest(1, "best_val_l1").iloc[0]
     base = study.meta.get("baselines", {})
     lost = every_run_errored(final)
     if lost:
         why = (f"no test numbers: every final-stage run errored ({final['runs']} of {final['runs']}; the first one's "
-               f"error ends: {lost}); once its cause is fixed, re-run the search command")
+               f"error ends: {cut(lost)}); once its cause is fixed, re-run the search command")
     else:
         why = "no test numbers: the final stage has not run (re-run the search command, or drop --final-top-k 0)"
     return [_config_text(study, best["trial_id"]), why, "-",

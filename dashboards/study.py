@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from search.errors import StudyError
+from trainables.errors import InputError
 from trainables.storage import Location
 from search.store.results import ResultsStore
 from search.store.study import StudyStore
@@ -50,13 +50,16 @@ class Study:
 def load_study(folder: str | Path) -> Study:
     try:
         store = StudyStore.at(folder)
-    except StudyError as err:
+        if not store.record.exists():
+            raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
+                                 "such as runs/greedy-gan.")
+        meta = store.record.read()
+        trials, epochs = (_frame(store.read_table(name)) for name in (ResultsStore.TRIALS, ResultsStore.EPOCHS))
+    except InputError as err:  # the study's location: a bucket's URI, its credentials
         raise DashboardError(str(err)) from None
-    if not store.record.exists():
-        raise DashboardError(f"{folder} is not a study folder (no study.json); pass folders under your runs dir, "
-                             "such as runs/greedy-gan.")
-    meta = store.record.read()
-    trials, epochs = (_frame(store.read_table(name)) for name in (ResultsStore.TRIALS, ResultsStore.EPOCHS))
+    except ValueError as err:  # a damaged study.json (JSON) or Parquet file (pyarrow's ArrowInvalid)
+        raise DashboardError(f"{folder}: a file of the study cannot be read ({str(err).splitlines()[0]}); restore it "
+                             "from a backup, or leave this study out of the report") from None
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", "best_val_l1", "epochs_run", "started_at", "ended_at"])
     return Study(store, meta, trials, epochs)

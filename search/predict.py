@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from search.errors import StudyError
 from search.runner.baseline import study_verdict
 from trainables.storage import Location
 from trainables.opening import open_location
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
+from trainables.errors import InputError
 from trainables.evaluation import EVAL_BATCH, as_float
 from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
 
@@ -83,7 +83,22 @@ def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "
                         "give another trial's best.pt")
+    val_l1 = summary.get("best_val_l1")
+    print(f"model: the search's best trial {trial}" + (f" (val L1 {val_l1:.4f})" if val_l1 is not None else "")
+          + f", {checkpoint}", flush=True)
+    recommended = _recommended_trial(summary)
+    if recommended and recommended != trial:
+        print(f"note: the final stage recommends the configuration of trial {recommended} (over its re-trained seeds: "
+              f"the dashboard's answer); give {study.root}/trials/{recommended}/best.pt to predict with it", flush=True)
     return checkpoint
+
+
+def _recommended_trial(summary: dict) -> str | None:
+    """The search trial whose configuration the final stage recommends (None without a final stage's choice)."""
+    final = summary.get("final") or {}
+    rank = final.get("recommended_rank")
+    chosen = [c for c in final.get("configurations") or [] if c.get("rank") == rank]
+    return chosen[0].get("source_trial_id") if chosen else None
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
@@ -104,14 +119,42 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def _output_stems(files: list[Path]) -> list[str]:
-    """One output name per input; a stem seen before gets a numbered suffix."""
-    seen: dict[str, int] = {}
+    """One output name per input, never one taken (``a.jpg`` and ``a.png`` give ``a`` and ``a-2``; ``A.jpg`` and
+    ``a.png`` differ only in case, which a macOS or Windows disk does not tell apart, so they do too)."""
+    taken: set[str] = set()
     stems = []
     for path in files:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        stem, count = path.stem, 1
+        while stem.casefold() in taken:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
+
+
+def _check_out(out: str, inputs: list[str]) -> None:
+    """Refuse an --out that would not hold what is written, or would be read back as photos next time."""
+    if "://" in out:
+        raise DataError(f"--out {out}: maps are written to a local folder; give a path, and copy the folder to the "
+                        "bucket afterwards")
+    if any(Path(item).is_dir() and Path(item).resolve() == Path(out).resolve() for item in inputs):
+        raise DataError(f"--out {out} is a folder of the photos: the next run would read its maps and overlays as "
+                        "photos; give another folder")
+
+
+def _device(device: str | None) -> torch.device:
+    """The device maps are computed on: --device, else a CUDA GPU when there is one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise DataError(f"--device {device}: not a device; use cpu or cuda (cuda:1 for the second GPU)") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                        "use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
+    return target
 
 
 def _load(path: Path, size: int) -> tuple[np.ndarray | None, Image.Image | None, str | None]:
@@ -143,7 +186,7 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
     files, problems = collect_images(inputs)
     if not files:
         raise DataError("no images to predict: " + "; ".join(problems or ["no inputs given"]))
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = _device(device)
     family = load_family(checkpoint, family_name, target)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _output_stems(files)
@@ -183,7 +226,7 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
 
 def predict_from_checkpoint(checkpoint: str | Path, model: str, images: np.ndarray, *, device: str | None = None) -> np.ndarray:
     """uint8 maps (N, 3, S, S) predicted for uint8 images (N, 3, S, S) by the checkpointed model."""
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = _device(device)
     family = load_family(checkpoint, model, target)
     out = []
     with torch.no_grad():
@@ -211,10 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        _check_out(args.out, args.inputs)
         written, errors = predict_images(args.source, [Path(p) for p in args.inputs], Path(args.out),
                                          model=args.model, device=args.device, progress=not args.quiet)
-    except (DataError, StudyError) as err:
+    except InputError as err:  # the data, the study, its location (a bucket's URI or credentials)
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # writing the maps
+        print(f"error: {err.filename or args.out}: {err.strerror or err}; give an --out folder you can write to",
+              file=sys.stderr)
         return 2
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"error: {args.source}: cannot load the model ({str(err).splitlines()[0]}); "

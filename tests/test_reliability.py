@@ -64,11 +64,17 @@ def test_a_search_whose_every_trial_errors_exits_1_naming_the_first_error(tmp_pa
     assert "| best none yet" in result.stdout and "best inf" not in result.stdout  # each trial's line, none finished
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every trial of study dead errored (2 of 2), so the search selected nothing"), last
-    ends = [error.strip().splitlines()[-1].strip() for error in trials["error"]]  # each error's last line
+    from search.runner.console import cut
+
+    ends = [cut(error.strip().splitlines()[-1].strip()) for error in trials["error"]]  # each error's last line, cut
     assert all(ends) and any(end in last for end in ends), (ends, last)
     # each errored trial's line says how its error ends; Ray Tune's traceback and its own list of trial names are not printed
     assert result.stdout.count("      error: ") == 2 and "more in trials.parquet's error column" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr and "Trials did not complete" not in result.stderr, result.stderr[-3000:]
+    from dashboards.build import build  # the dashboard's answer says so too, not "no trial has finished yet"
+
+    page = build([tmp_path / "dead"], tmp_path / "report.html").read_text()
+    assert "every trial errored (2 of 2" in page and "no trial has finished yet" not in page
 
 
 def test_a_final_stage_whose_every_run_errors_exits_1_and_the_same_command_retries_it(tmp_path):

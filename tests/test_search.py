@@ -336,6 +336,23 @@ def test_sigterm_anywhere_stops_cleanly_and_the_study_resumes_equal(runs_dir, tm
         pd.testing.assert_frame_equal(ref[columns], got[columns])
 
 
+def test_predict_never_writes_two_inputs_to_one_name_and_checks_its_out_and_device(tmp_path):
+    from search.predict import _check_out, _device, _output_stems
+    from trainables.images import DataError
+
+    names = ["a-2.jpg", "a.jpg", "a.png", "A.tif", "b.png"]  # a-2 is taken by a file of its own; A and a are one on macOS
+    stems = _output_stems([Path(n) for n in names])
+    assert len({s.casefold() for s in stems}) == len(names) and stems[:2] == ["a-2", "a"] and stems[-1] == "b", stems
+    (tmp_path / "photos").mkdir()
+    for out, needle in ((str(tmp_path / "photos"), "is a folder of the photos"), ("s3://bucket/maps", "local folder")):
+        with pytest.raises(DataError, match=needle):
+            _check_out(out, [str(tmp_path / "photos")])
+    _check_out(str(tmp_path / "maps"), [str(tmp_path / "photos")])
+    with pytest.raises(DataError, match="not a device"):
+        _device("gpu")
+    assert _device("cpu").type == "cpu"
+
+
 def test_budget_follows_the_dataset_size():
     """A small dataset is trained as much as a large one under the cpu preset; thesis keeps 100 epochs."""
     from search.runner.options import PRESETS
@@ -377,6 +394,8 @@ def test_predict_maps_for_a_folder_of_odd_images(greedy_study, tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr  # one input could not be used
     assert "Traceback" not in result.stderr and "broken.jpg" in result.stderr and "cannot be decoded" in result.stderr
     assert f"wrote {len(sizes)} maps" in result.stdout
+    best_trial = json.loads((greedy_study / "summary.json").read_text())["best_trial_id"]
+    assert f"model: the search's best trial {best_trial} (val L1 " in result.stdout  # which model made the maps
     # The smoke study's best does not beat the all-black map: predict says so before it writes its maps.
     assert result.stderr.startswith("warning: study greedy-ref: no configuration beats"), result.stderr
     for name, size in sizes.items():

@@ -35,6 +35,8 @@ def open_rgb(path: Path) -> Image.Image:
                 background = Image.new("RGBA", img.size, (0, 0, 0, 255))
                 img = Image.alpha_composite(background, img)
             return img.convert("RGB")
+    except Image.DecompressionBombError as err:  # Pillow's guard against a file that decodes to gigabytes
+        raise DataError(f"{path}: too large to decode safely ({err}); shrink it, or move it out.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot be decoded ({err}); the file is corrupt, truncated or not an image. "
                         "Replace it or move it out of the dataset.") from None
