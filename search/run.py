@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: auto with GPUs, 0 without)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (a trial's threads)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once (default: what resources allow)")
-    parser.add_argument("--address", default=None, help="an existing Ray cluster (host:port); default: start a local one")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster (host:port; auto: the one RAY_ADDRESS or `ray start` on this "
+                             "machine names; local: a Ray of the search's own); default: RAY_ADDRESS, else the Ray "
+                             "`ray start` left on this machine, else a local one")
     _store_options(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="the study's seed: the samplers', the trials' and the data split's")

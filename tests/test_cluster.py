@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on loopback: the search runs through --address and uses both nodes.
+"""A real two-node Ray cluster on loopback: the search joins the Ray `ray start` left on its machine and uses both
+nodes; a Ray job runs it, and resumes it.
 
 The cluster's two nodes are ``ray start --block`` processes, each in a session of its own; the test
 stops exactly those process groups (the nodes and what they started), never ``ray stop``, which
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from tests.conftest import ROOT, run_cli
 
@@ -85,7 +85,10 @@ def local_cluster(env: dict[str, str], cwds: tuple[Path | None, Path | None] = (
     """Two Ray nodes on loopback (one CPU each), each started in its own working directory:
     yields (address, Ray's temporary folder); stops exactly those nodes."""
     port = _free_port()
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    # Short (Ray's socket paths have a length limit), and named ray/ as Ray's default folder is: with RAY_TMPDIR at
+    # its parent, a driver finds the cluster there as `ray start` left it on this machine (ray_current_cluster).
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")) / "ray"
+    temp.mkdir()
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     nodes: list[subprocess.Popen] = []
     try:
@@ -96,23 +99,22 @@ def local_cluster(env: dict[str, str], cwds: tuple[Path | None, Path | None] = (
         yield f"127.0.0.1:{port}", temp
     finally:
         left = _stop_nodes(nodes, temp)
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(temp.parent, ignore_errors=True)
         assert not left, f"processes of the test's cluster outlived it: {left}"
 
 
-@pytest.fixture
-def two_node_cluster():
+def test_a_search_joins_the_ray_started_on_its_machine_and_uses_both_nodes(tmp_path):
+    """No --address on a machine where `ray start` ran: the search joins that Ray, as ray.init() would (it asked it
+    for resources, and Ray refused with a traceback), says so, and uses both of its nodes. --address is tested by
+    tests/test_bucket.py's two-node study."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    with local_cluster(env) as (address, _):
-        yield address, env
-
-
-def test_search_through_address_uses_both_nodes(two_node_cluster, tmp_path):
-    address, env = two_node_cluster
-    result = run_cli("search.run", "--strategy", "random", "--model", "autoencoder", "--preset", "smoke", "--final-top-k", "0",
-                     "--samples", "4", "--address", address, "--runs-dir", str(tmp_path), "--study", "cluster",
-                     env=env, timeout=300)
+    with local_cluster(env) as (address, temp):
+        result = run_cli("search.run", "--strategy", "random", "--model", "autoencoder", "--preset", "smoke",
+                         "--final-top-k", "0", "--samples", "4", "--runs-dir", str(tmp_path), "--study", "cluster",
+                         env={**env, "RAY_TMPDIR": str(temp.parent)}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    joined = [line for line in result.stdout.splitlines() if line.startswith("ray: joining the Ray started on this")]
+    assert joined and joined[0].split(" (")[0].endswith(":" + address.rsplit(":", 1)[1]), result.stdout[:2000]
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
     assert len(trials) == 4
     assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]

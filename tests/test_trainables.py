@@ -160,3 +160,36 @@ def test_channels_last_on_the_cpu_where_a_family_measured_it():
             assert built.fast.channels_last is expected, (name, switch)
             weight = next(p for p in built.modules[next(iter(built.modules))].parameters() if p.dim() == 4)
             assert weight.is_contiguous(memory_format=torch.channels_last) is expected or weight.shape[-1] == 1
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it(monkeypatch):
+    """A T4 or V100 (compute capability 7.x) trains in fp16 with loss scaling: torch's is_bf16_supported() says yes
+    there too (emulated, without tensor cores). Ampere and later train in bf16; the CPU in fp32."""
+    import torch
+
+    from trainables.device import Precision
+
+    cuda = torch.device("cuda")
+    for capability, expected in (((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as torch answers on a T4
+        chosen = Precision(cuda, "auto")
+        assert chosen.name == expected and chosen.needs_scaling == (expected == "fp16"), capability
+    assert Precision(torch.device("cpu"), "auto").name == "fp32"
+
+
+def test_a_ray_worker_trains_on_cuda_only_where_ray_gave_it_a_gpu(monkeypatch):
+    """Ray leaves every GPU visible to a task that asked for none: such a trial (--gpus-per-trial 0, or GPUs Ray
+    could not count) trains on the CPU, not on cuda:0 beside the others; outside Ray, CUDA whenever there is one."""
+    import ray
+    import torch
+
+    import trainables.device as device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for in_worker, given, expected in ((True, [], "cpu"), (True, ["0"], "cuda"), (False, [], "cuda")):
+        monkeypatch.setattr(device, "_in_ray_worker", lambda w=in_worker: w)
+        monkeypatch.setattr(ray, "get_gpu_ids", lambda g=given: g)
+        assert device.trial_device().type == expected, (in_worker, given)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.trial_device().type == "cpu"

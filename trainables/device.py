@@ -24,6 +24,39 @@ from torch import nn
 from trainables.config import PRECISIONS, SWITCHES  # the choices of the run settings
 
 
+def trial_device() -> torch.device:
+    """Where this process trains: CUDA when it was given a GPU. A Ray worker was given one only where Ray assigned
+    it (Ray leaves every GPU visible to a task that asked for none, so ``--gpus-per-trial 0``, or GPUs Ray could
+    not count without NVML, put each trial on cuda:0 beside the others); any other process, when there is one."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if _in_ray_worker():
+        import ray
+
+        return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+    return torch.device("cuda")
+
+
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray task's or actor's worker (not a driver, not a process without Ray)."""
+    import sys
+
+    if "ray" not in sys.modules:  # a worker has imported Ray to run its task
+        return False
+    import ray._private.worker as ray_worker
+
+    return ray_worker.global_worker.mode == ray_worker.WORKER_MODE
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16 itself (compute capability 8.0, Ampere, and later). Torch's
+    ``is_bf16_supported()`` also says yes for a T4 or V100, where bf16 is emulated without tensor cores."""
+    try:
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    except (RuntimeError, AssertionError):  # no CUDA here: nothing to choose
+        return False
+
+
 class Precision:
     """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU.
 
@@ -36,7 +69,7 @@ class Precision:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {choice!r}")
         self.device = device
         self.enabled = device.type == "cuda" and choice != "fp32"
-        if choice == "fp16" or (choice == "auto" and self.enabled and not torch.cuda.is_bf16_supported()):
+        if choice == "fp16" or (choice == "auto" and self.enabled and not native_bf16(device)):
             self.dtype = torch.float16
         else:
             self.dtype = torch.bfloat16

@@ -30,7 +30,7 @@ from trainables.augment import AugmentConfig
 from trainables.checkpoints import CHECKPOINT_FORMAT, TrialStore, host_copy, write_checkpoint
 from trainables.config import RunSettings, parse_config, resolved_config, trial_key
 from trainables.data import VMSDataset
-from trainables.device import GpuUtilisation, cuda_context_mb
+from trainables.device import GpuUtilisation, cuda_context_mb, trial_device
 from trainables.evaluation import DIVERGED_L1, CalibrationBatches, evaluate, recalibrate_batchnorm
 from trainables.family import Family
 from trainables.faults import crash_point
@@ -178,7 +178,7 @@ def set_up_trial(config: dict[str, Any], data: VMSDataset, family_cls: type[Fami
     trial's checkpoint folder and key from the study store (a search's trial); without it, a ``checkpoint_root``
     setting names the folder (a trial run on its own, by a test or a benchmark), or there are no checkpoints."""
     settings, hp = parse_config(config, family_cls.config_cls)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = trial_device()
     if settings.threads and device.type == "cpu":
         torch.set_num_threads(settings.threads)
     key = storage.key if storage is not None else trial_key(settings, hp)

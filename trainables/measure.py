@@ -135,9 +135,10 @@ def measure_on_worker(family: "type[Family]", configs: list[dict[str, Any] | Non
     import torch
 
     from models.registry import register_missing
+    from trainables.device import trial_device
 
     register_missing(registered or {})
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = trial_device().type  # a task with a trial's resources: CUDA only where Ray gave it a GPU
     try:
         if device == "cuda":
             return [measure_trial_epoch(family, config, data)["epoch_seconds"] if config is not None else None

@@ -12,7 +12,7 @@ from search.errors import StudyError
 
 def check_reachable(address: str, named_by: str = "--address", timeout: float = 5.0) -> None:
     """Fail fast on an unreachable cluster: Ray itself waits minutes before giving up."""
-    if address == "auto":
+    if address in ("auto", "local"):  # Ray finds the cluster itself; a Ray of the search's own
         return
     target = address.split("://", 1)[-1].rstrip("/")
     host, _, port = target.rpartition(":")
@@ -29,7 +29,8 @@ def check_reachable(address: str, named_by: str = "--address", timeout: float = 
 
 def cluster_address(options: Any) -> tuple[str | None, str]:
     """The Ray cluster to connect to, and where it was named: ``--address``, else ``RAY_ADDRESS`` as ``ray.init()``
-    reads it (every Ray job's driver has it: ``ray job submit``, KubeRay's RayJob), else (None, "") for a local Ray."""
+    reads it (every Ray job's driver has it: ``ray job submit``, KubeRay's RayJob), else (None, ""): the Ray that
+    ``ray start`` left on this machine, or a local Ray of the search's own (``--address local``: always that)."""
     if options.address:
         return options.address, "--address"
     if os.environ.get("RAY_ADDRESS"):

@@ -73,12 +73,16 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
     import ray
 
     if address is None:
+        address, named_by = _started_here()
+    elif address == "local":  # as Ray reads it: a Ray of the search's own, whatever `ray start` left running
+        address = None
+    if address is None:
         # No idle workers started ahead: trials' actors never take them (Ray Tune gives its actors their own runtime
         # environment), and each would import Ray for nothing. Read by the raylet as it starts; a user's setting stands.
         ours = "RAY_prestart_worker_first_driver" not in os.environ
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         try:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
         finally:
             if ours:
                 os.environ.pop("RAY_prestart_worker_first_driver", None)
@@ -97,6 +101,19 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise StudyError(f"cannot connect to the Ray cluster at {named_by} {address} ({_last_line(err)}); "
                          "check the address printed by `ray start --head` and that the cluster is up.") from None
+
+
+def _started_here() -> tuple[str | None, str]:
+    """The Ray that ``ray start`` left running on this machine, which ``ray.init()`` joins (and refuses resources
+    for): its address and how the lines name it, or (None, "") to start a Ray of the search's own."""
+    from ray._private.services import find_bootstrap_address
+
+    address = find_bootstrap_address(None)  # written by `ray start` into Ray's temporary folder, removed by `ray stop`
+    if not address:
+        return None, ""
+    print(f"ray: joining the Ray started on this machine at {address} (`ray start`); `ray stop` it, or pass "
+          "--address local, for a Ray of the search's own", flush=True)
+    return address, "the Ray started on this machine (ray start)"
 
 
 def resources(plan: StudyPlan) -> dict[str, float]:

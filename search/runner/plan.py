@@ -85,6 +85,10 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
 
     resources = ray.cluster_resources()
     gpus_available, cpus_available = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    if not gpus_available and _torch_sees_a_gpu():
+        print("note: this machine has a GPU that Ray did not count (Ray counts GPUs through NVML, which a container "
+              "without its utility libraries lacks), so trials train on CPUs; start Ray with `ray start --head "
+              "--num-gpus N` and pass --address, or make NVML readable, to train on it", flush=True)
     preset = _preset(options, gpus_available)
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
@@ -138,6 +142,12 @@ def _val_share(options: SearchOptions, existing: dict[str, Any] | None, store: S
         raise StudyError(f"study {store.name} in {store.root} was made with {made}; --val-share {options.val_share:g} "
                          "would change its splits. Drop --val-share, or use a new --study name.")
     return recorded
+
+
+def _torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _preset(options: SearchOptions, gpus_available: float) -> Preset:
