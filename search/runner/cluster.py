@@ -99,6 +99,10 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if "Version mismatch" in str(err):  # Ray's message spans lines: the versions on each side are the point
+            raise StudyError(f"the Ray cluster at {named_by} {address} runs other versions than this driver: "
+                             f"{' '.join(str(err).split())}; install the cluster's Ray and Python here (or run the "
+                             "search on a node of the cluster).") from None
         raise StudyError(f"cannot connect to the Ray cluster at {named_by} {address} ({_last_line(err)}); "
                          "check the address printed by `ray start --head` and that the cluster is up.") from None
 
@@ -142,6 +146,15 @@ def gpu_callbacks(plan: StudyPlan) -> list[Any]:
     return [out_of_memory_retry()] if 0 < plan.gpus_per_trial < 1 else []
 
 
+def _cancel(running: Any) -> None:
+    """Stop a measuring task that failed or ran past its time (None: none was started), so it frees what it holds."""
+    import ray
+
+    if running is not None:
+        with contextlib.suppress(Exception):  # already ended, or Ray is going away: nothing to free
+            ray.cancel(running, force=True)
+
+
 def _last_line(err: Exception) -> str:
     return last_line(str(err))[:160]
 
@@ -154,9 +167,11 @@ def pack(plan: StudyPlan, configs: TrialConfigs) -> None:
     from trainables.measure import GpuProbe, probe_gpu
 
     probe = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=1)(probe_gpu)
+    running = probe.remote(plan.family, configs.widest(), plan.data)
     try:
-        measured = ray.get(probe.remote(plan.family, configs.widest(), plan.data), timeout=600)
+        measured = ray.get(running, timeout=600)
     except Exception as err:  # noqa: BLE001 - fall back to a whole GPU per trial, and say why
+        _cancel(running)  # a probe past its time holds its GPU: the first trial would wait behind it
         print(f"--gpus-per-trial auto: the measurement failed ({_last_line(err)}); one trial per GPU", flush=True)
         return
     if measured is None:
@@ -193,6 +208,7 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
     if plan.probe is not None and plan.probe.epoch_s:  # auto packing measured them alone on a GPU
         epoch_s, widest_s = (list(plan.probe.epoch_s) + [None, None])[:2]
         return epoch_s, widest_s, "alone on a GPU"
+    running = None
     try:
         # Here: no worker process to start (and to import torch) for it. A few steps of CPU-sized models, so the
         # task's timeout and process isolation are given up; a GPU or a cluster keeps them.
@@ -202,10 +218,11 @@ def measure_epochs(plan: StudyPlan, configs: TrialConfigs) -> tuple[float | None
             where = "here"
         else:  # a task with a trial's resources: measured where trials train, no CUDA context in the driver
             measure = ray.remote(num_cpus=plan.options.cpus_per_trial, num_gpus=plan.gpus_per_trial)(measure_on_worker)
-            epoch_s, widest_s = ray.get(measure.remote(plan.family, configs.widest(), plan.data, registrations()),
-                                         timeout=300)
+            running = measure.remote(plan.family, configs.widest(), plan.data, registrations())
+            epoch_s, widest_s = ray.get(running, timeout=300)
             where = "on a Ray worker"
     except Exception as err:  # noqa: BLE001 - a measurement is a nicety: never a reason not to search
+        _cancel(running)  # past its time it would hold a trial's resources
         print(f"estimate: not available ({_last_line(err)})", flush=True)
         return None
     return epoch_s, widest_s, where
