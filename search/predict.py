@@ -3,8 +3,9 @@
     python -m search.predict runs/greedy-gan photos/ --out maps/
     python -m search.predict runs/greedy-gan/trials/<id>/best.pt a.jpg b.png --out maps/
 
-Given a study folder it uses the study's best trial (the lowest best val L1 of the search,
-``summary.json``), given a ``best.pt`` or ``latest.pt`` that checkpoint (its family is read
+Given a study folder it uses the study's best trial (the lowest best val L1 of the search, as
+``summary.json`` names it; read from ``trials.parquet``, so a search that runs or was stopped
+gives its best so far, and says so), given a ``best.pt`` or ``latest.pt`` that checkpoint (its family is read
 from the study folder it sits in, or ``--model``). Inputs are image files or folders of
 them (not recursive), of any size and of the formats the dataset loader reads. For each
 image ``<stem>`` it writes into ``--out``:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +37,7 @@ from PIL import Image
 from search.runner.baseline import study_verdict
 from trainables.storage import Location
 from trainables.opening import open_location
+from search.store.results import ResultsStore
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.errors import InputError
@@ -65,25 +68,26 @@ def resolve_checkpoint(source: str | Path, model: str | None) -> tuple[Location,
 
 
 def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
-    """The best.pt of a study's best trial (summary.json), or a message saying why there is none."""
+    """The best.pt of a study's best trial so far (what summary.json names once its search ends), or a message saying
+    why there is none."""
     if not study.record.exists():
         raise DataError(f"{source} is not a study folder (no study.json); give runs/<study> or a trial's best.pt")
-    summary = study.read_summary()
-    if summary is None:
-        raise DataError(f"{study.root} has no summary.json yet: its search has not finished a trial; "
-                        "re-run its search command, or give a trial's best.pt")
-    trial = summary.get("best_trial_id")
+    summary = study.read_summary() or {}
+    trial, config, val_l1 = _best_so_far(study)
     if not trial:
-        raise DataError(f"{study.root}: no trial finished with a val L1, so there is no best model to use")
+        raise DataError(f"{study.root}: no trial finished with a val L1 yet, so there is no best model to use; "
+                        "let its search run (or re-run its command), or give a trial's best.pt")
+    if not summary.get("finished"):
+        print(f"note: study {study.name}'s search has not ended (it runs, or was stopped): its best trial so far",
+              flush=True)
     if study_verdict(summary) is False:
         print(f"warning: study {study.name}: no configuration beats the better of the all-black and mean maps on its "
               "data (summary.json, beats_baseline); these maps are no better than that trivial map "
               "(docs/data.md, 'When nothing beats the baseline')", file=sys.stderr)
-    checkpoint = study.best_checkpoint(trial, summary.get("best_config"))
+    checkpoint = study.best_checkpoint(trial, config)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint} is missing (the study's best trial {trial} has no best.pt); "
                         "give another trial's best.pt")
-    val_l1 = summary.get("best_val_l1")
     print(f"model: the search's best trial {trial}" + (f" (val L1 {val_l1:.4f})" if val_l1 is not None else "")
           + f", {checkpoint}", flush=True)
     recommended = _recommended_trial(summary)
@@ -91,6 +95,21 @@ def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
         print(f"note: the final stage recommends the configuration of trial {recommended} (over its re-trained seeds: "
               f"the dashboard's answer); give {study.root}/trials/{recommended}/best.pt to predict with it", flush=True)
     return checkpoint
+
+
+def _best_so_far(study: StudyStore) -> tuple[str | None, dict | None, float | None]:
+    """The search's best trial as summary.json names it when the search ends (the lowest best val L1 of the trials
+    that completed or were stopped), read from trials.parquet, which a running or stopped search keeps current:
+    (trial id, its config, its val L1), or Nones."""
+    table = study.read_table(ResultsStore.TRIALS)
+    best = None
+    for row in table.to_pylist() if table is not None else []:
+        if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
+            if best is None or row["best_val_l1"] < best["best_val_l1"]:
+                best = row
+    if best is None:
+        return None, None, None
+    return best["trial_id"], json.loads(best["config_json"]), best["best_val_l1"]
 
 
 def _recommended_trial(summary: dict) -> str | None:

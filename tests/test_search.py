@@ -336,6 +336,28 @@ def test_sigterm_anywhere_stops_cleanly_and_the_study_resumes_equal(runs_dir, tm
         pd.testing.assert_frame_equal(ref[columns], got[columns])
 
 
+def test_predict_uses_the_best_trial_so_far_of_a_search_that_has_not_ended(greedy_study, tmp_path, capsys):
+    """summary.json is written as a search ends: a search still running, or stopped, has none (or last run's), yet
+    its trials.parquet names its best so far, which predict uses and says so."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from search.predict import predict_images
+
+    running = tmp_path / "running"
+    shutil.copytree(greedy_study, running)
+    (running / "summary.json").unlink()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(photo)
+    written, errors = predict_images(running, [photo], tmp_path / "maps", progress=False)
+    out = capsys.readouterr().out
+    best = json.loads((greedy_study / "summary.json").read_text())["best_trial_id"]
+    assert written == 1 and not errors and f"model: the search's best trial {best}" in out
+    assert "search has not ended (it runs, or was stopped): its best trial so far" in out
+
+
 def test_predict_never_writes_two_inputs_to_one_name_and_checks_its_out_and_device(tmp_path):
     from search.predict import _check_out, _device, _output_stems
     from trainables.images import DataError
