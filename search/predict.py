@@ -176,15 +176,15 @@ def _device(device: str | None) -> torch.device:
     return target
 
 
-def _load(path: Path, size: int) -> tuple[np.ndarray | None, Image.Image | None, str | None]:
-    """The model's input (3, size, size), the photo at its own size in RGB, or the loader's message.
-
-    The file is decoded once, as the dataset loader decodes it, so the overlay shows what the model saw."""
+def _load(path: Path, size: int) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
+    """The model's input (3, size, size) and the photo's own (width, height), or the loader's message. Decoded as the
+    dataset loader decodes it; the photo at its own size is not kept (a batch of camera photos would hold gigabytes),
+    but decoded again, the same way, when its overlay is written."""
     try:
         full = open_rgb(path)
     except DataError as err:
         return None, None, str(err)
-    return resized_array(full, size), full, None
+    return resized_array(full, size), full.size, None
 
 
 def write_outputs(photo: Image.Image, pred: np.ndarray, out_dir: Path, stem: str) -> None:
@@ -215,7 +215,7 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
         for start in range(0, len(files), EVAL_BATCH):
             chunk = list(zip(files[start : start + EVAL_BATCH], stems[start : start + EVAL_BATCH]))
             loaded = list(pool.map(lambda item: _load(item[0], size), chunk))
-            good = [(path, stem, small, full) for (path, stem), (small, full, _) in zip(chunk, loaded) if small is not None]
+            good = [(path, stem, small, size) for (path, stem), (small, size, _) in zip(chunk, loaded) if small is not None]
             for (path, stem), (_, _, err) in zip(chunk, loaded):
                 if err:
                     errors.append(err)
@@ -227,9 +227,10 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
                     image = as_float(batch)
                     out = family.final_predict(image) if family.has_final_mode else family.predict(image)
                 maps = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-                for (path, stem, _, full), pred in zip(good, maps):
-                    write_outputs(full, pred, out_dir, stem)
-                    rows.append({"file": str(path), "output": stem, "width": full.size[0], "height": full.size[1],
+                list(pool.map(lambda item: write_outputs(open_rgb(item[0][0]), item[1], out_dir, item[0][1]),
+                              zip(good, maps)))
+                for (path, stem, _, (width, height)), pred in zip(good, maps):
+                    rows.append({"file": str(path), "output": stem, "width": width, "height": height,
                                  "memorability": round(float(pred[0].mean()) / 255.0, 6),
                                  "falsely_remembered": round(float(pred[1].mean()) / 255.0, 6), "error": ""})
                     written += 1
