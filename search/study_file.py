@@ -156,7 +156,31 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
             check_choice(config_cls, param.name, value)
         except ValueError as err:
             raise _fail(source, f"params.{param.name}" + (f".cases.{case}" if case is not None else "") + f": {err}.")
+    _check_candidates(source, space, config_cls)
     return space
+
+
+def _check_candidates(source: str, space: Space, config_cls: type) -> None:
+    """Every value a search may try, and each end of a range, makes a valid config with the defaults (its parent set
+    to its case, and to what its ``when`` allows): a p_translation of 1.5 or a width of 0 is refused here, not
+    inside a Ray worker as an errored trial."""
+    for param in space.params:
+        gate = {parent: allowed[0] for parent, allowed in (param.when or {}).items()}
+        for case, choice in param.choices.items():
+            ends = (choice.low, choice.high) if choice.has_range else ()
+            for value in (*choice.values, *ends):
+                if param.kind == "int":
+                    value = int(value)
+                # as a search would make it: the parents that let it exist, the rest defaults where they exist
+                config = {**space.fixed, **space.resolve({**gate, **({param.depends_on: case} if case is not None
+                                                                     else {}), param.name: value})}
+                if config.get(param.name) != value:
+                    continue  # its parents' other conditions keep it out of this config: nothing to check
+                try:
+                    config_cls(**config)
+                except (TypeError, ValueError) as err:
+                    where = f"params.{param.name}" + (f".cases.{case}" if case is not None else "")
+                    raise _fail(source, f"{where}: {value!r} is not a valid value ({err}).") from None
 
 
 def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param]) -> dict[str, tuple[Any, ...]] | None:

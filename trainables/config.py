@@ -116,6 +116,30 @@ class AugmentConfig:
         if not 0.0 < self.cutout_ratio < 1.0:
             raise ValueError(f"cutout_ratio must be in (0, 1), got {self.cutout_ratio}")
         check_choices(self)
+        check_numbers(self)
+
+
+# What a family's numeric hyperparameter may be, by how its name ends (g_lr, d_width, beta1): (low, high, whether
+# each end is allowed). A value outside is refused as the config is made: by a study file's check, before Ray starts.
+NUMBER_RULES = (("width", 1, None, True), ("batch_size", 1, None, True), ("lr", 0.0, None, False),
+                ("dropout", 0.0, 1.0, "low"), ("momentum", 0.0, 1.0, "low"), ("beta1", 0.0, 1.0, "low"),
+                ("beta2", 0.0, 1.0, "low"), ("weight_decay", 0.0, None, True), ("l1_weight", 0.0, None, True))
+
+
+def check_numbers(config: Any) -> None:
+    """Refuse a numeric hyperparameter outside what its optimizer or network can take (:data:`NUMBER_RULES`)."""
+    for field_ in fields(config):
+        value = getattr(config, field_.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        for suffix, low, high, closed in NUMBER_RULES:
+            if field_.name == suffix or field_.name.endswith("_" + suffix):
+                low_ok = value >= low if closed in (True, "low") else value > low
+                high_ok = high is None or (value <= high if closed is True else value < high)
+                if not (low_ok and high_ok):
+                    bounds = ("[" if closed in (True, "low") else "(") + f"{low:g}, " + (
+                        "inf)" if high is None else f"{high:g}" + ("]" if closed is True else ")"))
+                    raise ValueError(f"{field_.name} must be in {bounds}, got {value}")
 
 
 # Each family's hyperparameters (its study file's names), beside the run settings: plain data, so a study file is
