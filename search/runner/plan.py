@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from search.errors import StudyError
-from search.runner.options import Preset, SearchOptions, find_preset
+from search.runner.options import PRESETS, Preset, SearchOptions, find_preset
 from search.space import Space
 from search.study_file import recorded_space
 from search.store.results import TrialIdentity
@@ -89,11 +89,15 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
         print("note: this machine has a GPU that Ray did not count (Ray counts GPUs through NVML, which a container "
               "without its utility libraries lacks), so trials train on CPUs; start Ray with `ray start --head "
               "--num-gpus N` and pass --address, or make NVML readable, to train on it", flush=True)
-    preset = _preset(options, gpus_available)
+    existing = store.read_record()
+    runs = len(existing.get("segments", [])) if existing else 0
+    print(f"study: {store.name} in {store.root}: " + ("new" if not existing else "continues (no trial has run yet)"
+                                                      if not runs else f"continues ({runs} earlier run{'s' if runs > 1 else ''} of its trials)"),
+          flush=True)
+    preset = _preset(options, gpus_available, existing)
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
-    existing = store.read_record()
     val_share = _val_share(options, existing, store)
     data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
         preset.n_train, preset.n_val)
@@ -150,9 +154,13 @@ def _torch_sees_a_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _preset(options: SearchOptions, gpus_available: float) -> Preset:
-    preset = find_preset(options.preset or ("thesis" if gpus_available else "cpu"))
-    why = "" if options.preset else (" (GPUs found)" if gpus_available
+def _preset(options: SearchOptions, gpus_available: float, existing: dict[str, Any] | None) -> Preset:
+    """--preset, else the study's own (a resumed study keeps its size, whatever GPUs this run's Ray sees), else
+    thesis with GPUs and cpu without."""
+    recorded = (existing or {}).get("preset")
+    recorded = recorded if recorded in PRESETS else None  # a preset a benchmark made for itself is not known here
+    preset = find_preset(options.preset or recorded or ("thesis" if gpus_available else "cpu"))
+    why = "" if options.preset else (" (the study's)" if recorded else " (GPUs found)" if gpus_available
                                      else " (no GPU found; --preset thesis for the report's full budget)")
     print(f"preset: {preset.name}{why}: {preset.description}", flush=True)
     return preset
