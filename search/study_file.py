@@ -4,6 +4,7 @@ recovered from its record. The space itself, what the strategies walk and sample
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -75,7 +76,7 @@ def _check_value(source: str, where: str, kind: str, value: Any) -> Any:
     try:
         return coerce(kind, value)
     except TypeError as err:
-        raise _fail(source, f"{where}: {value!r} is not a {kind} ({err}).") from None
+        raise _fail(source, f"{where}: {value!r} is not {'an' if kind == 'int' else 'a'} {kind} ({err}).") from None
 
 
 def _parse_choice(source: str, where: str, kind: str, table: dict[str, Any]) -> Choice:
@@ -94,11 +95,17 @@ def _parse_choice(source: str, where: str, kind: str, table: dict[str, Any]) -> 
     if default not in values:
         raise _fail(source, f"{where}: default {default!r} is not among its values {values}; add it or change it.")
     low = high = None
-    log = bool(table.get("log", False))
+    log = table.get("log", False)
+    if not isinstance(log, bool):
+        raise _fail(source, f"{where}: 'log' must be true or false (no quotes), got {log!r}.")
     if "range" in table:
         bounds = table["range"]
         if kind not in ("int", "float") or not (isinstance(bounds, list) and len(bounds) == 2):
             raise _fail(source, f"{where}: 'range' must be [low, high] on a numeric parameter.")
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+            raise _fail(source, f"{where}: 'range' must be two finite numbers (no quotes), got {bounds!r}.")
+        if kind == "int" and not all(float(b).is_integer() for b in bounds):
+            raise _fail(source, f"{where}: the range of an int parameter must be whole numbers, got {bounds!r}.")
         low, high = (float(b) for b in bounds)
         if not low < high:
             raise _fail(source, f"{where}: range low {low} must be below high {high}.")
@@ -144,7 +151,7 @@ def parse_space(raw: dict[str, Any], source: str = "<study>") -> Space:
     for name in order:
         if name not in kinds:
             raise _fail(source, f"unknown parameter {name!r} for family {family}; known: {', '.join(sorted(kinds))}.")
-        seen[name] = _parse_param(source, name, kinds[name], dict(params_raw[name]), seen)
+        seen[name] = _parse_param(source, name, kinds[name], dict(params_raw[name]), seen, raw.get("fixed") or {})
     fixed = _parse_fixed(source, family, dict(raw.get("fixed", {})), kinds, seen)
     space = Space(family, list(seen.values()), fixed, source, raw)
     try:  # the defaults must make a valid config of the family
@@ -183,7 +190,17 @@ def _check_candidates(source: str, space: Space, config_cls: type) -> None:
                     raise _fail(source, f"{where}: {value!r} is not a valid value ({err}).") from None
 
 
-def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param]) -> dict[str, tuple[Any, ...]] | None:
+def _fixed_parent(source: str, where: str, key: str, parent: str, fixed: dict[str, Any]) -> StudyFileError | None:
+    """The error for a parameter that depends on one moved to [fixed] (its dependence no longer has a choice)."""
+    if parent not in fixed:
+        return None
+    return _fail(source, f"{where}.{key} refers to {parent!r}, which is fixed to {fixed[parent]!r} in [fixed]: give "
+                         f"{where} the values (and default) of its case for {fixed[parent]!r} directly and drop its "
+                         f"{key}, or search {parent} again.")
+
+
+def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param],
+                fixed: dict[str, Any]) -> dict[str, tuple[Any, ...]] | None:
     if when_raw is None:
         return None
     if not isinstance(when_raw, dict) or not when_raw:
@@ -191,7 +208,8 @@ def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param]) 
     when = {}
     for parent, allowed in when_raw.items():
         if parent not in seen:
-            raise _fail(source, f"{where}.when refers to {parent!r}, which must come earlier in 'order'.")
+            raise _fixed_parent(source, where, "when", parent, fixed) or _fail(
+                source, f"{where}.when refers to {parent!r}, which must come earlier in 'order'.")
         allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
         bad = [a for a in allowed if not any(a in c.values for c in seen[parent].choices.values())]
         if bad:
@@ -201,9 +219,10 @@ def _parse_when(source: str, where: str, when_raw: Any, seen: dict[str, Param]) 
 
 
 def _parse_cases(source: str, where: str, kind: str, table: dict[str, Any], depends_on: str,
-                 seen: dict[str, Param]) -> dict[Any, Choice]:
+                 seen: dict[str, Param], fixed: dict[str, Any]) -> dict[Any, Choice]:
     if depends_on not in seen:
-        raise _fail(source, f"{where}.depends_on {depends_on!r} must be a parameter earlier in 'order'.")
+        raise _fixed_parent(source, where, "depends_on", depends_on, fixed) or _fail(
+            source, f"{where}.depends_on {depends_on!r} must be a parameter earlier in 'order'.")
     cases_raw = table.pop("cases", None)
     if table:
         raise _fail(source, f"{where}: with depends_on, put values/default/range under cases.VALUE, not {sorted(table)}.")
@@ -217,13 +236,14 @@ def _parse_cases(source: str, where: str, kind: str, table: dict[str, Any], depe
     return {v: _parse_choice(source, f"{where}.cases.{v}", kind, cases_raw[str(v)]) for v in parent_values}
 
 
-def _parse_param(source: str, name: str, kind: str, table: dict[str, Any], seen: dict[str, Param]) -> Param:
+def _parse_param(source: str, name: str, kind: str, table: dict[str, Any], seen: dict[str, Param],
+                 fixed: dict[str, Any]) -> Param:
     """One ``[params.NAME]`` table: its candidates (per case of its parent), and when it exists."""
     where = f"params.{name}"
     depends_on = table.pop("depends_on", None)
-    when = _parse_when(source, where, table.pop("when", None), seen)
+    when = _parse_when(source, where, table.pop("when", None), seen, fixed)
     if depends_on is not None:
-        choices = _parse_cases(source, where, kind, table, depends_on, seen)
+        choices = _parse_cases(source, where, kind, table, depends_on, seen, fixed)
     else:
         choices = {None: _parse_choice(source, where, kind, table)}
     return Param(name, kind, choices, depends_on, when)

@@ -71,11 +71,37 @@ def _mutate(path, value):
     (["order"], ["norm", "lr", "optimizer"], "earlier in 'order'"),
     (["family"], "vae", "'family' must be one of"),
     (["params", "norm", "default"], KeyError, "'default' is missing"),
+    # a value a search would try that no optimizer takes: refused here, not as an errored trial
+    (["params", "lr", "cases", "sgd", "values"], [0.01, -0.1], "params.lr.cases.sgd: -0.1 is not a valid value"),
 ])
 def test_malformed_study_files_are_refused(path, value, needle):
     parse_space(BASE)  # the base is valid
     with pytest.raises(StudyFileError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         parse_space(_mutate(path, value))
+
+
+@pytest.mark.parametrize("name, table, needle", [
+    ("width", {"values": [64, 0], "default": 64}, "params.width: 0 is not a valid value (width must be in [1, inf)"),
+    ("dropout", {"values": [0.0], "default": 0.0, "range": [0.0, 1.5]}, "params.dropout: 1.5 is not a valid value"),
+    ("batch_size", {"values": [16], "default": 16, "range": [7.5, 32.9]}, "must be whole numbers"),
+    ("dropout", {"values": [0.0], "default": 0.0, "range": ["0", "0.5"]}, "two finite numbers"),
+    ("weight_decay", {"values": [0.001], "default": 0.001, "range": [1e-5, 1e-2], "log": "false"},
+     "'log' must be true or false"),
+])
+def test_values_and_ranges_no_network_takes_are_refused(name, table, needle):
+    """In any list, at either end of a range: a search would try them, and each would error inside a Ray worker."""
+    raw = _mutate(["params", name], table)
+    raw["order"] = [*raw["order"], name]
+    with pytest.raises(StudyFileError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        parse_space(raw)
+
+
+def test_a_parameter_whose_parent_is_fixed_says_how_to_fix_it():
+    raw = _mutate(["fixed"], {"optimizer": "sgd"})
+    del raw["params"]["optimizer"]
+    raw["order"] = ["norm", "lr"]
+    with pytest.raises(StudyFileError, match="fixed to 'sgd' in \\[fixed\\]: give params.lr the values"):
+        parse_space(raw)
 
 
 def test_unknown_parameter_name_is_refused():

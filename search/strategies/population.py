@@ -134,7 +134,8 @@ class PB2Strategy(PopulationStrategy):
     summary = "population-based bandits (Ray Tune's PB2): PBT whose explore step is a Gaussian-process bandit"
 
     def require_ranges(self, space: Any) -> None:
-        missing = [n for n in perturbed(space) if not space.choice(n, space.defaults()).has_range]
+        missing = [n for n in perturbed(space)  # in every case of its parent: a member may be in any of them
+                   if not all(choice.has_range for choice in space.by_name[n].choices.values())]
         if missing:
             raise StudyError(f"{space.source}: pb2 explores continuous ranges, and {', '.join(missing)} "
                              "has none: add a range to its [params] table, or use --strategy pbt.")
