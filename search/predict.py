@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from search.runner.baseline import study_verdict
+from search.runner.baseline import recommended, study_verdict
 from trainables.storage import Location
 from trainables.opening import open_location
 from search.store.results import ResultsStore
@@ -90,10 +90,11 @@ def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
                         "give another trial's best.pt")
     print(f"model: the search's best trial {trial}" + (f" (val L1 {val_l1:.4f})" if val_l1 is not None else "")
           + f", {checkpoint}", flush=True)
-    recommended = _recommended_trial(summary)
-    if recommended and recommended != trial:
-        print(f"note: the final stage recommends the configuration of trial {recommended} (over its re-trained seeds: "
-              f"the dashboard's answer); give {study.root}/trials/{recommended}/best.pt to predict with it", flush=True)
+    chosen = recommended(summary.get("final"))
+    if chosen and chosen["source_trial_id"] != trial:
+        print(f"note: the final stage recommends the configuration of trial {chosen['source_trial_id']} (over its "
+              "re-trained seeds: the dashboard's answer); give its best.pt, in its folder under "
+              f"{study.root}/trials/, to predict with it", flush=True)
     return checkpoint
 
 
@@ -110,14 +111,6 @@ def _best_so_far(study: StudyStore) -> tuple[str | None, dict | None, float | No
     if best is None:
         return None, None, None
     return best["trial_id"], json.loads(best["config_json"]), best["best_val_l1"]
-
-
-def _recommended_trial(summary: dict) -> str | None:
-    """The search trial whose configuration the final stage recommends (None without a final stage's choice)."""
-    final = summary.get("final") or {}
-    rank = final.get("recommended_rank")
-    chosen = [c for c in final.get("configurations") or [] if c.get("rank") == rank]
-    return chosen[0].get("source_trial_id") if chosen else None
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
@@ -215,7 +208,8 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
         for start in range(0, len(files), EVAL_BATCH):
             chunk = list(zip(files[start : start + EVAL_BATCH], stems[start : start + EVAL_BATCH]))
             loaded = list(pool.map(lambda item: _load(item[0], size), chunk))
-            good = [(path, stem, small, size) for (path, stem), (small, size, _) in zip(chunk, loaded) if small is not None]
+            good = [(path, stem, small, shape) for (path, stem), (small, shape, _) in zip(chunk, loaded)
+                    if small is not None]
             for (path, stem), (_, _, err) in zip(chunk, loaded):
                 if err:
                     errors.append(err)
@@ -227,9 +221,8 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
                     image = as_float(batch)
                     out = family.final_predict(image) if family.has_final_mode else family.predict(image)
                 maps = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-                list(pool.map(lambda item: write_outputs(open_rgb(item[0][0]), item[1], out_dir, item[0][1]),
-                              zip(good, maps)))
                 for (path, stem, _, (width, height)), pred in zip(good, maps):
+                    write_outputs(open_rgb(path), pred, out_dir, stem)  # one photo at its own size at a time
                     rows.append({"file": str(path), "output": stem, "width": width, "height": height,
                                  "memorability": round(float(pred[0].mean()) / 255.0, 6),
                                  "falsely_remembered": round(float(pred[1].mean()) / 255.0, 6), "error": ""})
@@ -280,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:  # the data, the study, its location (a bucket's URI or credentials)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # writing the maps
-        print(f"error: {err.filename or args.out}: {err.strerror or err}; give an --out folder you can write to",
-              file=sys.stderr)
+    except OSError as err:  # writing the maps, or reading what was named
+        where = Path(err.filename) if err.filename else Path(args.out)
+        writing = Path(args.out).resolve() in (where.resolve(), *where.resolve().parents)
+        print(f"error: {where}: {err.strerror or err}; "
+              + ("give an --out folder you can write to" if writing else "check that it can be read"), file=sys.stderr)
         return 2
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"error: {args.source}: cannot load the model ({str(err).splitlines()[0]}); "

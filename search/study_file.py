@@ -171,10 +171,12 @@ def _check_candidates(source: str, space: Space, config_cls: type) -> None:
     """Every value a search may try, and each end of a range, makes a valid config with the defaults (its parent set
     to its case, and to what its ``when`` allows): a p_translation of 1.5 or a width of 0 is refused here, not
     inside a Ray worker as an errored trial."""
+    parents = {p.depends_on for p in space.params}
     for param in space.params:
         gate = {parent: allowed[0] for parent, allowed in (param.when or {}).items()}
         for case, choice in param.choices.items():
-            ends = (choice.low, choice.high) if choice.has_range else ()
+            # a parent's cases are its values: a range end between them has no case to check with
+            ends = (choice.low, choice.high) if choice.has_range and param.name not in parents else ()
             for value in (*choice.values, *ends):
                 if param.kind == "int":
                     value = int(value)

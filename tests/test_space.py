@@ -96,6 +96,15 @@ def test_values_and_ranges_no_network_takes_are_refused(name, table, needle):
         parse_space(raw)
 
 
+def test_a_ranged_parameter_others_depend_on_is_checked_by_its_values():
+    """Its range's ends are no case of its dependents: they are not made into configs (a KeyError before)."""
+    raw = _mutate(["params", "batch_size"], {"values": [16, 32], "default": 16, "range": [8, 64]})
+    raw["params"]["lr"] = {"depends_on": "batch_size", "cases": {"16": {"values": [0.001], "default": 0.001},
+                                                                 "32": {"values": [0.002], "default": 0.002}}}
+    raw["order"] = ["norm", "optimizer", "batch_size", "lr"]
+    assert parse_space(raw).choice("lr", {"batch_size": 32}).values == (0.002,)
+
+
 def test_a_parameter_whose_parent_is_fixed_says_how_to_fix_it():
     raw = _mutate(["fixed"], {"optimizer": "sgd"})
     del raw["params"]["optimizer"]

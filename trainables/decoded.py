@@ -27,7 +27,9 @@ import numpy as np
 from trainables.images import DataError
 from trainables.synthetic import cache_root
 
-FORMAT = 2  # 2: EXIF orientation applied, 16-bit scaled by its depth, float read as [0, 1]. Bump when what a split decodes to changes (conversion, resizing), so old entries are not read
+# Bump FORMAT when what a split decodes to changes (conversion, resizing), so old entries are not read. 2: EXIF
+# rotation applied, 16-bit scaled by its depth, float read as [0, 1].
+FORMAT = 2
 STALE_S = 3600  # a temporary file this old was left by a search that was killed as it wrote
 KEEP = 6  # splits kept; with VISCHEMA's 1,600 pairs at 256 px, one is about 0.6 GB
 Pairs = list[tuple[str, Path, Path]]

@@ -1,6 +1,6 @@
 """How a trial uses its device: precision, memory format, compilation, and what it measures of the GPU.
 
-On CUDA a trial trains in bf16 autocast (fp16 with a loss scaler where bf16 is missing),
+On CUDA a trial trains in bf16 autocast (fp16 with a loss scaler before Ampere: :func:`native_bf16`),
 with fused Adam, each training step replayed as one CUDA graph (``trainables.steps.TrainSteps``),
 and with the memory format that ``benchmarks/gpu/`` measured fastest at the thesis sizes
 (see :func:`FastPath.resolve`). On the CPU everything is fp32, eager and contiguous: the CPU
@@ -58,7 +58,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 class Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU.
+    """Mixed precision on CUDA (bf16 where the GPU computes it, :func:`native_bf16`, else fp16 with loss scaling);
+    fp32 on CPU.
 
     ``choice`` (a run setting): ``auto`` as above, ``bf16``/``fp16`` to force one on CUDA,
     ``fp32`` for no autocast. The CPU always trains in fp32.

@@ -41,8 +41,6 @@ def claims(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["family"], _claim(r)) for r in summarize(rows) if r["strategy"] != "greedy" and excludes_zero(r)]
 
 
-
-
 def publish_table() -> str:
     """benchmarks/README.md, section 3b: the table, when and how it was measured, what is not measured yet."""
     from benchmarks.publish import table

@@ -106,8 +106,8 @@ def strategy_comparison() -> str:
     lines += ["", "Where the interval excludes 0: " + ("; ".join(claims) if claims else "nowhere") + "."]
     if overspent:
         why = (f"{BEFORE_CAP}, so a search overshot by up to that many trials' epochs, and its 1.0x row had those "
-               "epochs to spend" if before_cap(over_commits) else "trials running or queued when a search reaches its "
-               "budget finish")
+               "epochs to spend" if before_cap(over_commits) else "more than the cap should allow "
+               "(search/strategies/budget.py): a bug to report")
         lines += ["", "**Over budget:** some runs spent more than greedy's B (" + "; ".join(overspent) + "): " + why + "."]
     lines += ["", "This compares best val L1, the luckiest single run of each search, at a size where models barely "
               "learn; what a user publishes is the final stage's test L1 of the configuration a search selects "
@@ -143,9 +143,8 @@ def search_efficiency() -> str:
                 "and on study files that did not yet search the loss, dropout and weight decay; they are to be "
                 "re-measured (`python -m benchmarks.search --quick`: the autoencoder, 3 seeds, 4 strategies)."]
     elif len(over):
-        why = (BEFORE_CAP if before_cap(over["commit"] if "commit" in over else [None]) else "a search stops "
-               "starting trials at its budget, and the trials running or queued then (2 of each here, 4 epochs at most) "
-               "finish")
+        why = (BEFORE_CAP if before_cap(over["commit"] if "commit" in over else [None]) else "more than the cap "
+               "should allow (search/strategies/budget.py): a bug to report")
         note = ["", "", f"**Over budget:** {len(over)} of these {len(runs)} runs spent more than 1.05x greedy's B (up to "
                 f"{(over['epochs_spent'] / over['greedy_epochs']).max():.2f}x): {why}."]
     return _runs_measured(runs) + "\n\n" + render_search(summarize(runs), runs) + "\n".join(note)

@@ -1,4 +1,5 @@
-"""Where the Ray cluster is: ``--address``, else ``RAY_ADDRESS`` (a Ray job's driver has it), else a local Ray; and
+"""Where the Ray cluster is: ``--address``, else ``RAY_ADDRESS`` (a Ray job's driver has it), else the Ray that
+``ray start`` left on this machine (``search.runner.cluster``), else a local Ray; and
 whether it answers, asked before anything starts (Ray itself waits minutes on a cluster that is not there)."""
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def _started_here() -> tuple[str | None, str]:
         return None, ""
     print(f"ray: joining the Ray started on this machine at {address} (`ray start`); `ray stop` it, or pass "
           "--address local, for a Ray of the search's own", flush=True)
-    return address, "the Ray started on this machine (ray start)"
+    return address, "the Ray started on this machine (`ray start`; if it is gone, `ray stop` clears its address)"
 
 
 def resources(plan: StudyPlan) -> dict[str, float]:

@@ -109,7 +109,7 @@ def _search_and_final(plan: StudyPlan, search: OpenSearch, results: ResultsStore
     interrupted = False
     if search.to_run != 0 and not (budget and budget.reached):
         interrupted = tuning.fit(plan, search, results, configs, started, budget)
-    elif search.reached_end() or (budget and budget.reached):
+    elif plan.final_runs and (search.reached_end() or (budget and budget.reached)):
         print("search: it ended in an earlier run; the final stage goes on from its runs' checkpoints (a finished run "
               "is replayed, not trained again)", flush=True)
     finished = not interrupted and (search.reached_end() or bool(budget and budget.reached))

@@ -90,10 +90,7 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
               "without its utility libraries lacks), so trials train on CPUs; start Ray with `ray start --head "
               "--num-gpus N` and pass --address, or make NVML readable, to train on it", flush=True)
     existing = store.read_record()
-    runs = len(existing.get("segments", [])) if existing else 0
-    print(f"study: {store.name} in {store.root}: " + ("new" if not existing else "continues (no trial has run yet)"
-                                                      if not runs else f"continues ({runs} earlier run{'s' if runs > 1 else ''} of its trials)"),
-          flush=True)
+    print(f"study: {store.name} in {store.root}: {_new_or_continued(existing)}", flush=True)
     preset = _preset(options, gpus_available, existing)
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
@@ -146,6 +143,13 @@ def _val_share(options: SearchOptions, existing: dict[str, Any] | None, store: S
         raise StudyError(f"study {store.name} in {store.root} was made with {made}; --val-share {options.val_share:g} "
                          "would change its splits. Drop --val-share, or use a new --study name.")
     return recorded
+
+
+def _new_or_continued(existing: dict[str, Any] | None) -> str:
+    runs = len(existing.get("segments", [])) if existing else 0
+    if not existing:
+        return "new"
+    return f"continues ({runs} earlier run{'s' if runs > 1 else ''} of its trials)" if runs else "continues"
 
 
 def _torch_sees_a_gpu() -> bool:

@@ -95,13 +95,14 @@ class PopulationStrategy(Strategy):
         from search.strategies.population_search import PopulationSearch, from_study
 
         base = from_study(options, space, context) if options.from_study else space.defaults()
+        self.require_ranges(space, base)  # --from-study's best may sit in another case of a perturbed parameter
         context.say(f"{self.name}: {population} members of {context.epochs} epochs, perturbing "
                     f"{', '.join(perturbed(space))} every {interval} epochs (the bottom {QUANTILE:.0%} take the weights "
                     f"of the top {QUANTILE:.0%}); everything else fixed"
                     + (f" at {options.from_study}'s best" if options.from_study else " at the study's defaults"))
         return PopulationSearch(self, context, base, population, interval, perturbed(space))
 
-    def require_ranges(self, space: Any) -> None:
+    def require_ranges(self, space: Any, config: dict[str, Any] | None = None) -> None:
         """PBT perturbs a range continuously and moves along values; both will do."""
 
     def mutations(self, search: "PopulationSearch") -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
@@ -133,9 +134,9 @@ class PB2Strategy(PopulationStrategy):
     name = "pb2"
     summary = "population-based bandits (Ray Tune's PB2): PBT whose explore step is a Gaussian-process bandit"
 
-    def require_ranges(self, space: Any) -> None:
-        missing = [n for n in perturbed(space)  # in every case of its parent: a member may be in any of them
-                   if not all(choice.has_range for choice in space.by_name[n].choices.values())]
+    def require_ranges(self, space: Any, config: dict[str, Any] | None = None) -> None:
+        config = space.defaults() if config is None else config  # the members' base: their parents' cases
+        missing = [n for n in perturbed(space) if not space.choice(n, config).has_range]
         if missing:
             raise StudyError(f"{space.source}: pb2 explores continuous ranges, and {', '.join(missing)} "
                              "has none: add a range to its [params] table, or use --strategy pbt.")
