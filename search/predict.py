@@ -37,7 +37,7 @@ from PIL import Image
 from search.runner.baseline import recommended, study_verdict
 from trainables.storage import Location
 from trainables.opening import open_location
-from search.store.results import ResultsStore
+from search.store.results import ResultsStore, best_trial
 from search.store.study import StudyStore
 from trainables.checkpoints import load_family
 from trainables.errors import InputError
@@ -103,11 +103,7 @@ def _best_so_far(study: StudyStore) -> tuple[str | None, dict | None, float | No
     that completed or were stopped), read from trials.parquet, which a running or stopped search keeps current:
     (trial id, its config, its val L1), or Nones."""
     table = study.read_table(ResultsStore.TRIALS)
-    best = None
-    for row in table.to_pylist() if table is not None else []:
-        if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
-            if best is None or row["best_val_l1"] < best["best_val_l1"]:
-                best = row
+    best = best_trial(table.to_pylist() if table is not None else [])
     if best is None:
         return None, None, None
     return best["trial_id"], json.loads(best["config_json"]), best["best_val_l1"]

@@ -28,6 +28,22 @@ def test_the_better_baseline_is_the_lower_of_the_two():
     assert better_baseline(TEST) == ("the mean training map", 0.05)
 
 
+def test_one_rule_names_the_best_trial_everywhere():
+    """summary.json's best trial, the final stage's top k, predict's model and --from-study read one ranking: the
+    lowest best val L1 of the trials that completed or were stopped, a tie going to the lower trial id."""
+    from search.store.results import best_trial, ranked_trials
+
+    rows = [{"trial_id": "c", "status": "completed", "best_val_l1": 0.20},
+            {"trial_id": "b", "status": "stopped", "best_val_l1": 0.10},
+            {"trial_id": "a", "status": "completed", "best_val_l1": 0.10},
+            {"trial_id": "d", "status": "diverged", "best_val_l1": 0.01},  # diverged and errored trials never rank
+            {"trial_id": "e", "status": "errored", "best_val_l1": None},
+            {"trial_id": "f", "status": "running", "best_val_l1": 0.05},
+            {"trial_id": "g", "status": "completed", "best_val_l1": None}]
+    assert [r["trial_id"] for r in ranked_trials(rows)] == ["a", "b", "c"]
+    assert best_trial(rows)["trial_id"] == "a" and best_trial(rows[3:5]) is None
+
+
 def test_on_val_a_configuration_must_beat_the_baseline_by_more_than_the_noise_margin():
     assert beats_on_val(0.0600, VAL, margin=0.058) is True  # 14% below black
     assert beats_on_val(0.0680, VAL, margin=0.058) is False  # 3% below: within one run's noise

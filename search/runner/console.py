@@ -16,7 +16,7 @@ from typing import Any, Callable
 from search.runner.baseline import beats_on_val, verdict_line
 from search.runner.final import every_run_errored, format_final
 from search.runner.progress import SearchProgress
-from search.store.results import STATUSES, ResultsStore
+from search.store.results import RANKED, STATUSES, ResultsStore, best_trial
 from trainables.config import RunSettings
 from trainables.data import MAP_CHANNELS
 
@@ -40,14 +40,14 @@ class Printer:
         self.trial_line = trial_line  # the strategy's: a prefix, and the one hyperparameter to show
 
     def seed_best(self, store: ResultsStore) -> None:
-        for row in store.trials.values():
-            if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
-                self.best = min(self.best, row["best_val_l1"])
+        best = best_trial(store.trials.values())
+        if best is not None:
+            self.best = min(self.best, best["best_val_l1"])
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.count += 1
         value = row.get("best_val_l1")
-        if row["status"] in ("completed", "stopped") and value is not None:
+        if row["status"] in RANKED and value is not None:
             self.best = min(self.best, value)
         config = json.loads(row["config_json"]) if row.get("config_json") else {}
         hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
@@ -111,15 +111,12 @@ def error_line(error: str | None, width: int = 200) -> str:
 def summarize(results: ResultsStore, *, study_dir: str, preset: str, record: dict[str, Any], wall: float,
               finished: bool, final: dict[str, Any] | None, margin: float, budget_epochs: int | None = None) -> Summary:
     counts = {status: 0 for status in STATUSES}
-    best_row = None
     first_error = None
     for row in results.trials.values():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         if row["status"] == "errored" and first_error is None:
             first_error = last_line(row.get("error"))
-        if row["status"] in ("completed", "stopped") and row.get("best_val_l1") is not None:
-            if best_row is None or row["best_val_l1"] < best_row["best_val_l1"]:
-                best_row = row
+    best_row = best_trial(results.trials.values())
     total_wall = sum(s.get("wall_seconds") or 0.0 for s in record.get("segments", []))
     meta = results.meta
     return Summary(

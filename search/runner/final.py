@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pyarrow as pa
 
 from search.runner.baseline import beats_on_final, recommended
-from search.store.results import ResultsStore
+from search.store.results import ResultsStore, ranked_trials
 from trainables.data import MAP_CHANNELS, VMSDataset
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ def interval(values: list[float]) -> dict[str, float | int | None]:
 
 def top_configurations(store: ResultsStore, k: int, hp_names: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The ``k`` best finished trials (completed or stopped early) by best val L1: (trial id, hyperparameters)."""
-    rows = [r for r in store.trials.values()
-            if r["status"] in ("completed", "stopped") and r.get("best_val_l1") is not None]
-    rows.sort(key=lambda r: (r["best_val_l1"], r["trial_id"]))
+    rows = ranked_trials(store.trials.values())
     return [(r["trial_id"], {name: r[f"hp_{name}"] for name in hp_names if r.get(f"hp_{name}") is not None})
             for r in rows[:k]]
 

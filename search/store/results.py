@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pyarrow as pa
 
@@ -94,6 +94,20 @@ MEANINGS = {
 }
 HP_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 STATUSES = ("running", "completed", "stopped", "diverged", "errored")
+RANKED = ("completed", "stopped")  # the statuses whose best val L1 ranks a trial (a diverged one's does not)
+
+
+def ranked_trials(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """trials.parquet's rows that completed or were stopped with a best val L1, best first (a tie by trial id): the
+    order of summary.json's best trial, the final stage's top configurations, predict's model and --from-study."""
+    return sorted((r for r in rows if r["status"] in RANKED and r.get("best_val_l1") is not None),
+                  key=lambda r: (r["best_val_l1"], r["trial_id"]))
+
+
+def best_trial(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The search's best trial (``ranked_trials``' first), or None where no trial has finished."""
+    ranked = ranked_trials(rows)
+    return ranked[0] if ranked else None
 
 
 def utc_now() -> datetime:

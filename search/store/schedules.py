@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pyarrow as pa
 
 from trainables.faults import crash_point
-from search.store.results import HP_TYPES, _finite_or_none
+from search.store.results import HP_TYPES, _finite_or_none, ranked_trials
 
 if TYPE_CHECKING:
     from search.store.results import ResultsStore
@@ -139,9 +139,7 @@ def best_schedules(store: "StudyStore", results: "ResultsStore", k: int, base: d
 
     rows = read_rows(store)
     names = [c[3:] for c in (rows[0] if rows else {}) if c.startswith("hp_")]
-    finished = [r for r in results.trials.values()
-                if r["status"] in ("completed", "stopped") and r.get("best_val_l1") is not None]
-    finished.sort(key=lambda r: (r["best_val_l1"], r["trial_id"]))
+    finished = ranked_trials(results.trials.values())
     top = []
     for row in finished[:k]:
         path = lineage(rows, member_of(row), names)

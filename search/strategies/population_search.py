@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Callable
 
 from search.errors import StudyError
-from search.store.results import ResultsStore, TrialIdentity
+from search.store.results import ResultsStore, TrialIdentity, best_trial
 from search.store.schedules import ScheduleCallback, best_schedules, last_hyperparameters, read_rows
 from search.strategies.base import OpenSearch, SearchContext, SearcherRecord, TuneRun
 from trainables.config import PER_TRIAL_SETTINGS
@@ -357,16 +357,9 @@ def from_study(options: Any, space: Any, context: SearchContext) -> dict[str, An
         raise StudyError(f"--from-study {options.from_study}: no study of that name in {options.runs_dir}.")
     if record.get("family") != space.family:
         raise StudyError(f"--from-study {options.from_study} is a {record.get('family')} study; this one is {space.family}.")
-    rows = [r for r in (store.read_table(ResultsStore.TRIALS) or _empty()).to_pylist()
-            if r["status"] in ("completed", "stopped") and r.get("best_val_l1") is not None]
-    if not rows:
+    table = store.read_table(ResultsStore.TRIALS)
+    best = best_trial(table.to_pylist() if table is not None else [])
+    if best is None:
         raise StudyError(f"--from-study {options.from_study} has no finished trial yet.")
-    best = min(rows, key=lambda r: (r["best_val_l1"], r["trial_id"]))
     config = json.loads(best["config_json"])
     return space.resolve({p.name: config[p.name] for p in space.params if p.name in config})
-
-
-def _empty():
-    import pyarrow as pa
-
-    return pa.table({"status": pa.array([], pa.string())})
