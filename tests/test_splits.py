@@ -89,6 +89,15 @@ def test_a_search_on_train_and_val_lists_reports_test_numbers(vischema_layout, t
     # Another share on the same study would change its splits: refused, nothing touched.
     refused = _search(tmp_path, vischema_layout, "--study", "vis", "--val-share", "0.3", *FINAL)
     assert_clean_error(refused, "was made with --val-share 0.2")
+    # So would another test list (its final runs were measured on this one): refused, nothing touched.
+    edited = tmp_path / "edited"
+    shutil.copytree(vischema_layout, edited)
+    listed = (edited / "splits" / "val.txt").read_text().splitlines()
+    (edited / "splits" / "val.txt").write_text("\n".join(listed[:-1]) + "\n")
+    before = (tmp_path / "vis" / "final.parquet").read_bytes()
+    refused = _search(tmp_path, edited, "--study", "vis", *FINAL)
+    assert_clean_error(refused, "created with other settings", "test_fingerprint")
+    assert (tmp_path / "vis" / "final.parquet").read_bytes() == before and record["test_fingerprint"]
 
 
 def test_a_study_made_before_the_rule_resumes_with_its_split(vischema_layout, tmp_path):

@@ -77,6 +77,16 @@ class VMSDataset:
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
+    @property
+    def test_fingerprint(self) -> str | None:
+        """The same of the test split (None where there is none): a study's final stage is measured on one test set."""
+        if self.test_images is None:
+            return None
+        digest = hashlib.sha1()
+        for array in (self.test_images, self.test_maps):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
+
     def baselines(self, split: str = "val") -> dict[str, float]:
         """L1 of the all-black map and of the mean training map (maps in [-1, 1]) on a split
         (``val`` or ``test``), overall (``black_l1``, ``mean_map_l1``) and per meaningful channel

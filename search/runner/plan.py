@@ -190,6 +190,7 @@ def study_identity(strategy: Strategy, space: Space, settings: dict[str, Any], p
         "settings": {k: v for k, v in settings.items()
                      if k not in ("checkpoint_root", "threads", "evaluate_test", *DEVICE_SETTINGS, *PER_TRIAL_SETTINGS)},
         "data_subset": [preset.n_train, preset.n_val], "data_fingerprint": data.fingerprint,
+        "test_fingerprint": data.test_fingerprint,
     }
 
 
@@ -198,6 +199,7 @@ def check_or_create_record(store: StudyStore, existing: dict[str, Any] | None, i
     """Refuse a study whose record differs from this run's identity, or create the study (record, val_data.npz)."""
     if existing is not None:
         existing = {**existing, "domain": strategy.domain(None, existing)}  # the rule for a study from before --domain
+        existing.setdefault("test_fingerprint", identity["test_fingerprint"])  # a study from before: its test as now
         differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items()
                        if existing.get(k) != v]
         if differences:

@@ -111,6 +111,7 @@ class MLflowTracker:
         self.run_id = run.info.run_id
         params = {"strategy": record["strategy"], "family": record["family"], "preset": preset,
                   "domain": record.get("domain"), "data_fingerprint": record.get("data_fingerprint"),
+                  "test_fingerprint": record.get("test_fingerprint"),
                   "data_source": record.get("data_source"), "val_share": record.get("val_share"),
                   **{f"settings.{k}": v for k, v in (record.get("settings") or {}).items()}}
         self._log(self.run_id, params=params)
