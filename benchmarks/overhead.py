@@ -222,7 +222,7 @@ def bench_overhead(data: VMSDataset, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"epochs": epochs, "repeats": repeats, "width_divisor": divisor, "threads": threads,
                            "families": {}}
     measured: dict[str, list[dict[str, float]]] = {family: [] for family in FAMILIES}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for repeat in range(repeats):
             for family in FAMILIES:

@@ -93,7 +93,7 @@ def shared_ray():
     """One local Ray for a series of searches (run_study reuses it instead of starting its own)."""
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 

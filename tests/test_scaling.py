@@ -15,7 +15,8 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     # One GPU as Ray sees it; on a machine without CUDA the trials fall back to the CPU.
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     try:
         options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", final_top_k=0, samples=4, epochs=3,
                                 gpus_per_trial=0.25, cpus_per_trial=0.5, scheduler="none", runs_dir=str(tmp_path),
@@ -73,7 +74,8 @@ def test_gpus_per_trial_auto_packs_trials_by_the_measured_trial(tmp_path, monkey
         ray.shutdown()
     # A fake GPU and a fake measurement (this machine has no CUDA): 3 trials fit by memory and by idle time.
     monkeypatch.setenv("MEMSEARCH_FAKE_GPU_PROBE", json.dumps(probe))
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     try:
         options = SearchOptions(strategy="random", model="autoencoder", preset="smoke", final_top_k=0, samples=3, epochs=3,
                                 gpus_per_trial="auto", cpus_per_trial=0.5, scheduler="none", runs_dir=str(tmp_path),
@@ -101,7 +103,8 @@ def test_a_trial_out_of_gpu_memory_is_retried_with_a_larger_share(tmp_path, caps
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
 
     def trainable(config):
         share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)

@@ -33,8 +33,8 @@ def section_packing(args) -> dict[str, Any]:
     from trainables.measure import GpuProbe, probe_gpu
 
     data = bench_data()
-    ray.init(num_gpus=1, num_cpus=max(8, os.cpu_count() or 8), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_gpus=1, num_cpus=max(8, os.cpu_count() or 8), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     try:
         data_ref = ray.put(data)
         probe = ray.get(ray.remote(num_gpus=1)(probe_gpu).remote("gan", [thesis_config("gan", 64), thesis_config("gan", 100)],
