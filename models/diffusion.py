@@ -230,6 +230,21 @@ class SamplerStep:
     pred_x0: torch.Tensor
 
 
+# One generator for a batch, or one per sample (a sample's noise then is what it would be alone in its batch).
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def gaussian_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise shaped as ``x``, drawn from ``generator``, or, given one generator per sample, each
+    sample's from its own (as ``torch.randn`` would draw it for a batch of that sample alone)."""
+    if isinstance(generator, list):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
+                          for g in generator])
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 class DDIMSampler:
     """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) over k trailing timesteps."""
 
@@ -250,7 +265,7 @@ class DDIMSampler:
         i = self.timesteps.index(t)
         return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
 
-    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> SamplerStep:
+    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None) -> SamplerStep:
         steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         x0, eps = self.schedule.split(output, x_t, steps)
         abar_prev = self.schedule.abar_at(self._previous(t), x_t.device)
@@ -267,7 +282,7 @@ class AncestralSampler(DDIMSampler):
     def set_timesteps(self, k: int | None = None) -> None:  # noqa: ARG002 - ancestral walks every step
         self.timesteps = list(range(self.schedule.steps - 1, -1, -1))
 
-    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> SamplerStep:
+    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None) -> SamplerStep:
         steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         x0, _ = self.schedule.split(output, x_t, steps)
         if t == 0:
@@ -278,8 +293,7 @@ class AncestralSampler(DDIMSampler):
         # posterior q(x_{t-1} | x_t, x0): mean (eq. 7) and variance beta-tilde
         mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
         variance = beta_t * (1 - abar_prev) / (1 - abar_t)
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        return SamplerStep(mean + variance.sqrt() * noise, x0)
+        return SamplerStep(mean + variance.sqrt() * gaussian_like(x_t, generator), x0)
 
 
 def build_sampler(name: str, schedule: NoiseSchedule) -> DDIMSampler:
@@ -294,16 +308,17 @@ def sample(
     *,
     sampler: str = "ddim",
     sampling_steps: int = 10,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Sample maps in [-1, 1] conditioned on ``image`` (N, 3, H, W), starting from pure noise.
 
     ``ancestral`` ignores ``sampling_steps`` and walks every trained step; ``ddim`` walks
-    ``sampling_steps`` trailing steps deterministically.
+    ``sampling_steps`` trailing steps deterministically. One generator per sample makes each
+    sample's map the one it would get alone (``gaussian_like``).
     """
     walker = build_sampler(sampler, schedule)
     walker.set_timesteps(sampling_steps)
-    x = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    x = gaussian_like(image, generator)
     for t in walker.timesteps:
         steps = torch.full((image.shape[0],), t, device=image.device, dtype=torch.long)
         x = walker.step(model(image, x, steps), t, x, generator).prev_sample

@@ -215,7 +215,7 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
                 batch = torch.from_numpy(np.stack([g[2] for g in good])).to(target)
                 with torch.no_grad(), family.precision.autocast():
                     image = as_float(batch)
-                    out = family.final_predict(image) if family.has_final_mode else family.predict(image)
+                    out = family.map_photos(image)
                 maps = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
                 for (path, stem, _, (width, height)), pred in zip(good, maps):
                     write_outputs(open_rgb(path), pred, out_dir, stem)  # one photo at its own size at a time

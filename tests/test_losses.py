@@ -108,3 +108,25 @@ def test_diffusion_map_losses_read_the_output_as_x0_logits():
     with torch.no_grad():
         maps = family.predict(image)
     assert maps.shape == vms.shape and maps.abs().max() <= 1
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_a_photos_diffusion_map_is_the_one_it_gets_alone_in_any_batch(sampler):
+    """predict's maps: a photo's sampling noise comes from its own seeded generator, so its map depends neither on
+    the other photos of its batch nor on its place there (the search's evaluation keeps one generator a batch)."""
+    from trainables.config import DiffusionConfig
+    from trainables.diffusion import DiffusionFamily
+
+    hp = DiffusionConfig(steps=20, final_sampler=sampler, final_sampling_steps=3, augment=False)
+    family = DiffusionFamily(hp, RunSettings(epochs=1, width_divisor=16), torch.device("cpu"))
+    family.train(False)
+    photos = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        batch = family.map_photos(photos)
+        alone = [family.map_photos(photos[i : i + 1]) for i in range(3)]
+        reordered = family.map_photos(photos.flip(0))
+        shared = family.final_predict(photos)  # one generator for the batch: the second photo's noise is not its own
+    for i in range(3):
+        assert torch.allclose(batch[i : i + 1], alone[i], atol=1e-6) and torch.allclose(reordered[2 - i], batch[i], atol=1e-6)
+    assert torch.allclose(alone[0], family.final_predict(photos[:1]), atol=1e-6)
+    assert not torch.allclose(shared[1], batch[1], atol=1e-4)

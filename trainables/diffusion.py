@@ -63,8 +63,11 @@ class DiffusionFamily(OneNetworkFamily):
         noise = torch.randn(vms.shape, generator=generator, device=vms.device, dtype=vms.dtype)
         self.net(image, self.schedule.add_noise(vms, noise, t), t)
 
-    def _sample(self, image: torch.Tensor, sampler: str, steps: int) -> torch.Tensor:
-        generator = torch.Generator(device=image.device).manual_seed(self.sample_seed)
+    def _sample(self, image: torch.Tensor, sampler: str, steps: int, alone: bool = False) -> torch.Tensor:
+        def seeded() -> torch.Generator:
+            return torch.Generator(device=image.device).manual_seed(self.sample_seed)
+
+        generator = [seeded() for _ in range(len(image))] if alone else seeded()
         return sample(self.net, self.schedule, image, sampler=sampler, sampling_steps=steps, generator=generator)
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
@@ -72,4 +75,8 @@ class DiffusionFamily(OneNetworkFamily):
 
     def final_predict(self, image: torch.Tensor) -> torch.Tensor:
         return self._sample(image, self.hp.final_sampler, self.hp.final_sampling_steps)
+
+    def map_photos(self, image: torch.Tensor) -> torch.Tensor:
+        # Each photo's sampling noise from its own generator: its map is the one it gets alone, in any batch.
+        return self._sample(image, self.hp.final_sampler, self.hp.final_sampling_steps, alone=True)
 

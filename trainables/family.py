@@ -112,6 +112,12 @@ class Family(ABC):
         """Maps from the family's final evaluation mode (only called when ``has_final_mode``)."""
         return self.predict(image)
 
+    def map_photos(self, image: torch.Tensor) -> torch.Tensor:
+        """The maps ``search.predict`` writes for a batch of photos: the final evaluation mode, each photo's map the
+        one it would get alone (a family that samples noise overrides this so that its map does not depend on the
+        other photos of the batch or its place there)."""
+        return self.final_predict(image) if self.has_final_mode else self.predict(image)
+
     @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
