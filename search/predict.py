@@ -39,16 +39,18 @@ from trainables.storage import Location
 from trainables.opening import open_location
 from search.store.results import ResultsStore, best_trial
 from search.store.study import StudyStore
-from trainables.checkpoints import load_family
+from trainables.checkpoints import family_from_state, load_family, load_state
 from trainables.errors import InputError
+from trainables.data import DEFAULT_SIZE
 from trainables.evaluation import EVAL_BATCH, as_float
 from trainables.images import IMAGE_EXTENSIONS, SYSTEM_FILES, DataError, open_rgb, resized_array
 
 OVERLAY_ALPHA = 0.65  # how much of the map shows where it is brightest
 
 
-def resolve_checkpoint(source: str | Path, model: str | None) -> tuple[Location, str, int]:
-    """(checkpoint, family, working size) for a study folder or a checkpoint file, local or in a bucket."""
+def resolve_checkpoint(source: str | Path, model: str | None) -> tuple[Location, str, int | None]:
+    """(checkpoint, family, working size: its study's, None outside one) for a study folder or a checkpoint file,
+    local or in a bucket."""
     where = open_location(source, what="the study")
     if where.is_dir():
         study = StudyStore(where.parent, where.name)
@@ -64,7 +66,18 @@ def resolve_checkpoint(source: str | Path, model: str | None) -> tuple[Location,
     if family is None:
         raise DataError(f"{checkpoint} is not inside a study folder; say which family it is with --model")
     val = study.read_val_data() if record else None
-    return checkpoint, family, int(val["images"].shape[-1]) if val is not None else 64
+    return checkpoint, family, int(val["images"].shape[-1]) if val is not None else None
+
+
+def _trained_size(state: dict, checkpoint: Location) -> int:
+    """The side of the images a checkpoint outside its study folder was trained at (recorded in it), or 64, said,
+    for a checkpoint from before that was recorded."""
+    if state.get("image_size"):
+        return int(state["image_size"])
+    print(f"note: {checkpoint} does not record the image size it was trained at (it predates that); photos are "
+          f"resized to {DEFAULT_SIZE} px, the synthetic data's: predict from its study folder for the study's size",
+          flush=True)
+    return DEFAULT_SIZE
 
 
 def _best_checkpoint(study: StudyStore, source: str | Path) -> Location:
@@ -195,7 +208,9 @@ def predict_images(source: str | Path, inputs: list[Path], out_dir: Path, *, mod
     if not files:
         raise DataError("no images to predict: " + "; ".join(problems or ["no inputs given"]))
     target = _device(device)
-    family = load_family(checkpoint, family_name, target)
+    state = load_state(checkpoint)
+    family = family_from_state(state, family_name, target)
+    size = size or _trained_size(state, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _output_stems(files)
     rows, errors, written = [], list(problems), 0

@@ -358,6 +358,18 @@ def test_predict_uses_the_best_trial_so_far_of_a_search_that_has_not_ended(greed
     assert "search has not ended (it runs, or was stopped): its best trial so far" in out
 
 
+def test_a_checkpoint_outside_its_study_folder_predicts_at_the_size_it_was_trained_at(greedy_study, capsys):
+    from search.predict import _trained_size
+    from trainables.checkpoints import load_state
+
+    best = next((greedy_study / "trials").glob("*/best.pt"))
+    state = load_state(best)
+    assert state["image_size"] == 64  # the smoke preset's --size, recorded by the trial
+    assert _trained_size({**state, "image_size": 96}, best) == 96 and "note" not in capsys.readouterr().out
+    del state["image_size"]  # a checkpoint from before: the default size, said
+    assert _trained_size(state, best) == 64 and "does not record the image size" in capsys.readouterr().out
+
+
 def test_predict_never_writes_two_inputs_to_one_name_and_checks_its_out_and_device(tmp_path):
     from search.predict import _check_out, _device, _output_stems
     from trainables.images import DataError

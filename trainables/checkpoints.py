@@ -190,6 +190,7 @@ def checkpoint_state(trial: Any, progress: Any) -> dict[str, Any]:
         "format": CHECKPOINT_FORMAT, "epoch": progress.epoch, "status": progress.history[-1]["status"],
         "history": progress.history, "best_val_l1": progress.best,
         "config": resolved_config(trial.settings, trial.hp), "family": trial.family.state_dict(),
+        "image_size": int(trial.tensors.val_images.shape[-1]),  # the side the model was trained at (predict's input)
         "batch_rng": trial.batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     })
@@ -204,7 +205,11 @@ def load_state(checkpoint: str | Path | Location) -> dict[str, Any]:
 
 def load_family(checkpoint: str | Path | Location, model: str, device: torch.device) -> Family:
     """The family a checkpoint (best.pt or latest.pt) was saved from, restored in eval mode on ``device``."""
-    state = load_state(checkpoint)
+    return family_from_state(load_state(checkpoint), model, device)
+
+
+def family_from_state(state: dict[str, Any], model: str, device: torch.device) -> Family:
+    """The family of a loaded checkpoint (``load_state``), restored in eval mode on ``device``."""
     from trainables.families import find_family
 
     family_cls = find_family(model)

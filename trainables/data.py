@@ -45,6 +45,7 @@ from trainables.synthetic import MAP_KINDS, SyntheticSpec, cache_root, ensure_sy
 
 # The two meaningful channels of a VMS map (red: remembered, green: falsely remembered; blue stays black).
 MAP_CHANNELS = {"remembered": 0, "falsely_remembered": 1}
+DEFAULT_SIZE = 64  # the working side images and maps are resized to (--size), the report's
 
 
 @dataclass
@@ -215,7 +216,7 @@ def check_data_folder(data_dir: str | Path, *, layout: bool = False) -> Path:
     return root
 
 
-def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
+def load_dataset(data_dir: str | Path, *, size: int = DEFAULT_SIZE, seed: int = 0, val_fraction: float = 0.2) -> VMSDataset:
     """Read a dataset folder (see module docstring) into a :class:`VMSDataset`.
 
     Raises :class:`DataError` with a message naming each faulty file.
@@ -248,7 +249,7 @@ def load_dataset(data_dir: str | Path, *, size: int = 64, seed: int = 0, val_fra
 DEFAULT_VAL_SHARE = 0.2  # of the training pairs, held out for validation when a dataset has no test split
 
 
-def resolve_data(data_dir: str | Path | None, *, size: int = 64, seed: int = 0,
+def resolve_data(data_dir: str | Path | None, *, size: int = DEFAULT_SIZE, seed: int = 0,
                  val_share: float | None = DEFAULT_VAL_SHARE) -> VMSDataset:
     """The dataset at ``data_dir`` (a folder, or a bucket's URI), or the embedded synthetic default when it is None,
     with a test split held out where it has none (:meth:`VMSDataset.hold_out`; ``val_share`` None or 0: as it is)."""

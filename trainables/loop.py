@@ -283,6 +283,7 @@ def measure_epoch(trial: Trial, progress: Progress, epoch: int, losses: dict[str
             if trial.store:  # written by write_checkpoint, with latest.pt
                 trial.pending_best = (host_copy({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_l1": val.l1,
                                                  "config": resolved_config(settings, trial.hp),
+                                                 "image_size": int(tensors.val_images.shape[-1]),  # predict's input
                                                  "family": family.state_dict(nets_only=True)}),
                                       val.predictions.cpu().numpy(), val.per_image_l1, trial.val_stems)
         progress.best = min(progress.best, val.l1)
