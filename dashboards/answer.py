@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.study import BASELINES, Study, baseline_legend, baseline_lines, empty, figure_html, finished
+from dashboards.study import (Study, baseline_legend, baseline_lines, distinct_baselines, empty, figure_html,
+                              finished)
 from search.runner.console import cut
 from search.runner.baseline import better_baseline, recommended, study_verdict
 from search.runner.final import FINAL_TABLE, every_run_errored
@@ -148,8 +149,7 @@ def section_final(studies: list[Study]) -> str:
     from search.runner.final import interval
 
     fig = go.Figure()
-    baselines: dict[str, float] = {}
-    notes = []
+    measured, notes = [], []
     for study in studies:
         table = study.store.read_table(FINAL_TABLE)
         if table is None:
@@ -175,16 +175,14 @@ def section_final(studies: list[Study]) -> str:
                 marker=dict(size=11, color=colour, symbol="diamond" if split == "test" else "circle"),
                 error_y=dict(type="data", array=errors, visible=True),
                 hovertemplate=f"{split} L1 %{{y:.4f}} ± %{{error_y.array:.4f}} (95%, {rows['seed'].nunique()} seeds)<extra></extra>"))
-        base = (final or {}).get("test_baselines") if has_test else study.meta.get("baselines")
-        for key, name, _ in BASELINES:
-            if base and key in base:
-                baselines.setdefault(f"{name} ({'test' if has_test else 'val'})", base[key])
+        measured.append((study, (final or {}).get("test_baselines") if has_test else study.meta.get("baselines"),
+                         " (test)" if has_test else " (val)"))
     if not fig.data:
         return empty("No study has re-trained its best configurations yet (the final stage runs at the end of a "
                       "search; --final-top-k 0 skips it).")
-    for (name, value), dash in zip(baselines.items(), ("dot", "dash", "dashdot", "longdash")):
-        fig.add_hline(y=value, line_dash=dash, line_color="#888", annotation_text=f"{name} {value:.4f}",
-                      annotation_position="top left")
+    bases = {id(study): (base, suffix) for study, base, suffix in measured}  # each study's on the split it measured
+    for text, dash, value in distinct_baselines([study for study, _, _ in measured], lambda study: bases[id(study)]):
+        fig.add_hline(y=value, line_dash=dash, line_color="#888", annotation_text=text, annotation_position="top left")
     fig.update_layout(title="Top configurations re-trained with new seeds: mean and 95% interval; the epoch chosen "
                             "on val, test read once", yaxis_title="L1", height=460, xaxis=dict(type="category"))
     return "".join(f'<p class="legend">{n}</p>' for n in notes) + splits_legend(studies) + figure_html(fig, "fig-final")

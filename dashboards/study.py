@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -87,23 +87,31 @@ def figure_html(fig: go.Figure, div_id: str) -> str:
 BASELINES = (("black_l1", "all-black map", "dot"), ("mean_map_l1", "mean training map", "dash"))
 
 
+def distinct_baselines(studies: list[Study], base_of: Callable[[Study], tuple[dict | None, str]] | None = None
+                       ) -> list[tuple[str, str, float]]:
+    """(label, dash, value) of each baseline line to draw: one per value. ``base_of`` gives a study's baselines and
+    what to add to their names (default: the val split's, nothing). Where the studies' values differ (other data), a
+    label names the studies its line is theirs."""
+    base_of = base_of or (lambda study: (study.meta.get("baselines"), ""))
+    found: dict[tuple[str, str, float], list[str]] = {}
+    for study in studies:
+        base, suffix = base_of(study)
+        for key, name, dash in BASELINES:
+            if base and key in base:
+                found.setdefault((f"{name}{suffix}", dash, round(float(base[key]), 6)), []).append(study.name)
+    differ = len(found) > len({(name, dash) for name, dash, _ in found})
+    return [(f"{name} {value:.4f}" + (f" ({', '.join(names)})" if differ else ""), dash, value)
+            for (name, dash, value), names in found.items()]
+
+
 def baseline_lines(fig: go.Figure, studies: list[Study], *, label: bool = True, **where: Any) -> None:
     """Both dataset baselines as horizontal lines (labelled in the plot unless ``label`` is False:
     plotly misplaces line annotations on log axes, so those plots explain the lines in text)."""
-    seen = set()
-    for study in studies:
-        base = study.meta.get("baselines") or {}
-        for key, name, dash in BASELINES:
-            if key in base and (key, round(base[key], 6)) not in seen:
-                seen.add((key, round(base[key], 6)))
-                text = {"annotation_text": f"{name} {base[key]:.4f}", "annotation_position": "top left"} if label else {}
-                fig.add_hline(y=base[key], line_dash=dash, line_color="#888", **text, **where)
+    for text, dash, value in distinct_baselines(studies):
+        labels = {"annotation_text": text, "annotation_position": "top left"} if label else {}
+        fig.add_hline(y=value, line_dash=dash, line_color="#888", **labels, **where)
 
 
 def baseline_legend(studies: list[Study]) -> str:
-    parts = []
-    for study in studies[:1]:
-        base = study.meta.get("baselines") or {}
-        parts += [f"{'dotted' if dash == 'dot' else 'dashed'}: {name} {base[key]:.4f}"
-                  for key, name, dash in BASELINES if key in base]
+    parts = [f"{'dotted' if dash == 'dot' else 'dashed'}: {text}" for text, dash, _ in distinct_baselines(studies)]
     return f'<p class="legend">Reference lines, {"; ".join(parts)}.</p>' if parts else ""

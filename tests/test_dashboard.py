@@ -264,6 +264,23 @@ def test_efficiency_section_draws_one_band_per_strategy(tmp_path):
     assert 'class="empty"' in section and "several studies of one model family" in section and "--seed" in section
 
 
+def test_studies_on_other_data_each_get_their_own_baselines_named(tmp_path):
+    """Two studies on different data: each study's baselines are drawn and named with it, not the first one's."""
+    import json
+
+    from dashboards.build import build
+
+    same = [_fake_study(tmp_path / name, "tpe", seed) for name, seed in (("a", 0), ("b", 1))]
+    text = build(same, tmp_path / "same.html").read_text()
+    assert "dotted: all-black map 0.9000; dashed: mean training map 0.6000." in text  # one data set: unnamed
+    other = _fake_study(tmp_path / "other", "tpe", 2)
+    record = json.loads((other / "study.json").read_text())
+    (other / "study.json").write_text(json.dumps({**record, "baselines": {"black_l1": 0.4, "mean_map_l1": 0.3}}))
+    text = build([same[0], other], tmp_path / "mixed.html").read_text()
+    assert "all-black map 0.9000 (a)" in text and "all-black map 0.4000 (other)" in text
+    assert "mean training map 0.3000 (other)" in text
+
+
 def test_trials_whose_train_val_gap_keeps_growing_after_their_best_epoch_are_flagged():
     from dashboards.trials import overfitting_trials
 
