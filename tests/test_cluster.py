@@ -190,3 +190,19 @@ def test_a_ray_job_runs_the_search_and_a_second_submission_resumes_it(tmp_path):
         left = _stop_nodes([head], temp)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"processes of the test's head outlived it: {left}"
+
+
+def test_store_retry_travels_with_each_trial_not_the_workers_environment(monkeypatch):
+    """A Ray job's workers run the job's environment, not the driver's: --store-retry goes to each trial with its
+    function's parameters (search/runner/tuning.py), and the trial waits as long as the driver."""
+    from trainables import retry
+
+    monkeypatch.setenv(retry.RETRY_ENV, "7")
+    carried = retry.carried()
+    monkeypatch.delenv(retry.RETRY_ENV)  # a worker of the job
+    assert retry.retry_seconds() == retry.DEFAULT_RETRY_S
+    retry.adopt(carried)
+    assert retry.retry_seconds() == 7.0
+    monkeypatch.delenv(retry.RETRY_ENV)
+    retry.adopt(None)  # a driver without --store-retry: the default stands
+    assert retry.retry_seconds() == retry.DEFAULT_RETRY_S

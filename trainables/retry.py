@@ -42,6 +42,18 @@ def retry_seconds() -> float:
         return DEFAULT_RETRY_S
 
 
+def carried() -> str | None:
+    """This process's ``--store-retry`` (None: the default), for a worker to :func:`adopt`: a Ray job's workers run
+    the job's environment, not the driver's, so the driver hands it to each trial."""
+    return os.environ.get(RETRY_ENV)
+
+
+def adopt(value: str | None) -> None:
+    """Wait as long as the driver does (:func:`carried`)."""
+    if value is not None:
+        os.environ[RETRY_ENV] = value
+
+
 def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 

@@ -15,7 +15,6 @@ import signal
 from typing import Any, Iterator
 
 from search.errors import StudyError
-from trainables.retry import RETRY_ENV
 from search.runner.addresses import check_reachable, cluster_address
 from search.runner.console import last_line
 from search.runner.options import SearchOptions
@@ -93,9 +92,8 @@ def _connect(address: str | None, named_by: str, kwargs: dict[str, Any]) -> None
         import search
         import trainables
 
-        # Ship the project's code to the cluster's workers (their Python needs the dependencies), and --store-retry.
-        kwargs["runtime_env"] = {"py_modules": [models, search, trainables],
-                                 **({"env_vars": {RETRY_ENV: os.environ[RETRY_ENV]}} if RETRY_ENV in os.environ else {})}
+        # Ship the project's code to the cluster's workers (their Python needs the dependencies).
+        kwargs["runtime_env"] = {"py_modules": [models, search, trainables]}
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -40,7 +40,7 @@ def run_study(options: SearchOptions, checked: "Checked | None" = None) -> Summa
     import ray
 
     family, space = checked or check(options)
-    if options.store_retry is not None:  # read where stores are called: this process, and trials (below, runtime_env)
+    if options.store_retry is not None:  # read where stores are called: this process, and trials (tuning._trainable)
         os.environ[RETRY_ENV] = f"{options.store_retry:g}"
     store = StudyStore(options.runs_dir, study_name(options))
     store.create()

@@ -30,6 +30,7 @@ from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_
 from search.runner.recording import ResultsCallback, error_text
 from search.store.results import ResultsStore
 from search.strategies.base import OpenSearch
+from trainables import retry
 from trainables.data import VMSDataset
 from trainables.family import Family
 from trainables.loop import run_trial
@@ -178,13 +179,16 @@ def _trainable(plan: StudyPlan, configs: TrialConfigs, config_of: Callable[[dict
 
     train = train or run_trial
 
-    def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family], registered: dict) -> None:
+    def trial_function(config: dict[str, Any], data: VMSDataset, family: type[Family], registered: dict,
+                       store_retry: str | None) -> None:
         register_missing(registered)  # plug-ins the driver's script registered (models.registry)
+        retry.adopt(store_retry)  # --store-retry, in a Ray job too
         full = config_of(config)
         train(full, data, family, storage=configs.storage(full))
 
     return tune.with_resources(tune.with_parameters(trial_function, data=plan.data, family=plan.family,
-                                                    registered=registrations()), cluster.resources(plan))
+                                                    registered=registrations(), store_retry=retry.carried()),
+                               cluster.resources(plan))
 
 
 def _run_config(plan: StudyPlan, name: str, callbacks: list[Any], checkpoints: int = 0):
