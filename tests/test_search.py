@@ -267,6 +267,22 @@ def test_a_study_with_another_model_is_refused(runs_dir, greedy_study):
     assert (greedy_study / "trials.parquet").read_bytes() == before
 
 
+def test_a_run_that_chooses_otherwise_than_the_last_says_so(greedy_study):
+    """The scheduler, the budget, the final stage's size... may change between a study's runs; a change is said."""
+    from search.runner.options import SearchOptions
+    from search.runner.plan import changed_choices
+
+    record = json.loads((greedy_study / "study.json").read_text())
+    made = record["segments"][-1]["choices"]
+    assert made["scheduler"] == "none" and made["final_top_k"] == 0  # the fixture's command line
+    same = SearchOptions(strategy="greedy", model="gan", scheduler="none", final_top_k=0)
+    assert changed_choices(record, same) is None and changed_choices({"segments": [{}]}, same) is None
+    other = SearchOptions(strategy="greedy", model="gan", final_top_k=0, final_seeds=5, budget_epochs=40)
+    line = changed_choices(record, other)
+    assert line.startswith("note: this run changes what the study's last run used: --scheduler none -> asha, ")
+    assert "--budget-epochs default -> 40" in line and "--final-seeds 3 -> 5" in line and "--final-top-k" not in line
+
+
 def test_unwritable_runs_dir_is_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

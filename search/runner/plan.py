@@ -91,6 +91,8 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
               "--num-gpus N` and pass --address, or make NVML readable, to train on it", flush=True)
     existing = store.read_record()
     print(f"study: {store.name} in {store.root}: {_new_or_continued(existing)}", flush=True)
+    if changed := changed_choices(existing, options):
+        print(changed, flush=True)
     preset = _preset(options, gpus_available, existing)
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
@@ -143,6 +145,35 @@ def _val_share(options: SearchOptions, existing: dict[str, Any] | None, store: S
         raise StudyError(f"study {store.name} in {store.root} was made with {made}; --val-share {options.val_share:g} "
                          "would change its splits. Drop --val-share, or use a new --study name.")
     return recorded
+
+
+# What a study's runs may choose afresh (the study's identity, above, they may not): each run records them, and a run
+# that changes one says so, where it was silent.
+RUN_CHOICES = ("scheduler", "grace_period", "reduction_factor", "samples", "budget_epochs", "max_concurrent",
+               "max_failures", "final_top_k", "final_seeds")
+
+
+def run_choices(options: SearchOptions) -> dict[str, Any]:
+    """This run's RUN_CHOICES as given (None: the default), recorded with its segment of study.json."""
+    return {name: getattr(options, name) for name in RUN_CHOICES}
+
+
+def changed_choices(existing: dict[str, Any] | None, options: SearchOptions) -> str | None:
+    """A line naming what this run chooses otherwise than the study's last run did, or None."""
+    last = next((s["choices"] for s in reversed((existing or {}).get("segments", [])) if "choices" in s), None)
+    if last is None:
+        return None
+    now = run_choices(options)
+    changes = [f"--{name.replace('_', '-')} {_shown(last.get(name))} -> {_shown(now[name])}"
+               for name in RUN_CHOICES if name in last and last[name] != now[name]]
+    if not changes:
+        return None
+    return (f"note: this run changes what the study's last run used: {', '.join(changes)} (trials so far keep what "
+            "they ran with; the rest follow this run)")
+
+
+def _shown(value: Any) -> str:
+    return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _new_or_continued(existing: dict[str, Any] | None) -> str:
