@@ -114,6 +114,8 @@ def test_seeded_split_without_lists_and_formats(tiny_data_dir, tmp_path):
     assert a.val_stems == b.val_stems and a.fingerprint == b.fingerprint
     assert any("skipped 2 files (hidden or system file)" in n for n in a.notes)
     assert any("seeded 80/20" in n for n in a.notes)
+    gray = 1 + int(np.asarray(Image.open(root / "maps" / "syn_00001.png")).max() > 0)  # the 16-bit map, and this one
+    assert any(n.startswith(f"{gray} of 80 maps are gray (one value in all three channels)") for n in a.notes), a.notes
     # 16-bit map decoded to the same 8-bit content as the original
     all_stems = a.train_stems + a.val_stems
     maps = np.concatenate([a.train_maps, a.val_maps])

@@ -237,6 +237,12 @@ def load_dataset(data_dir: str | Path, *, size: int = DEFAULT_SIZE, seed: int = 
     train_images, train_maps = _decode_pairs(train_pairs, size)
     val_images, val_maps = _decode_pairs(val_pairs, size)
     test_images, test_maps = _decode_pairs(test_pairs, size) if test_pairs else (None, None)
+    gray = sum(_gray_maps(maps) for maps in (train_maps, val_maps, test_maps) if maps is not None)
+    if gray:
+        total = sum(len(s) for s in (train_pairs, val_pairs, test_pairs))
+        notes.append(f"{gray} of {total} maps are gray (one value in all three channels): each is read as remembered "
+                     "(red) and falsely remembered (green) alike; a map of one kind of memory belongs in the red "
+                     "channel, with green and blue black (docs/data.md)")
     return VMSDataset(
         train_images, train_maps, val_images, val_maps,
         [s for s, _, _ in train_pairs], [s for s, _, _ in val_pairs],
@@ -244,6 +250,13 @@ def load_dataset(data_dir: str | Path, *, size: int = DEFAULT_SIZE, seed: int = 
         test_images=test_images, test_maps=test_maps, test_stems=[s for s, _, _ in test_pairs],
         splits={k: v for k, v in sources.items() if k != "test" or test_pairs},
     )
+
+
+def _gray_maps(maps: np.ndarray) -> int:
+    """How many of the maps (N, 3, S, S) hold one value in all three channels, somewhere not black (a gray file read
+    as RGB; an all-black map says nothing either way)."""
+    same = (maps[:, 0] == maps[:, 1]).all(axis=(1, 2)) & (maps[:, 1] == maps[:, 2]).all(axis=(1, 2))
+    return int((same & maps.any(axis=(1, 2, 3))).sum())
 
 
 DEFAULT_VAL_SHARE = 0.2  # of the training pairs, held out for validation when a dataset has no test split
