@@ -206,3 +206,25 @@ def test_store_retry_travels_with_each_trial_not_the_workers_environment(monkeyp
     monkeypatch.delenv(retry.RETRY_ENV)
     retry.adopt(None)  # a driver without --store-retry: the default stands
     assert retry.retry_seconds() == retry.DEFAULT_RETRY_S
+
+
+def test_a_trial_must_fit_on_one_node_not_on_the_clusters_totals():
+    """Two 2-CPU nodes hold 4 CPUs in all but no 3-CPU trial: refused at once, where its trials would have waited
+    forever; and trials at once are counted node by node."""
+    import pytest
+
+    from search.errors import StudyError
+    from search.runner.plan import check_one_node_fits, trials_that_fit
+
+    two = [(2.0, 0.0), (2.0, 0.0)]
+    check_one_node_fits(two, 2, 0)
+    check_one_node_fits([], 3, 0)  # Ray did not list its nodes: the totals' check stands alone
+    with pytest.raises(StudyError, match=r"--cpus-per-trial 3 is more than any one node .* largest has 2 CPUs"):
+        check_one_node_fits(two, 3, 0)
+    gpu = [(8.0, 0.0), (4.0, 1.0)]
+    check_one_node_fits(gpu, 4, 1)
+    with pytest.raises(StudyError, match=r"--gpus-per-trial 2 is more .* largest has 4 CPUs and 1 GPUs"):
+        check_one_node_fits(gpu, 1, 2)
+    assert trials_that_fit([(3.0, 0.0), (3.0, 0.0)], 2, 0) == 2  # the totals said 3
+    assert trials_that_fit(gpu, 1, 0.5) == 2 and trials_that_fit(gpu, 1, 0) == 12
+    assert trials_that_fit([(16.0, 1.0)], 1, 1 / 3) == 3

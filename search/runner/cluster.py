@@ -18,7 +18,7 @@ from search.errors import StudyError
 from search.runner.addresses import check_reachable, cluster_address
 from search.runner.console import last_line
 from search.runner.options import SearchOptions
-from search.runner.plan import StudyPlan, TrialConfigs
+from search.runner.plan import StudyPlan, TrialConfigs, trials_that_fit
 
 
 def in_ray_job() -> bool:
@@ -125,9 +125,12 @@ def resources(plan: StudyPlan) -> dict[str, float]:
 def concurrency(plan: StudyPlan) -> int:
     """How many trials can run at once on the cluster's resources."""
     options = plan.options
-    fits = plan.cpus_available / options.cpus_per_trial
-    if plan.gpus_per_trial:
-        fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
+    if plan.nodes:  # each trial on one node
+        fits = trials_that_fit(plan.nodes, options.cpus_per_trial, plan.gpus_per_trial)
+    else:
+        fits = plan.cpus_available / options.cpus_per_trial
+        if plan.gpus_per_trial:
+            fits = min(fits, plan.gpus_available / plan.gpus_per_trial)
     return max(1, int(min(fits, options.max_concurrent or fits)))
 
 

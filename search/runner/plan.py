@@ -7,7 +7,7 @@ data or budgets in one study would corrupt it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,6 +53,7 @@ class StudyPlan:
     probe: Any = None  # trainables.measure.GpuProbe of the packing probe (its epoch seconds serve the estimate)
     domain: str = "grid"  # grid | ranges: what the strategy samples
     tracker: Any = None  # search.runner.tracking.MLflowTracker with --mlflow (or MLFLOW_TRACKING_URI)
+    nodes: list[tuple[float, float]] = field(default_factory=list)  # (CPUs, GPUs) of each live node: a trial needs one
 
     @property
     def name(self) -> str:
@@ -85,6 +86,7 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
 
     resources = ray.cluster_resources()
     gpus_available, cpus_available = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    nodes = node_resources()
     if not gpus_available and _torch_sees_a_gpu():
         print("note: this machine has a GPU that Ray did not count (Ray counts GPUs through NVML, which a container "
               "without its utility libraries lacks), so trials train on CPUs; start Ray with `ray start --head "
@@ -97,6 +99,7 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     gpus_per_trial, auto = _gpus_per_trial(options, gpus_available)
     if options.cpus_per_trial > cpus_available:
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
+    check_one_node_fits(nodes, options.cpus_per_trial, gpus_per_trial)
     val_share = _val_share(options, existing, store)
     data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
         preset.n_train, preset.n_val)
@@ -127,7 +130,7 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     samples = options.samples or (UNBOUNDED if options.budget_epochs else preset.samples)
     return StudyPlan(options, strategy, family, space, store, preset, epochs, grace, samples, settings, data, record,
                      cpus_available, gpus_available, gpus_per_trial, auto_share=auto and bool(gpus_available),
-                     domain=domain)
+                     domain=domain, nodes=nodes)
 
 
 def _val_share(options: SearchOptions, existing: dict[str, Any] | None, store: StudyStore) -> float | None:
@@ -181,6 +184,40 @@ def _new_or_continued(existing: dict[str, Any] | None) -> str:
     if not existing:
         return "new"
     return f"continues ({runs} earlier run{'s' if runs > 1 else ''} of its trials)" if runs else "continues"
+
+
+def node_resources() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each live node of the cluster (empty where Ray does not say: its totals then stand for one)."""
+    import ray
+
+    try:
+        return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+                for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - a client connection that cannot list nodes: the totals' checks stand
+        return []
+
+
+def check_one_node_fits(nodes: list[tuple[float, float]], cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial runs on one node: refuse a share no node holds (the cluster's totals may, its trials would wait
+    forever)."""
+    if not nodes or any(cpus >= cpus_per_trial and gpus >= gpus_per_trial for cpus, gpus in nodes):
+        return
+    largest = max(nodes, key=lambda node: (node[1], node[0]) if gpus_per_trial else (node[0], node[1]))
+    shape = " and ".join(f"{value:g} {what}" for value, what, asked in ((largest[0], "CPUs", True),
+                                                                        (largest[1], "GPUs", gpus_per_trial)) if asked)
+    raise StudyError(f"--cpus-per-trial {cpus_per_trial:g}" + (f" with --gpus-per-trial {gpus_per_trial:g}"
+                                                                 if gpus_per_trial else "")
+                     + f" is more than any one node of the cluster holds (its {len(nodes)} nodes' largest has {shape}); "
+                     "a trial runs on one node: ask for at most what one node has.")
+
+
+def trials_that_fit(nodes: list[tuple[float, float]], cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the nodes hold at once, each on one node."""
+    def on(cpus: float, gpus: float) -> int:
+        fits = int(cpus / cpus_per_trial + 1e-9)
+        return min(fits, int(gpus / gpus_per_trial + 1e-9)) if gpus_per_trial else fits
+
+    return sum(on(*node) for node in nodes)
 
 
 def _torch_sees_a_gpu() -> bool:
