@@ -228,3 +228,23 @@ def test_a_trial_must_fit_on_one_node_not_on_the_clusters_totals():
     assert trials_that_fit([(3.0, 0.0), (3.0, 0.0)], 2, 0) == 2  # the totals said 3
     assert trials_that_fit(gpu, 1, 0.5) == 2 and trials_that_fit(gpu, 1, 0) == 12
     assert trials_that_fit([(16.0, 1.0)], 1, 1 / 3) == 3
+
+
+def test_a_study_folder_that_a_node_does_not_see_is_refused(ray_local, tmp_path, monkeypatch):
+    """A task on each node looks for a file the driver wrote in the study folder; here none is written (as a node
+    without the shared mount would find none): refused, naming the node, and nothing is left behind."""
+    from pathlib import Path
+
+    import pytest
+
+    from search.errors import StudyError
+    from search.runner.plan import check_every_node_sees
+    from search.store.study import StudyStore
+
+    store = StudyStore(tmp_path, "s")
+    store.create()
+    check_every_node_sees(store)  # one node, which sees the folder: passes
+    monkeypatch.setattr(Path, "write_text", lambda self, text: None)
+    with pytest.raises(StudyError, match=r"is not seen by 1 of the cluster's 1 nodes .* a bucket"):
+        check_every_node_sees(store)
+    assert not list(store.root.local.glob(".seen-*"))

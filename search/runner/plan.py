@@ -7,6 +7,7 @@ data or budgets in one study would corrupt it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -100,6 +101,8 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     if options.cpus_per_trial > cpus_available:
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
     check_one_node_fits(nodes, options.cpus_per_trial, gpus_per_trial)
+    if len(nodes) > 1 and not store.in_bucket:
+        check_every_node_sees(store)
     val_share = _val_share(options, existing, store)
     data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
         preset.n_train, preset.n_val)
@@ -209,6 +212,40 @@ def check_one_node_fits(nodes: list[tuple[float, float]], cpus_per_trial: float,
                                                                  if gpus_per_trial else "")
                      + f" is more than any one node of the cluster holds (its {len(nodes)} nodes' largest has {shape}); "
                      "a trial runs on one node: ask for at most what one node has.")
+
+
+def check_every_node_sees(store: StudyStore) -> None:
+    """On a cluster of several nodes, a local study folder must be one that every node running trials sees (a shared
+    file system): a trial writes its checkpoints where it runs, and the driver reads them. A file written here is
+    looked for by a task on each node."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = store.root.local / f".seen-by-every-node-{uuid.uuid4().hex[:8]}"
+    marker.write_text("a search checks that every node sees its study folder; this file is removed at once\n")
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+        look = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        running = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                   .remote(str(marker)) for n in nodes]
+        try:
+            seen = ray.get(running, timeout=120)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
+            for task in running:
+                ray.cancel(task, force=True)
+            print(f"note: could not check that every node sees the study folder {store.root} ({type(err).__name__}); "
+                  "a local --runs-dir must be one every node mounts (docs/clusters.md)", flush=True)
+            return
+    finally:
+        marker.unlink(missing_ok=True)
+    unseen = [n.get("NodeManagerAddress", n["NodeID"]) for n, ok in zip(nodes, seen) if not ok]
+    if unseen:
+        raise StudyError(f"the study folder {store.root} is not seen by {len(unseen)} of the cluster's {len(nodes)} "
+                         f"nodes ({', '.join(unseen)}): a trial writes its checkpoints where it runs. Give --runs-dir "
+                         "a folder every node mounts at the same path (NFS), or a bucket (s3://... or gs://..., "
+                         "docs/clusters.md).")
 
 
 def trials_that_fit(nodes: list[tuple[float, float]], cpus_per_trial: float, gpus_per_trial: float) -> int:
