@@ -23,7 +23,7 @@ def _channel_cell(done: pd.DataFrame, base: dict[str, Any], channel: str) -> str
     black = base.get(f"black_l1_{channel}")
     if done.empty or column not in done or black is None:
         return "-"
-    value = done.nsmallest(1, "best_val_l1").iloc[0][column]
+    value = done.iloc[0][column]
     if value is None or pd.isna(value):
         return "-"
     return f"{value:.4f} (black {black:.4f})"
@@ -48,7 +48,7 @@ def _without_final(study: Study, final: dict[str, Any]) -> list[str]:
             return ["-", f"every trial errored ({len(statuses)} of {len(statuses)}; each one's error is in "
                     "trials.parquet's error column): fix its cause and re-run the search command", "-", "-", "-"]
         return ["-", "no trial has finished yet", "-", "-", "-"]
-    best = done.nsmallest(1, "best_val_l1").iloc[0]
+    best = done.iloc[0]
     base = study.meta.get("baselines", {})
     lost = every_run_errored(final)
     if lost:

@@ -46,7 +46,7 @@ def section_galleries(studies: list[Study]) -> str:
         val = study.store.read_val_data()
         if done.empty or val is None:
             continue
-        best = done.nsmallest(1, "best_val_l1").iloc[0]
+        best = done.iloc[0]
         pred = study.store.read_predictions(best["trial_id"], json.loads(best["config_json"]))
         if pred is None:
             continue

@@ -13,10 +13,10 @@ import plotly.graph_objects as go
 
 from trainables.errors import InputError
 from trainables.storage import Location
-from search.store.results import ResultsStore
+from search.store.results import RANKED, ResultsStore
 from search.store.study import StudyStore
 
-FINISHED = ("completed", "stopped")
+FINISHED = RANKED  # the statuses whose best val L1 ranks a trial
 
 
 class DashboardError(Exception):
@@ -70,8 +70,10 @@ def _frame(table) -> pd.DataFrame:
 
 
 def finished(study: Study) -> pd.DataFrame:
+    """The trials that rank, best first: search.store.results.ranked_trials' order (a tie to the lower trial id)."""
     t = study.trials
-    return t[t["status"].isin(FINISHED) & t["best_val_l1"].notna()]
+    return t[t["status"].isin(FINISHED) & t["best_val_l1"].notna()].sort_values(["best_val_l1", "trial_id"],
+                                                                                kind="stable")
 
 
 def empty(message: str) -> str:
@@ -113,5 +115,6 @@ def baseline_lines(fig: go.Figure, studies: list[Study], *, label: bool = True, 
 
 
 def baseline_legend(studies: list[Study]) -> str:
-    parts = [f"{'dotted' if dash == 'dot' else 'dashed'}: {text}" for text, dash, _ in distinct_baselines(studies)]
+    parts = [f"{'dotted' if dash == 'dot' else 'dashed'}: {html.escape(text)}"
+             for text, dash, _ in distinct_baselines(studies)]
     return f'<p class="legend">Reference lines, {"; ".join(parts)}.</p>' if parts else ""

@@ -74,9 +74,8 @@ def _trained_size(state: dict, checkpoint: Location) -> int:
     for a checkpoint from before that was recorded."""
     if state.get("image_size"):
         return int(state["image_size"])
-    print(f"note: {checkpoint} does not record the image size it was trained at (it predates that); photos are "
-          f"resized to {DEFAULT_SIZE} px, the synthetic data's: predict from its study folder for the study's size",
-          flush=True)
+    print(f"note: {checkpoint} does not record the image size it was trained at (it predates that), nor does a "
+          f"study folder around it; photos are resized to {DEFAULT_SIZE} px, the default --size", flush=True)
     return DEFAULT_SIZE
 
 

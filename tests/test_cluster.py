@@ -219,15 +219,16 @@ def test_a_trial_must_fit_on_one_node_not_on_the_clusters_totals():
     two = [(2.0, 0.0), (2.0, 0.0)]
     check_one_node_fits(two, 2, 0)
     check_one_node_fits([], 3, 0)  # Ray did not list its nodes: the totals' check stands alone
-    with pytest.raises(StudyError, match=r"--cpus-per-trial 3 is more than any one node .* largest has 2 CPUs"):
+    with pytest.raises(StudyError, match=r"asks for 3 CPU\(s\).*the largest of its 2 nodes has 2 CPU\(s\)\)"):
         check_one_node_fits(two, 3, 0)
     gpu = [(8.0, 0.0), (4.0, 1.0)]
     check_one_node_fits(gpu, 4, 1)
-    with pytest.raises(StudyError, match=r"--gpus-per-trial 2 is more .* largest has 4 CPUs and 1 GPUs"):
+    with pytest.raises(StudyError, match=r"asks for 1 CPU\(s\) and 2 GPU\(s\) .* has 4 CPU\(s\) and 1 GPU\(s\)"):
         check_one_node_fits(gpu, 1, 2)
     assert trials_that_fit([(3.0, 0.0), (3.0, 0.0)], 2, 0) == 2  # the totals said 3
     assert trials_that_fit(gpu, 1, 0.5) == 2 and trials_that_fit(gpu, 1, 0) == 12
     assert trials_that_fit([(16.0, 1.0)], 1, 1 / 3) == 3
+    assert trials_that_fit([(16.0, 2.0)], 1, 0.4) == 4  # a fraction fits within one GPU: two on each
 
 
 def test_a_study_folder_that_a_node_does_not_see_is_refused(ray_local, tmp_path, monkeypatch):

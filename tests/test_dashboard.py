@@ -277,6 +277,7 @@ def test_studies_on_other_data_each_get_their_own_baselines_named(tmp_path):
     record = json.loads((other / "study.json").read_text())
     (other / "study.json").write_text(json.dumps({**record, "baselines": {"black_l1": 0.4, "mean_map_l1": 0.3}}))
     text = build([same[0], other], tmp_path / "mixed.html").read_text()
+    assert "all-black map 0.4000 (other)" in text.split('<p class="legend">Reference lines', 1)[1].split("</p>")[0]
     assert "all-black map 0.9000 (a)" in text and "all-black map 0.4000 (other)" in text
     assert "mean training map 0.3000 (other)" in text
 

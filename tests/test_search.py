@@ -273,7 +273,7 @@ def test_a_run_that_chooses_otherwise_than_the_last_says_so(greedy_study):
     from search.runner.plan import changed_choices
 
     record = json.loads((greedy_study / "study.json").read_text())
-    made = record["segments"][-1]["choices"]
+    made = record["choices"]  # the last run's
     assert made["scheduler"] == "none" and made["final_top_k"] == 0  # the fixture's command line
     same = SearchOptions(strategy="greedy", model="gan", scheduler="none", final_top_k=0)
     assert changed_choices(record, same) is None and changed_choices({"segments": [{}]}, same) is None

@@ -102,7 +102,7 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
         raise StudyError(f"--cpus-per-trial {options.cpus_per_trial:g} is more than the cluster's {cpus_available:g} CPUs.")
     check_one_node_fits(nodes, options.cpus_per_trial, gpus_per_trial)
     if len(nodes) > 1 and not store.in_bucket:
-        check_every_node_sees(store)
+        check_every_node_sees(store, options.cpus_per_trial, gpus_per_trial)
     val_share = _val_share(options, existing, store)
     data = resolve_data(options.data, size=options.size, seed=options.seed, val_share=val_share).subset(
         preset.n_train, preset.n_val)
@@ -130,6 +130,8 @@ def make_plan(options: SearchOptions, family: type[Family], space: Space, store:
     record = check_or_create_record(store, existing, identity, strategy, data,
                                     {"space_file": space.source, "preset": preset.name, **space.record(),
                                      "val_share": val_share, "splits": {**data.splits, "roles": data.roles()}})
+    record["choices"] = run_choices(options)  # this run's, which the next run compares with (changed_choices)
+    store.write_record(record)
     samples = options.samples or (UNBOUNDED if options.budget_epochs else preset.samples)
     return StudyPlan(options, strategy, family, space, store, preset, epochs, grace, samples, settings, data, record,
                      cpus_available, gpus_available, gpus_per_trial, auto_share=auto and bool(gpus_available),
@@ -160,13 +162,13 @@ RUN_CHOICES = ("scheduler", "grace_period", "reduction_factor", "samples", "budg
 
 
 def run_choices(options: SearchOptions) -> dict[str, Any]:
-    """This run's RUN_CHOICES as given (None: the default), recorded with its segment of study.json."""
+    """This run's RUN_CHOICES as given (None: the default), recorded in study.json (``choices``, the last run's)."""
     return {name: getattr(options, name) for name in RUN_CHOICES}
 
 
 def changed_choices(existing: dict[str, Any] | None, options: SearchOptions) -> str | None:
     """A line naming what this run chooses otherwise than the study's last run did, or None."""
-    last = next((s["choices"] for s in reversed((existing or {}).get("segments", [])) if "choices" in s), None)
+    last = (existing or {}).get("choices")
     if last is None:
         return None
     now = run_choices(options)
@@ -206,18 +208,17 @@ def check_one_node_fits(nodes: list[tuple[float, float]], cpus_per_trial: float,
     if not nodes or any(cpus >= cpus_per_trial and gpus >= gpus_per_trial for cpus, gpus in nodes):
         return
     largest = max(nodes, key=lambda node: (node[1], node[0]) if gpus_per_trial else (node[0], node[1]))
-    shape = " and ".join(f"{value:g} {what}" for value, what, asked in ((largest[0], "CPUs", True),
-                                                                        (largest[1], "GPUs", gpus_per_trial)) if asked)
-    raise StudyError(f"--cpus-per-trial {cpus_per_trial:g}" + (f" with --gpus-per-trial {gpus_per_trial:g}"
-                                                                 if gpus_per_trial else "")
-                     + f" is more than any one node of the cluster holds (its {len(nodes)} nodes' largest has {shape}); "
-                     "a trial runs on one node: ask for at most what one node has.")
+    shape = f"{largest[0]:g} CPU(s)" + (f" and {largest[1]:g} GPU(s)" if gpus_per_trial else "")
+    asked = f"{cpus_per_trial:g} CPU(s)" + (f" and {gpus_per_trial:g} GPU(s)" if gpus_per_trial else "")
+    raise StudyError(f"a trial asks for {asked} (--cpus-per-trial, --gpus-per-trial), more than any one node of the "
+                     f"cluster holds (the largest of its {len(nodes)} nodes has {shape}); a trial runs on one node: "
+                     "ask for at most what one node has.")
 
 
-def check_every_node_sees(store: StudyStore) -> None:
-    """On a cluster of several nodes, a local study folder must be one that every node running trials sees (a shared
-    file system): a trial writes its checkpoints where it runs, and the driver reads them. A file written here is
-    looked for by a task on each node."""
+def check_every_node_sees(store: StudyStore, cpus_per_trial: float = 0, gpus_per_trial: float = 0) -> None:
+    """On a cluster of several nodes, a local study folder must be one that every node that can hold a trial sees (a
+    shared file system): a trial writes its checkpoints where it runs, and the driver reads them. A file written
+    here is looked for by a task on each such node (nodes that join later are not checked)."""
     import uuid
 
     import ray
@@ -226,7 +227,8 @@ def check_every_node_sees(store: StudyStore) -> None:
     marker = store.root.local / f".seen-by-every-node-{uuid.uuid4().hex[:8]}"
     marker.write_text("a search checks that every node sees its study folder; this file is removed at once\n")
     try:
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= max(cpus_per_trial, 1e-9)
+                 and n["Resources"].get("GPU", 0) >= gpus_per_trial]
         look = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
         running = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                    .remote(str(marker)) for n in nodes]
@@ -252,7 +254,11 @@ def trials_that_fit(nodes: list[tuple[float, float]], cpus_per_trial: float, gpu
     """How many trials the nodes hold at once, each on one node."""
     def on(cpus: float, gpus: float) -> int:
         fits = int(cpus / cpus_per_trial + 1e-9)
-        return min(fits, int(gpus / gpus_per_trial + 1e-9)) if gpus_per_trial else fits
+        if not gpus_per_trial:
+            return fits
+        if gpus_per_trial < 1:  # Ray fits a fraction within one GPU: 0.4 twice on each, not five times on two
+            return min(fits, int(gpus + 1e-9) * int(1 / gpus_per_trial + 1e-9))
+        return min(fits, int(gpus / gpus_per_trial + 1e-9))
 
     return sum(on(*node) for node in nodes)
 
@@ -304,13 +310,16 @@ def check_or_create_record(store: StudyStore, existing: dict[str, Any] | None, i
     """Refuse a study whose record differs from this run's identity, or create the study (record, val_data.npz)."""
     if existing is not None:
         existing = {**existing, "domain": strategy.domain(None, existing)}  # the rule for a study from before --domain
-        existing.setdefault("test_fingerprint", identity["test_fingerprint"])  # a study from before: its test as now
+        adopted = "test_fingerprint" not in existing  # a study from before: its test pairs as they are now, kept
+        existing.setdefault("test_fingerprint", identity["test_fingerprint"])
         differences = [f"{k}: study has {existing.get(k)!r}, this run {v!r}" for k, v in identity.items()
                        if existing.get(k) != v]
         if differences:
             raise StudyError(
                 f"study {store.name} in {store.root} was created with other settings, and mixing them would corrupt it ("
                 + "; ".join(differences) + "). Use the same options, or a new --study name.")
+        if adopted:
+            store.write_record(existing)
         return existing
     record = {"format": STUDY_FORMAT, "study": store.name, **identity, **extra, "baselines": data.baselines(),
               "data_source": data.source, "created_at": now_iso(), "segments": []}

@@ -24,7 +24,7 @@ from search.runner import cluster
 from search.runner.console import Printer, error_line, last_line
 from search.runner.final import aggregate, final_row, final_seeds, plan_runs, top_configurations, write_final
 from search.runner.options import SCHEDULERS
-from search.runner.plan import StudyPlan, TrialConfigs, now_iso, run_choices
+from search.runner.plan import StudyPlan, TrialConfigs, now_iso
 from search.runner.progress import SearchProgress, asha_epochs, estimate_line, within_budget
 from search.runner.ray_fixes import mend_worker_handoff, name_callbacks_without_importing
 from search.runner.recording import ResultsCallback, error_text
@@ -237,8 +237,7 @@ def fit(plan: StudyPlan, search: OpenSearch, results: ResultsStore, configs: Tri
     # Record the segment before it runs, so a killed driver's segment still counts.
     record = plan.record
     record.setdefault("segments", []).append({"started_at": now_iso(), "ended_at": None, "preset": plan.preset.name,
-                                              "gpus_per_trial": plan.gpus_per_trial,
-                                              "choices": run_choices(plan.options)})
+                                              "gpus_per_trial": plan.gpus_per_trial})
     plan.store.write_record(record)
     try:
         interrupted = run_tuner(tuner, plan.options.verbose) is None
