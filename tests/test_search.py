@@ -281,6 +281,9 @@ def test_a_run_that_chooses_otherwise_than_the_last_says_so(greedy_study):
     line = changed_choices(record, other)
     assert line.startswith("note: this run changes what the study's last run used: --scheduler none -> asha, ")
     assert "--budget-epochs default -> 40" in line and "--final-seeds 3 -> 5" in line and "--final-top-k" not in line
+    walked = SearchOptions(strategy="greedy", model="gan", scheduler="none", final_top_k=0, max_sweeps=2)
+    assert changed_choices(record, walked).endswith("--max-sweeps default -> 2 (trials so far keep what they ran with; "
+                                                    "the rest follow this run)")  # a strategy's own option too
 
 
 def test_unwritable_runs_dir_is_refused(tmp_path):

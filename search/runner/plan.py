@@ -163,7 +163,8 @@ RUN_CHOICES = ("scheduler", "grace_period", "reduction_factor", "samples", "budg
 
 def run_choices(options: SearchOptions) -> dict[str, Any]:
     """This run's RUN_CHOICES as given (None: the default), recorded in study.json (``choices``, the last run's)."""
-    return {name: getattr(options, name) for name in RUN_CHOICES}
+    return {**{name: getattr(options, name) for name in RUN_CHOICES},
+            "strategy_options": dict(sorted(options.strategy_options.items()))}  # its own, as given (--blocks...)
 
 
 def changed_choices(existing: dict[str, Any] | None, options: SearchOptions) -> str | None:
@@ -174,6 +175,9 @@ def changed_choices(existing: dict[str, Any] | None, options: SearchOptions) -> 
     now = run_choices(options)
     changes = [f"--{name.replace('_', '-')} {_shown(last.get(name))} -> {_shown(now[name])}"
                for name in RUN_CHOICES if name in last and last[name] != now[name]]
+    before, after = last.get("strategy_options", {}), now["strategy_options"]
+    changes += [f"--{name.replace('_', '-')} {_shown(before.get(name))} -> {_shown(after.get(name))}"
+                for name in sorted({*before, *after}) if before.get(name) != after.get(name)]
     if not changes:
         return None
     return (f"note: this run changes what the study's last run used: {', '.join(changes)} (trials so far keep what "
