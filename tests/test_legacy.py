@@ -31,13 +31,21 @@ IDENTITY = ("family", "strategy", "space_fingerprint", "domain", "settings", "da
 
 @pytest.mark.parametrize("study, options", [
     ("legacy-greedy", {"strategy": "greedy"}),
-    ("legacy-tpe", {"strategy": "tpe", "samples": 5}),
+    ("legacy-tpe", {"strategy": "tpe", "samples": 5, "verbose": True}),
 ])
-def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, options, tmp_path, ray_local, capsys):
-    """In this process, on the session's Ray (the command line's own path is tested in test_search.py)."""
+def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, options, tmp_path, ray_local, capsys,
+                                                                        monkeypatch):
+    """In this process, on the session's Ray (the command line's own path is tested in test_search.py). --verbose
+    reaches Ray Tune's runs, and only with it."""
+    from search.run import build_parser
+    from search.runner import tuning
     from search.runner.driver import run_study
     from search.runner.options import SearchOptions
 
+    parsed = vars(build_parser().parse_args(["--strategy", "tpe", "--model", "autoencoder", "--verbose"]))
+    assert SearchOptions(**parsed).verbose is True  # the command line's flag, as search.run passes it on
+    seen, run_tuner = [], tuning.run_tuner
+    monkeypatch.setattr(tuning, "run_tuner", lambda tuner, verbose=False: seen.append(verbose) or run_tuner(tuner, verbose))
     shutil.copytree(FIXTURES / study, tmp_path / study)
     before_record = json.loads((tmp_path / study / "study.json").read_text())
     before = pd.read_parquet(tmp_path / study / "trials.parquet").set_index("trial_id")
@@ -49,6 +57,7 @@ def test_a_study_made_by_earlier_code_resumes_with_every_finished_trial(study, o
                                       final_top_k=0, runs_dir=str(tmp_path), study=study, resume=True))
     printed = capsys.readouterr().out
     assert "finished before the driver was killed" in printed, printed  # the searcher's record, reconciled
+    assert seen and set(seen) == {options.get("verbose", False)}
 
     record = json.loads((tmp_path / study / "study.json").read_text())
     assert {k: record.get(k) for k in IDENTITY} == {k: before_record.get(k) for k in IDENTITY}
