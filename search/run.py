@@ -146,6 +146,7 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's sign
 
 INTERRUPTED = "interrupted: finished trials are saved; re-run the same command to resume."
 INTERRUPT_S = 8.0  # from SIGTERM or Ctrl-C to the exit, at most (search.run's own answer takes a few seconds)
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what the watch below waits for
 
 
 def _watch_interrupts() -> Callable[[], None]:
@@ -176,17 +177,17 @@ def _watch_interrupts() -> Callable[[], None]:
                 numbers = os.read(read_fd, 64)
                 if not numbers:  # the end of the pipe: stood down
                     return
-                if signal.SIGTERM in numbers or signal.SIGINT in numbers:
+                if any(number in numbers for number in STOPPING):
                     break
         finally:
             os.close(read_fd)
         time.sleep(INTERRUPT_S)
         if not armed.is_set():
             return
-        print(f"error: the driver had not stopped {INTERRUPT_S:.0f} s after the interrupt (its Ray did not answer: "
-              "stopped with it?); stopping the Ray processes it started", file=sys.stderr, flush=True)
+        _say(f"error: the driver had not stopped {INTERRUPT_S:.0f} s after the interrupt (its Ray did not answer: "
+             "stopped with it?); stopping the Ray processes it started")
         _stop_started_ray()
-        print(INTERRUPTED, file=sys.stderr, flush=True)
+        _say(INTERRUPTED)
         os._exit(130)
 
     def stand_down() -> None:
@@ -196,6 +197,14 @@ def _watch_interrupts() -> Callable[[], None]:
 
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
     return stand_down
+
+
+def _say(line: str) -> None:
+    """A line on stderr, where there may be none left to write to (a terminal that hung up)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _stop_started_ray() -> None:
@@ -213,6 +222,8 @@ def _stop_started_ray() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM anywhere is Ctrl-C: everything saved, Ray shut down, exit 130
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:  # a terminal that hung up (a dropped SSH session) too;
+        signal.signal(signal.SIGHUP, _interrupt)          # under nohup it stays ignored
     stand_down = _watch_interrupts()
     try:
         return _search(args)
@@ -237,7 +248,7 @@ def _search(args: argparse.Namespace) -> int:
         # SystemExit(15): SIGTERM while ray.init ran, which answers it with sys.exit(signum) until it returns.
         if isinstance(err, SystemExit) and err.code != signal.SIGTERM:
             raise
-        print(INTERRUPTED, file=sys.stderr)
+        _say(INTERRUPTED)
         return 130
     except OSError as err:
         print(f"error: {err.filename or ''}: {err.strerror or err} (check the runs folder is writable and has free space)",

@@ -293,8 +293,9 @@ def test_unwritable_runs_dir_is_refused(tmp_path):
     assert_clean_error(result, "cannot write to the study folder")
 
 
-def _sigterm_when(args: list[str], ready, env: dict | None = None, everyone: bool = False) -> subprocess.CompletedProcess:
-    """Start the driver, SIGTERM it (``everyone``: it and its Ray, as a pod's end or a terminal's hang-up does) once
+def _sigterm_when(args: list[str], ready, env: dict | None = None, everyone: bool = False,
+                  sig: int = signal.SIGTERM) -> subprocess.CompletedProcess:
+    """Start the driver, send it ``sig`` (``everyone``: SIGTERM to it and its Ray, as a pod's end does) once
     ``ready(stdout so far)`` holds; returns how it ended, once its process session (the driver, its Ray, their
     workers) is empty."""
     proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -306,7 +307,7 @@ def _sigterm_when(args: list[str], ready, env: dict | None = None, everyone: boo
         if everyone:
             subprocess.run(["pkill", "-TERM", "-s", str(proc.pid)], check=False)
         else:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
         proc.wait(timeout=45)  # Ray's client held a driver whose GCS was gone for 60 s
         err = proc.stderr.read()
         _wait_for(lambda: not subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout, timeout=30)
@@ -320,7 +321,8 @@ def _sigterm_when(args: list[str], ready, env: dict | None = None, everyone: boo
 
 def test_sigterm_anywhere_stops_cleanly_and_the_study_resumes_equal(runs_dir, tmp_path):
     """SIGTERM to the driver and its Ray at once (as a Slurm job's end does: its GCS gone, Ray's client held the driver
-    60 s, then exited 1), while a worker writes a checkpoint, during trials, and during the final stage: each time the
+    60 s, then exited 1), while a worker writes a checkpoint, SIGHUP during trials (a terminal that hung up), and
+    SIGTERM during the final stage: each time the
     driver exits 130 with its one line (or at once with Ray's 1, should its raylet die first) and nothing of its Ray is
     left running; resumed, the study equals an uninterrupted one."""
     common = ["--runs-dir", str(runs_dir), "--preset", "smoke", "--strategy", "greedy", "--model", "autoencoder",
@@ -330,14 +332,15 @@ def test_sigterm_anywhere_stops_cleanly_and_the_study_resumes_equal(runs_dir, tm
     args = [*common, "--study", "term"]
     study = runs_dir / "term"
     flag = tmp_path / "paused"
-    stops = [  # (when, extra environment, to everyone in the driver's session)
-        (lambda out: "| val_l1" in out, {}, True),  # the first trial has finished, its block's other one trains
-        (lambda out: flag.exists(), {"MEMSEARCH_PAUSE_AT": "checkpoint-tmp:2", "MEMSEARCH_PAUSE_FLAG": str(flag)}, False),
-        (lambda out: _finished(study) >= 3, {}, False),
-        (lambda out: "final: re-training" in out, {}, False),
+    stops = [  # (when, extra environment, to everyone in the driver's session, the signal)
+        (lambda out: "| val_l1" in out, {}, True, signal.SIGTERM),  # the first trial has finished, another trains
+        (lambda out: flag.exists(), {"MEMSEARCH_PAUSE_AT": "checkpoint-tmp:2", "MEMSEARCH_PAUSE_FLAG": str(flag)}, False,
+         signal.SIGTERM),
+        (lambda out: _finished(study) >= 3, {}, False, signal.SIGHUP),  # a terminal's hang-up (a dropped SSH session)
+        (lambda out: "final: re-training" in out, {}, False, signal.SIGTERM),
     ]
-    for ready, env, everyone in stops:
-        ended = _sigterm_when(args, ready, env, everyone)
+    for ready, env, everyone, sig in stops:
+        ended = _sigterm_when(args, ready, env, everyone, sig)
         if everyone and ended.returncode == 1:  # its raylet died before the driver ran its handler: Ray's core worker
             continue                            # ends the driver at once with 1 (Ray's, docs/reliability.md)
         assert ended.returncode == 130, ended.stderr[-2000:]

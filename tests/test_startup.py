@@ -108,3 +108,23 @@ def test_a_tuner_fit_does_not_import_mlflow_to_name_its_callbacks():
     assert answer["imported"] is False
     assert answer["counts"] == answer["ray_counts"] == {"CustomCallback": 1, "CustomLoggerCallback": 1,
                                                         "JsonLoggerCallback": 1, "MLflowLoggerCallback": 1}
+
+
+HANG_UP_PROBE = """
+import contextlib, io, signal, sys
+if sys.argv[1] == "nohup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+from search.run import _interrupt, main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    main(["--strategy", "nope", "--model", "gan"])
+print({signal.SIG_IGN: "ignored", _interrupt: "interrupts"}.get(signal.getsignal(signal.SIGHUP), "other"))
+"""
+
+
+@pytest.mark.parametrize("how, then", [("terminal", "interrupts"), ("nohup", "ignored")])
+def test_a_hang_up_stops_the_search_as_sigterm_does_except_under_nohup(how, then):
+    """A dropped SSH session's SIGHUP is an interrupt (everything saved, Ray shut down, exit 130; tests/test_search.py
+    sends one mid-search); a search started under nohup keeps ignoring it."""
+    done = subprocess.run([sys.executable, "-c", HANG_UP_PROBE, how], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == [then], done.stdout + done.stderr
