@@ -293,13 +293,19 @@ def test_unwritable_runs_dir_is_refused(tmp_path):
     assert_clean_error(result, "cannot write to the study folder")
 
 
+def _as_in_a_terminal() -> None:
+    """SIGHUP at its default, as a shell in a terminal leaves it (the tests may run under nohup, which ignores it)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _sigterm_when(args: list[str], ready, env: dict | None = None, everyone: bool = False,
                   sig: int = signal.SIGTERM) -> subprocess.CompletedProcess:
     """Start the driver, send it ``sig`` (``everyone``: SIGTERM to it and its Ray, as a pod's end does) once
     ``ready(stdout so far)`` holds; returns how it ended, once its process session (the driver, its Ray, their
     workers) is empty."""
     proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, **(env or {})},
+                            preexec_fn=_as_in_a_terminal)
     said: list[str] = []
     threading.Thread(target=lambda: said.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     try:

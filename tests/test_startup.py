@@ -112,8 +112,7 @@ def test_a_tuner_fit_does_not_import_mlflow_to_name_its_callbacks():
 
 HANG_UP_PROBE = """
 import contextlib, io, signal, sys
-if sys.argv[1] == "nohup":
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == "nohup" else signal.SIG_DFL)  # the tests may run under nohup
 from search.run import _interrupt, main
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     main(["--strategy", "nope", "--model", "gan"])
